@@ -3,3 +3,4 @@
 
 pub mod drachtio;
 pub mod sip;
+pub mod store;

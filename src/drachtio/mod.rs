@@ -71,6 +71,11 @@ pub struct Responder {
 }
 
 impl Responder {
+    /// A responder that writes to `writer`; the client makes these, tests may too.
+    pub fn new(transaction_id: String, writer: Sender<client::Outgoing>) -> Responder {
+        Responder { transaction_id, writer }
+    }
+
     pub fn transaction_id(&self) -> &str {
         &self.transaction_id
     }

@@ -1,0 +1,58 @@
+//! The MySQL pools (read, and optionally a separate write pool).
+
+use std::time::Duration;
+
+use mysql::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, PooledConn};
+
+use super::StoreError;
+
+#[derive(Clone)]
+pub struct MysqlSettings {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub database: String,
+    pub connection_limit: usize,
+    /// Connect, read and write timeout, and the checkout timeout.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for MysqlSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "mysql://{}@{}:{}/{}", self.user, self.host, self.port, self.database)
+    }
+}
+
+/// A pool plus the checkout timeout to use with it.
+#[derive(Clone)]
+pub struct MysqlPool {
+    pool: Pool,
+    timeout: Duration,
+}
+
+impl MysqlPool {
+    /// Builds the pool without connecting (minimum of zero idle connections).
+    pub fn new(s: &MysqlSettings) -> Result<MysqlPool, StoreError> {
+        let constraints = PoolConstraints::new(0, s.connection_limit.max(1))
+            .ok_or_else(|| StoreError::BadData("mysql pool constraints".into()))?;
+        let opts: Opts = OptsBuilder::new()
+            .ip_or_hostname(Some(s.host.clone()))
+            .tcp_port(s.port)
+            .user(Some(s.user.clone()))
+            .pass(Some(s.password.clone()))
+            .db_name(Some(s.database.clone()))
+            .prefer_socket(false)
+            .tcp_connect_timeout(Some(s.timeout))
+            .read_timeout(Some(s.timeout * 5))
+            .write_timeout(Some(s.timeout * 5))
+            .pool_opts(PoolOpts::new().with_constraints(constraints))
+            .into();
+        let pool = Pool::new(opts).map_err(|e| StoreError::MysqlUnavailable(e.to_string()))?;
+        Ok(MysqlPool { pool, timeout: s.timeout })
+    }
+
+    pub fn conn(&self) -> Result<PooledConn, StoreError> {
+        self.pool.try_get_conn(self.timeout).map_err(|e| StoreError::MysqlUnavailable(e.to_string()))
+    }
+}

@@ -1,0 +1,151 @@
+//! The Redis pool: r2d2 over the `redis` crate, plain or through Sentinel.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::sentinel::Sentinel;
+use redis::{ConnectionLike, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
+
+use super::StoreError;
+
+/// Where Redis is and how to log in.
+#[derive(Clone)]
+pub struct RedisSettings {
+    pub target: RedisTarget,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Database number (tests use their own).
+    pub db: i64,
+    /// Connect, read and write timeout of every connection, and the pool checkout timeout.
+    pub timeout: Duration,
+    pub max_connections: u32,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("target", &self.target)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("db", &self.db)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+#[derive(Clone)]
+pub enum RedisTarget {
+    Direct { host: String, port: u16 },
+    Sentinel {
+        sentinels: Vec<(String, u16)>,
+        master_name: String,
+        sentinel_username: Option<String>,
+        sentinel_password: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RedisTarget::Direct { host, port } => write!(f, "{host}:{port}"),
+            RedisTarget::Sentinel { sentinels, master_name, .. } => {
+                write!(f, "sentinel master {master_name} via {sentinels:?}")
+            }
+        }
+    }
+}
+
+pub type RedisPool = r2d2::Pool<RedisManager>;
+pub type RedisConn = r2d2::PooledConnection<RedisManager>;
+
+/// Opens connections with timeouts; with Sentinel, asks for the current master on every new
+/// connection so that a failover is followed as soon as the old connections break.
+pub struct RedisManager {
+    source: Source,
+    node_info: RedisConnectionInfo,
+    timeout: Duration,
+}
+
+enum Source {
+    Direct(ConnectionInfo),
+    Sentinel { sentinel: Mutex<Sentinel>, master_name: String },
+}
+
+impl RedisManager {
+    fn client(&self) -> Result<redis::Client, redis::RedisError> {
+        match &self.source {
+            Source::Direct(info) => redis::Client::open(info.clone().set_redis_settings(self.node_info.clone())),
+            Source::Sentinel { sentinel, master_name } => {
+                let node = redis::sentinel::SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(self.node_info.clone());
+                // The mutex only serialises pool connects; a poisoned one still holds a usable client.
+                let mut guard = sentinel.lock().unwrap_or_else(|p| p.into_inner());
+                guard.master_for(master_name, Some(&node))
+            }
+        }
+    }
+}
+
+impl r2d2::ManageConnection for RedisManager {
+    type Connection = redis::Connection;
+    type Error = redis::RedisError;
+
+    fn connect(&self) -> Result<redis::Connection, redis::RedisError> {
+        let conn = self.client()?.get_connection_with_timeout(self.timeout)?;
+        conn.set_read_timeout(Some(self.timeout))?;
+        conn.set_write_timeout(Some(self.timeout))?;
+        Ok(conn)
+    }
+
+    fn is_valid(&self, conn: &mut redis::Connection) -> Result<(), redis::RedisError> {
+        redis::cmd("PING").query::<String>(conn).map(|_| ())
+    }
+
+    fn has_broken(&self, conn: &mut redis::Connection) -> bool {
+        !conn.is_open()
+    }
+}
+
+/// Builds the pool without connecting: the first checkout connects.
+pub fn pool(settings: &RedisSettings) -> Result<RedisPool, StoreError> {
+    let source = match &settings.target {
+        RedisTarget::Direct { host, port } => {
+            Source::Direct(ConnectionAddr::Tcp(host.clone(), *port).into_connection_info()?)
+        }
+        RedisTarget::Sentinel { sentinels, master_name, sentinel_username, sentinel_password } => {
+            let mut sentinel_auth = RedisConnectionInfo::default();
+            if let Some(u) = sentinel_username {
+                sentinel_auth = sentinel_auth.set_username(u);
+            }
+            if let Some(p) = sentinel_password {
+                sentinel_auth = sentinel_auth.set_password(p);
+            }
+            let mut infos: Vec<ConnectionInfo> = Vec::new();
+            for (host, port) in sentinels {
+                let info = ConnectionAddr::Tcp(host.clone(), *port).into_connection_info()?;
+                infos.push(info.set_redis_settings(sentinel_auth.clone()));
+            }
+            Source::Sentinel { sentinel: Mutex::new(Sentinel::build(infos)?), master_name: master_name.clone() }
+        }
+    };
+    let mut node_info = RedisConnectionInfo::default().set_db(settings.db);
+    if let Some(u) = &settings.username {
+        node_info = node_info.set_username(u);
+    }
+    if let Some(p) = &settings.password {
+        node_info = node_info.set_password(p);
+    }
+    let manager = RedisManager { source, node_info, timeout: settings.timeout };
+    Ok(r2d2::Pool::builder()
+        .max_size(settings.max_connections.max(1))
+        .min_idle(Some(0))
+        .connection_timeout(settings.timeout)
+        // r2d2 logs every failed connect at error level; we report availability changes ourselves.
+        .error_handler(Box::new(r2d2::NopErrorHandler))
+        .build_unchecked(manager))
+}
+
+/// Checks a connection out of the pool, mapping the failure to `StoreError::RedisUnavailable`.
+pub fn checkout(pool: &RedisPool) -> Result<RedisConn, StoreError> {
+    pool.get().map_err(|e| StoreError::RedisUnavailable(e.to_string()))
+}
