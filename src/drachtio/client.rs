@@ -1,36 +1,101 @@
-//! The drachtio client: one reader thread (mio) and one writer thread. (being written)
+//! The drachtio client: a reader thread that owns the connection (mio event loop, reconnects,
+//! authentication, routes, pings, dispatch) and a writer thread that writes whole frames.
+//!
+//! Replies are correlated by message id and UAC responses by transaction id. The writer tells
+//! the reader which message ids await a reply *before* it writes them, through a channel and a
+//! `mio::Waker`; the reader drains that channel before it looks at any frame, so a reply can
+//! never arrive before its registration is known.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use log::{debug, error, info, warn};
+use mio::{Events, Interest, Poll, Token, Waker};
+use rand::Rng;
 
-use super::message::SipDelivery;
-use crate::sip::SipMessage;
+use super::frame::{self, FrameDecoder};
+use super::message::{self, Reply, ReplyStatus, ServerMessage, SipDelivery};
+use super::{ConnectionEvent, ConnectionInfo, IncomingRequest, Responder};
+use crate::sip::{ResponseBuilder, SipMessage};
+
+const CONNECTION: Token = Token(0);
+const WAKER: Token = Token(1);
+
+/// How long a TCP connect to drachtio may take before we back off and retry.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A write that cannot complete in this time means drachtio stopped reading: reconnect.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     pub host: String,
     pub port: u16,
     pub secret: String,
+    /// Interval between application-level pings once authenticated.
     pub ping_interval: Duration,
+    /// A ping (or the authentication) unanswered for this long means the connection is dead.
     pub pong_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
 }
 
+/// Where incoming requests of one method go.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Upper-case SIP method, e.g. `REGISTER`.
+    pub method: String,
+    /// Bounded: when it is full the request is answered `503` at once.
+    pub queue: Sender<IncomingRequest>,
+}
+
+/// Input of the writer thread.
 #[derive(Debug)]
 pub enum Outgoing {
+    /// A frame payload to write. When `reply` is set the sender wants the server's reply
+    /// (and, for a request, the SIP responses that follow).
     Frame { msg_id: String, payload: Vec<u8>, reply: Option<Sender<UacEvent>> },
+    /// A new connection (from the reader), with its generation number.
+    Attach(TcpStream, u64),
+    /// The connection is gone.
+    Detach,
+    /// Write what is queued, then exit.
+    Shutdown,
 }
 
+/// Why a request the app sent did not get SIP responses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UacError {
+    /// drachtio answered `NOK|<reason>` (or `NO|…`).
     Rejected(String),
+    /// There was no authenticated connection when the request was to be written.
     NotConnected,
+    /// The connection was lost before the final response.
     Disconnected,
-    TooLarge,
+    /// The frame would exceed what drachtio can buffer.
+    TooLarge(usize),
 }
 
+impl std::fmt::Display for UacError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UacError::Rejected(r) => write!(f, "drachtio rejected the request: {r}"),
+            UacError::NotConnected => write!(f, "not connected to drachtio"),
+            UacError::Disconnected => write!(f, "connection to drachtio lost before the final response"),
+            UacError::TooLarge(n) => write!(f, "request of {n} bytes is too large for drachtio"),
+        }
+    }
+}
+
+impl std::error::Error for UacError {}
+
+/// What a request sender receives, in order: `Sent` (drachtio's echo), then responses until a
+/// final one; or `Failed` at any point.
 #[derive(Debug)]
 pub enum UacEvent {
     Sent { transaction_id: String, echo: Vec<u8> },
@@ -38,19 +103,547 @@ pub enum UacEvent {
     Failed(UacError),
 }
 
+/// Cheap, cloneable handle for roles that send requests of their own.
 #[derive(Debug, Clone)]
 pub struct DrachtioHandle {
     pub(crate) writer: Sender<Outgoing>,
 }
 
 impl DrachtioHandle {
+    /// Sends a new request (optionally to a next-hop proxy URI). The receiver gets the echo,
+    /// then the SIP responses (100 Trying never comes), or a failure.
     pub fn send_request(&self, sip: Vec<u8>, proxy: Option<&str>) -> Receiver<UacEvent> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let msg_id = super::message::new_message_id();
-        let payload = super::message::sip_request(&msg_id, proxy, &sip);
-        let _ = self.writer.send(Outgoing::Frame { msg_id, payload, reply: Some(tx) });
+        let msg_id = message::new_message_id();
+        let payload = message::sip_request(&msg_id, proxy, &sip);
+        if let Err(e) = self.writer.send(Outgoing::Frame { msg_id, payload, reply: Some(tx) }) {
+            if let Outgoing::Frame { reply: Some(tx), .. } = e.into_inner() {
+                let _ = tx.send(UacEvent::Failed(UacError::NotConnected));
+            }
+        }
         rx
     }
 }
 
-pub struct DrachtioClient;
+/// The running client: two threads.
+pub struct DrachtioClient {
+    reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    handle: DrachtioHandle,
+}
+
+impl DrachtioClient {
+    /// Starts connecting at once and keeps trying forever.
+    pub fn start(
+        config: ClientConfig,
+        routes: Vec<Route>,
+        subscribers: Vec<Sender<ConnectionEvent>>,
+    ) -> io::Result<DrachtioClient> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (writer_tx, writer_rx) = crossbeam_channel::unbounded::<Outgoing>();
+        let (pending_tx, pending_rx) = crossbeam_channel::unbounded::<PendingReply>();
+
+        let writer = {
+            let waker = waker.clone();
+            thread::Builder::new()
+                .name("drachtio-writer".into())
+                .spawn(move || Writer { input: writer_rx, pending: pending_tx, waker, stream: None }.run())?
+        };
+        let reader_state = Reader {
+            config,
+            routes: routes.into_iter().map(|r| (r.method.to_ascii_uppercase(), r.queue)).collect(),
+            subscribers,
+            poll,
+            writer: writer_tx.clone(),
+            pending_rx,
+            stop: stop.clone(),
+            generation: 0,
+            attempt: 0,
+            conn: None,
+            awaiting: HashMap::new(),
+            transactions: HashMap::new(),
+            last_failure: None,
+        };
+        let reader = thread::Builder::new().name("drachtio-reader".into()).spawn(move || reader_state.run())?;
+        Ok(DrachtioClient { reader, writer, waker, stop, handle: DrachtioHandle { writer: writer_tx } })
+    }
+
+    pub fn handle(&self) -> DrachtioHandle {
+        self.handle.clone()
+    }
+
+    /// Stops reading, lets the writer flush what roles already queued, closes the connection
+    /// and joins both threads.
+    pub fn shutdown(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+        let _ = self.reader.join();
+        let _ = self.writer.join();
+    }
+}
+
+/// A message id whose reply somebody waits for.
+#[derive(Debug)]
+struct PendingReply {
+    msg_id: String,
+    generation: u64,
+    reply: Sender<UacEvent>,
+}
+
+struct Writer {
+    input: Receiver<Outgoing>,
+    pending: Sender<PendingReply>,
+    waker: Arc<Waker>,
+    stream: Option<(TcpStream, u64)>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        while let Ok(msg) = self.input.recv() {
+            match msg {
+                Outgoing::Attach(stream, generation) => self.stream = Some((stream, generation)),
+                Outgoing::Detach => self.stream = None,
+                Outgoing::Shutdown => break,
+                Outgoing::Frame { msg_id, payload, reply } => self.write_frame(msg_id, payload, reply),
+            }
+        }
+        if let Some((stream, _)) = self.stream.take() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn write_frame(&mut self, msg_id: String, payload: Vec<u8>, reply: Option<Sender<UacEvent>>) {
+        let bytes = match frame::encode(&payload) {
+            Ok(b) => b,
+            Err(e) => {
+                error!("not sending a {} byte message to drachtio: {e}", payload.len());
+                if let Some(r) = reply {
+                    let _ = r.send(UacEvent::Failed(UacError::TooLarge(payload.len())));
+                }
+                return;
+            }
+        };
+        let Some((stream, generation)) = self.stream.as_mut() else {
+            match reply {
+                Some(r) => {
+                    let _ = r.send(UacEvent::Failed(UacError::NotConnected));
+                }
+                None => warn!("drachtio not connected: dropping a response (msg {msg_id})"),
+            }
+            return;
+        };
+        if let Some(reply) = reply {
+            // Registered before the write, so the reader knows it before the reply can arrive.
+            let _ = self.pending.send(PendingReply { msg_id, generation: *generation, reply });
+            let _ = self.waker.wake();
+        }
+        if let Err(e) = stream.write_all(&bytes) {
+            warn!("writing to drachtio failed: {e}; closing the connection");
+            // Shutting the socket down makes the reader see the loss and reconnect.
+            let _ = stream.shutdown(Shutdown::Both);
+            self.stream = None;
+        }
+    }
+}
+
+/// The authenticated (or authenticating) connection owned by the reader.
+struct Connection {
+    stream: mio::net::TcpStream,
+    decoder: FrameDecoder,
+    auth_msg_id: String,
+    auth_sent: Instant,
+    info: Option<ConnectionInfo>,
+    hostport: Arc<str>,
+    next_ping: Instant,
+    ping_outstanding: Option<(String, Instant)>,
+}
+
+struct Reader {
+    config: ClientConfig,
+    routes: HashMap<String, Sender<IncomingRequest>>,
+    subscribers: Vec<Sender<ConnectionEvent>>,
+    poll: Poll,
+    writer: Sender<Outgoing>,
+    pending_rx: Receiver<PendingReply>,
+    stop: Arc<AtomicBool>,
+    generation: u64,
+    /// Consecutive failed connection attempts, for the backoff.
+    attempt: u32,
+    conn: Option<Connection>,
+    /// Message ids whose reply a role waits for.
+    awaiting: HashMap<String, Sender<UacEvent>>,
+    /// Transactions of requests we sent, until their final response.
+    transactions: HashMap<String, Sender<UacEvent>>,
+    /// The last connect failure, so that a repeated one is not logged at warn every time.
+    last_failure: Option<String>,
+}
+
+enum Disconnect {
+    Lost(String),
+    WrongSecret,
+}
+
+impl Reader {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(64);
+        let mut retry_at = Instant::now();
+        while !self.stop.load(Ordering::SeqCst) {
+            if self.conn.is_none() && Instant::now() >= retry_at {
+                if let Err(reason) = self.connect() {
+                    let delay = self.backoff();
+                    self.report_connect_failure(&reason, delay);
+                    retry_at = Instant::now() + delay;
+                }
+            }
+            let timeout = self.poll_timeout(retry_at);
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    error!("drachtio poll failed: {e}");
+                    thread::sleep(Duration::from_millis(100));
+                }
+                continue;
+            }
+            self.drain_pending();
+            let readable = events.iter().any(|e| e.token() == CONNECTION);
+            let outcome = if readable { self.read_available() } else { Ok(()) };
+            let outcome = outcome.and_then(|_| self.check_timers());
+            if let Err(d) = outcome {
+                let delay = self.close(d);
+                retry_at = Instant::now() + delay;
+            }
+        }
+        if let Some(mut conn) = self.conn.take() {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+        }
+        self.fail_all(UacError::Disconnected);
+        // The writer still holds its own handle on the socket: it writes what roles queued
+        // before the stop, then closes.
+        let _ = self.writer.send(Outgoing::Shutdown);
+    }
+
+    fn poll_timeout(&self, retry_at: Instant) -> Duration {
+        let now = Instant::now();
+        let until = match &self.conn {
+            None => retry_at,
+            Some(c) if c.info.is_none() => c.auth_sent + self.config.pong_timeout,
+            Some(c) => match &c.ping_outstanding {
+                Some((_, sent)) => (*sent + self.config.pong_timeout).min(c.next_ping),
+                None => c.next_ping,
+            },
+        };
+        until.saturating_duration_since(now).clamp(Duration::from_millis(1), Duration::from_secs(1))
+    }
+
+    fn backoff(&mut self) -> Duration {
+        let base = self.config.backoff_min.as_secs_f64() * 1.7f64.powi(self.attempt.min(30) as i32);
+        self.attempt = self.attempt.saturating_add(1);
+        let capped = base.min(self.config.backoff_max.as_secs_f64());
+        // ±20 % jitter so that several sidecars do not hammer a restarted drachtio in step.
+        let jitter = rand::thread_rng().gen_range(0.8..1.2);
+        Duration::from_secs_f64((capped * jitter).max(0.01))
+    }
+
+    fn report_connect_failure(&mut self, reason: &str, delay: Duration) {
+        let target = format!("{}:{}", self.config.host, self.config.port);
+        if self.last_failure.as_deref() != Some(reason) {
+            warn!("cannot connect to drachtio at {target}: {reason}; retrying in {} ms", delay.as_millis());
+            self.last_failure = Some(reason.to_string());
+        } else {
+            debug!("still cannot connect to drachtio at {target}: {reason}; retrying in {} ms", delay.as_millis());
+        }
+    }
+
+    fn connect(&mut self) -> Result<(), String> {
+        let addrs: Vec<SocketAddr> = (self.config.host.as_str(), self.config.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {}: {e}", self.config.host))?
+            .collect();
+        let mut last_err = String::from("no address");
+        let mut stream = None;
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last_err = e.to_string(),
+            }
+        }
+        let stream = stream.ok_or(last_err)?;
+        let setup = |s: &TcpStream| -> io::Result<TcpStream> {
+            s.set_nodelay(true)?;
+            let w = s.try_clone()?;
+            w.set_write_timeout(Some(WRITE_TIMEOUT))?;
+            s.set_nonblocking(true)?;
+            Ok(w)
+        };
+        let writer_stream = setup(&stream).map_err(|e| format!("socket setup: {e}"))?;
+        let mut mio_stream = mio::net::TcpStream::from_std(stream);
+        self.poll
+            .registry()
+            .register(&mut mio_stream, CONNECTION, Interest::READABLE)
+            .map_err(|e| format!("poll register: {e}"))?;
+        self.generation += 1;
+        let _ = self.writer.send(Outgoing::Attach(writer_stream, self.generation));
+        let auth_msg_id = message::new_message_id();
+        let payload = message::authenticate(&auth_msg_id, &self.config.secret);
+        let _ = self.writer.send(Outgoing::Frame { msg_id: auth_msg_id.clone(), payload, reply: None });
+        let now = Instant::now();
+        self.conn = Some(Connection {
+            stream: mio_stream,
+            decoder: FrameDecoder::default(),
+            auth_msg_id,
+            auth_sent: now,
+            info: None,
+            hostport: Arc::from(""),
+            next_ping: now + self.config.ping_interval,
+            ping_outstanding: None,
+        });
+        Ok(())
+    }
+
+    /// Closes the connection, fails everything in flight, tells subscribers, and returns how
+    /// long to wait before the next attempt.
+    fn close(&mut self, why: Disconnect) -> Duration {
+        let was_ready = self.conn.as_ref().is_some_and(|c| c.info.is_some());
+        if let Some(mut conn) = self.conn.take() {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            let _ = conn.stream.shutdown(Shutdown::Both);
+        }
+        let _ = self.writer.send(Outgoing::Detach);
+        self.fail_all(UacError::Disconnected);
+        let delay = self.backoff();
+        let reason = match why {
+            Disconnect::WrongSecret => {
+                error!(
+                    "drachtio at {}:{} rejected our secret (NO|incorrect secret): check DRACHTIO_SECRET; retrying in {} ms",
+                    self.config.host,
+                    self.config.port,
+                    delay.as_millis()
+                );
+                "incorrect secret".to_string()
+            }
+            Disconnect::Lost(reason) => {
+                if was_ready {
+                    warn!("lost connection to drachtio: {reason}; reconnecting in {} ms", delay.as_millis());
+                } else {
+                    self.report_connect_failure(&reason, delay);
+                }
+                reason
+            }
+        };
+        if was_ready {
+            self.broadcast(ConnectionEvent::Disconnected { reason });
+        }
+        delay
+    }
+
+    fn fail_all(&mut self, why: UacError) {
+        for (_, tx) in self.awaiting.drain().chain(self.transactions.drain()) {
+            let _ = tx.send(UacEvent::Failed(why.clone()));
+        }
+        // Registrations still in the channel belong to the connection that just went away.
+        while let Ok(p) = self.pending_rx.try_recv() {
+            let _ = p.reply.send(UacEvent::Failed(why.clone()));
+        }
+    }
+
+    fn broadcast(&mut self, event: ConnectionEvent) {
+        self.subscribers.retain(|s| s.send(event.clone()).is_ok());
+    }
+
+    fn drain_pending(&mut self) {
+        while let Ok(p) = self.pending_rx.try_recv() {
+            if p.generation == self.generation && self.conn.is_some() {
+                self.awaiting.insert(p.msg_id, p.reply);
+            } else {
+                let _ = p.reply.send(UacEvent::Failed(UacError::Disconnected));
+            }
+        }
+    }
+
+    fn read_available(&mut self) -> Result<(), Disconnect> {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let Some(conn) = self.conn.as_mut() else { return Ok(()) };
+            match conn.stream.read(&mut buf) {
+                Ok(0) => return Err(Disconnect::Lost("drachtio closed the connection".into())),
+                Ok(n) => {
+                    conn.decoder.push(&buf[..n]);
+                    loop {
+                        let Some(conn) = self.conn.as_mut() else { return Ok(()) };
+                        match conn.decoder.next_frame() {
+                            Ok(Some(payload)) => self.handle_frame(&payload)?,
+                            Ok(None) => break,
+                            Err(e) => return Err(Disconnect::Lost(e.to_string())),
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Disconnect::Lost(format!("read error: {e}"))),
+            }
+        }
+    }
+
+    fn check_timers(&mut self) -> Result<(), Disconnect> {
+        let now = Instant::now();
+        let Some(conn) = self.conn.as_mut() else { return Ok(()) };
+        if conn.info.is_none() {
+            if now.duration_since(conn.auth_sent) > self.config.pong_timeout {
+                return Err(Disconnect::Lost("no answer to authenticate".into()));
+            }
+            return Ok(());
+        }
+        if let Some((_, sent)) = &conn.ping_outstanding {
+            if now.duration_since(*sent) > self.config.pong_timeout {
+                return Err(Disconnect::Lost(format!("no pong within {} ms", self.config.pong_timeout.as_millis())));
+            }
+        } else if now >= conn.next_ping {
+            let id = message::new_message_id();
+            let payload = message::ping(&id);
+            conn.ping_outstanding = Some((id.clone(), now));
+            conn.next_ping = now + self.config.ping_interval;
+            let _ = self.writer.send(Outgoing::Frame { msg_id: id, payload, reply: None });
+        }
+        Ok(())
+    }
+
+    fn handle_frame(&mut self, payload: &[u8]) -> Result<(), Disconnect> {
+        match ServerMessage::parse(payload) {
+            Ok(ServerMessage::Response(reply)) => self.handle_reply(reply),
+            Ok(ServerMessage::Sip(delivery)) => {
+                self.handle_sip(delivery);
+                Ok(())
+            }
+            Ok(ServerMessage::Other { kind, .. }) => {
+                debug!("ignoring drachtio message of type {kind}");
+                Ok(())
+            }
+            Err(e) => {
+                warn!("ignoring unparsable frame from drachtio: {e}");
+                Ok(())
+            }
+        }
+    }
+
+    fn handle_reply(&mut self, reply: Reply) -> Result<(), Disconnect> {
+        let Some(conn) = self.conn.as_mut() else { return Ok(()) };
+        if reply.reply_to == conn.auth_msg_id {
+            return self.handle_auth_reply(reply);
+        }
+        if conn.ping_outstanding.as_ref().is_some_and(|(id, _)| *id == reply.reply_to) {
+            conn.ping_outstanding = None;
+            return Ok(());
+        }
+        if let Some(tx) = self.awaiting.remove(&reply.reply_to) {
+            match (reply.status, reply.echo_transaction_id()) {
+                (ReplyStatus::Ok, Some(txn)) => {
+                    let txn = txn.to_string();
+                    let echo = reply.sip.clone().unwrap_or_default();
+                    if tx.send(UacEvent::Sent { transaction_id: txn.clone(), echo }).is_ok() {
+                        self.transactions.insert(txn, tx);
+                    }
+                }
+                (ReplyStatus::Ok, None) => {}
+                (_, _) => {
+                    let _ = tx.send(UacEvent::Failed(UacError::Rejected(reply.first_token().to_string())));
+                }
+            }
+            return Ok(());
+        }
+        match reply.status {
+            ReplyStatus::Ok => {}
+            ReplyStatus::Nok => warn!("drachtio did not send a response of ours: {}", reply.first_token()),
+            ReplyStatus::No => {
+                return Err(Disconnect::Lost(format!("drachtio refused a message: {}", reply.first_token())));
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_auth_reply(&mut self, reply: Reply) -> Result<(), Disconnect> {
+        if reply.status != ReplyStatus::Ok {
+            if reply.first_token() == "incorrect secret" {
+                return Err(Disconnect::WrongSecret);
+            }
+            return Err(Disconnect::Lost(format!("authentication failed: {}", reply.first_token())));
+        }
+        let token = |i: usize| reply.tokens.get(i).cloned().unwrap_or_default();
+        let info = ConnectionInfo { hostports: token(0), version: token(1), local_hostports: token(2) };
+        info!(
+            "connected to drachtio listening on {}, local hostports: {} (server {})",
+            info.hostports, info.local_hostports, info.version
+        );
+        self.attempt = 0;
+        self.last_failure = None;
+        let mut verbs: Vec<String> = self.routes.keys().map(|m| m.to_ascii_lowercase()).collect();
+        verbs.sort();
+        for verb in verbs {
+            let id = message::new_message_id();
+            let payload = message::route(&id, &verb);
+            let _ = self.writer.send(Outgoing::Frame { msg_id: id, payload, reply: None });
+        }
+        if let Some(conn) = self.conn.as_mut() {
+            conn.hostport = Arc::from(info.hostports.as_str());
+            conn.info = Some(info.clone());
+            conn.next_ping = Instant::now() + self.config.ping_interval;
+        }
+        self.broadcast(ConnectionEvent::Connected(info));
+        Ok(())
+    }
+
+    fn handle_sip(&mut self, delivery: SipDelivery) {
+        if let Some(tx) = self.transactions.get(&delivery.transaction_id) {
+            match SipMessage::parse(&delivery.sip) {
+                Ok(message) if !message.is_request() => {
+                    let is_final = message.status().is_some_and(|s| s >= 200);
+                    let delivered = tx.send(UacEvent::Response { meta: delivery.clone(), message }).is_ok();
+                    if is_final || !delivered {
+                        self.transactions.remove(&delivery.transaction_id);
+                    }
+                }
+                Ok(_) => debug!("request on transaction {} of ours ignored", delivery.transaction_id),
+                Err(e) => warn!("unparsable response from drachtio on transaction {}: {e}", delivery.transaction_id),
+            }
+            return;
+        }
+        if delivery.transaction_id == "unsolicited" || delivery.sip.starts_with(b"SIP/") {
+            debug!("ignoring SIP message for unknown transaction {}", delivery.transaction_id);
+            return;
+        }
+        let hostport = self.conn.as_ref().map(|c| c.hostport.clone()).unwrap_or_else(|| Arc::from(""));
+        let responder = Responder::new(delivery.transaction_id.clone(), self.writer.clone());
+        let message = match SipMessage::parse(&delivery.sip) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!("rejecting unparsable request from {}:{}: {e}", delivery.address, delivery.port);
+                // drachtio's stack copies Via/From/To/Call-ID/CSeq from the request itself.
+                responder.send(b"SIP/2.0 400 Bad Request\r\nContent-Length: 0\r\n\r\n".to_vec());
+                return;
+            }
+        };
+        let method = message.method().unwrap_or("").to_ascii_uppercase();
+        let Some(queue) = self.routes.get(&method) else {
+            responder.send(ResponseBuilder::new(&message, 405).build());
+            return;
+        };
+        let request = IncomingRequest { meta: delivery, message, server_hostport: hostport, responder };
+        match queue.try_send(request) {
+            Ok(()) => {}
+            Err(TrySendError::Full(req)) => {
+                debug!("{method} queue full: answering 503 to {}:{}", req.meta.address, req.meta.port);
+                let resp = req.response(503).header("Retry-After", "5");
+                req.respond(resp);
+            }
+            Err(TrySendError::Disconnected(req)) => {
+                let resp = req.response(500);
+                req.respond(resp);
+            }
+        }
+    }
+}

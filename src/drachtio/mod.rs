@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crossbeam_channel::Sender;
 
 use crate::sip::{ResponseBuilder, SipMessage};
-pub use client::{ClientConfig, DrachtioClient, DrachtioHandle, UacError, UacEvent};
+pub use client::{ClientConfig, DrachtioClient, DrachtioHandle, Outgoing, Route, UacError, UacEvent};
 pub use message::SipDelivery;
 
 /// What the connection learned when drachtio accepted our secret.
