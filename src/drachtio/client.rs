@@ -176,12 +176,19 @@ impl DrachtioClient {
         self.handle.clone()
     }
 
+    /// Stops taking requests from drachtio (the connection stays open so that roles can still
+    /// answer what they hold). Call [`DrachtioClient::shutdown`] afterwards.
+    pub fn stop_reading(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+
     /// Stops reading, lets the writer flush what roles already queued, closes the connection
     /// and joins both threads.
     pub fn shutdown(self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.waker.wake();
+        self.stop_reading();
         let _ = self.reader.join();
+        let _ = self.handle.writer.send(Outgoing::Shutdown);
         let _ = self.writer.join();
     }
 }
@@ -319,10 +326,9 @@ impl Reader {
         if let Some(mut conn) = self.conn.take() {
             let _ = self.poll.registry().deregister(&mut conn.stream);
         }
+        // The writer still holds its own handle on the socket: it writes what roles queue
+        // until `shutdown`, then closes.
         self.fail_all(UacError::Disconnected);
-        // The writer still holds its own handle on the socket: it writes what roles queued
-        // before the stop, then closes.
-        let _ = self.writer.send(Outgoing::Shutdown);
     }
 
     fn poll_timeout(&self, retry_at: Instant) -> Duration {

@@ -4,7 +4,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use redis::sentinel::Sentinel;
-use redis::{ConnectionLike, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
+use redis::{ConnectionAddr, ConnectionInfo, ConnectionLike, IntoConnectionInfo, RedisConnectionInfo};
 
 use super::StoreError;
 
@@ -35,7 +35,10 @@ impl std::fmt::Debug for RedisSettings {
 
 #[derive(Clone)]
 pub enum RedisTarget {
-    Direct { host: String, port: u16 },
+    Direct {
+        host: String,
+        port: u16,
+    },
     Sentinel {
         sentinels: Vec<(String, u16)>,
         master_name: String,
@@ -64,6 +67,15 @@ pub struct RedisManager {
     source: Source,
     node_info: RedisConnectionInfo,
     timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.source {
+            Source::Direct(info) => write!(f, "RedisManager({:?})", info.addr()),
+            Source::Sentinel { master_name, .. } => write!(f, "RedisManager(sentinel master {master_name})"),
+        }
+    }
 }
 
 enum Source {

@@ -1,0 +1,218 @@
+//! The daemon: starts every role on its own thread, waits for a signal, stops them in order.
+//!
+//! Shutdown order matters: first drachtio stops delivering new requests, then the roles finish
+//! (and answer) what they hold, then the writer flushes those answers and closes the
+//! connection. Roles learn about the stop when the shutdown channel's sender is dropped.
+
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
+use log::{error, info, warn};
+
+use crate::config::{Config, MysqlConfig, RedisMode, RunMode};
+use crate::drachtio::{self, ConnectionEvent, DrachtioClient, Route};
+use crate::heartbeat::{HeartbeatRole, HeartbeatSettings};
+use crate::store::mysql::{MysqlPool, MysqlSettings};
+use crate::store::redis::{self as redis_store, RedisPool, RedisSettings, RedisTarget};
+use crate::{logging, signals};
+
+/// Exit status after a clean stop.
+pub const EXIT_OK: i32 = 0;
+/// The daemon could not start (a thread, a socket, the pools, logging).
+pub const EXIT_START_FAILED: i32 = 70;
+
+/// OPTIONS heartbeats waiting for the heartbeat role; beyond this they get `503`.
+const OPTIONS_QUEUE: usize = 1024;
+
+/// Everything the roles share, built once from the configuration.
+pub struct Pools {
+    pub redis: RedisPool,
+    pub mysql: MysqlPool,
+    /// The pool for UPDATE/INSERT/DELETE: the write pool when configured, else the read pool.
+    pub mysql_write: MysqlPool,
+}
+
+pub fn redis_settings(config: &Config) -> RedisSettings {
+    let (target, username, password) = match &config.redis.mode {
+        RedisMode::Standalone { host, port, username, password } => (
+            RedisTarget::Direct { host: host.clone(), port: *port },
+            username.clone(),
+            password.as_ref().map(|p| p.expose().to_string()),
+        ),
+        RedisMode::Sentinel { sentinels, master_name, username, password, sentinel_password } => (
+            RedisTarget::Sentinel {
+                sentinels: sentinels.iter().map(|s| (s.host.clone(), s.port)).collect(),
+                master_name: master_name.clone(),
+                sentinel_username: None,
+                sentinel_password: sentinel_password.as_ref().map(|p| p.expose().to_string()),
+            },
+            username.clone(),
+            password.as_ref().map(|p| p.expose().to_string()),
+        ),
+    };
+    RedisSettings {
+        target,
+        username,
+        password,
+        db: 0,
+        timeout: config.redis.timeout,
+        max_connections: (config.auth_workers as u32).saturating_add(8),
+    }
+}
+
+pub fn mysql_settings(m: &MysqlConfig) -> MysqlSettings {
+    MysqlSettings {
+        host: m.host.clone(),
+        port: m.port,
+        user: m.user.clone(),
+        password: m.password.expose().to_string(),
+        database: m.database.clone(),
+        connection_limit: m.connection_limit as usize,
+        timeout: m.timeout,
+    }
+}
+
+fn build_pools(config: &Config) -> Result<Pools, String> {
+    let redis = redis_store::pool(&redis_settings(config)).map_err(|e| format!("redis pool: {e}"))?;
+    let mysql = MysqlPool::new(&mysql_settings(&config.mysql)).map_err(|e| format!("mysql pool: {e}"))?;
+    let mysql_write = match &config.mysql_write {
+        Some(w) => MysqlPool::new(&mysql_settings(w)).map_err(|e| format!("mysql write pool: {e}"))?,
+        None => mysql.clone(),
+    };
+    Ok(Pools { redis, mysql, mysql_write })
+}
+
+/// A started role thread, joined at shutdown.
+struct RoleThread {
+    name: &'static str,
+    handle: JoinHandle<()>,
+}
+
+fn spawn_role(name: &'static str, f: impl FnOnce() + Send + 'static) -> Result<RoleThread, String> {
+    let handle = thread::Builder::new().name(name.into()).spawn(f).map_err(|e| format!("thread {name}: {e}"))?;
+    Ok(RoleThread { name, handle })
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. Returns the process exit status.
+pub fn run(config: Config) -> i32 {
+    if let RunMode::Daemon { pidfile } = &config.run_mode {
+        // Forking must happen before any thread or pool exists.
+        let mut d = daemonize::Daemonize::new().working_directory("/");
+        if let Some(p) = pidfile {
+            d = d.pid_file(p);
+        }
+        if let Err(e) = d.start() {
+            eprintln!("sbc-sidecar: cannot daemonize: {e}");
+            return EXIT_START_FAILED;
+        }
+    }
+    if let Err(e) = logging::init(config.log_target, config.log_facility, config.log_level) {
+        eprintln!("sbc-sidecar: cannot start logging: {e}");
+        return EXIT_START_FAILED;
+    }
+    for w in &config.warnings {
+        warn!("{w}");
+    }
+    match start_and_wait(&config) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            error!("sbc-sidecar could not start: {e}");
+            EXIT_START_FAILED
+        }
+    }
+}
+
+fn start_and_wait(config: &Config) -> Result<(), String> {
+    info!("sbc-sidecar {} starting", env!("CARGO_PKG_VERSION"));
+    let signals = signals::listen().map_err(|e| format!("signal handlers: {e}"))?;
+    let pools = build_pools(config)?;
+
+    // Roles stop when this sender is dropped.
+    let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
+    let mut roles: Vec<RoleThread> = Vec::new();
+
+    let (options_tx, options_rx) = bounded(OPTIONS_QUEUE);
+    let heartbeat = HeartbeatRole::new(
+        HeartbeatSettings {
+            cluster_id: config.cluster_id.clone(),
+            check_interval: config.check_expires_interval,
+            expires_interval: config.expires_interval,
+        },
+        pools.redis.clone(),
+        options_rx,
+        shutdown_rx.clone(),
+    );
+    roles.push(spawn_role("heartbeat", move || heartbeat.run())?);
+
+    let (events_tx, events_rx) = unbounded::<ConnectionEvent>();
+    let subscribers: Vec<Sender<ConnectionEvent>> = vec![events_tx];
+    let routes = vec![Route { method: "OPTIONS".into(), queue: options_tx }];
+    let client = DrachtioClient::start(client_config(config), routes, subscribers)
+        .map_err(|e| format!("drachtio client: {e}"))?;
+
+    let stop_reason = wait_for_stop(config, &signals, &events_rx);
+    info!("{stop_reason}: stopping");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+
+    client.stop_reading();
+    drop(shutdown_tx);
+    for role in roles {
+        if role.handle.join().is_err() {
+            error!("role {} ended with a panic", role.name);
+        }
+    }
+    client.shutdown();
+    info!("sbc-sidecar stopped");
+    Ok(())
+}
+
+fn client_config(config: &Config) -> drachtio::ClientConfig {
+    drachtio::ClientConfig {
+        host: config.drachtio.host.clone(),
+        port: config.drachtio.port,
+        secret: config.drachtio.secret.expose().to_string(),
+        ping_interval: config.drachtio.ping_interval,
+        pong_timeout: config.drachtio.pong_timeout,
+        backoff_min: config.drachtio.backoff_min,
+        backoff_max: config.drachtio.backoff_max,
+    }
+}
+
+/// Blocks until SIGTERM/SIGINT; meanwhile tells systemd when we are ready, pets its watchdog,
+/// and re-applies the log level on SIGHUP.
+fn wait_for_stop(config: &Config, signals: &Receiver<signals::Signal>, events: &Receiver<ConnectionEvent>) -> String {
+    let mut ready = false;
+    let watchdog = {
+        let mut usec = 0u64;
+        if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+            crossbeam_channel::tick(Duration::from_micros(usec / 2))
+        } else {
+            crossbeam_channel::never()
+        }
+    };
+    loop {
+        select! {
+            recv(signals) -> sig => match sig {
+                Ok(signals::Signal::Terminate) => return "SIGTERM received".into(),
+                Ok(signals::Signal::Interrupt) => return "SIGINT received".into(),
+                Ok(signals::Signal::Hangup) => {
+                    logging::set_level(config.log_level);
+                    info!("SIGHUP: log level is {}", config.log_level);
+                }
+                Err(_) => return "signal listener ended".into(),
+            },
+            recv(events) -> ev => match ev {
+                Ok(ConnectionEvent::Connected(_)) if !ready => {
+                    ready = true;
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+                }
+                Ok(_) => {}
+                Err(_) => return "drachtio client ended".into(),
+            },
+            recv(watchdog) -> _ => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            }
+        }
+    }
+}

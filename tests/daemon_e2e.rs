@@ -1,0 +1,117 @@
+//! The daemon as a process, between the drachtio double and sipp:
+//! sipp → double → sbc-sidecar → double → sipp.
+
+#[path = "support/double/mod.rs"]
+#[allow(dead_code)]
+mod double;
+mod support;
+
+use std::time::Duration;
+
+use double::{Double, DoubleConfig};
+use support::daemon::{base_env, Daemon};
+use support::db::TestDb;
+use support::sipp;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn start_double(admin_port: u16) -> Double {
+    Double::start(DoubleConfig { admin: format!("127.0.0.1:{admin_port}").parse().unwrap(), ..DoubleConfig::default() })
+        .expect("double starts")
+}
+
+fn options_from(ip: &str, double: &Double) -> sipp::SippRun {
+    sipp::run(
+        &sipp::scenario("options_plain.xml"),
+        &double.sip_addr().to_string(),
+        ip,
+        sipp::free_port(ip),
+        "u1",
+        1,
+        &[],
+        Duration::from_secs(10),
+    )
+}
+
+#[test]
+fn plain_options_gets_200_through_the_double_and_the_daemon() {
+    let db = TestDb::create();
+    let double = start_double(0);
+    let mut daemon = Daemon::start(base_env(double.admin_addr().port(), &db.name), &[]);
+    assert!(double.wait_for_route("options", WAIT), "daemon routed options; log:\n{}", daemon.log());
+    let run = options_from("127.0.0.31", &double);
+    assert_eq!(run.status, Some(0), "sipp: {}\n{}\nlog:\n{}", run.stdout, run.stderr, daemon.log());
+    assert!(run.messages.contains("SIP/2.0 200 OK"), "{}", run.messages);
+    assert!(!run.messages.contains("X-Members"), "a plain OPTIONS gets no X-Members");
+    assert_eq!(daemon.stop(Duration::from_secs(5)).map(|s| s.code()), Some(Some(0)), "clean exit on SIGTERM");
+    assert!(daemon.log().contains("SIGTERM received"));
+}
+
+#[test]
+fn the_daemon_reconnects_when_drachtio_restarts_and_serves_again() {
+    let db = TestDb::create();
+    let double = start_double(0);
+    let admin_port = double.admin_addr().port();
+    let daemon = Daemon::start(base_env(admin_port, &db.name), &[]);
+    assert!(double.wait_for_route("options", WAIT), "log:\n{}", daemon.log());
+    double.stop();
+    assert!(daemon.wait_for_log("lost connection to drachtio", WAIT), "log:\n{}", daemon.log());
+    let double = start_double(admin_port);
+    assert!(double.wait_for_route("options", WAIT), "re-routed after restart; log:\n{}", daemon.log());
+    let run = options_from("127.0.0.32", &double);
+    assert_eq!(run.status, Some(0), "sipp after restart: {}\nlog:\n{}", run.stderr, daemon.log());
+}
+
+#[test]
+fn a_wrong_secret_is_logged_and_retried_until_it_is_fixed() {
+    let db = TestDb::create();
+    let double = start_double(0);
+    let mut env = base_env(double.admin_addr().port(), &db.name);
+    env.insert("DRACHTIO_SECRET".into(), "wrong".into());
+    env.insert("SBC_DRACHTIO_BACKOFF_MAX_MS".into(), "300".into());
+    let mut daemon = Daemon::start(env, &[]);
+    assert!(daemon.wait_for_log("rejected our secret", WAIT), "log:\n{}", daemon.log());
+    std::thread::sleep(Duration::from_secs(2));
+    let log = daemon.log();
+    let attempts = log.matches("rejected our secret").count();
+    assert!((2..=20).contains(&attempts), "retries with backoff, not a tight loop: {attempts}\n{log}");
+    assert!(!log.contains("wrong"), "the secret never reaches the log");
+    assert!(daemon.is_running(), "still running");
+    assert_eq!(double.app_connections(), 0);
+}
+
+#[test]
+fn the_daemon_serves_sip_while_mysql_and_redis_are_unreachable() {
+    let double = start_double(0);
+    let mut env = base_env(double.admin_addr().port(), "sbc_nowhere");
+    env.insert("JAMBONES_MYSQL_PORT".into(), "1".into());
+    env.insert("JAMBONES_REDIS_PORT".into(), "1".into());
+    let mut daemon = Daemon::start(env, &[]);
+    assert!(double.wait_for_route("options", WAIT), "connected without MySQL/Redis; log:\n{}", daemon.log());
+    let run = options_from("127.0.0.33", &double);
+    assert_eq!(run.status, Some(0), "plain OPTIONS needs neither: {}\nlog:\n{}", run.stderr, daemon.log());
+    assert_eq!(daemon.stop(Duration::from_secs(5)).map(|s| s.code()), Some(Some(0)));
+}
+
+#[test]
+fn a_missing_required_variable_is_one_line_and_a_non_zero_exit() {
+    let mut env = base_env(9, "sbc_nowhere");
+    env.remove("DRACHTIO_SECRET");
+    let mut daemon = Daemon::start(env, &[]);
+    let status = daemon.wait_exit(WAIT).expect("exits by itself");
+    assert_eq!(status.code(), Some(78));
+    let log = daemon.log();
+    assert_eq!(log.lines().count(), 1, "one line: {log}");
+    assert!(log.contains("missing DRACHTIO_SECRET env var"), "{log}");
+}
+
+#[test]
+fn sigint_stops_the_daemon_cleanly_even_without_drachtio() {
+    let db = TestDb::create();
+    let mut daemon = Daemon::start(base_env(9, &db.name), &[]);
+    assert!(daemon.wait_for_log("cannot connect to drachtio", WAIT), "log:\n{}", daemon.log());
+    daemon.signal("INT");
+    let status = daemon.wait_exit(Duration::from_secs(5)).expect("exits within 5 s");
+    assert_eq!(status.code(), Some(0));
+    assert!(daemon.log().contains("SIGINT received"));
+}

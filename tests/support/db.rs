@@ -1,0 +1,61 @@
+//! A throw-away MariaDB database per test, created from the project's schema.
+
+use mysql::prelude::Queryable;
+use mysql::{Opts, OptsBuilder, Pool, PooledConn};
+use rand::Rng;
+
+pub fn mysql_user() -> String {
+    std::env::var("SBC_TEST_MYSQL_USER").unwrap_or_else(|_| "sbc_test".into())
+}
+
+pub fn mysql_password() -> String {
+    std::env::var("SBC_TEST_MYSQL_PASSWORD").unwrap_or_else(|_| "sbc_test".into())
+}
+
+fn opts(db: Option<&str>) -> Opts {
+    OptsBuilder::new()
+        .ip_or_hostname(Some("127.0.0.1"))
+        .tcp_port(3306)
+        .user(Some(mysql_user()))
+        .pass(Some(mysql_password()))
+        .db_name(db)
+        .prefer_socket(false)
+        .into()
+}
+
+pub struct TestDb {
+    pub name: String,
+    pool: Pool,
+}
+
+impl TestDb {
+    pub fn create() -> TestDb {
+        let name = format!("sbc_test_{:08x}", rand::thread_rng().gen::<u32>());
+        let admin = Pool::new(opts(None)).expect("MariaDB on 127.0.0.1:3306 (run `make services`)");
+        let mut c = admin.get_conn().expect("MariaDB connection");
+        c.query_drop(format!("CREATE DATABASE `{name}`")).expect("create test database");
+        let pool = Pool::new(opts(Some(&name))).expect("test database pool");
+        let schema = include_str!("../../src/store/schema.sql");
+        let mut conn = pool.get_conn().expect("test database connection");
+        for stmt in
+            schema.split(';').map(str::trim).filter(|s| !s.is_empty() && !s.lines().all(|l| l.starts_with("--")))
+        {
+            conn.query_drop(stmt).expect("schema statement");
+        }
+        TestDb { name, pool }
+    }
+
+    pub fn conn(&self) -> PooledConn {
+        self.pool.get_conn().expect("test database connection")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Ok(admin) = Pool::new(opts(None)) {
+            if let Ok(mut c) = admin.get_conn() {
+                let _ = c.query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.name));
+            }
+        }
+    }
+}
