@@ -49,8 +49,22 @@ pub enum SipError {
     BadStartLine(String),
     BadHeader(String),
     MissingHeader(&'static str),
-    BadHeaderValue { header: &'static str, value: String },
+    BadHeaderValue {
+        header: &'static str,
+        value: String,
+    },
     BadUri(String),
+    /// A value that could not be parsed: `what` names the element (URI, Via, CSeq, …),
+    /// `reason` says which part was wrong.
+    Invalid {
+        what: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    /// Digest credentials lack a field the registrar needs (`username`, `realm`, …).
+    MissingCredential(&'static str),
+    /// A challenge asks for a digest algorithm we cannot compute.
+    UnsupportedAlgorithm(String),
 }
 
 impl fmt::Display for SipError {
@@ -65,6 +79,15 @@ impl fmt::Display for SipError {
                 write!(f, "SIP: bad {header} header `{}`", truncate(value))
             }
             SipError::BadUri(u) => write!(f, "SIP: bad URI `{}`", truncate(u)),
+            SipError::Invalid { what, value, reason } => {
+                write!(f, "SIP: bad {what} `{}`: {reason}", truncate(value))
+            }
+            SipError::MissingCredential(field) => {
+                write!(f, "SIP: digest credentials have no {field}")
+            }
+            SipError::UnsupportedAlgorithm(a) => {
+                write!(f, "SIP: digest algorithm `{}` is not supported", truncate(a))
+            }
         }
     }
 }
@@ -111,11 +134,17 @@ impl SipMessage {
                 continue;
             }
             if line.starts_with(' ') || line.starts_with('\t') {
-                // Folded continuation line (obsolete but legal): append to the previous value.
+                // Folded continuation line (obsolete but legal): append to the previous value,
+                // one space between, so the value stays trimmed like every other value.
                 match headers.last_mut() {
                     Some((_, v)) => {
-                        v.push(' ');
-                        v.push_str(line.trim());
+                        let more = line.trim();
+                        if !more.is_empty() {
+                            if !v.is_empty() {
+                                v.push(' ');
+                            }
+                            v.push_str(more);
+                        }
                         continue;
                     }
                     None => return Err(SipError::BadHeader(line.to_string())),
@@ -293,6 +322,17 @@ mod tests {
             split_header_list(r#"<sip:a@b;x=1,2>;expires=3, "Bob, Jr" <sip:c@d>, sip:e@f"#),
             vec!["<sip:a@b;x=1,2>;expires=3", r#""Bob, Jr" <sip:c@d>"#, "sip:e@f"]
         );
+    }
+
+    #[test]
+    fn folded_continuation_lines_join_with_one_space() {
+        let m =
+            SipMessage::parse(b"OPTIONS sip:a SIP/2.0\r\nSubject: one\r\n  two\r\n \r\nX-Empty:\r\n\tthree\r\n\r\n")
+                .unwrap();
+        assert_eq!(m.header("Subject"), Some("one two"));
+        assert_eq!(m.header("X-Empty"), Some("three"));
+        // what is printed parses back to the same message
+        assert_eq!(SipMessage::parse(&m.to_bytes()), Ok(m));
     }
 
     #[test]

@@ -1,0 +1,397 @@
+//! What each CLI action does (spec 9.1 plus `status`). The state here belongs to the server
+//! thread alone, so the runtime config map needs no lock: the Node sidecar's FIFO queue of
+//! config operations is simply the order in which this one thread handles lines.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use log::{info, warn};
+use serde_json::{Map, Value};
+
+use super::protocol::{action, error, failure, success, validate_server};
+use super::RegbotStatus;
+use crate::drachtio::{ConnectionEvent, ConnectionInfo};
+use crate::heartbeat::keys::ACTIVE_USER;
+use crate::heartbeat::{ClusterSets, DrainedServers};
+use crate::store::redis::{checkout, RedisConn, RedisPool};
+
+pub(crate) struct Commands {
+    sets: ClusterSets,
+    redis: RedisPool,
+    /// The runtime config map (`set`/`get`/`add`/`remove`/`list`): in memory only, insertion
+    /// ordered like the JavaScript `Map` it replaces, and read by nothing else.
+    config: Map<String, Value>,
+    started: Instant,
+    /// The current drachtio connection, `None` while disconnected.
+    drachtio: Option<ConnectionInfo>,
+    regbot: RegbotStatus,
+}
+
+impl Commands {
+    pub(crate) fn new(cluster_id: &str, redis: RedisPool) -> Commands {
+        Commands {
+            sets: ClusterSets::new(cluster_id),
+            redis,
+            config: Map::new(),
+            started: Instant::now(),
+            drachtio: None,
+            regbot: RegbotStatus::default(),
+        }
+    }
+
+    pub(crate) fn connection_event(&mut self, event: ConnectionEvent) {
+        self.drachtio = match event {
+            ConnectionEvent::Connected(info) => Some(info),
+            ConnectionEvent::Disconnected { .. } => None,
+        };
+    }
+
+    pub(crate) fn regbot_status(&mut self, status: RegbotStatus) {
+        self.regbot = status;
+    }
+
+    /// Handles one request line (already trimmed, not blank) and returns the reply.
+    pub(crate) fn handle_line(&mut self, line: &str) -> Value {
+        let Ok(Value::Object(cmd)) = serde_json::from_str::<Value>(line) else {
+            return failure(error::INVALID_COMMAND);
+        };
+        match cmd.get("action").and_then(Value::as_str) {
+            Some(action::SET) => self.set(&cmd),
+            Some(action::GET) => self.get(&cmd),
+            Some(action::ADD) => self.add(&cmd),
+            Some(action::REMOVE) => self.remove(&cmd),
+            Some(action::LIST) => self.list(),
+            Some(action::FS_DRAIN) => self.drain(&cmd, true),
+            Some(action::FS_UNDRAIN) => self.drain(&cmd, false),
+            Some(action::FS_DRAINED) => self.drained(),
+            Some(action::FS_LIST) => self.fs_list(),
+            Some(action::FS_AVAILABLE) => self.fs_available(),
+            Some(action::STATUS) => self.status(),
+            _ => failure(error::UNKNOWN_ACTION),
+        }
+    }
+
+    /// `set`: a missing `value` leaves the key unset, which is what the Node sidecar's
+    /// `undefined` value looked like to every other action.
+    fn set(&mut self, cmd: &Map<String, Value>) -> Value {
+        let Some(key) = config_key(cmd) else {
+            return failure(error::INVALID_COMMAND);
+        };
+        let mut reply = Map::new();
+        reply.insert("key".into(), Value::String(key.clone()));
+        match cmd.get("value") {
+            Some(value) => {
+                info!("runtime config updated key={key} value={value}");
+                self.config.insert(key, value.clone());
+                reply.insert("value".into(), value.clone());
+            }
+            None => {
+                self.config.shift_remove(&key);
+            }
+        }
+        success(reply)
+    }
+
+    /// `get`: `value` is omitted when the key is unset.
+    fn get(&self, cmd: &Map<String, Value>) -> Value {
+        let Some(key) = config_key(cmd) else {
+            return failure(error::INVALID_COMMAND);
+        };
+        let value = self.config.get(&key).cloned();
+        let mut reply = Map::new();
+        reply.insert("key".into(), Value::String(key));
+        if let Some(value) = value {
+            reply.insert("value".into(), value);
+        }
+        success(reply)
+    }
+
+    /// `add`: the value is read as a list (a string is a comma list); the item is appended
+    /// unless already present. The map is written only when the item was added, as in Node.
+    fn add(&mut self, cmd: &Map<String, Value>) -> Value {
+        let Some(key) = config_key(cmd) else {
+            return failure(error::INVALID_COMMAND);
+        };
+        let item = cmd.get("item").cloned().unwrap_or(Value::Null);
+        let mut array = as_list(self.config.get(&key));
+        let added = !array.contains(&item);
+        if added {
+            array.push(item.clone());
+            self.config.insert(key.clone(), Value::Array(array.clone()));
+        }
+        let mut reply = Map::new();
+        reply.insert("key".into(), Value::String(key));
+        reply.insert("item".into(), item);
+        reply.insert("array".into(), Value::Array(array));
+        reply.insert("added".into(), Value::Bool(added));
+        success(reply)
+    }
+
+    /// `remove`: every occurrence of the item goes; the map is written only on a change.
+    fn remove(&mut self, cmd: &Map<String, Value>) -> Value {
+        let Some(key) = config_key(cmd) else {
+            return failure(error::INVALID_COMMAND);
+        };
+        let item = cmd.get("item").cloned().unwrap_or(Value::Null);
+        let mut array = as_list(self.config.get(&key));
+        let before = array.len();
+        array.retain(|v| *v != item);
+        let removed = array.len() != before;
+        if removed {
+            self.config.insert(key.clone(), Value::Array(array.clone()));
+        }
+        let mut reply = Map::new();
+        reply.insert("key".into(), Value::String(key));
+        reply.insert("item".into(), item);
+        reply.insert("array".into(), Value::Array(array));
+        reply.insert("removed".into(), Value::Bool(removed));
+        success(reply)
+    }
+
+    fn list(&self) -> Value {
+        let mut reply = Map::new();
+        reply.insert("config".into(), Value::Object(self.config.clone()));
+        success(reply)
+    }
+
+    /// `fs-drain` / `fs-undrain`: `SADD`/`SREM` on `<cluster>:drained-fs` and the resulting
+    /// members, in one round trip.
+    fn drain(&mut self, cmd: &Map<String, Value>, drain: bool) -> Value {
+        let server = match validate_server_field(cmd.get("server")) {
+            Ok(server) => server,
+            Err(message) => return failure(&message),
+        };
+        let Some(mut conn) = self.connection() else {
+            return failure(error::REDIS_NOT_AVAILABLE);
+        };
+        let (command, failed, verb) = if drain {
+            ("SADD", error::FAILED_TO_DRAIN, "drain")
+        } else {
+            ("SREM", error::FAILED_TO_UNDRAIN, "undrain")
+        };
+        let result: redis::RedisResult<(i64, Vec<String>)> = redis::pipe()
+            .cmd(command)
+            .arg(&self.sets.drained_fs)
+            .arg(&server)
+            .cmd("SMEMBERS")
+            .arg(&self.sets.drained_fs)
+            .query(&mut *conn);
+        let (changed, mut drained) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("cli {verb} failed server={server}: {e}");
+                return failure(failed);
+            }
+        };
+        drained.sort();
+        info!("cli {verb} server={server} changed={} drained={drained:?}", changed == 1);
+        let mut reply = Map::new();
+        reply.insert("action".into(), Value::String(verb.to_string()));
+        reply.insert("server".into(), Value::String(server));
+        reply.insert("drained".into(), strings(drained));
+        success(reply)
+    }
+
+    fn drained(&mut self) -> Value {
+        let Some(mut conn) = self.connection() else {
+            return failure(error::REDIS_NOT_AVAILABLE);
+        };
+        match redis::cmd("SMEMBERS").arg(&self.sets.drained_fs).query::<Vec<String>>(&mut *conn) {
+            Ok(mut drained) => {
+                drained.sort();
+                let mut reply = Map::new();
+                reply.insert("drained".into(), strings(drained));
+                success(reply)
+            }
+            Err(e) => {
+                warn!("cli fs-drained failed: {e}");
+                failure(error::FAILED_TO_RETRIEVE_DRAINED)
+            }
+        }
+    }
+
+    /// `fs-list`: every member of active-fs with `drained` when drained-fs holds its IP or its
+    /// `ip:port` (the Node sidecar compared strings, so real servers never showed as drained).
+    fn fs_list(&mut self) -> Value {
+        let (active, drained) = match self.active_and_drained() {
+            Ok(sets) => sets,
+            Err(None) => return failure(error::REDIS_NOT_AVAILABLE),
+            Err(Some(e)) => {
+                warn!("cli fs-list failed: {e}");
+                return failure(error::FAILED_TO_LIST);
+            }
+        };
+        let matcher = DrainedServers::new(drained.iter().cloned());
+        let servers: Vec<Value> = active
+            .into_iter()
+            .map(|server| {
+                let status = if matcher.contains_member(&server) { "drained" } else { "active" };
+                let mut entry = Map::new();
+                entry.insert("server".into(), Value::String(server));
+                entry.insert("status".into(), Value::String(status.to_string()));
+                Value::Object(entry)
+            })
+            .collect();
+        let mut reply = Map::new();
+        reply.insert("servers".into(), Value::Array(servers));
+        reply.insert("drained".into(), strings(drained));
+        success(reply)
+    }
+
+    /// `fs-available`: active-fs minus the drained servers (same matching as `fs-list`).
+    fn fs_available(&mut self) -> Value {
+        let (active, drained) = match self.active_and_drained() {
+            Ok(sets) => sets,
+            Err(None) => return failure(error::REDIS_NOT_AVAILABLE),
+            Err(Some(e)) => {
+                warn!("cli fs-available failed: {e}");
+                return failure(error::FAILED_TO_RETRIEVE_AVAILABLE);
+            }
+        };
+        let matcher = DrainedServers::new(drained);
+        let available: Vec<String> = active.into_iter().filter(|s| !matcher.contains_member(s)).collect();
+        let mut reply = Map::new();
+        reply.insert("available".into(), strings(available));
+        success(reply)
+    }
+
+    /// Sorted members of active-fs and drained-fs. `Err(None)`: no connection.
+    fn active_and_drained(&mut self) -> Result<(Vec<String>, Vec<String>), Option<redis::RedisError>> {
+        let mut conn = self.connection().ok_or(None)?;
+        let (mut active, mut drained): (Vec<String>, Vec<String>) = redis::pipe()
+            .cmd("SMEMBERS")
+            .arg(&self.sets.active_fs)
+            .cmd("SMEMBERS")
+            .arg(&self.sets.drained_fs)
+            .query(&mut *conn)
+            .map_err(Some)?;
+        active.sort();
+        drained.sort();
+        Ok((active, drained))
+    }
+
+    /// `status`: what an operator checks first. Works while Redis is down (the counts are
+    /// `null` then), because that is exactly when it is needed.
+    fn status(&mut self) -> Value {
+        let counts = self.counts();
+        let mut drachtio = Map::new();
+        drachtio.insert("connected".into(), Value::Bool(self.drachtio.is_some()));
+        let info = self.drachtio.as_ref();
+        drachtio.insert("version".into(), opt_string(info.map(|i| i.version.as_str())));
+        drachtio.insert("hostports".into(), opt_string(info.map(|i| i.hostports.as_str())));
+        drachtio.insert("local_hostports".into(), opt_string(info.map(|i| i.local_hostports.as_str())));
+        let mut regbot = Map::new();
+        regbot.insert("role".into(), Value::String(self.regbot.role().to_string()));
+        regbot.insert("total".into(), Value::from(self.regbot.total));
+        regbot.insert("registered".into(), Value::from(self.regbot.registered));
+        regbot.insert("failing".into(), Value::from(self.regbot.failing));
+
+        let mut reply = Map::new();
+        reply.insert("drachtio".into(), Value::Object(drachtio));
+        reply.insert("uptime_s".into(), Value::from(self.started.elapsed().as_secs()));
+        let (users, fs, rtp) = match counts {
+            Some((u, f, r)) => (Value::from(u), Value::from(f), Value::from(r)),
+            None => (Value::Null, Value::Null, Value::Null),
+        };
+        reply.insert("registered_users".into(), users);
+        reply.insert("feature_servers".into(), fs);
+        reply.insert("rtp_servers".into(), rtp);
+        reply.insert("regbot".into(), Value::Object(regbot));
+        success(reply)
+    }
+
+    /// Registered users (unexpired members of `active-user`), feature servers, RTP servers.
+    fn counts(&mut self) -> Option<(i64, i64, i64)> {
+        let mut conn = self.connection()?;
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let result = redis::pipe()
+            .cmd("ZCOUNT")
+            .arg(ACTIVE_USER)
+            .arg(now_ms.to_string())
+            .arg("+inf")
+            .cmd("SCARD")
+            .arg(&self.sets.active_fs)
+            .cmd("SCARD")
+            .arg(&self.sets.active_rtp)
+            .query(&mut *conn);
+        match result {
+            Ok(counts) => Some(counts),
+            Err(e) => {
+                warn!("cli status: redis counts failed: {e}");
+                None
+            }
+        }
+    }
+
+    fn connection(&self) -> Option<RedisConn> {
+        match checkout(&self.redis) {
+            Ok(conn) => Some(conn),
+            Err(e) => {
+                warn!("cli command without redis: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// The config key of a request: a string, or a number/boolean in its JSON spelling (what a
+/// JavaScript `Map` key turned into once listed). Anything else is not a usable key.
+fn config_key(cmd: &Map<String, Value>) -> Option<String> {
+    match cmd.get("key")? {
+        Value::String(s) => Some(s.clone()),
+        v @ (Value::Number(_) | Value::Bool(_)) => Some(v.to_string()),
+        _ => None,
+    }
+}
+
+/// A config value read as a list: arrays as they are, a string split on commas (trimmed,
+/// empties dropped), anything else empty.
+fn as_list(value: Option<&Value>) -> Vec<Value> {
+    match value {
+        Some(Value::Array(a)) => a.clone(),
+        Some(Value::String(s)) => {
+            s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.to_string())).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The `server` field of `fs-drain`/`fs-undrain`, validated. A missing or non-string value
+/// is reported the way the Node template string showed it.
+fn validate_server_field(server: Option<&Value>) -> Result<String, String> {
+    match server {
+        Some(Value::String(s)) => validate_server(s),
+        None => Err(error::invalid_ip("undefined")),
+        Some(other) => Err(error::invalid_ip(&other.to_string())),
+    }
+}
+
+fn strings(list: Vec<String>) -> Value {
+    Value::Array(list.into_iter().map(Value::String).collect())
+}
+
+fn opt_string(s: Option<&str>) -> Value {
+    s.map(|s| Value::String(s.to_string())).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn comma_strings_are_lists() {
+        assert_eq!(as_list(Some(&json!(" a, b,,c "))), vec![json!("a"), json!("b"), json!("c")]);
+        assert_eq!(as_list(Some(&json!(["x", 1]))), vec![json!("x"), json!(1)]);
+        assert_eq!(as_list(Some(&json!(5))), Vec::<Value>::new());
+        assert_eq!(as_list(None), Vec::<Value>::new());
+    }
+
+    #[test]
+    fn config_keys() {
+        let cmd = |v: Value| v.as_object().cloned().unwrap();
+        assert_eq!(config_key(&cmd(json!({"key": "k"}))), Some("k".to_string()));
+        assert_eq!(config_key(&cmd(json!({"key": 5}))), Some("5".to_string()));
+        assert_eq!(config_key(&cmd(json!({"key": null}))), None);
+        assert_eq!(config_key(&cmd(json!({}))), None);
+    }
+}

@@ -1,0 +1,123 @@
+//! The CLI socket protocol (spec 9.1), shared by the server and `sbcctl`.
+//!
+//! Newline-delimited JSON both ways: a request is `{"action":…, …}`, a reply is
+//! `{"success":true, …fields}` or `{"success":false,"error":"<message>"}`. Field order follows
+//! the spec (serde_json is built with `preserve_order`).
+
+use serde_json::{Map, Value};
+
+use crate::heartbeat::FsEndpoint;
+
+/// `SBC_SOCKET_PATH`: where the server listens and the client connects.
+pub const SOCKET_PATH_ENV: &str = "SBC_SOCKET_PATH";
+/// The Node sidecar's default, still the default when nothing else is configured.
+pub const DEFAULT_SOCKET_PATH: &str = "/tmp/sbc-sip-sidecar.sock";
+/// Where the Debian package's systemd unit puts the socket (`RuntimeDirectory=sbc-sidecar`).
+pub const PACKAGE_SOCKET_PATH: &str = "/run/sbc-sidecar/sbc-sidecar.sock";
+
+/// Longest request line the server accepts. Real commands are well under 1 KiB; the limit keeps
+/// a client that never sends a newline from growing the server's buffer without end.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+pub mod action {
+    pub const SET: &str = "set";
+    pub const GET: &str = "get";
+    pub const ADD: &str = "add";
+    pub const REMOVE: &str = "remove";
+    pub const LIST: &str = "list";
+    pub const FS_DRAIN: &str = "fs-drain";
+    pub const FS_UNDRAIN: &str = "fs-undrain";
+    pub const FS_DRAINED: &str = "fs-drained";
+    pub const FS_LIST: &str = "fs-list";
+    pub const FS_AVAILABLE: &str = "fs-available";
+    /// Not in the Node sidecar: drachtio connection, counts and regbot role.
+    pub const STATUS: &str = "status";
+}
+
+/// Error texts of spec 9.1, word for word.
+pub mod error {
+    pub const INVALID_COMMAND: &str = "Invalid command";
+    pub const UNKNOWN_ACTION: &str = "Unknown action";
+    pub const REDIS_NOT_AVAILABLE: &str = "Redis connection not available";
+    pub const FAILED_TO_DRAIN: &str = "Failed to drain server";
+    pub const FAILED_TO_UNDRAIN: &str = "Failed to undrain server";
+    pub const FAILED_TO_RETRIEVE_DRAINED: &str = "Failed to retrieve drained servers";
+    pub const FAILED_TO_LIST: &str = "Failed to list servers";
+    pub const FAILED_TO_RETRIEVE_AVAILABLE: &str = "Failed to retrieve available servers";
+    /// Sent (then the connection is closed) when the server already serves its maximum.
+    pub const TOO_MANY_CONNECTIONS: &str = "Too many connections";
+
+    /// `Invalid IP address: <server>`.
+    pub fn invalid_ip(server: &str) -> String {
+        format!("Invalid IP address: {server}")
+    }
+}
+
+/// Validates the `server` of `fs-drain` / `fs-undrain`: an IPv4 dotted quad, an IPv6 address,
+/// or either with a port (`10.0.0.5:5070`, `[fd00::5]:5070`). Returns the canonical spelling
+/// that is stored in `<cluster>:drained-fs`, so that `fs undrain FD00::5` removes what
+/// `fs drain fd00::5` added; otherwise the error text `Invalid IP address: <server>`.
+pub fn validate_server(server: &str) -> Result<String, String> {
+    match FsEndpoint::parse(server) {
+        Some(endpoint) => Ok(endpoint.to_string()),
+        None => Err(error::invalid_ip(server)),
+    }
+}
+
+/// `{"success":true, …fields}`.
+pub fn success(fields: Map<String, Value>) -> Value {
+    let mut reply = Map::with_capacity(fields.len() + 1);
+    reply.insert("success".to_string(), Value::Bool(true));
+    reply.extend(fields);
+    Value::Object(reply)
+}
+
+/// `{"success":false,"error":"<message>"}`.
+pub fn failure(message: &str) -> Value {
+    let mut reply = Map::with_capacity(2);
+    reply.insert("success".to_string(), Value::Bool(false));
+    reply.insert("error".to_string(), Value::String(message.to_string()));
+    Value::Object(reply)
+}
+
+/// A request line: `{"action":<action>, …fields}` and a newline.
+pub fn request_line(action: &str, fields: Map<String, Value>) -> String {
+    let mut request = Map::with_capacity(fields.len() + 1);
+    request.insert("action".to_string(), Value::String(action.to_string()));
+    request.extend(fields);
+    let mut line = Value::Object(request).to_string();
+    line.push('\n');
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn replies_put_success_first() {
+        let mut fields = Map::new();
+        fields.insert("key".into(), json!("k"));
+        fields.insert("value".into(), json!(1));
+        assert_eq!(success(fields).to_string(), r#"{"success":true,"key":"k","value":1}"#);
+        assert_eq!(failure("Unknown action").to_string(), r#"{"success":false,"error":"Unknown action"}"#);
+    }
+
+    #[test]
+    fn request_lines_start_with_the_action() {
+        let mut fields = Map::new();
+        fields.insert("server".into(), json!("10.0.0.1"));
+        assert_eq!(request_line("fs-drain", fields), "{\"action\":\"fs-drain\",\"server\":\"10.0.0.1\"}\n");
+    }
+
+    #[test]
+    fn servers_are_validated_and_canonicalised() {
+        assert_eq!(validate_server("192.168.1.10"), Ok("192.168.1.10".to_string()));
+        assert_eq!(validate_server("192.168.1.10:5070"), Ok("192.168.1.10:5070".to_string()));
+        assert_eq!(validate_server("FD00::5"), Ok("fd00::5".to_string()));
+        assert_eq!(validate_server("[fd00::5]:5070"), Ok("[fd00::5]:5070".to_string()));
+        assert_eq!(validate_server("not-an-ip"), Err("Invalid IP address: not-an-ip".to_string()));
+        assert_eq!(validate_server("300.1.1.1"), Err("Invalid IP address: 300.1.1.1".to_string()));
+    }
+}

@@ -1,0 +1,110 @@
+//! The OPTIONS role (spec 5): heartbeats from feature servers and RTP servers keep them in the
+//! cluster's Redis sets, a periodic sweep expires those that went silent, and operators drain
+//! feature servers through `<cluster>:drained-fs` (written by the CLI server, read here).
+//!
+//! One thread: requests and the sweep timer are multiplexed with `select!`, so the lastSeen
+//! maps need no lock. The per-heartbeat logic lives in [`Tracker`] and is tested against a real
+//! Redis without threads.
+
+pub mod drain;
+pub mod keys;
+pub mod tracker;
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{never, select, tick, Receiver};
+use log::{debug, info, warn};
+
+use crate::drachtio::IncomingRequest;
+use crate::store::redis::RedisPool;
+pub use drain::{fs_member_key, DrainedServers, FsEndpoint};
+pub use keys::ClusterSets;
+pub use tracker::{classify, Ping, ServerKind, Tracker};
+
+#[derive(Debug, Clone)]
+pub struct HeartbeatSettings {
+    /// `JAMBONES_CLUSTER_ID` (`default` when unset): the prefix of the Redis set names.
+    pub cluster_id: String,
+    /// `CHECK_EXPIRES_INTERVAL`: how often the expiry sweep runs (Node default 20 s).
+    pub check_interval: Duration,
+    /// `EXPIRES_INTERVAL`: a member silent for longer than this is expired (Node default 60 s).
+    pub expires_interval: Duration,
+}
+
+/// The sweep never runs more often than this, whatever the configuration says: a zero
+/// interval would turn the timer into a busy loop.
+const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The heartbeat role: answers every OPTIONS drachtio routes to us and runs the expiry sweep.
+pub struct HeartbeatRole {
+    settings: HeartbeatSettings,
+    tracker: Tracker,
+    requests: Receiver<IncomingRequest>,
+    shutdown: Receiver<()>,
+}
+
+impl HeartbeatRole {
+    pub fn new(
+        settings: HeartbeatSettings,
+        redis: RedisPool,
+        requests: Receiver<IncomingRequest>,
+        shutdown: Receiver<()>,
+    ) -> HeartbeatRole {
+        let tracker = Tracker::new(&settings.cluster_id, settings.expires_interval, redis);
+        HeartbeatRole { settings, tracker, requests, shutdown }
+    }
+
+    /// Runs until `shutdown` receives a message or is disconnected.
+    pub fn run(self) {
+        let HeartbeatRole { settings, mut tracker, mut requests, shutdown } = self;
+        info!(
+            "heartbeat role started cluster={} check_interval_ms={} expires_ms={}",
+            settings.cluster_id,
+            settings.check_interval.as_millis(),
+            settings.expires_interval.as_millis()
+        );
+        // If Redis is down at startup the load is retried before each sweep until it works:
+        // without it, members left behind by servers that died while we were down never expire.
+        let mut loaded = tracker.load(Instant::now()).is_ok();
+        let sweep = tick(settings.check_interval.max(MIN_CHECK_INTERVAL));
+        loop {
+            select! {
+                recv(requests) -> request => match request {
+                    Ok(request) => answer(&mut tracker, request),
+                    Err(_) => {
+                        // The drachtio client has gone; servers that stop checking in must
+                        // still expire, so keep sweeping until told to stop.
+                        debug!("heartbeat role: request channel closed");
+                        requests = never();
+                    }
+                },
+                recv(sweep) -> _ => {
+                    let now = Instant::now();
+                    if !loaded {
+                        loaded = tracker.load(now).is_ok();
+                    }
+                    // A failed sweep keeps its members and is retried on the next tick; the
+                    // tracker logs the outage.
+                    let _ = tracker.sweep(now);
+                }
+                recv(shutdown) -> _ => break,
+            }
+        }
+        info!("heartbeat role stopped");
+    }
+}
+
+fn answer(tracker: &mut Tracker, request: IncomingRequest) {
+    if !request.method().eq_ignore_ascii_case("OPTIONS") {
+        // drachtio only routes OPTIONS here; anything else is a wiring mistake, not a heartbeat.
+        warn!("heartbeat role got a {} request; answering 405", request.method());
+        let response = request.response(405).header("Allow", "OPTIONS");
+        request.respond(response);
+        return;
+    }
+    let response = tracker.answer(&request, Instant::now());
+    request.respond(response);
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,534 @@
+//! The CLI socket server (spec 9.1) in-process, against the real Redis at 127.0.0.1:6379.
+//! Every test has its own socket path and cluster id and removes its keys.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{unbounded, Sender};
+use sbc_sidecar::ctl::{CtlError, CtlServer, CtlSettings, RegbotStatus};
+use sbc_sidecar::drachtio::{ConnectionEvent, ConnectionInfo};
+use sbc_sidecar::heartbeat::ClusterSets;
+use sbc_sidecar::store::redis::{pool, RedisPool, RedisSettings, RedisTarget};
+
+fn redis_at(port: u16, timeout: Duration) -> RedisPool {
+    pool(&RedisSettings {
+        target: RedisTarget::Direct { host: "127.0.0.1".to_string(), port },
+        username: None,
+        password: None,
+        db: 0,
+        timeout,
+        max_connections: 4,
+    })
+    .unwrap()
+}
+
+fn temp_socket_path() -> PathBuf {
+    std::env::temp_dir().join(format!("ctl-test-{}.sock", uuid::Uuid::new_v4().simple()))
+}
+
+/// A CtlServer running on its own thread with its own socket and cluster id.
+struct Server {
+    path: PathBuf,
+    sets: ClusterSets,
+    redis: RedisPool,
+    conn_events: Sender<ConnectionEvent>,
+    regbot: Sender<RegbotStatus>,
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<Result<(), CtlError>>>,
+}
+
+impl Server {
+    fn start() -> Server {
+        Server::start_with(redis_at(6379, Duration::from_secs(2)))
+    }
+
+    fn start_with(redis: RedisPool) -> Server {
+        let path = temp_socket_path();
+        let cluster_id = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let (conn_tx, conn_rx) = unbounded();
+        let (regbot_tx, regbot_rx) = unbounded();
+        let server = CtlServer::bind(
+            &path,
+            CtlSettings { cluster_id: cluster_id.clone() },
+            redis.clone(),
+            conn_rx,
+            Some(regbot_rx),
+        )
+        .unwrap();
+        let (stop_tx, stop_rx) = unbounded();
+        let thread = std::thread::spawn(move || server.run(stop_rx));
+        Server {
+            path,
+            sets: ClusterSets::new(&cluster_id),
+            redis,
+            conn_events: conn_tx,
+            regbot: regbot_tx,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(&self.path)
+    }
+
+    /// One command on a fresh connection.
+    fn ask(&self, line: &str) -> String {
+        self.client().ask(line)
+    }
+
+    fn redis_cmd(&self, args: &[&str]) {
+        let mut conn = self.redis.get().unwrap();
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        let _: redis::Value = cmd.query(&mut *conn).unwrap();
+    }
+
+    /// Stops the server and returns how long that took.
+    fn shutdown(&mut self) -> Duration {
+        let started = Instant::now();
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap().unwrap();
+        }
+        started.elapsed()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown();
+        if let Ok(mut conn) = self.redis.get() {
+            let s = &self.sets;
+            let _: Result<i64, _> = redis::cmd("DEL")
+                .arg(&s.active_fs)
+                .arg(&s.active_rtp)
+                .arg(&s.fs_service_url)
+                .arg(&s.drained_fs)
+                .query(&mut *conn);
+        }
+    }
+}
+
+struct Client {
+    reader: BufReader<UnixStream>,
+}
+
+impl Client {
+    fn connect(path: &PathBuf) -> Client {
+        let stream = UnixStream::connect(path).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        Client { reader: BufReader::new(stream) }
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).unwrap();
+    }
+
+    fn reply(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        assert!(line.ends_with('\n'), "reply line {line:?}");
+        line.trim_end().to_string()
+    }
+
+    fn ask(&mut self, line: &str) -> String {
+        self.send_raw(format!("{line}\n").as_bytes());
+        self.reply()
+    }
+}
+
+#[test]
+fn socket_is_private_and_removed_after_shutdown() {
+    let mut server = Server::start();
+    let meta = std::fs::symlink_metadata(&server.path).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    // an idle client does not hold the shutdown up
+    let _idle = server.client();
+    let took = server.shutdown();
+    assert!(took < Duration::from_secs(1), "shutdown took {took:?}");
+    assert!(!server.path.exists());
+}
+
+#[test]
+fn stale_socket_file_is_replaced() {
+    let path = temp_socket_path();
+    drop(UnixListener::bind(&path).unwrap()); // leaves the file behind, nobody listening
+    assert!(path.exists());
+    let (_conn_tx, conn_rx) = unbounded();
+    let server = CtlServer::bind(
+        &path,
+        CtlSettings { cluster_id: "test-stale".into() },
+        redis_at(6379, Duration::from_secs(2)),
+        conn_rx,
+        None,
+    )
+    .unwrap();
+    assert_eq!(server.path(), path.as_path());
+    let (stop_tx, stop_rx) = unbounded();
+    let thread = std::thread::spawn(move || server.run(stop_rx));
+    assert_eq!(Client::connect(&path).ask(r#"{"action":"list"}"#), r#"{"success":true,"config":{}}"#);
+    drop(stop_tx);
+    thread.join().unwrap().unwrap();
+    assert!(!path.exists());
+}
+
+#[test]
+fn a_path_that_is_not_a_socket_is_never_deleted() {
+    let path = temp_socket_path();
+    std::fs::write(&path, b"precious").unwrap();
+    let (_conn_tx, conn_rx) = unbounded();
+    let result = CtlServer::bind(
+        &path,
+        CtlSettings { cluster_id: "test-notsock".into() },
+        redis_at(6379, Duration::from_secs(2)),
+        conn_rx,
+        None,
+    );
+    let err = result.err().expect("bind must fail");
+    assert!(matches!(err, CtlError::NotASocket(_)));
+    assert_eq!(
+        err.to_string(),
+        format!("CLI socket {}: the path exists and is not a socket; refusing to delete it", path.display())
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn a_socket_in_use_by_another_process_is_not_taken_over() {
+    let path = temp_socket_path();
+    let live = UnixListener::bind(&path).unwrap();
+    let (_conn_tx, conn_rx) = unbounded();
+    let result = CtlServer::bind(
+        &path,
+        CtlSettings { cluster_id: "test-inuse".into() },
+        redis_at(6379, Duration::from_secs(2)),
+        conn_rx,
+        None,
+    );
+    assert!(matches!(result.err(), Some(CtlError::InUse(_))));
+    assert!(path.exists());
+    drop(live);
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn runtime_config_actions_reply_as_the_spec_says() {
+    let server = Server::start();
+    let mut c = server.client();
+    assert_eq!(c.ask(r#"{"action":"list"}"#), r#"{"success":true,"config":{}}"#);
+    assert_eq!(
+        c.ask(r#"{"action":"set","key":"testKey","value":"testValue"}"#),
+        r#"{"success":true,"key":"testKey","value":"testValue"}"#
+    );
+    assert_eq!(c.ask(r#"{"action":"get","key":"testKey"}"#), r#"{"success":true,"key":"testKey","value":"testValue"}"#);
+    assert_eq!(c.ask(r#"{"action":"get","key":"unset"}"#), r#"{"success":true,"key":"unset"}"#);
+    assert_eq!(
+        c.ask(r#"{"action":"set","key":"n","value":{"a":[1,2]}}"#),
+        r#"{"success":true,"key":"n","value":{"a":[1,2]}}"#
+    );
+
+    // add/remove read a string value as a comma list
+    c.ask(r#"{"action":"set","key":"csv","value":"a, b,,"}"#);
+    assert_eq!(
+        c.ask(r#"{"action":"add","key":"csv","item":"a"}"#),
+        r#"{"success":true,"key":"csv","item":"a","array":["a","b"],"added":false}"#
+    );
+    // not added: the stored value is still the string
+    assert_eq!(c.ask(r#"{"action":"get","key":"csv"}"#), r#"{"success":true,"key":"csv","value":"a, b,,"}"#);
+    assert_eq!(
+        c.ask(r#"{"action":"add","key":"csv","item":"c"}"#),
+        r#"{"success":true,"key":"csv","item":"c","array":["a","b","c"],"added":true}"#
+    );
+    assert_eq!(
+        c.ask(r#"{"action":"remove","key":"csv","item":"b"}"#),
+        r#"{"success":true,"key":"csv","item":"b","array":["a","c"],"removed":true}"#
+    );
+    assert_eq!(
+        c.ask(r#"{"action":"remove","key":"csv","item":"zz"}"#),
+        r#"{"success":true,"key":"csv","item":"zz","array":["a","c"],"removed":false}"#
+    );
+    assert_eq!(
+        c.ask(r#"{"action":"add","key":"fresh","item":"x"}"#),
+        r#"{"success":true,"key":"fresh","item":"x","array":["x"],"added":true}"#
+    );
+    assert_eq!(
+        c.ask(r#"{"action":"list"}"#),
+        r#"{"success":true,"config":{"testKey":"testValue","n":{"a":[1,2]},"csv":["a","c"],"fresh":["x"]}}"#
+    );
+    // the map lives in the server, not in the connection
+    assert_eq!(server.ask(r#"{"action":"get","key":"fresh"}"#), r#"{"success":true,"key":"fresh","value":["x"]}"#);
+}
+
+#[test]
+fn bad_lines_get_errors_and_the_connection_stays_usable() {
+    let server = Server::start();
+    let mut c = server.client();
+    assert_eq!(c.ask(r#"{"action":"nope"}"#), r#"{"success":false,"error":"Unknown action"}"#);
+    assert_eq!(c.ask(r#"{"key":"x"}"#), r#"{"success":false,"error":"Unknown action"}"#);
+    assert_eq!(c.ask("this is not json"), r#"{"success":false,"error":"Invalid command"}"#);
+    assert_eq!(c.ask(r#"{"action":"get""#), r#"{"success":false,"error":"Invalid command"}"#);
+    assert_eq!(c.ask("[1,2]"), r#"{"success":false,"error":"Invalid command"}"#);
+    assert_eq!(c.ask(r#"{"action":"get"}"#), r#"{"success":false,"error":"Invalid command"}"#);
+    // blank lines are skipped, surrounding whitespace trimmed
+    c.send_raw(b"\n  \r\n\t{\"action\":\"list\"}  \r\n");
+    assert_eq!(c.reply(), r#"{"success":true,"config":{}}"#);
+    assert_eq!(c.ask(r#"{"action":"list"}"#), r#"{"success":true,"config":{}}"#);
+}
+
+#[test]
+fn an_over_long_line_is_rejected_and_discarded_up_to_its_newline() {
+    let server = Server::start();
+    let mut c = server.client();
+    // 100 KiB in pieces, without a newline: rejected once it passes 64 KiB
+    let piece = vec![b'x'; 10 * 1024];
+    for _ in 0..10 {
+        c.send_raw(&piece);
+    }
+    assert_eq!(c.reply(), r#"{"success":false,"error":"Invalid command"}"#);
+    // the rest of that line is dropped; the line after it is served
+    c.send_raw(b"{\"action\":\"set\",\"key\":\"k\",\"value\":\"tail\"}\n");
+    assert_eq!(c.ask(r#"{"action":"get","key":"k"}"#), r#"{"success":true,"key":"k"}"#);
+    assert_eq!(c.ask(r#"{"action":"set","key":"k","value":"v"}"#), r#"{"success":true,"key":"k","value":"v"}"#);
+    // a long line sent in one write with its newline
+    let mut long = vec![b' '; 70 * 1024];
+    long.extend_from_slice(b"{\"action\":\"list\"}\n{\"action\":\"get\",\"key\":\"k\"}\n");
+    c.send_raw(&long);
+    assert_eq!(c.reply(), r#"{"success":false,"error":"Invalid command"}"#);
+    assert_eq!(c.reply(), r#"{"success":true,"key":"k","value":"v"}"#);
+}
+
+#[test]
+fn pipelined_and_split_commands_are_answered_in_order() {
+    let server = Server::start();
+    let mut c = server.client();
+    c.send_raw(b"{\"action\":\"set\",\"key\":\"a\",\"value\":1}\n{\"action\":\"get\",\"key\":\"a\"}\n{\"act");
+    assert_eq!(c.reply(), r#"{"success":true,"key":"a","value":1}"#);
+    assert_eq!(c.reply(), r#"{"success":true,"key":"a","value":1}"#);
+    std::thread::sleep(Duration::from_millis(50));
+    c.send_raw(b"ion\":\"list\"}\n");
+    assert_eq!(c.reply(), r#"{"success":true,"config":{"a":1}}"#);
+}
+
+#[test]
+fn a_client_that_closes_its_side_still_gets_its_replies() {
+    let server = Server::start();
+    let mut stream = UnixStream::connect(&server.path).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.write_all(b"{\"action\":\"list\"}\n{\"action\":\"nope\"}\n").unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut all = String::new();
+    stream.read_to_string(&mut all).unwrap();
+    assert_eq!(all, "{\"success\":true,\"config\":{}}\n{\"success\":false,\"error\":\"Unknown action\"}\n");
+}
+
+#[test]
+fn silent_clients_do_not_block_others() {
+    let server = Server::start();
+    let _silent = server.client();
+    let mut partial = server.client();
+    partial.send_raw(b"{\"action\":\"li");
+    let started = Instant::now();
+    assert_eq!(server.ask(r#"{"action":"list"}"#), r#"{"success":true,"config":{}}"#);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // the partial line is still completed later
+    partial.send_raw(b"st\"}\n");
+    assert_eq!(partial.reply(), r#"{"success":true,"config":{}}"#);
+}
+
+#[test]
+fn concurrent_clients_are_all_served() {
+    let server = Server::start();
+    let path = server.path.clone();
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&path);
+                for i in 0..25 {
+                    let set = format!(r#"{{"action":"set","key":"w{w}","value":{i}}}"#);
+                    assert_eq!(c.ask(&set), format!(r#"{{"success":true,"key":"w{w}","value":{i}}}"#));
+                    let get = format!(r#"{{"action":"get","key":"w{w}"}}"#);
+                    assert_eq!(c.ask(&get), format!(r#"{{"success":true,"key":"w{w}","value":{i}}}"#));
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let list = server.ask(r#"{"action":"list"}"#);
+    for w in 0..8 {
+        assert!(list.contains(&format!(r#""w{w}":24"#)), "{list}");
+    }
+}
+
+#[test]
+fn connections_beyond_the_limit_are_refused_politely() {
+    let server = Server::start();
+    let mut held: Vec<Client> = (0..32).map(|_| server.client()).collect();
+    // make sure the server has accepted all of them
+    assert_eq!(held[31].ask(r#"{"action":"list"}"#), r#"{"success":true,"config":{}}"#);
+    let mut extra = server.client();
+    assert_eq!(extra.reply(), r#"{"success":false,"error":"Too many connections"}"#);
+    // closing one makes room again
+    held.pop();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(server.ask(r#"{"action":"list"}"#), r#"{"success":true,"config":{}}"#);
+}
+
+#[test]
+fn drain_by_ip_and_by_ip_port_is_reflected_in_fs_list_and_fs_available() {
+    let server = Server::start();
+    let mut c = server.client();
+    assert_eq!(c.ask(r#"{"action":"fs-drained"}"#), r#"{"success":true,"drained":[]}"#);
+    assert_eq!(c.ask(r#"{"action":"fs-list"}"#), r#"{"success":true,"servers":[],"drained":[]}"#);
+    assert_eq!(c.ask(r#"{"action":"fs-available"}"#), r#"{"success":true,"available":[]}"#);
+
+    for m in ["10.0.0.5:5070", "10.0.0.6:5070", "10.0.0.7:5080", "10.0.0.7:5090", "[fd00::8]:5070"] {
+        server.redis_cmd(&["SADD", &server.sets.active_fs, m]);
+    }
+    assert_eq!(
+        c.ask(r#"{"action":"fs-drain","server":"10.0.0.5"}"#),
+        r#"{"success":true,"action":"drain","server":"10.0.0.5","drained":["10.0.0.5"]}"#
+    );
+    assert_eq!(
+        c.ask(r#"{"action":"fs-drain","server":"10.0.0.7:5080"}"#),
+        r#"{"success":true,"action":"drain","server":"10.0.0.7:5080","drained":["10.0.0.5","10.0.0.7:5080"]}"#
+    );
+    assert_eq!(
+        c.ask(r#"{"action":"fs-drain","server":"FD00::8"}"#),
+        r#"{"success":true,"action":"drain","server":"fd00::8","drained":["10.0.0.5","10.0.0.7:5080","fd00::8"]}"#
+    );
+    assert_eq!(
+        c.ask(r#"{"action":"fs-drained"}"#),
+        r#"{"success":true,"drained":["10.0.0.5","10.0.0.7:5080","fd00::8"]}"#
+    );
+    assert_eq!(
+        c.ask(r#"{"action":"fs-list"}"#),
+        concat!(
+            r#"{"success":true,"servers":["#,
+            r#"{"server":"10.0.0.5:5070","status":"drained"},"#,
+            r#"{"server":"10.0.0.6:5070","status":"active"},"#,
+            r#"{"server":"10.0.0.7:5080","status":"drained"},"#,
+            r#"{"server":"10.0.0.7:5090","status":"active"},"#,
+            r#"{"server":"[fd00::8]:5070","status":"drained"}"#,
+            r#"],"drained":["10.0.0.5","10.0.0.7:5080","fd00::8"]}"#
+        )
+    );
+    assert_eq!(
+        c.ask(r#"{"action":"fs-available"}"#),
+        r#"{"success":true,"available":["10.0.0.6:5070","10.0.0.7:5090"]}"#
+    );
+
+    assert_eq!(
+        c.ask(r#"{"action":"fs-undrain","server":"10.0.0.5"}"#),
+        r#"{"success":true,"action":"undrain","server":"10.0.0.5","drained":["10.0.0.7:5080","fd00::8"]}"#
+    );
+    assert_eq!(
+        c.ask(r#"{"action":"fs-undrain","server":"[fd00::8]:5070"}"#),
+        r#"{"success":true,"action":"undrain","server":"[fd00::8]:5070","drained":["10.0.0.7:5080","fd00::8"]}"#
+    );
+    assert_eq!(
+        c.ask(r#"{"action":"fs-available"}"#),
+        r#"{"success":true,"available":["10.0.0.5:5070","10.0.0.6:5070","10.0.0.7:5090"]}"#
+    );
+}
+
+#[test]
+fn drain_validates_the_server() {
+    let server = Server::start();
+    let mut c = server.client();
+    for (request, error) in [
+        (r#"{"action":"fs-drain","server":"10.0.0.256"}"#, "Invalid IP address: 10.0.0.256"),
+        (r#"{"action":"fs-drain","server":"fs1.example.com"}"#, "Invalid IP address: fs1.example.com"),
+        (r#"{"action":"fs-drain","server":"10.0.0.1:99999"}"#, "Invalid IP address: 10.0.0.1:99999"),
+        (r#"{"action":"fs-undrain","server":"::1::2"}"#, "Invalid IP address: ::1::2"),
+        (r#"{"action":"fs-drain"}"#, "Invalid IP address: undefined"),
+        (r#"{"action":"fs-drain","server":5}"#, "Invalid IP address: 5"),
+    ] {
+        assert_eq!(c.ask(request), format!(r#"{{"success":false,"error":"{error}"}}"#));
+    }
+    assert_eq!(c.ask(r#"{"action":"fs-drained"}"#), r#"{"success":true,"drained":[]}"#);
+}
+
+#[test]
+fn redis_down_gives_the_spec_errors_and_config_and_status_still_work() {
+    let server = Server::start_with(redis_at(1, Duration::from_millis(200)));
+    let mut c = server.client();
+    for request in [
+        r#"{"action":"fs-drain","server":"10.0.0.5"}"#,
+        r#"{"action":"fs-undrain","server":"10.0.0.5"}"#,
+        r#"{"action":"fs-drained"}"#,
+        r#"{"action":"fs-list"}"#,
+        r#"{"action":"fs-available"}"#,
+    ] {
+        assert_eq!(c.ask(request), r#"{"success":false,"error":"Redis connection not available"}"#);
+    }
+    assert_eq!(c.ask(r#"{"action":"set","key":"k","value":"v"}"#), r#"{"success":true,"key":"k","value":"v"}"#);
+    let status: serde_json::Value = serde_json::from_str(&c.ask(r#"{"action":"status"}"#)).unwrap();
+    assert_eq!(status["success"], true);
+    assert!(status["registered_users"].is_null());
+    assert!(status["feature_servers"].is_null());
+    assert!(status["rtp_servers"].is_null());
+}
+
+#[test]
+fn status_reports_drachtio_counts_and_regbot() {
+    let server = Server::start();
+    let mut c = server.client();
+    let first = c.ask(r#"{"action":"status"}"#);
+    assert!(
+        first.starts_with(
+            r#"{"success":true,"drachtio":{"connected":false,"version":null,"hostports":null,"local_hostports":null},"uptime_s":"#
+        ),
+        "{first}"
+    );
+    assert!(first.ends_with(r#","regbot":{"role":"standby","total":0,"registered":0,"failing":0}}"#), "{first}");
+
+    server.redis_cmd(&["SADD", &server.sets.active_fs, "10.0.0.5:5070", "10.0.0.6:5070"]);
+    server.redis_cmd(&["SADD", &server.sets.active_rtp, "10.0.0.9"]);
+    let user = format!("user:test-{}@ctl.example.com", uuid::Uuid::new_v4().simple());
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis();
+    server.redis_cmd(&["ZADD", "active-user", &(now_ms + 3_600_000).to_string(), &user]);
+    server
+        .conn_events
+        .send(ConnectionEvent::Connected(ConnectionInfo {
+            hostports: "tcp/127.0.0.1:5060,udp/127.0.0.1:5060".into(),
+            version: "v0.9.10".into(),
+            local_hostports: "tcp/127.0.0.1:5060,udp/127.0.0.1:5060".into(),
+        }))
+        .unwrap();
+    server.regbot.send(RegbotStatus { leader: true, total: 3, registered: 2, failing: 1 }).unwrap();
+
+    let status: serde_json::Value = serde_json::from_str(&c.ask(r#"{"action":"status"}"#)).unwrap();
+    server.redis_cmd(&["ZREM", "active-user", &user]);
+    let keys: Vec<&str> = status.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        ["success", "drachtio", "uptime_s", "registered_users", "feature_servers", "rtp_servers", "regbot"]
+    );
+    assert_eq!(
+        status["drachtio"].to_string(),
+        r#"{"connected":true,"version":"v0.9.10","hostports":"tcp/127.0.0.1:5060,udp/127.0.0.1:5060","local_hostports":"tcp/127.0.0.1:5060,udp/127.0.0.1:5060"}"#
+    );
+    assert!(status["uptime_s"].as_u64().is_some());
+    // active-user is shared by every test and the registrar: ours is in there at least
+    assert!(status["registered_users"].as_u64().unwrap() >= 1);
+    assert_eq!(status["feature_servers"], 2);
+    assert_eq!(status["rtp_servers"], 1);
+    assert_eq!(status["regbot"].to_string(), r#"{"role":"leader","total":3,"registered":2,"failing":1}"#);
+
+    server.conn_events.send(ConnectionEvent::Disconnected { reason: "gone".into() }).unwrap();
+    let status: serde_json::Value = serde_json::from_str(&c.ask(r#"{"action":"status"}"#)).unwrap();
+    assert_eq!(status["drachtio"]["connected"], false);
+    assert!(status["drachtio"]["version"].is_null());
+}

@@ -1,0 +1,438 @@
+//! The real `sbcctl` binary (spec 9.2) against an in-process CLI server and the real Redis at
+//! 127.0.0.1:6379. Every test has its own socket path and cluster id and removes its keys.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Sender};
+use sbc_sidecar::ctl::{CtlError, CtlServer, CtlSettings, RegbotStatus};
+use sbc_sidecar::drachtio::{ConnectionEvent, ConnectionInfo};
+use sbc_sidecar::heartbeat::ClusterSets;
+use sbc_sidecar::store::redis::{pool, RedisPool, RedisSettings, RedisTarget};
+
+const HELP: &str = "\
+SBC Runtime CLI
+
+Usage:
+  sbcctl <command> [options]
+
+Feature Server Commands:
+  sbcctl fs drain <ip>      Drain server (remove from pool)
+  sbcctl fs undrain <ip>    Undrain server (add back to pool)
+  sbcctl fs drained         Show drained servers
+  sbcctl fs active          Show available servers
+  sbcctl fs list            Show all servers with status
+
+Configuration Commands:
+  sbcctl set <key> <value>  Set runtime config
+  sbcctl get <key>          Get runtime config
+  sbcctl list               Show all runtime config
+
+Status Commands:
+  sbcctl status             Show drachtio connection, counts and regbot role
+
+Options:
+  --socket PATH             CLI socket (default: $SBC_SOCKET_PATH, else
+                            /run/sbc-sidecar/sbc-sidecar.sock if it exists,
+                            else /tmp/sbc-sip-sidecar.sock)
+  --json                    Print the server's JSON reply as it is
+  --timeout SECONDS         Wait this long for the reply (default 5)
+
+Examples:
+  sbcctl fs drain 192.168.1.10
+  sbcctl fs active
+";
+
+fn temp_socket_path() -> PathBuf {
+    std::env::temp_dir().join(format!("sbcctl-test-{}.sock", uuid::Uuid::new_v4().simple()))
+}
+
+/// A CtlServer on its own thread, socket and cluster id.
+struct Server {
+    path: PathBuf,
+    sets: ClusterSets,
+    redis: RedisPool,
+    conn_events: Sender<ConnectionEvent>,
+    regbot: Sender<RegbotStatus>,
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<Result<(), CtlError>>>,
+}
+
+impl Server {
+    fn start() -> Server {
+        let redis = pool(&RedisSettings {
+            target: RedisTarget::Direct { host: "127.0.0.1".to_string(), port: 6379 },
+            username: None,
+            password: None,
+            db: 0,
+            timeout: Duration::from_secs(2),
+            max_connections: 2,
+        })
+        .unwrap();
+        let path = temp_socket_path();
+        let cluster_id = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let (conn_tx, conn_rx) = unbounded();
+        let (regbot_tx, regbot_rx) = unbounded();
+        let server = CtlServer::bind(
+            &path,
+            CtlSettings { cluster_id: cluster_id.clone() },
+            redis.clone(),
+            conn_rx,
+            Some(regbot_rx),
+        )
+        .unwrap();
+        let (stop_tx, stop_rx) = unbounded();
+        let thread = std::thread::spawn(move || server.run(stop_rx));
+        Server {
+            path,
+            sets: ClusterSets::new(&cluster_id),
+            redis,
+            conn_events: conn_tx,
+            regbot: regbot_tx,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Runs `sbcctl --socket <this server> <args>`.
+    fn sbcctl(&self, args: &[&str]) -> Run {
+        let mut all = vec!["--socket", self.path.to_str().unwrap()];
+        all.extend_from_slice(args);
+        sbcctl(&all)
+    }
+
+    fn sadd(&self, set: &str, members: &[&str]) {
+        let mut conn = self.redis.get().unwrap();
+        let _: i64 = redis::cmd("SADD").arg(set).arg(members).query(&mut *conn).unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Ok(mut conn) = self.redis.get() {
+            let s = &self.sets;
+            let _: Result<i64, _> = redis::cmd("DEL")
+                .arg(&s.active_fs)
+                .arg(&s.active_rtp)
+                .arg(&s.fs_service_url)
+                .arg(&s.drained_fs)
+                .query(&mut *conn);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn finish(output: Output) -> Run {
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    }
+}
+
+fn command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sbcctl"));
+    cmd.env_remove("SBC_SOCKET_PATH");
+    cmd
+}
+
+fn sbcctl(args: &[&str]) -> Run {
+    finish(command().args(args).output().unwrap())
+}
+
+fn assert_run(run: &Run, code: i32, stdout: &str, stderr: &str) {
+    assert_eq!((run.code, run.stdout.as_str(), run.stderr.as_str()), (code, stdout, stderr), "{run:?}");
+}
+
+#[test]
+fn without_arguments_it_prints_the_help() {
+    assert_run(&sbcctl(&[]), 0, HELP, "");
+    assert_run(&sbcctl(&["--help"]), 0, HELP, "");
+}
+
+#[test]
+fn bad_usage_exits_2_with_the_spec_texts() {
+    // none of these reach the socket, so no server is needed
+    let nowhere = temp_socket_path();
+    let socket = nowhere.to_str().unwrap();
+    for (args, message) in [
+        (vec!["fs"], "fs command requires an action"),
+        (vec!["fs", "drain"], "drain requires server IP address"),
+        (vec!["fs", "undrain"], "undrain requires server IP address"),
+        (vec!["fs", "rm"], "Unknown fs command: rm. Use: drain, undrain, drained, active, list"),
+        (vec!["set"], "set requires key and value"),
+        (vec!["set", "k"], "set requires key and value"),
+        (vec!["get"], "get requires key"),
+        (vec!["frobnicate"], "Unknown command: frobnicate. Run without arguments for help."),
+        (vec!["--timeout", "soon", "list"], "--timeout needs a positive number of seconds, not soon"),
+        (vec!["--timeout", "0", "list"], "--timeout needs a positive number of seconds, not 0"),
+        (vec!["--bogus", "list"], "Unrecognized option: 'bogus'"),
+    ] {
+        let mut all = vec!["--socket", socket];
+        all.extend(args);
+        assert_run(&sbcctl(&all), 2, "", &format!("Error: {message}\n"));
+    }
+}
+
+#[test]
+fn an_invalid_ip_is_rejected_before_connecting() {
+    let nowhere = temp_socket_path();
+    let socket = nowhere.to_str().unwrap();
+    assert_run(
+        &sbcctl(&["--socket", socket, "fs", "drain", "10.0.0.300"]),
+        1,
+        "",
+        "Error: Invalid IP address: 10.0.0.300\n",
+    );
+    assert_run(&sbcctl(&["--socket", socket, "fs", "undrain", "fs1"]), 1, "", "Error: Invalid IP address: fs1\n");
+}
+
+#[test]
+fn connection_failure_names_the_os_error() {
+    let nowhere = temp_socket_path();
+    let socket = nowhere.to_str().unwrap();
+    assert_run(
+        &sbcctl(&["--socket", socket, "list"]),
+        1,
+        "",
+        &format!("Error: Connection failed: No such file or directory ({socket})\n"),
+    );
+}
+
+#[test]
+fn a_server_that_never_answers_times_out() {
+    let path = temp_socket_path();
+    let listener = UnixListener::bind(&path).unwrap();
+    // accepts and reads, never replies
+    let _silent = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let started = Instant::now();
+    let run = sbcctl(&["--socket", path.to_str().unwrap(), "--timeout", "0.5", "list"]);
+    let took = started.elapsed();
+    assert_run(&run, 1, "", "Error: Command timed out\n");
+    assert!(took >= Duration::from_millis(450) && took < Duration::from_secs(3), "{took:?}");
+    let _ = std::fs::remove_file(&path);
+}
+
+/// A fake server that answers every connection with `reply`.
+fn fake_server(reply: &'static [u8]) -> PathBuf {
+    let path = temp_socket_path();
+    let listener = UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = reader.get_mut().write_all(reply);
+        }
+    });
+    path
+}
+
+#[test]
+fn an_unparsable_reply_is_reported() {
+    let path = fake_server(b"this is not json\n");
+    assert_run(&sbcctl(&["--socket", path.to_str().unwrap(), "list"]), 1, "", "Error: Invalid response from server\n");
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn the_reply_is_one_line_even_when_it_arrives_in_pieces() {
+    // the Node client parsed the first chunk; a reply split across writes must still work
+    let path = temp_socket_path();
+    let listener = UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        if let Some(Ok(stream)) = listener.incoming().next() {
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let s = reader.get_mut();
+            let _ = s.write_all(br#"{"success":true,"con"#);
+            let _ = s.flush();
+            std::thread::sleep(Duration::from_millis(100));
+            let _ = s.write_all(b"fig\":{\"a\":1}}\n{\"ignored\":true}\n");
+        }
+    });
+    assert_run(&sbcctl(&["--socket", path.to_str().unwrap(), "list"]), 0, "Runtime Configuration:\n  a = 1\n", "");
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn config_commands_print_like_the_node_cli() {
+    let server = Server::start();
+    assert_run(&server.sbcctl(&["list"]), 0, "Runtime Configuration:\n  (no configuration set)\n", "");
+    assert_run(&server.sbcctl(&["set", "testKey", "testValue"]), 0, "✓ testKey = \"testValue\"\n", "");
+    assert_run(&server.sbcctl(&["get", "testKey"]), 0, "testKey = \"testValue\"\n", "");
+    assert_run(&server.sbcctl(&["get", "other"]), 0, "other = undefined\n", "");
+    assert_run(&server.sbcctl(&["set", "list", "a,b"]), 0, "✓ list = \"a,b\"\n", "");
+    assert_run(
+        &server.sbcctl(&["list"]),
+        0,
+        "Runtime Configuration:\n  testKey = \"testValue\"\n  list = \"a,b\"\n",
+        "",
+    );
+}
+
+#[test]
+fn fs_commands_print_like_the_node_cli() {
+    let server = Server::start();
+    assert_run(&server.sbcctl(&["fs", "drained"]), 0, "No servers are currently drained\n", "");
+    assert_run(&server.sbcctl(&["fs", "active"]), 0, "No active feature servers found\n", "");
+    assert_run(&server.sbcctl(&["fs", "list"]), 0, "No servers configured\n", "");
+
+    assert_run(
+        &server.sbcctl(&["fs", "drain", "10.0.0.5"]),
+        0,
+        "✓ Drained 10.0.0.5\nDrained servers: [10.0.0.5]\n",
+        "",
+    );
+    assert_run(
+        &server.sbcctl(&["fs", "drain", "10.0.0.7:5080"]),
+        0,
+        "✓ Drained 10.0.0.7:5080\nDrained servers: [10.0.0.5, 10.0.0.7:5080]\n",
+        "",
+    );
+    assert_run(&server.sbcctl(&["fs", "drained"]), 0, "Drained servers:\n  🔴 10.0.0.5\n  🔴 10.0.0.7:5080\n", "");
+    assert_run(
+        &server.sbcctl(&["fs", "list"]),
+        0,
+        "No servers configured\nOrphaned drained servers:\n  🔴 10.0.0.5 (orphaned)\n  🔴 10.0.0.7:5080 (orphaned)\n",
+        "",
+    );
+
+    server.sadd(&server.sets.active_fs, &["10.0.0.5:5070", "10.0.0.6:5070", "10.0.0.7:5080", "10.0.0.7:5090"]);
+    assert_run(
+        &server.sbcctl(&["fs", "list"]),
+        0,
+        "Feature servers:\n  🔴 10.0.0.5:5070 (drained)\n  🟢 10.0.0.6:5070 (active)\n  🔴 10.0.0.7:5080 (drained)\n  🟢 10.0.0.7:5090 (active)\n",
+        "",
+    );
+    assert_run(
+        &server.sbcctl(&["fs", "active"]),
+        0,
+        "Available feature servers:\n  🟢 10.0.0.6:5070\n  🟢 10.0.0.7:5090\n",
+        "",
+    );
+    assert_run(
+        &server.sbcctl(&["fs", "undrain", "10.0.0.5"]),
+        0,
+        "✓ Undrained 10.0.0.5\nDrained servers: [10.0.0.7:5080]\n",
+        "",
+    );
+    assert_run(
+        &server.sbcctl(&["fs", "undrain", "10.0.0.7:5080"]),
+        0,
+        "✓ Undrained 10.0.0.7:5080\nDrained servers: []\n",
+        "",
+    );
+    assert_run(
+        &server.sbcctl(&["fs", "active"]),
+        0,
+        "Available feature servers:\n  🟢 10.0.0.5:5070\n  🟢 10.0.0.6:5070\n  🟢 10.0.0.7:5080\n  🟢 10.0.0.7:5090\n",
+        "",
+    );
+}
+
+#[test]
+fn json_prints_the_raw_reply_line() {
+    let server = Server::start();
+    assert_run(
+        &server.sbcctl(&["--json", "fs", "drain", "10.0.0.5"]),
+        0,
+        "{\"success\":true,\"action\":\"drain\",\"server\":\"10.0.0.5\",\"drained\":[\"10.0.0.5\"]}\n",
+        "",
+    );
+    assert_run(&server.sbcctl(&["get", "k", "--json"]), 0, "{\"success\":true,\"key\":\"k\"}\n", "");
+}
+
+#[test]
+fn a_failed_reply_exits_1_with_its_error() {
+    let path = fake_server(b"{\"success\":false,\"error\":\"Redis connection not available\"}\n");
+    let socket = path.to_str().unwrap();
+    assert_run(&sbcctl(&["--socket", socket, "fs", "drained"]), 1, "", "Error: Redis connection not available\n");
+    // --json: the reply is the output, the exit code still says it failed
+    assert_run(
+        &sbcctl(&["--socket", socket, "--json", "fs", "list"]),
+        1,
+        "{\"success\":false,\"error\":\"Redis connection not available\"}\n",
+        "",
+    );
+    let _ = std::fs::remove_file(&path);
+
+    // without an error text, the command's own fallback
+    let path = fake_server(b"{\"success\":false}\n");
+    let socket = path.to_str().unwrap();
+    assert_run(&sbcctl(&["--socket", socket, "fs", "drain", "10.0.0.1"]), 1, "", "Error: Failed to drain server\n");
+    assert_run(&sbcctl(&["--socket", socket, "fs", "undrain", "10.0.0.1"]), 1, "", "Error: Failed to undrain server\n");
+    assert_run(&sbcctl(&["--socket", socket, "fs", "active"]), 1, "", "Error: Failed to get active servers\n");
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn the_socket_path_comes_from_sbc_socket_path() {
+    let server = Server::start();
+    let run = finish(command().env("SBC_SOCKET_PATH", &server.path).args(["get", "x"]).output().unwrap());
+    assert_run(&run, 0, "x = undefined\n", "");
+}
+
+#[test]
+fn status_prints_one_line_per_fact() {
+    let server = Server::start();
+    let run = server.sbcctl(&["status"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines[0], "drachtio: not connected");
+    assert!(lines[1].starts_with("uptime: "), "{run:?}");
+    assert!(lines[2].starts_with("registered users: "), "{run:?}");
+    assert_eq!(
+        lines[3..],
+        ["feature servers: 0", "rtp servers: 0", "regbot: standby (0 gateways, 0 registered, 0 failing)"]
+    );
+
+    server.sadd(&server.sets.active_fs, &["10.0.0.5:5070"]);
+    server
+        .conn_events
+        .send(ConnectionEvent::Connected(ConnectionInfo {
+            hostports: "udp/127.0.0.1:5060".into(),
+            version: "v0.9.10".into(),
+            local_hostports: "udp/127.0.0.1:5060".into(),
+        }))
+        .unwrap();
+    server.regbot.send(RegbotStatus { leader: true, total: 2, registered: 1, failing: 1 }).unwrap();
+    let run = server.sbcctl(&["status"]);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(
+        lines[..3],
+        [
+            "drachtio: connected, version v0.9.10",
+            "  hostports: udp/127.0.0.1:5060",
+            "  local hostports: udp/127.0.0.1:5060"
+        ]
+    );
+    assert_eq!(
+        lines[5..],
+        ["feature servers: 1", "rtp servers: 0", "regbot: leader (2 gateways, 1 registered, 1 failing)"]
+    );
+
+    let json = server.sbcctl(&["status", "--json"]);
+    assert_eq!(json.code, 0);
+    assert!(json.stdout.starts_with("{\"success\":true,\"drachtio\":{\"connected\":true,"), "{json:?}");
+}
