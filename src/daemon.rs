@@ -11,6 +11,7 @@ use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
 use log::{error, info, warn};
 
 use crate::config::{Config, MysqlConfig, RedisMode, RunMode};
+use crate::ctl::{CtlServer, CtlSettings};
 use crate::drachtio::{self, ConnectionEvent, DrachtioClient, Route};
 use crate::heartbeat::{HeartbeatRole, HeartbeatSettings};
 use crate::store::mysql::{MysqlPool, MysqlSettings};
@@ -146,7 +147,24 @@ fn start_and_wait(config: &Config) -> Result<(), String> {
     roles.push(spawn_role("heartbeat", move || heartbeat.run())?);
 
     let (events_tx, events_rx) = unbounded::<ConnectionEvent>();
-    let subscribers: Vec<Sender<ConnectionEvent>> = vec![events_tx];
+    let (ctl_events_tx, ctl_events_rx) = unbounded::<ConnectionEvent>();
+    let subscribers: Vec<Sender<ConnectionEvent>> = vec![events_tx, ctl_events_tx];
+
+    let ctl = CtlServer::bind(
+        &config.socket_path,
+        CtlSettings { cluster_id: config.cluster_id.clone() },
+        pools.redis.clone(),
+        ctl_events_rx,
+        None,
+    )
+    .map_err(|e| format!("CLI socket {}: {e}", config.socket_path.display()))?;
+    info!("CLI server started on {}", config.socket_path.display());
+    let ctl_shutdown = shutdown_rx.clone();
+    roles.push(spawn_role("ctl", move || {
+        if let Err(e) = ctl.run(ctl_shutdown) {
+            error!("CLI server stopped: {e}");
+        }
+    })?);
     let routes = vec![Route { method: "OPTIONS".into(), queue: options_tx }];
     let client = DrachtioClient::start(client_config(config), routes, subscribers)
         .map_err(|e| format!("drachtio client: {e}"))?;

@@ -1,0 +1,170 @@
+//! Feature-server and RTP-server heartbeats end to end: sipp on several 127.0.0.x addresses →
+//! drachtio double → sbc-sidecar → real Redis; drain and status through the real sbcctl.
+
+#[path = "support/double/mod.rs"]
+#[allow(dead_code)]
+mod double;
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use double::{Double, DoubleConfig};
+use redis::Commands;
+use support::daemon::{base_env, Daemon};
+use support::db::TestDb;
+use support::sipp;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Rig {
+    _db: TestDb,
+    double: Double,
+    daemon: Daemon,
+    cluster: String,
+    redis: redis::Connection,
+}
+
+impl Rig {
+    fn start(extra: &[(&str, &str)]) -> Rig {
+        let db = TestDb::create();
+        let double = Double::start(DoubleConfig::default()).expect("double");
+        let cluster = format!("hb-{:08x}", rand::random::<u32>());
+        let mut env = base_env(double.admin_addr().port(), &db.name);
+        env.insert("JAMBONES_CLUSTER_ID".into(), cluster.clone());
+        for (k, v) in extra {
+            env.insert(k.to_string(), v.to_string());
+        }
+        let daemon = Daemon::start(env, &[]);
+        assert!(double.wait_for_route("options", WAIT), "log:\n{}", daemon.log());
+        let redis = redis::Client::open("redis://127.0.0.1:6379/").unwrap().get_connection().unwrap();
+        Rig { _db: db, double, daemon, cluster, redis }
+    }
+
+    /// One heartbeat from `ip:port`; returns the sipp run, checked for `X-Members: <members>`.
+    fn ping(&self, ip: &str, port: u16, kind: &str, status: &str, members: u32) -> sipp::SippRun {
+        let url = format!("http://{ip}:3000");
+        let run = sipp::run(
+            &sipp::scenario("options_heartbeat.xml"),
+            &self.double.sip_addr().to_string(),
+            ip,
+            port,
+            "u1",
+            1,
+            &[("kind", kind), ("status", status), ("service_url", &url)],
+            Duration::from_secs(10),
+        );
+        if run.status == Some(0) {
+            let seen = run.messages.lines().find_map(|l| l.strip_prefix("X-Members: ")).map(str::trim);
+            assert_eq!(seen, Some(members.to_string().as_str()), "X-Members of the 200:\n{}", run.messages);
+        }
+        run
+    }
+
+    fn set(&mut self, name: &str) -> Vec<String> {
+        let mut v: Vec<String> = self.redis.smembers(format!("{}:{name}", self.cluster)).unwrap();
+        v.sort();
+        v
+    }
+
+    fn sbcctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_sbcctl"))
+            .arg("--socket")
+            .arg(&self.daemon.socket_path)
+            .args(args)
+            .output()
+            .expect("sbcctl runs");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        for set in ["active-fs", "active-rtp", "fs-service-url", "drained-fs"] {
+            let _: Result<(), _> = self.redis.del(format!("{}:{set}", self.cluster));
+        }
+    }
+}
+
+fn assert_ok(run: &sipp::SippRun, rig: &Rig, what: &str) {
+    assert_eq!(
+        run.status,
+        Some(0),
+        "{what}: sipp {}\n{}\nmessages:\n{}\nlog:\n{}",
+        run.stdout,
+        run.stderr,
+        run.messages,
+        rig.daemon.log()
+    );
+}
+
+#[test]
+fn feature_and_rtp_servers_are_counted_in_their_sets() {
+    let mut rig = Rig::start(&[]);
+    let (p1, p2, p3) = (sipp::free_port("127.0.0.41"), sipp::free_port("127.0.0.42"), sipp::free_port("127.0.0.43"));
+    assert_ok(&rig.ping("127.0.0.41", p1, "FS", "open", 1), &rig, "first FS");
+    assert_ok(&rig.ping("127.0.0.42", p2, "FS", "open", 2), &rig, "second FS");
+    assert_ok(&rig.ping("127.0.0.43", p3, "RTP", "open", 1), &rig, "RTP");
+    assert_eq!(rig.set("active-fs"), vec![format!("127.0.0.41:{p1}"), format!("127.0.0.42:{p2}")]);
+    assert_eq!(rig.set("active-rtp"), vec!["127.0.0.43".to_string()]);
+    assert!(rig.set("fs-service-url").contains(&"http://127.0.0.41:3000".to_string()));
+    // a closed check-in takes the server out
+    assert_ok(&rig.ping("127.0.0.42", p2, "FS", "closed", 1), &rig, "closed FS");
+    assert_eq!(rig.set("active-fs"), vec![format!("127.0.0.41:{p1}")]);
+    let (code, out, _) = rig.sbcctl(&["fs", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&format!("127.0.0.41:{p1} (active)")), "{out}");
+}
+
+#[test]
+fn drained_feature_server_is_removed_on_its_next_check_in_and_back_after_undrain() {
+    let mut rig = Rig::start(&[]);
+    let port = sipp::free_port("127.0.0.44");
+    let member = format!("127.0.0.44:{port}");
+    assert_ok(&rig.ping("127.0.0.44", port, "FS", "open", 1), &rig, "check-in");
+    for drain_arg in ["127.0.0.44".to_string(), member.clone()] {
+        let (code, out, err) = rig.sbcctl(&["fs", "drain", &drain_arg]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains(&format!("✓ Drained {drain_arg}")), "{out}");
+        let (_, list, _) = rig.sbcctl(&["fs", "list"]);
+        assert!(list.contains(&format!("🔴 {member} (drained)")), "fs list shows it drained: {list}");
+        // an open check-in from a drained server counts as closed
+        assert_ok(&rig.ping("127.0.0.44", port, "FS", "open", 0), &rig, "drained check-in");
+        assert!(rig.set("active-fs").is_empty(), "removed from active-fs");
+        assert!(rig.daemon.log().contains("drained feature server attempted to check in - rejecting"));
+        let (code, out, _) = rig.sbcctl(&["fs", "undrain", &drain_arg]);
+        assert_eq!(code, 0, "{out}");
+        assert_ok(&rig.ping("127.0.0.44", port, "FS", "open", 1), &rig, "after undrain");
+        assert_eq!(rig.set("active-fs"), vec![member.clone()]);
+    }
+}
+
+#[test]
+fn silent_servers_expire() {
+    let mut rig = Rig::start(&[("CHECK_EXPIRES_INTERVAL", "200"), ("EXPIRES_INTERVAL", "1000")]);
+    let port = sipp::free_port("127.0.0.45");
+    assert_ok(&rig.ping("127.0.0.45", port, "FS", "open", 1), &rig, "check-in");
+    assert_ok(&rig.ping("127.0.0.46", sipp::free_port("127.0.0.46"), "RTP", "open", 1), &rig, "rtp");
+    let start = Instant::now();
+    while start.elapsed() < WAIT && !(rig.set("active-fs").is_empty() && rig.set("active-rtp").is_empty()) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(rig.set("active-fs").is_empty() && rig.set("active-rtp").is_empty(), "expired; log:\n{}", rig.daemon.log());
+    assert!(start.elapsed() >= Duration::from_millis(500), "not before the expiry interval");
+    assert!(rig.daemon.log().contains("expired member"), "{}", rig.daemon.log());
+}
+
+#[test]
+fn sbcctl_status_reports_the_drachtio_connection() {
+    let rig = Rig::start(&[]);
+    let (code, out, err) = rig.sbcctl(&["--json", "status"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("status JSON");
+    assert_eq!(v["success"], true);
+    assert_eq!(v["drachtio"]["connected"], true, "{v}");
+    assert_eq!(v["drachtio"]["hostports"], rig.double.hostports(), "{v}");
+}
