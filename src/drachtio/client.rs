@@ -96,6 +96,9 @@ impl std::error::Error for UacError {}
 
 /// What a request sender receives, in order: `Sent` (drachtio's echo), then responses until a
 /// final one; or `Failed` at any point.
+// `Response` is the common case and travels through a channel once per response; boxing it
+// would add an allocation for no gain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum UacEvent {
     Sent { transaction_id: String, echo: Vec<u8> },
