@@ -43,8 +43,12 @@ fn plain_options_gets_200_through_the_double_and_the_daemon() {
     assert_eq!(run.status, Some(0), "sipp: {}\n{}\nlog:\n{}", run.stdout, run.stderr, daemon.log());
     assert!(run.messages.contains("SIP/2.0 200 OK"), "{}", run.messages);
     assert!(!run.messages.contains("X-Members"), "a plain OPTIONS gets no X-Members");
+    let socket = daemon.socket_path.clone();
+    assert!(socket.exists(), "CLI socket while running");
     assert_eq!(daemon.stop(Duration::from_secs(5)).map(|s| s.code()), Some(Some(0)), "clean exit on SIGTERM");
     assert!(daemon.log().contains("SIGTERM received"));
+    assert!(!socket.exists(), "CLI socket removed at exit");
+    assert_eq!(double.app_connections(), 0, "drachtio connection closed at exit");
 }
 
 #[test]
