@@ -2,7 +2,6 @@
 //! sipp → double → sbc-sidecar → double → sipp.
 
 #[path = "support/double/mod.rs"]
-#[allow(dead_code)]
 mod double;
 mod support;
 
@@ -21,16 +20,7 @@ fn start_double(admin_port: u16) -> Double {
 }
 
 fn options_from(ip: &str, double: &Double) -> sipp::SippRun {
-    sipp::run(
-        &sipp::scenario("options_plain.xml"),
-        &double.sip_addr().to_string(),
-        ip,
-        sipp::free_port(ip),
-        "u1",
-        1,
-        &[],
-        Duration::from_secs(10),
-    )
+    sipp::Sipp::new("options_plain.xml", &double.sip_addr().to_string(), ip, sipp::free_port(ip)).run()
 }
 
 #[test]

@@ -2,7 +2,6 @@
 //! drachtio double → sbc-sidecar → real Redis; drain and status through the real sbcctl.
 
 #[path = "support/double/mod.rs"]
-#[allow(dead_code)]
 mod double;
 mod support;
 
@@ -44,16 +43,10 @@ impl Rig {
     /// One heartbeat from `ip:port`; returns the sipp run, checked for `X-Members: <members>`.
     fn ping(&self, ip: &str, port: u16, kind: &str, status: &str, members: u32) -> sipp::SippRun {
         let url = format!("http://{ip}:3000");
-        let run = sipp::run(
-            &sipp::scenario("options_heartbeat.xml"),
-            &self.double.sip_addr().to_string(),
-            ip,
-            port,
-            "u1",
-            1,
-            &[("kind", kind), ("status", status), ("service_url", &url)],
-            Duration::from_secs(10),
-        );
+        let keys = [("kind", kind), ("status", status), ("service_url", url.as_str())];
+        let mut sipp = sipp::Sipp::new("options_heartbeat.xml", &self.double.sip_addr().to_string(), ip, port);
+        sipp.keys = &keys;
+        let run = sipp.run();
         if run.status == Some(0) {
             let seen = run.messages.lines().find_map(|l| l.strip_prefix("X-Members: ")).map(str::trim);
             assert_eq!(seen, Some(members.to_string().as_str()), "X-Members of the 200:\n{}", run.messages);

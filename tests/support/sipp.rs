@@ -1,6 +1,6 @@
 //! Runs sipp as a real SIP peer, bounded in time.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -21,47 +21,65 @@ pub struct SippRun {
     pub messages: String,
 }
 
-/// Runs a sipp UAC scenario `calls` times against `remote`, from `local_ip:local_port`, with
-/// `-key` values. Returns when sipp exits (at most `timeout` + a few seconds).
-pub fn run(
-    scenario_file: &Path,
-    remote: &str,
-    local_ip: &str,
-    local_port: u16,
-    transport: &str,
-    calls: u32,
-    keys: &[(&str, &str)],
-    timeout: Duration,
-) -> SippRun {
-    let dir = tempdir();
-    let msg_file = dir.join("messages.log");
-    let mut cmd = Command::new("sipp");
-    cmd.arg(remote)
-        .arg("-sf")
-        .arg(scenario_file)
-        .args(["-i", local_ip, "-p", &local_port.to_string()])
-        .args(["-t", transport])
-        .args(["-m", &calls.to_string()])
-        .args(["-timeout", &format!("{}s", timeout.as_secs().max(1))])
-        .args(["-timeout_error", "-nostdin", "-trace_msg"])
-        .arg("-message_file")
-        .arg(&msg_file)
-        .args(["-trace_err", "-error_file"])
-        .arg(dir.join("errors.log"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in keys {
-        cmd.args(["-key", k, v]);
+/// One sipp invocation: a scenario played against `remote` from `local_ip:local_port`.
+pub struct Sipp<'a> {
+    pub scenario: PathBuf,
+    pub remote: String,
+    pub local_ip: &'a str,
+    pub local_port: u16,
+    /// sipp's `-t` value: `u1` (UDP) or `t1` (TCP).
+    pub transport: &'a str,
+    pub calls: u32,
+    pub keys: &'a [(&'a str, &'a str)],
+    pub timeout: Duration,
+}
+
+impl<'a> Sipp<'a> {
+    pub fn new(scenario_name: &str, remote: &str, local_ip: &'a str, local_port: u16) -> Sipp<'a> {
+        Sipp {
+            scenario: scenario(scenario_name),
+            remote: remote.to_string(),
+            local_ip,
+            local_port,
+            transport: "u1",
+            calls: 1,
+            keys: &[],
+            timeout: Duration::from_secs(10),
+        }
     }
-    let out = cmd.output().expect("sipp runs (install sip-tester: make services)");
-    let messages = std::fs::read_to_string(&msg_file).unwrap_or_default();
-    let _ = std::fs::remove_dir_all(&dir);
-    SippRun {
-        status: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        messages,
+
+    /// Runs sipp to completion (at most `timeout` plus a few seconds).
+    pub fn run(&self) -> SippRun {
+        let dir = tempdir();
+        let msg_file = dir.join("messages.log");
+        let mut cmd = Command::new("sipp");
+        cmd.arg(&self.remote)
+            .arg("-sf")
+            .arg(&self.scenario)
+            .args(["-i", self.local_ip, "-p", &self.local_port.to_string()])
+            .args(["-t", self.transport])
+            .args(["-m", &self.calls.to_string()])
+            .args(["-timeout", &format!("{}s", self.timeout.as_secs().max(1))])
+            .args(["-timeout_error", "-nostdin", "-trace_msg"])
+            .arg("-message_file")
+            .arg(&msg_file)
+            .args(["-trace_err", "-error_file"])
+            .arg(dir.join("errors.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in self.keys {
+            cmd.args(["-key", k, v]);
+        }
+        let out = cmd.output().expect("sipp runs (install sip-tester: make services)");
+        let messages = std::fs::read_to_string(&msg_file).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&dir);
+        SippRun {
+            status: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            messages,
+        }
     }
 }
 
