@@ -63,6 +63,12 @@ pub const NEW_VARIABLES: &[(&str, &str, &str)] = &[
     ("SBC_DRACHTIO_BACKOFF_MAX_MS", "30000", "longest delay between drachtio reconnect attempts (ms)"),
     ("SBC_NONCE_TTL_S", "300", "lifetime of a digest nonce; older ones are answered 401 with stale=true (s)"),
     ("SBC_LOG_FACILITY", "daemon", "syslog facility with --log syslog: daemon, user, local0 … local7"),
+    ("SBC_SYSLOG_SOCKET", "/dev/log", "the syslog socket used with --log syslog"),
+    (
+        "SBC_LOG_LEVEL_FILE",
+        "/etc/default/sbc-sidecar",
+        "on SIGHUP the log level is re-read from the JAMBONES_LOGLEVEL line of this file",
+    ),
     (
         "SBC_REGBOT_STATUS_INTERVAL_MS",
         "60000",
@@ -182,6 +188,10 @@ pub struct Config {
     pub log_level: LevelFilter,
     /// `SBC_LOG_FACILITY`, default `daemon`.
     pub log_facility: LogFacility,
+    /// `SBC_SYSLOG_SOCKET`: syslog socket path, `/dev/log` when unset.
+    pub syslog_socket: Option<PathBuf>,
+    /// `SBC_LOG_LEVEL_FILE`: where SIGHUP re-reads `JAMBONES_LOGLEVEL` (an environment file).
+    pub log_level_file: PathBuf,
     /// `--socket`, else `SBC_SOCKET_PATH`, default `/tmp/sbc-sip-sidecar.sock`.
     pub socket_path: PathBuf,
 
@@ -794,6 +804,8 @@ fn parse_env(env: &Env<'_>, command_line: CommandLine) -> Result<Config, ConfigE
         log_target: command_line.log_target,
         log_level,
         log_facility,
+        syslog_socket: env.path("SBC_SYSLOG_SOCKET"),
+        log_level_file: env.path("SBC_LOG_LEVEL_FILE").unwrap_or_else(|| PathBuf::from("/etc/default/sbc-sidecar")),
         socket_path,
         drachtio: drachtio(env, &required)?,
         mysql,

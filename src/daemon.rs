@@ -108,7 +108,13 @@ pub fn run(config: Config) -> i32 {
             return EXIT_START_FAILED;
         }
     }
-    if let Err(e) = logging::init(config.log_target, config.log_facility, config.log_level) {
+    let logger = match (&config.syslog_socket, config.log_target) {
+        (Some(path), logging::LogTarget::Syslog) => {
+            logging::init_syslog_at(path, config.log_facility, config.log_level)
+        }
+        _ => logging::init(config.log_target, config.log_facility, config.log_level),
+    };
+    if let Err(e) = logger {
         eprintln!("sbc-sidecar: cannot start logging: {e}");
         return EXIT_START_FAILED;
     }
@@ -197,6 +203,20 @@ fn client_config(config: &Config) -> drachtio::ClientConfig {
     }
 }
 
+/// SIGHUP: the level from the `JAMBONES_LOGLEVEL` line of the environment file, or the level
+/// the daemon started with when the file has none.
+fn reload_log_level(config: &Config) {
+    match logging::level_from_env_file(&config.log_level_file) {
+        Ok(level) => {
+            let level = level.unwrap_or(config.log_level);
+            logging::set_level(level);
+            // Logged at warn so that it shows whatever the new level is.
+            warn!("SIGHUP: log level now {level} (from {})", config.log_level_file.display());
+        }
+        Err(e) => warn!("SIGHUP: log level unchanged: {e}"),
+    }
+}
+
 /// Blocks until SIGTERM/SIGINT; meanwhile tells systemd when we are ready, pets its watchdog,
 /// and re-applies the log level on SIGHUP.
 fn wait_for_stop(config: &Config, signals: &Receiver<signals::Signal>, events: &Receiver<ConnectionEvent>) -> String {
@@ -214,10 +234,7 @@ fn wait_for_stop(config: &Config, signals: &Receiver<signals::Signal>, events: &
             recv(signals) -> sig => match sig {
                 Ok(signals::Signal::Terminate) => return "SIGTERM received".into(),
                 Ok(signals::Signal::Interrupt) => return "SIGINT received".into(),
-                Ok(signals::Signal::Hangup) => {
-                    logging::set_level(config.log_level);
-                    info!("SIGHUP: log level is {}", config.log_level);
-                }
+                Ok(signals::Signal::Hangup) => reload_log_level(config),
                 Err(_) => return "signal listener ended".into(),
             },
             recv(events) -> ev => match ev {

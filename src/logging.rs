@@ -498,6 +498,27 @@ fn init_with(
     Ok(installed)
 }
 
+/// Reads `JAMBONES_LOGLEVEL` from an environment file (`KEY=value` lines, as systemd's
+/// `EnvironmentFile=` takes them; `export`, quotes and comments allowed). `Ok(None)` when the
+/// file has no such line. Used on SIGHUP, so an operator can change the level of a running
+/// daemon by editing /etc/default/sbc-sidecar and reloading the unit.
+pub fn level_from_env_file(path: &Path) -> Result<Option<LevelFilter>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut found = None;
+    for line in text.lines() {
+        let line = line.trim();
+        let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
+        let Some(value) = line.strip_prefix("JAMBONES_LOGLEVEL=") else { continue };
+        let value = value.trim().trim_matches(|c| c == '"' || c == '\'');
+        if value.is_empty() {
+            continue;
+        }
+        // The last assignment wins, as in the shell and in systemd.
+        found = Some(parse_level(value).map_err(|e| format!("{}: {e}", path.display()))?);
+    }
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -657,5 +678,19 @@ mod tests {
         let (logger, warning) = choose(LogTarget::Stderr, None, LogFacility::Daemon);
         assert_eq!(logger.target(), LogTarget::Stderr);
         assert!(warning.is_none());
+    }
+
+    #[test]
+    fn sighup_level_comes_from_the_last_jambones_loglevel_line() {
+        let dir = TempDir::new();
+        let file = dir.0.join("default");
+        std::fs::write(&file, "# comment\nJAMBONES_LOGLEVEL=info\nexport JAMBONES_LOGLEVEL=\"debug\"\nOTHER=x\n")
+            .unwrap();
+        assert_eq!(level_from_env_file(&file), Ok(Some(LevelFilter::Debug)));
+        std::fs::write(&file, "#JAMBONES_LOGLEVEL=debug\n").unwrap();
+        assert_eq!(level_from_env_file(&file), Ok(None));
+        std::fs::write(&file, "JAMBONES_LOGLEVEL=loud\n").unwrap();
+        assert!(level_from_env_file(&file).is_err());
+        assert!(level_from_env_file(&dir.0.join("missing")).is_err());
     }
 }

@@ -46,7 +46,7 @@ impl Daemon {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(&env)
-            .args(["--log", "stderr"])
+            .args(if args.contains(&"--log") { &[][..] } else { &["--log", "stderr"][..] })
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
