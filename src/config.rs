@@ -188,8 +188,8 @@ pub struct Config {
     pub log_level: LevelFilter,
     /// `SBC_LOG_FACILITY`, default `daemon`.
     pub log_facility: LogFacility,
-    /// `SBC_SYSLOG_SOCKET`: syslog socket path, `/dev/log` when unset.
-    pub syslog_socket: Option<PathBuf>,
+    /// `SBC_SYSLOG_SOCKET`: syslog socket path, `/dev/log` by default.
+    pub syslog_socket: PathBuf,
     /// `SBC_LOG_LEVEL_FILE`: where SIGHUP re-reads `JAMBONES_LOGLEVEL` (an environment file).
     pub log_level_file: PathBuf,
     /// `--socket`, else `SBC_SOCKET_PATH`, default `/tmp/sbc-sip-sidecar.sock`.
@@ -638,6 +638,16 @@ impl<'a> Env<'a> {
         self.get(name).map(PathBuf::from)
     }
 
+    /// A path that must be absolute: the daemon runs with `/` as its working directory.
+    fn absolute_path(&self, name: &str, default: &str) -> Result<PathBuf, ConfigError> {
+        let path = PathBuf::from(self.get(name).unwrap_or(default));
+        if path.is_absolute() {
+            Ok(path)
+        } else {
+            Err(invalid(name, &path.display().to_string(), "an absolute path".to_string()))
+        }
+    }
+
     /// A whole number in `min..=max`; `what` describes it for the error message.
     fn number(&self, name: &str, default: u64, min: u64, max: u64, what: &str) -> Result<u64, ConfigError> {
         let Some(raw) = self.get(name) else {
@@ -804,8 +814,8 @@ fn parse_env(env: &Env<'_>, command_line: CommandLine) -> Result<Config, ConfigE
         log_target: command_line.log_target,
         log_level,
         log_facility,
-        syslog_socket: env.path("SBC_SYSLOG_SOCKET"),
-        log_level_file: env.path("SBC_LOG_LEVEL_FILE").unwrap_or_else(|| PathBuf::from("/etc/default/sbc-sidecar")),
+        syslog_socket: env.absolute_path("SBC_SYSLOG_SOCKET", "/dev/log")?,
+        log_level_file: env.absolute_path("SBC_LOG_LEVEL_FILE", "/etc/default/sbc-sidecar")?,
         socket_path,
         drachtio: drachtio(env, &required)?,
         mysql,

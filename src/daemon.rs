@@ -108,11 +108,11 @@ pub fn run(config: Config) -> i32 {
             return EXIT_START_FAILED;
         }
     }
-    let logger = match (&config.syslog_socket, config.log_target) {
-        (Some(path), logging::LogTarget::Syslog) => {
-            logging::init_syslog_at(path, config.log_facility, config.log_level)
+    let logger = match config.log_target {
+        logging::LogTarget::Syslog => {
+            logging::init_syslog_at(&config.syslog_socket, config.log_facility, config.log_level)
         }
-        _ => logging::init(config.log_target, config.log_facility, config.log_level),
+        logging::LogTarget::Stderr => logging::init(config.log_target, config.log_facility, config.log_level),
     };
     if let Err(e) = logger {
         eprintln!("sbc-sidecar: cannot start logging: {e}");
