@@ -1,0 +1,83 @@
+//! The real HTTP client of the registration hook: ureq 3, one agent shared by all auth
+//! workers (its connection pool and configuration are thread-safe and cheap to share).
+
+use std::io;
+use std::time::Duration;
+
+use ureq::tls::{RootCerts, TlsConfig};
+use ureq::Agent;
+
+use super::webhook::{HookError, HookMethod, HookRequest, HookResponse, HookTransport};
+
+/// A webhook answer larger than this is not a registration verdict.
+const MAX_BODY: u64 = 64 * 1024;
+
+pub struct UreqTransport {
+    agent: Agent,
+}
+
+impl UreqTransport {
+    /// `timeout` bounds the whole exchange (connect, request, response body), so a hanging
+    /// webhook cannot hold an auth worker. Redirects are not followed: the contract is "HTTP
+    /// 200 or failure", and a 3xx becomes a SIP 500. Non-2xx statuses are responses, not
+    /// errors, because their code is what the device gets. Certificates are verified against
+    /// the system trust store.
+    pub fn new(timeout: Duration, user_agent: Option<&str>) -> UreqTransport {
+        let mut config = Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .tls_config(TlsConfig::builder().root_certs(RootCerts::PlatformVerifier).build());
+        if let Some(ua) = user_agent.filter(|ua| !ua.is_empty()) {
+            config = config.user_agent(ua);
+        }
+        UreqTransport { agent: Agent::new_with_config(config.build()) }
+    }
+}
+
+impl HookTransport for UreqTransport {
+    fn send(&self, request: &HookRequest) -> Result<HookResponse, HookError> {
+        let result = match request.method {
+            HookMethod::Get => {
+                let mut b = self.agent.get(&request.url);
+                for (name, value) in &request.headers {
+                    b = b.header(name, value);
+                }
+                b.call()
+            }
+            HookMethod::Post => {
+                let mut b = self.agent.post(&request.url);
+                for (name, value) in &request.headers {
+                    b = b.header(name, value);
+                }
+                b.send(request.body.as_deref().unwrap_or(""))
+            }
+        };
+        let mut response = result.map_err(map_error)?;
+        let status = response.status().as_u16();
+        match response.body_mut().with_config().limit(MAX_BODY).read_to_vec() {
+            Ok(body) => Ok(HookResponse { status, body }),
+            // Only a 200's body matters; a failure status stands on its own.
+            Err(_) if status != 200 => Ok(HookResponse { status, body: Vec::new() }),
+            Err(e) => Err(map_error(e)),
+        }
+    }
+}
+
+fn map_error(e: ureq::Error) -> HookError {
+    match e {
+        ureq::Error::Timeout(_) => HookError::Timeout,
+        ureq::Error::Io(io) => match io.kind() {
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => HookError::Timeout,
+            io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::AddrNotAvailable
+            | io::ErrorKind::NetworkUnreachable
+            | io::ErrorKind::HostUnreachable => HookError::Connect(io.to_string()),
+            _ => HookError::Transport(io.to_string()),
+        },
+        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed | ureq::Error::Tls(_) => {
+            HookError::Connect(e.to_string())
+        }
+        other => HookError::Transport(other.to_string()),
+    }
+}

@@ -1,0 +1,124 @@
+//! The registrar: answers REGISTER requests from SIP devices and WebRTC clients (spec 4).
+//!
+//! A REGISTER goes through the steps of spec 4.1 in order — Request-URI check, Contact and
+//! expires, address of record, cache window, account lookup, hosting device limits, digest
+//! challenge, authentication by the account's webhook or the `clients` table — and ends with
+//! the binding written to (or removed from) Redis. Every request gets exactly one final
+//! response.
+//!
+//! Where we deliberately differ from the Node sidecar (spec 14): nonces are signed,
+//! time-limited and verified (`nonce.rs`); webhook calls have a timeout; a malformed
+//! Authorization is `400`; a binding that cannot be stored is `500`, an unreachable MySQL or
+//! Redis is `503` with `Retry-After`, instead of a false `200`; device limits are exactly
+//! `limit` devices, counted without a keyspace scan per REGISTER (`device_count.rs`); TLS
+//! clients are stored with `protocol: "tls"`.
+//!
+//! Files, one idea each: `pipeline` (the steps), `request` (what the message says), `accounts`
+//! (MySQL reads), `webhook` + `hook_transport` (the HTTP hook), `clients` + `crypto` (the
+//! `clients` table), `nonce`, `bindings` (Redis), `device_count`, `grant`, `reply`, `alerts`,
+//! `health`, `auth_pool` (the worker threads), `settings`.
+
+pub mod accounts;
+pub mod alerts;
+pub mod auth_pool;
+pub mod bindings;
+pub mod clients;
+pub mod crypto;
+pub mod device_count;
+pub mod grant;
+mod health;
+pub mod hook_transport;
+pub mod nonce;
+mod pipeline;
+pub mod reply;
+pub mod request;
+pub mod settings;
+pub mod webhook;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use alerts::Alert;
+pub use auth_pool::AuthPool;
+pub use settings::RegistrarSettings;
+pub use webhook::{HookError, HookRequest, HookResponse, HookTransport};
+
+use crypto::PasswordKey;
+use device_count::DeviceCounter;
+use health::StoreHealth;
+use hook_transport::UreqTransport;
+use nonce::NonceSigner;
+
+use crate::store::mysql::MysqlPool;
+use crate::store::redis::{checkout, RedisPool};
+use crate::store::StoreError;
+
+/// The REGISTER pipeline with everything it needs. Shared by the auth workers behind an
+/// `Arc`; all methods take `&self`.
+pub struct Registrar {
+    settings: RegistrarSettings,
+    mysql: MysqlPool,
+    redis: RedisPool,
+    nonces: NonceSigner,
+    password_key: PasswordKey,
+    hook: Box<dyn HookTransport>,
+    devices: DeviceCounter,
+    mysql_health: StoreHealth,
+    redis_health: StoreHealth,
+}
+
+impl Registrar {
+    /// A registrar calling webhooks with the real HTTP client (ureq, `webhook_timeout`,
+    /// `http_user_agent`).
+    pub fn new(settings: RegistrarSettings, mysql: MysqlPool, redis: RedisPool) -> Registrar {
+        let hook = Box::new(UreqTransport::new(settings.webhook_timeout, settings.http_user_agent.as_deref()));
+        Registrar::with_hook_transport(settings, mysql, redis, hook)
+    }
+
+    /// A registrar with another webhook transport (tests feed canned answers).
+    pub fn with_hook_transport(
+        settings: RegistrarSettings,
+        mysql: MysqlPool,
+        redis: RedisPool,
+        hook: Box<dyn HookTransport>,
+    ) -> Registrar {
+        let nonces = match &settings.nonce_secret {
+            Some(secret) => NonceSigner::from_secret(secret, settings.nonce_ttl),
+            None => NonceSigner::random(settings.nonce_ttl),
+        };
+        Registrar {
+            password_key: PasswordKey::derive(&settings.encryption_secret, settings.legacy_crypto),
+            devices: DeviceCounter::new(settings.device_count_max_age),
+            nonces,
+            settings,
+            mysql,
+            redis,
+            hook,
+            mysql_health: StoreHealth::new("mysql"),
+            redis_health: StoreHealth::new("redis"),
+        }
+    }
+
+    pub fn settings(&self) -> &RegistrarSettings {
+        &self.settings
+    }
+
+    /// `ZREMRANGEBYSCORE active-user 0 <now>`: the daemon calls this every 10 minutes, as the
+    /// Node registrar did, so expired members do not accumulate. Returns how many went.
+    pub fn prune_expired(&self) -> Result<u64, StoreError> {
+        let mut conn = checkout(&self.redis)?;
+        bindings::prune(&mut conn, unix_millis())
+    }
+}
+
+fn since_epoch() -> std::time::Duration {
+    // A clock before 1970 is not something a SIP server can do anything about.
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
+pub(crate) fn unix_secs() -> u64 {
+    since_epoch().as_secs()
+}
+
+pub(crate) fn unix_millis() -> u64 {
+    u64::try_from(since_epoch().as_millis()).unwrap_or(u64::MAX)
+}

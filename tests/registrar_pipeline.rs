@@ -1,0 +1,1176 @@
+//! The REGISTER pipeline end to end, against a real MariaDB (a database per test, created from
+//! the project's schema), a real Redis and a real HTTP webhook (tests/support/webhook.rs).
+//! Requests are built from SIP text and answered through a `Responder`, exactly as the
+//! drachtio reader hands them to the auth workers.
+//!
+//! Redis keys: every test uses its own random realm, so `user:<aor>` keys and `active-user`
+//! members never collide with parallel tests; each fixture removes what it created.
+
+#[path = "support/db.rs"]
+mod db;
+#[path = "support/webhook.rs"]
+mod webhook;
+
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use crossbeam_channel::{bounded, unbounded, Receiver};
+use hmac::{Hmac, Mac};
+use mysql::prelude::Queryable;
+use rand::Rng;
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use sbc_sidecar::drachtio::{IncomingRequest, Outgoing, Responder, SipDelivery};
+use sbc_sidecar::registrar::nonce::NonceSigner;
+use sbc_sidecar::registrar::{
+    AuthPool, HookError, HookRequest, HookResponse, HookTransport, Registrar, RegistrarSettings,
+};
+use sbc_sidecar::sip::SipMessage;
+use sbc_sidecar::store::mysql::{MysqlPool, MysqlSettings};
+use sbc_sidecar::store::redis::{pool as redis_pool, RedisPool, RedisSettings, RedisTarget};
+
+use db::TestDb;
+use webhook::{digest_response, WebhookServer};
+
+const SBC_HOSTPORT: &str = "tcp/192.0.2.10:5060,udp/192.0.2.10:5060,tls/192.0.2.10:5061,wss/192.0.2.10:8443";
+const PRIVATE_SBC: &str = "10.0.0.10:5060";
+const PASSWORD: &str = "s3cr3t";
+const WEBHOOK_SECRET: &str = "whsec-0123456789";
+const HOOK_USER: &str = "hookuser";
+const HOOK_PASS: &str = "hookpass";
+const USER_AGENT: &str = "sbc-sidecar-test/1";
+/// spec/test-vectors.md: secret `foobarbazzle`, plaintext `1234`.
+const ENCRYPTION_SECRET: &str = "foobarbazzle";
+const CBC_1234: &str = r#"{"iv":"00112233445566778899aabbccddeeff","content":"821935d816a26c5a9a4a17094c28c9e4"}"#;
+const CTR_1234: &str = r#"{"iv":"00112233445566778899aabbccddeeff","content":"1e2f1f71"}"#;
+const RESPONSE_WAIT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// Fixture: database, pools, registrar, webhook, and cleanup of the Redis keys it touched.
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+fn now_secs() -> u64 {
+    now_ms() / 1000
+}
+
+fn uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn mysql_settings(database: &str, port: u16) -> MysqlSettings {
+    MysqlSettings {
+        host: "127.0.0.1".into(),
+        port,
+        user: db::mysql_user(),
+        password: db::mysql_password(),
+        database: database.into(),
+        connection_limit: 4,
+        timeout: Duration::from_millis(500),
+    }
+}
+
+fn redis_settings(port: u16, timeout: Duration) -> RedisSettings {
+    RedisSettings {
+        target: RedisTarget::Direct { host: "127.0.0.1".into(), port },
+        username: None,
+        password: None,
+        db: 0,
+        timeout,
+        max_connections: 4,
+    }
+}
+
+fn redis_conn() -> redis::Connection {
+    redis::Client::open("redis://127.0.0.1:6379/").unwrap().get_connection().expect("Redis on 127.0.0.1:6379")
+}
+
+fn base_settings() -> RegistrarSettings {
+    RegistrarSettings {
+        encryption_secret: ENCRYPTION_SECRET.into(),
+        private_sbc_address: Some(PRIVATE_SBC.into()),
+        http_user_agent: Some(USER_AGENT.into()),
+        webhook_timeout: Duration::from_secs(3),
+        ..RegistrarSettings::default()
+    }
+}
+
+struct Fx {
+    realm: String,
+    registrar: Registrar,
+    hook: WebhookServer,
+    /// AORs this test registered (or may have): removed from Redis on drop.
+    aors: Mutex<Vec<String>>,
+    db: TestDb,
+}
+
+impl Fx {
+    fn new() -> Fx {
+        Fx::with(|_| {})
+    }
+
+    fn with(tweak: impl FnOnce(&mut RegistrarSettings)) -> Fx {
+        Fx::build(
+            tweak,
+            |db| MysqlPool::new(&mysql_settings(db, 3306)).unwrap(),
+            || redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+        )
+    }
+
+    fn build(
+        tweak: impl FnOnce(&mut RegistrarSettings),
+        mysql: impl FnOnce(&str) -> MysqlPool,
+        redis: impl FnOnce() -> RedisPool,
+    ) -> Fx {
+        let db = TestDb::create();
+        let realm = format!("r{:08x}.sbc-test.example", rand::thread_rng().gen::<u32>());
+        let mut settings = base_settings();
+        tweak(&mut settings);
+        let registrar = Registrar::new(settings, mysql(&db.name), redis());
+        Fx { realm, registrar, hook: WebhookServer::start(), aors: Mutex::new(Vec::new()), db }
+    }
+
+    /// An active account for `realm`, with a registration webhook (method, path) or none.
+    fn add_account(&self, realm: &str, active: bool, hook: Option<(&str, &str)>) -> String {
+        let mut c = self.db.conn();
+        let hook_sid = hook.map(|(method, path)| {
+            let sid = uuid();
+            c.exec_drop(
+                "INSERT INTO webhooks (webhook_sid, url, method, username, password) VALUES (?, ?, ?, ?, ?)",
+                (&sid, self.hook.url(path), method, HOOK_USER, HOOK_PASS),
+            )
+            .unwrap();
+            sid
+        });
+        let sid = uuid();
+        c.exec_drop(
+            "INSERT INTO accounts (account_sid, name, sip_realm, service_provider_sid, registration_hook_sid, \
+             is_active, webhook_secret, device_to_call_ratio) VALUES (?, ?, ?, ?, ?, ?, ?, 5)",
+            (&sid, "test account", realm, uuid(), hook_sid, active, WEBHOOK_SECRET),
+        )
+        .unwrap();
+        sid
+    }
+
+    fn add_client(&self, account_sid: &str, username: &str, stored_password: &str, active: bool) {
+        self.db
+            .conn()
+            .exec_drop(
+                "INSERT INTO clients (client_sid, account_sid, is_active, username, password, \
+                 allow_direct_app_calling, allow_direct_queue_calling, allow_direct_user_calling) \
+                 VALUES (?, ?, ?, ?, ?, 1, 0, 1)",
+                (uuid(), account_sid, active, username, stored_password),
+            )
+            .unwrap();
+    }
+
+    /// A current subscription with these product quantities.
+    fn add_capacity(&self, account_sid: &str, products: &[(&str, i64)]) {
+        let mut c = self.db.conn();
+        let subscription = uuid();
+        c.exec_drop(
+            "INSERT INTO account_subscriptions (account_subscription_sid, account_sid, pending) VALUES (?, ?, 0)",
+            (&subscription, account_sid),
+        )
+        .unwrap();
+        for (category, quantity) in products {
+            let product = uuid();
+            c.exec_drop(
+                "INSERT INTO products (product_sid, name, category) VALUES (?, ?, ?)",
+                (&product, category, category),
+            )
+            .unwrap();
+            c.exec_drop(
+                "INSERT INTO account_products (account_product_sid, account_subscription_sid, product_sid, quantity) \
+                 VALUES (?, ?, ?, ?)",
+                (uuid(), &subscription, &product, quantity),
+            )
+            .unwrap();
+        }
+    }
+
+    fn aor(&self, user: &str) -> String {
+        format!("{user}@{}", self.realm)
+    }
+
+    /// A REGISTER from `user` of this realm over UDP from 127.0.0.1:5070, 3600 s.
+    fn reg(&self, user: &str) -> Reg {
+        Reg {
+            ruri: format!("sip:{}", self.realm),
+            to: format!("<sip:{user}@{}>", self.realm),
+            user: user.into(),
+            to_host: self.realm.clone(),
+            contact: Some(format!("<sip:{user}@127.0.0.1:5070;transport=udp>;expires=3600")),
+            expires: Some("3600".into()),
+            via_transport: "UDP",
+            protocol: "udp",
+            port: 5070,
+            authorization: None,
+        }
+    }
+
+    /// Hands the request to the registrar and returns the one response it sent.
+    fn send(&self, reg: &Reg) -> Resp {
+        self.send_to(&self.registrar, reg)
+    }
+
+    fn send_to(&self, registrar: &Registrar, reg: &Reg) -> Resp {
+        self.aors.lock().unwrap().push(format!("{}@{}", reg.user, reg.to_host));
+        let (request, rx) = incoming(reg);
+        registrar.handle(request);
+        let resp = response_from(&rx);
+        assert!(rx.try_recv().is_err(), "a second response was sent");
+        resp
+    }
+
+    /// 401 challenge, then the REGISTER again with digest credentials for `password`.
+    fn register_with_password(&self, reg: &Reg, password: &str) -> Resp {
+        let challenge = self.send(reg);
+        assert_eq!(challenge.status, 401, "expected a challenge first: {}", challenge.raw);
+        let nonce = nonce_of(&challenge);
+        self.send(&reg.clone().authorized(password, &nonce))
+    }
+
+    fn binding(&self, user: &str) -> Option<String> {
+        redis::cmd("GET").arg(format!("user:{}", self.aor(user))).query(&mut redis_conn()).unwrap()
+    }
+
+    fn ttl(&self, user: &str) -> i64 {
+        redis::cmd("TTL").arg(format!("user:{}", self.aor(user))).query(&mut redis_conn()).unwrap()
+    }
+
+    fn score(&self, user: &str) -> Option<f64> {
+        redis::cmd("ZSCORE")
+            .arg("active-user")
+            .arg(format!("user:{}", self.aor(user)))
+            .query(&mut redis_conn())
+            .unwrap()
+    }
+}
+
+impl Drop for Fx {
+    fn drop(&mut self) {
+        let mut c = redis_conn();
+        for aor in self.aors.lock().unwrap().iter() {
+            let key = format!("user:{aor}");
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&key).query(&mut c);
+            let _: redis::RedisResult<()> = redis::cmd("ZREM").arg("active-user").arg(&key).query(&mut c);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIP requests and responses.
+
+#[derive(Clone)]
+struct Reg {
+    ruri: String,
+    /// To header value.
+    to: String,
+    user: String,
+    to_host: String,
+    contact: Option<String>,
+    expires: Option<String>,
+    via_transport: &'static str,
+    /// Transport drachtio reports (`udp`, `tcp`, `tls`, `wss`).
+    protocol: &'static str,
+    port: u16,
+    authorization: Option<String>,
+}
+
+impl Reg {
+    fn authorized(mut self, password: &str, nonce: &str) -> Reg {
+        self.authorization = Some(authorization(&self.user, &self.to_host, password, nonce));
+        self
+    }
+
+    fn text(&self) -> String {
+        let mut t = format!(
+            "REGISTER {} SIP/2.0\r\nVia: SIP/2.0/{} 127.0.0.1:{};branch=z9hG4bK-{}\r\nMax-Forwards: 70\r\n\
+             From: <sip:{}@{}>;tag=ft{}\r\nTo: {}\r\nCall-ID: {}@127.0.0.1\r\nCSeq: 1 REGISTER\r\n",
+            self.ruri,
+            self.via_transport,
+            self.port,
+            uuid(),
+            self.user,
+            self.to_host,
+            self.port,
+            self.to,
+            uuid()
+        );
+        if let Some(c) = &self.contact {
+            t.push_str(&format!("Contact: {c}\r\n"));
+        }
+        if let Some(e) = &self.expires {
+            t.push_str(&format!("Expires: {e}\r\n"));
+        }
+        if let Some(a) = &self.authorization {
+            t.push_str(&format!("Authorization: {a}\r\n"));
+        }
+        t.push_str("User-Agent: test-phone\r\nContent-Length: 0\r\n\r\n");
+        t
+    }
+}
+
+fn authorization(user: &str, realm: &str, password: &str, nonce: &str) -> String {
+    let uri = format!("sip:{realm}");
+    let (nc, cnonce) = ("00000001", "0a4f113b");
+    let response = digest_response(user, realm, password, "REGISTER", &uri, nonce, nc, cnonce, "auth");
+    format!(
+        r#"Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", response="{response}", algorithm=MD5, cnonce="{cnonce}", qop=auth, nc={nc}"#
+    )
+}
+
+fn incoming(reg: &Reg) -> (IncomingRequest, Receiver<Outgoing>) {
+    let bytes = reg.text().into_bytes();
+    let message = SipMessage::parse(&bytes).expect("test REGISTER parses");
+    let (tx, rx) = unbounded();
+    let txn = uuid();
+    let meta = SipDelivery {
+        msg_id: uuid(),
+        source: "network".into(),
+        bytes: bytes.len(),
+        protocol: reg.protocol.into(),
+        address: "127.0.0.1".into(),
+        port: reg.port,
+        time: "10:00:00.000000".into(),
+        transaction_id: txn.clone(),
+        dialog_id: String::new(),
+        local_address: None,
+        local_port: None,
+        sip: bytes,
+    };
+    let request =
+        IncomingRequest { meta, message, server_hostport: Arc::from(SBC_HOSTPORT), responder: Responder::new(txn, tx) };
+    (request, rx)
+}
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    reason: String,
+    headers: Vec<(String, String)>,
+    raw: String,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.header(name).is_some()
+    }
+}
+
+fn response_from(rx: &Receiver<Outgoing>) -> Resp {
+    let Ok(Outgoing::Frame { payload, .. }) = rx.recv_timeout(RESPONSE_WAIT) else {
+        panic!("no response frame");
+    };
+    let at = payload.windows(2).position(|w| w == b"\r\n").expect("frame has a SIP part");
+    let sip = &payload[at + 2..];
+    let m = SipMessage::parse(sip).expect("response parses");
+    Resp {
+        status: m.status().unwrap(),
+        reason: m.reason().unwrap().to_string(),
+        headers: m.headers.clone(),
+        raw: String::from_utf8_lossy(sip).into_owned(),
+    }
+}
+
+fn nonce_of(challenge: &Resp) -> String {
+    let h = challenge.header("WWW-Authenticate").expect("WWW-Authenticate");
+    let start = h.find("nonce=\"").expect("nonce") + 7;
+    h[start..start + h[start..].find('"').unwrap()].to_string()
+}
+
+/// `Digest realm="<realm>", algorithm=MD5, qop="auth", nonce="<secs>.<32 hex>"[, stale=true]`
+fn assert_challenge(resp: &Resp, realm: &str, stale: bool) {
+    assert_eq!(resp.status, 401, "{}", resp.raw);
+    let nonce = nonce_of(resp);
+    let (ts, mac) = nonce.split_once('.').expect("nonce format");
+    assert!(ts.parse::<u64>().unwrap().abs_diff(now_secs()) < 60, "{nonce}");
+    assert!(mac.len() == 32 && mac.bytes().all(|b| b.is_ascii_hexdigit()), "{nonce}");
+    let mut expected = format!(r#"Digest realm="{realm}", algorithm=MD5, qop="auth", nonce="{nonce}""#);
+    if stale {
+        expected.push_str(", stale=true");
+    }
+    assert_eq!(resp.header("WWW-Authenticate"), Some(expected.as_str()));
+}
+
+fn hmac_hex(secret: &str, text: &str) -> String {
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).unwrap();
+    m.update(text.as_bytes());
+    hex::encode(m.finalize().into_bytes())
+}
+
+/// Checks `Jambonz-Signature: t=<secs>,v1=<hex>` against the spec's formula over `signed`.
+fn assert_signature(header: Option<&str>, signed: &str) {
+    let header = header.expect("Jambonz-Signature header");
+    let (t, v1) = header.strip_prefix("t=").and_then(|r| r.split_once(",v1=")).expect("t=…,v1=… format");
+    assert!(t.parse::<u64>().unwrap().abs_diff(now_secs()) < 60);
+    assert_eq!(v1, hmac_hex(WEBHOOK_SECRET, &format!("{t}.{signed}")));
+}
+
+fn closed_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Appendix B, row by row, before authentication.
+
+#[test]
+fn request_uri_with_an_ipv4_host_is_forbidden() {
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    let mut reg = fx.reg("alice");
+    reg.ruri = "sip:127.0.0.1:5060".into();
+    let r = fx.send(&reg);
+    assert_eq!((r.status, r.reason.as_str()), (403, "Forbidden"));
+    assert!(!r.has("X-Reason"));
+}
+
+#[test]
+fn register_without_contact_is_400_with_x_reason() {
+    let fx = Fx::new();
+    let mut reg = fx.reg("alice");
+    reg.contact = None;
+    let r = fx.send(&reg);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.header("X-Reason"), Some("Contact header is required for REGISTER requests"));
+}
+
+#[test]
+fn register_without_any_expires_is_a_plain_400() {
+    let fx = Fx::new();
+    let mut reg = fx.reg("alice");
+    reg.contact = Some("<sip:alice@127.0.0.1:5070>".into());
+    reg.expires = None;
+    let r = fx.send(&reg);
+    assert_eq!(r.status, 400);
+    assert!(!r.has("X-Reason"));
+}
+
+#[test]
+fn unparseable_to_uri_is_403_invalid_address_of_record() {
+    let fx = Fx::new();
+    let mut reg = fx.reg("jane");
+    reg.to = format!("<sip:jane@{0}@{0}>", fx.realm);
+    let r = fx.send(&reg);
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("X-Reason"), Some("Invalid address of record"));
+}
+
+#[test]
+fn unknown_realm_without_hosting_is_403_unknown_or_invalid_realm() {
+    let fx = Fx::new();
+    let r = fx.send(&fx.reg("alice"));
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("X-Reason"), Some("Unknown or invalid realm"));
+}
+
+#[test]
+fn unknown_realm_in_hosting_mode_is_a_plain_403() {
+    let fx = Fx::with(|s| s.hosting = true);
+    let r = fx.send(&fx.reg("alice"));
+    assert_eq!(r.status, 403);
+    assert!(!r.has("X-Reason"));
+}
+
+#[test]
+fn deactivated_account_is_403_for_register_and_unregister() {
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, false, Some(("POST", "/auth")));
+    let r = fx.send(&fx.reg("alice"));
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("X-Reason"), Some("Account has been deactivated"));
+    let mut unreg = fx.reg("alice");
+    unreg.expires = Some("0".into());
+    unreg.contact = Some("<sip:alice@127.0.0.1:5070>".into());
+    assert_eq!(fx.send(&unreg).header("X-Reason"), Some("Account has been deactivated"));
+    assert_eq!(fx.hook.request_count(), 0);
+}
+
+#[test]
+fn first_register_is_challenged_with_the_exact_www_authenticate() {
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    let r = fx.send(&fx.reg("alice"));
+    assert_challenge(&r, &fx.realm, false);
+    assert_eq!(fx.hook.request_count(), 0);
+}
+
+#[test]
+fn a_sub_domain_realm_finds_the_account_of_its_parent_domain() {
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    fx.hook.set_password("alice", PASSWORD);
+    let mut reg = fx.reg("alice");
+    reg.to_host = format!("sip.{}", fx.realm);
+    reg.to = format!("<sip:alice@{}>", reg.to_host);
+    let challenge = fx.send(&reg);
+    // the challenge realm is the To host, not the account's realm
+    assert_challenge(&challenge, &reg.to_host, false);
+    let ok = fx.send(&reg.clone().authorized(PASSWORD, &nonce_of(&challenge)));
+    assert_eq!(ok.status, 200, "{}", ok.raw);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Webhook authentication: what is sent, what is stored, what the device is told.
+
+#[test]
+fn webhook_post_register_over_udp_is_told_30_seconds_but_stored_for_the_grant() {
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    fx.hook.set_password("alice", PASSWORD);
+    let reg = fx.reg("alice");
+    let challenge = fx.send(&reg);
+    let nonce = nonce_of(&challenge);
+    let before = now_ms();
+    let ok = fx.send(&reg.clone().authorized(PASSWORD, &nonce));
+    let after = now_ms();
+
+    assert_eq!((ok.status, ok.reason.as_str()), (200, "OK"), "{}", ok.raw);
+    assert_eq!(ok.header("Contact"), Some("<sip:alice@127.0.0.1:5070;transport=udp>;expires=30"));
+    assert_eq!(ok.header("Expires"), Some("30"));
+
+    // Redis: the JSON string, field order of the contract, TTL and score of the full grant.
+    let stored = fx.binding("alice").expect("user:<aor> written");
+    let v: Value = serde_json::from_str(&stored).unwrap();
+    let expiry = v["expiryTime"].as_u64().expect("expiryTime is an integer");
+    assert!((before + 3_600_000..=after + 3_600_000).contains(&expiry), "{expiry}");
+    assert_eq!(
+        stored,
+        format!(
+            r#"{{"contact":"sip:alice@127.0.0.1:5070;transport=udp","sbcAddress":"{SBC_HOSTPORT}","privateSbcAddress":"{PRIVATE_SBC}","protocol":"udp","proxy":"sip:127.0.0.1:5070","allow_direct_app_calling":false,"allow_direct_queue_calling":false,"allow_direct_user_calling":false,"expiryTime":{expiry}}}"#
+        )
+    );
+    assert!((3590..=3600).contains(&fx.ttl("alice")), "ttl {}", fx.ttl("alice"));
+    assert_eq!(fx.score("alice"), Some(expiry as f64));
+
+    // The webhook request.
+    let requests = fx.hook.requests();
+    assert_eq!(requests.len(), 1, "only the authenticated REGISTER calls the webhook");
+    let r = &requests[0];
+    assert_eq!((r.method.as_str(), r.target.as_str()), ("POST", "/auth"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("user-agent"), Some(USER_AGENT));
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{HOOK_USER}:{HOOK_PASS}"));
+    assert_eq!(r.header("authorization"), Some(format!("Basic {basic}").as_str()));
+    assert_signature(r.header("jambonz-signature"), &r.body);
+
+    let p = r.payload();
+    let keys: Vec<&str> = p.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "source_address",
+            "source_port",
+            "method",
+            "headers",
+            "expires",
+            "scheme",
+            "username",
+            "realm",
+            "nonce",
+            "uri",
+            "algorithm",
+            "response",
+            "qop",
+            "nc",
+            "cnonce"
+        ]
+    );
+    assert_eq!(p["source_address"], json!("127.0.0.1"));
+    assert_eq!(p["source_port"], json!(5070));
+    assert_eq!(p["method"], json!("REGISTER"));
+    assert_eq!(p["expires"], json!(3600));
+    assert_eq!(p["scheme"], json!("digest"));
+    assert_eq!(p["username"], json!("alice"));
+    assert_eq!(p["realm"], json!(fx.realm));
+    assert_eq!(p["nonce"], json!(nonce));
+    assert_eq!(p["uri"], json!(format!("sip:{}", fx.realm)));
+    assert_eq!(p["algorithm"], json!("MD5"));
+    assert_eq!(
+        (p["qop"].clone(), p["nc"].clone(), p["cnonce"].clone()),
+        (json!("auth"), json!("00000001"), json!("0a4f113b"))
+    );
+    let headers = p["headers"].as_object().unwrap();
+    let names: Vec<&str> = headers.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "via",
+            "max-forwards",
+            "from",
+            "to",
+            "call-id",
+            "cseq",
+            "contact",
+            "expires",
+            "authorization",
+            "user-agent",
+            "content-length"
+        ]
+    );
+    assert_eq!(headers["contact"], json!("<sip:alice@127.0.0.1:5070;transport=udp>;expires=3600"));
+}
+
+#[test]
+fn webhook_get_sends_the_payload_as_query_and_signs_null() {
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, true, Some(("GET", "/auth")));
+    fx.hook.set_password("bob", PASSWORD);
+    let ok = fx.register_with_password(&fx.reg("bob"), PASSWORD);
+    assert_eq!(ok.status, 200, "{}", ok.raw);
+
+    let requests = fx.hook.requests();
+    let r = &requests[0];
+    assert_eq!((r.method.as_str(), r.path(), r.body.as_str()), ("GET", "/auth", ""));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_signature(r.header("jambonz-signature"), "\"null\"");
+    let pairs = r.query_pairs();
+    let keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "source_address",
+            "source_port",
+            "method",
+            "expires",
+            "scheme",
+            "username",
+            "realm",
+            "nonce",
+            "uri",
+            "algorithm",
+            "response",
+            "qop",
+            "nc",
+            "cnonce"
+        ]
+    );
+    assert!(r.query().unwrap().contains(&format!("uri=sip%3A{}", fx.realm)));
+    assert_eq!(pairs[1], ("source_port".to_string(), "5070".to_string()));
+}
+
+#[test]
+fn register_over_tcp_gets_the_webhook_grant_and_stores_its_hooks() {
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    fx.hook.set_password("carol", PASSWORD);
+    fx.hook.ok_fields(json!({
+        "expires": 120,
+        "call_hook": "https://app.example/call",
+        "call_status_hook": {"url": "https://app.example/status", "method": "POST"},
+        "allow_direct_app_calling": true,
+        "allow_direct_user_calling": false
+    }));
+    let mut reg = fx.reg("carol");
+    reg.via_transport = "TCP";
+    reg.protocol = "tcp";
+    reg.contact = Some("<sip:carol@127.0.0.1:5070;transport=tcp>;expires=3600".into());
+    let ok = fx.register_with_password(&reg, PASSWORD);
+    assert_eq!(ok.status, 200, "{}", ok.raw);
+    assert_eq!(ok.header("Contact"), Some("<sip:carol@127.0.0.1:5070;transport=tcp>;expires=120"));
+    assert_eq!(ok.header("Expires"), Some("120"));
+    let v: Value = serde_json::from_str(&fx.binding("carol").unwrap()).unwrap();
+    assert_eq!(v["protocol"], json!("tcp"));
+    assert_eq!(v["callHook"], json!("https://app.example/call"));
+    assert_eq!(v["callStatusHook"], json!({"url": "https://app.example/status", "method": "POST"}));
+    assert_eq!(v["allow_direct_app_calling"], json!(true));
+    assert_eq!(v["allow_direct_queue_calling"], json!(false));
+    assert!(fx.ttl("carol") <= 120 && fx.ttl("carol") > 100);
+}
+
+#[test]
+fn tls_and_wss_clients_are_stored_with_their_protocol_and_the_full_grant() {
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    for (user, via, proto) in [("tls-user", "TLS", "tls"), ("wss-user", "WSS", "wss")] {
+        fx.hook.set_password(user, PASSWORD);
+        let mut reg = fx.reg(user);
+        reg.via_transport = via;
+        reg.protocol = proto;
+        let ok = fx.register_with_password(&reg, PASSWORD);
+        assert_eq!(ok.header("Expires"), Some("3600"), "{}", ok.raw);
+        let v: Value = serde_json::from_str(&fx.binding(user).unwrap()).unwrap();
+        assert_eq!(v["protocol"], json!(proto));
+    }
+}
+
+#[test]
+fn short_expires_is_kept_over_udp_and_not_cached() {
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    fx.hook.set_password("dave", PASSWORD);
+    let mut reg = fx.reg("dave");
+    reg.contact = Some("<sip:dave@127.0.0.1:5070>;expires=20".into());
+    let ok = fx.register_with_password(&reg, PASSWORD);
+    assert_eq!(ok.header("Contact"), Some("<sip:dave@127.0.0.1:5070>;expires=20"));
+    assert_eq!(ok.header("Expires"), Some("20"));
+    assert!(fx.ttl("dave") <= 20);
+    // expiring within the 30 s window: a re-REGISTER goes through the challenge again
+    assert_eq!(fx.send(&reg).status, 401);
+}
+
+#[test]
+fn re_register_from_the_same_source_is_answered_from_the_cache() {
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    fx.hook.set_password("erin", PASSWORD);
+    let mut reg = fx.reg("erin");
+    reg.via_transport = "TCP";
+    reg.protocol = "tcp";
+    assert_eq!(fx.register_with_password(&reg, PASSWORD).status, 200);
+    let stored = fx.binding("erin");
+    let calls = fx.hook.request_count();
+
+    // no Authorization needed, no webhook call, no Redis write; always 30 s, even over TCP
+    let cached = fx.send(&reg);
+    assert_eq!(cached.status, 200, "{}", cached.raw);
+    assert_eq!(cached.header("Contact"), Some("<sip:erin@127.0.0.1:5070;transport=udp>;expires=30"));
+    assert_eq!(cached.header("Expires"), Some("30"));
+    assert_eq!(fx.hook.request_count(), calls);
+    assert_eq!(fx.binding("erin"), stored);
+
+    // another source port is another device: full challenge
+    let mut moved = reg.clone();
+    moved.port = 5071;
+    assert_eq!(fx.send(&moved).status, 401);
+}
+
+#[test]
+fn unregister_removes_the_binding_and_echoes_the_contact() {
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    fx.hook.set_password("fay", PASSWORD);
+    assert_eq!(fx.register_with_password(&fx.reg("fay"), PASSWORD).status, 200);
+    assert!(fx.binding("fay").is_some() && fx.score("fay").is_some());
+
+    let mut unreg = fx.reg("fay");
+    unreg.contact = Some("<sip:fay@127.0.0.1:5070;transport=udp>;expires=0".into());
+    unreg.expires = None;
+    // authentication is still required
+    let ok = fx.register_with_password(&unreg, PASSWORD);
+    assert_eq!(ok.status, 200, "{}", ok.raw);
+    assert_eq!(ok.header("Contact"), Some("<sip:fay@127.0.0.1:5070;transport=udp>;expires=0"));
+    assert_eq!(ok.header("Expires"), Some("0"));
+    assert_eq!(fx.binding("fay"), None);
+    assert_eq!(fx.score("fay"), None);
+}
+
+#[test]
+fn webhook_denial_is_403_invalid_credentials() {
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    fx.hook.set_password("gus", PASSWORD);
+    let r = fx.register_with_password(&fx.reg("gus"), "wrong");
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("X-Reason"), Some("Invalid credentials"));
+    assert_eq!(fx.binding("gus"), None);
+}
+
+#[test]
+fn webhook_blacklist_and_headers_end_up_on_the_403() {
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    fx.hook.fail_fields(json!({"blacklist": true, "headers": {"X-Block-Reason": "too many attempts", "X-Count": 7}}));
+    let mut reg = fx.reg("hal");
+    reg.port = 5099;
+    let r = fx.register_with_password(&reg, "whatever");
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("X-Reason"), Some("detected potential spammer from 127.0.0.1:5099"));
+    assert_eq!(r.header("X-Block-Reason"), Some("too many attempts"));
+    assert_eq!(r.header("X-Count"), Some("7"));
+}
+
+/// Registers `ivy` against a webhook programmed by `program` and returns the final status.
+fn status_with_webhook(program: impl FnOnce(&Fx), tweak: impl FnOnce(&mut RegistrarSettings)) -> (u16, Duration) {
+    let fx = Fx::with(tweak);
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    program(&fx);
+    let reg = fx.reg("ivy");
+    let challenge = fx.send(&reg);
+    let started = Instant::now();
+    let r = fx.send(&reg.clone().authorized(PASSWORD, &nonce_of(&challenge)));
+    assert_eq!(fx.binding("ivy"), None);
+    (r.status, started.elapsed())
+}
+
+#[test]
+fn webhook_http_status_becomes_the_sip_status() {
+    assert_eq!(status_with_webhook(|fx| fx.hook.fixed(404, "not here"), |_| {}).0, 404);
+    assert_eq!(status_with_webhook(|fx| fx.hook.fixed(503, "{}"), |_| {}).0, 503);
+}
+
+#[test]
+fn webhook_redirect_is_not_followed_and_is_500() {
+    assert_eq!(status_with_webhook(|fx| fx.hook.fixed(302, ""), |_| {}).0, 500);
+}
+
+#[test]
+fn webhook_garbage_or_statusless_json_is_500() {
+    assert_eq!(status_with_webhook(|fx| fx.hook.fixed(200, "<html>oops</html>"), |_| {}).0, 500);
+    assert_eq!(status_with_webhook(|fx| fx.hook.fixed(200, r#"{"expires":60}"#), |_| {}).0, 500);
+}
+
+#[test]
+fn webhook_that_refuses_connections_is_500() {
+    let fx = Fx::new();
+    let port = closed_port();
+    let mut c = fx.db.conn();
+    let hook_sid = uuid();
+    c.exec_drop(
+        "INSERT INTO webhooks (webhook_sid, url, method) VALUES (?, ?, 'POST')",
+        (&hook_sid, format!("http://127.0.0.1:{port}/auth")),
+    )
+    .unwrap();
+    c.exec_drop(
+        "INSERT INTO accounts (account_sid, name, sip_realm, service_provider_sid, registration_hook_sid, webhook_secret) \
+         VALUES (?, 'a', ?, ?, ?, 's')",
+        (uuid(), &fx.realm, uuid(), &hook_sid),
+    )
+    .unwrap();
+    let r = fx.register_with_password(&fx.reg("jo"), PASSWORD);
+    assert_eq!(r.status, 500);
+}
+
+#[test]
+fn webhook_slower_than_the_timeout_is_500_without_waiting_for_it() {
+    let (status, elapsed) = status_with_webhook(
+        |fx| {
+            fx.hook.set_password("ivy", PASSWORD);
+            fx.hook.delay(Duration::from_secs(5));
+        },
+        |s| s.webhook_timeout = Duration::from_millis(300),
+    );
+    assert_eq!(status, 500);
+    assert!(elapsed < Duration::from_secs(4), "waited {elapsed:?} for a 300 ms timeout");
+}
+
+/// A transport with a canned answer that remembers what it was asked.
+struct Canned {
+    answer: Result<HookResponse, HookError>,
+    seen: Arc<Mutex<Vec<HookRequest>>>,
+}
+
+impl HookTransport for Canned {
+    fn send(&self, request: &HookRequest) -> Result<HookResponse, HookError> {
+        self.seen.lock().unwrap().push(request.clone());
+        self.answer.clone()
+    }
+}
+
+#[test]
+fn the_webhook_transport_is_replaceable_by_canned_answers() {
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    let canned = |answer: Result<HookResponse, HookError>| {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let registrar = Registrar::with_hook_transport(
+            base_settings(),
+            MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
+            redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+            Box::new(Canned { answer, seen: seen.clone() }),
+        );
+        (registrar, seen)
+    };
+    let mut reg = fx.reg("cid");
+    reg.via_transport = "TCP";
+    reg.protocol = "tcp";
+
+    let (registrar, seen) = canned(Ok(HookResponse { status: 200, body: br#"{"status":"ok","expires":45}"#.to_vec() }));
+    let nonce = nonce_of(&fx.send_to(&registrar, &reg));
+    let ok = fx.send_to(&registrar, &reg.clone().authorized("any", &nonce));
+    assert_eq!(ok.header("Expires"), Some("45"), "{}", ok.raw);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].url, fx.hook.url("/auth"));
+    assert_eq!(fx.hook.request_count(), 0, "the real webhook was not called");
+
+    let (registrar, _) = canned(Err(HookError::Timeout));
+    let nonce = nonce_of(&fx.send_to(&registrar, &fx.reg("dee")));
+    assert_eq!(fx.send_to(&registrar, &fx.reg("dee").authorized("any", &nonce)).status, 500);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Nonces and Authorization.
+
+#[test]
+fn expired_nonce_gets_401_with_stale_true_and_no_webhook_call() {
+    let fx = Fx::with(|s| {
+        s.nonce_secret = Some("cluster-secret".into());
+        s.nonce_ttl = Duration::from_secs(300);
+    });
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    fx.hook.set_password("kim", PASSWORD);
+    // a nonce signed with the shared secret, 1000 s ago
+    let signer = NonceSigner::from_secret("cluster-secret", Duration::from_secs(300));
+    let old = signer.issue_at(&fx.realm, now_secs() - 1000);
+    let r = fx.send(&fx.reg("kim").authorized(PASSWORD, &old));
+    assert_challenge(&r, &fx.realm, true);
+    assert_eq!(fx.hook.request_count(), 0);
+    // a fresh one from another signer with the same secret (another SBC) is accepted
+    let fresh = signer.issue(&fx.realm);
+    assert_eq!(fx.send(&fx.reg("kim").authorized(PASSWORD, &fresh)).status, 200);
+}
+
+#[test]
+fn nonce_we_did_not_issue_gets_a_fresh_401() {
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    fx.hook.set_password("lee", PASSWORD);
+    for forged in ["157590482938000", "1700000000.00112233445566778899aabbccddeeff"] {
+        let r = fx.send(&fx.reg("lee").authorized(PASSWORD, forged));
+        assert_challenge(&r, &fx.realm, false);
+    }
+    // a nonce issued for another realm does not work here either
+    let other = Fx::new();
+    other.add_account(&other.realm, true, Some(("POST", "/auth")));
+    let foreign_nonce = nonce_of(&other.send(&other.reg("lee")));
+    assert_challenge(&fx.send(&fx.reg("lee").authorized(PASSWORD, &foreign_nonce)), &fx.realm, false);
+    assert_eq!(fx.hook.request_count(), 0);
+}
+
+#[test]
+fn malformed_authorization_is_400_not_500() {
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    for bad in [format!(r#"Digest username="max", realm="{}""#, fx.realm), "Basic bWF4OnB3".to_string()] {
+        let mut reg = fx.reg("max");
+        reg.authorization = Some(bad.clone());
+        assert_eq!(fx.send(&reg).status, 400, "{bad}");
+    }
+    assert_eq!(fx.hook.request_count(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// clients table authentication.
+
+#[test]
+fn clients_table_success_stores_the_flags_as_numbers() {
+    let fx = Fx::new();
+    let sid = fx.add_account(&fx.realm, true, None);
+    fx.add_client(&sid, "nina", CBC_1234, true);
+    let ok = fx.register_with_password(&fx.reg("nina"), "1234");
+    assert_eq!(ok.status, 200, "{}", ok.raw);
+    let v: Value = serde_json::from_str(&fx.binding("nina").unwrap()).unwrap();
+    assert_eq!(
+        (
+            v["allow_direct_app_calling"].clone(),
+            v["allow_direct_queue_calling"].clone(),
+            v["allow_direct_user_calling"].clone()
+        ),
+        (json!(1), json!(0), json!(1))
+    );
+    assert!(v.get("callHook").is_none());
+    assert_eq!(fx.hook.request_count(), 0);
+}
+
+#[test]
+fn clients_table_failures_are_403_invalid_credentials() {
+    let fx = Fx::new();
+    let sid = fx.add_account(&fx.realm, true, None);
+    fx.add_client(&sid, "oli", CBC_1234, true);
+    fx.add_client(&sid, "pam", CBC_1234, false);
+    for (user, password) in [("oli", "4321"), ("pam", "1234"), ("nobody", "1234")] {
+        let r = fx.register_with_password(&fx.reg(user), password);
+        assert_eq!(r.status, 403, "{user}");
+        assert_eq!(r.header("X-Reason"), Some("Invalid credentials"), "{user}");
+        assert_eq!(fx.binding(user), None);
+    }
+}
+
+#[test]
+fn clients_table_password_that_cannot_be_decrypted_is_500() {
+    let fx = Fx::new();
+    let sid = fx.add_account(&fx.realm, true, None);
+    fx.add_client(&sid, "quinn", "1234", true);
+    assert_eq!(fx.register_with_password(&fx.reg("quinn"), "1234").status, 500);
+}
+
+#[test]
+fn clients_table_with_legacy_crypto_uses_aes_ctr() {
+    let fx = Fx::with(|s| s.legacy_crypto = true);
+    let sid = fx.add_account(&fx.realm, true, None);
+    fx.add_client(&sid, "rob", CTR_1234, true);
+    assert_eq!(fx.register_with_password(&fx.reg("rob"), "1234").status, 200);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hosting mode device limits.
+
+fn hosting() -> Fx {
+    Fx::with(|s| {
+        s.hosting = true;
+        s.device_count_max_age = Duration::ZERO;
+    })
+}
+
+fn assert_max_devices(r: &Resp) {
+    assert_eq!((r.status, r.reason.as_str()), (503, "Max Devices Registered"), "{}", r.raw);
+    assert!(r.raw.starts_with("SIP/2.0 503 Max Devices Registered\r\n"));
+}
+
+#[test]
+fn account_without_capacity_gets_503_max_devices_registered() {
+    let fx = hosting();
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    assert_max_devices(&fx.send(&fx.reg("sam")));
+}
+
+#[test]
+fn limit_reached_is_503_but_a_registered_aor_may_refresh() {
+    let fx = hosting();
+    let sid = fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    // 0 sessions × 5 + 2 devices = exactly 2 devices
+    fx.add_capacity(&sid, &[("voice_call_session", 0), ("device", 2)]);
+    for user in ["tom", "uma", "vic"] {
+        fx.hook.set_password(user, PASSWORD);
+    }
+    assert_eq!(fx.register_with_password(&fx.reg("tom"), PASSWORD).status, 200);
+    assert_eq!(fx.register_with_password(&fx.reg("uma"), PASSWORD).status, 200);
+    assert_max_devices(&fx.send(&fx.reg("vic")));
+
+    // tom again from another port (not the cache): still allowed
+    let mut again = fx.reg("tom");
+    again.port = 5072;
+    assert_eq!(fx.register_with_password(&again, PASSWORD).status, 200);
+}
+
+#[test]
+fn devices_registered_through_other_sbcs_count_against_the_limit() {
+    let fx = hosting();
+    let sid = fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    fx.add_capacity(&sid, &[("voice_call_session", 1), ("device", 0)]);
+    fx.db.conn().exec_drop("UPDATE accounts SET device_to_call_ratio = 1 WHERE account_sid = ?", (&sid,)).unwrap();
+    // another SBC registered wes (only in active-user; its user:<aor> lives elsewhere)
+    fx.aors.lock().unwrap().push(fx.aor("wes"));
+    let _: () = redis::cmd("ZADD")
+        .arg("active-user")
+        .arg(now_ms() + 60_000)
+        .arg(format!("user:{}", fx.aor("wes")))
+        .query(&mut redis_conn())
+        .unwrap();
+    assert_max_devices(&fx.send(&fx.reg("xia")));
+    // wes itself may refresh through this SBC
+    fx.hook.set_password("wes", PASSWORD);
+    assert_eq!(fx.register_with_password(&fx.reg("wes"), PASSWORD).status, 200);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stores unreachable or failing.
+
+#[test]
+fn redis_unreachable_is_503_with_retry_after() {
+    let fx = Fx::build(
+        |_| {},
+        |db| MysqlPool::new(&mysql_settings(db, 3306)).unwrap(),
+        || redis_pool(&redis_settings(1, Duration::from_millis(200))).unwrap(),
+    );
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    let started = Instant::now();
+    let r = fx.send(&fx.reg("yan"));
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("Retry-After"), Some("5"));
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+}
+
+#[test]
+fn mysql_unreachable_is_503_with_retry_after() {
+    let fx = Fx::build(
+        |_| {},
+        |db| MysqlPool::new(&mysql_settings(db, closed_port())).unwrap(),
+        || redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+    );
+    let started = Instant::now();
+    let r = fx.send(&fx.reg("zed"));
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("Retry-After"), Some("5"));
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+}
+
+#[test]
+fn binding_that_cannot_be_stored_is_500_not_a_false_200() {
+    // A Redis user that may do everything except ZADD: the MULTI is refused as a whole.
+    let acl_user = format!("sbc_test_{:08x}", rand::thread_rng().gen::<u32>());
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&acl_user)
+        .arg("on")
+        .arg(">pw")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-zadd")
+        .query(&mut redis_conn())
+        .unwrap();
+    let fx = Fx::build(
+        |_| {},
+        |db| MysqlPool::new(&mysql_settings(db, 3306)).unwrap(),
+        || {
+            let mut s = redis_settings(6379, Duration::from_secs(2));
+            s.username = Some(acl_user.clone());
+            s.password = Some("pw".into());
+            redis_pool(&s).unwrap()
+        },
+    );
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    fx.hook.set_password("abe", PASSWORD);
+    let r = fx.register_with_password(&fx.reg("abe"), PASSWORD);
+    let _: redis::RedisResult<()> = redis::cmd("ACL").arg("DELUSER").arg(&acl_user).query(&mut redis_conn());
+    assert_eq!(r.status, 500, "{}", r.raw);
+    // all or nothing: the SETEX of the refused transaction did not happen either
+    assert_eq!(fx.binding("abe"), None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The worker pool.
+
+#[test]
+fn auth_pool_answers_every_request_once_and_stops_on_shutdown() {
+    let fx = Fx::new();
+    let registrar = Arc::new(Registrar::new(
+        base_settings(),
+        MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
+        redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+    ));
+    let (queue_tx, queue_rx) = bounded::<IncomingRequest>(16);
+    let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
+    let pool = AuthPool::start(2, registrar.clone(), queue_rx.clone(), shutdown_rx.clone()).unwrap();
+
+    // IPv4 Request-URIs are answered without touching any store
+    let mut reg = fx.reg("pool");
+    reg.ruri = "sip:127.0.0.1".into();
+    let mut responses = Vec::new();
+    for _ in 0..4 {
+        let (req, rx) = incoming(&reg);
+        queue_tx.send(req).unwrap();
+        responses.push(rx);
+    }
+    for rx in &responses {
+        assert_eq!(response_from(rx).status, 403);
+    }
+    drop(shutdown_tx);
+    pool.join();
+
+    // A request still queued when shutdown is signalled gets exactly one answer: handled if
+    // a worker took it first, else refused with 503 + Retry-After.
+    let (late, late_rx) = incoming(&reg);
+    queue_tx.send(late).unwrap();
+    let pool = AuthPool::start(1, registrar, queue_rx, shutdown_rx).unwrap();
+    pool.join();
+    let r = response_from(&late_rx);
+    assert!(r.status == 503 || r.status == 403, "{}", r.raw);
+    if r.status == 503 {
+        assert_eq!(r.header("Retry-After"), Some("5"));
+    }
+    assert!(late_rx.try_recv().is_err());
+}
