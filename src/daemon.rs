@@ -4,16 +4,18 @@
 //! (and answer) what they hold, then the writer flushes those answers and closes the
 //! connection. Roles learn about the stop when the shutdown channel's sender is dropped.
 
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 
 use crate::config::{Config, MysqlConfig, RedisMode, RunMode};
 use crate::ctl::{CtlServer, CtlSettings};
 use crate::drachtio::{self, ConnectionEvent, DrachtioClient, Route};
 use crate::heartbeat::{HeartbeatRole, HeartbeatSettings};
+use crate::registrar::{AuthPool, Registrar, RegistrarSettings};
 use crate::store::mysql::{MysqlPool, MysqlSettings};
 use crate::store::redis::{self as redis_store, RedisPool, RedisSettings, RedisTarget};
 use crate::{logging, signals};
@@ -22,6 +24,9 @@ use crate::{logging, signals};
 pub const EXIT_OK: i32 = 0;
 /// The daemon could not start (a thread, a socket, the pools, logging).
 pub const EXIT_START_FAILED: i32 = 70;
+
+/// How often expired registrations are pruned from `active-user`.
+const ACTIVE_USER_PRUNE_INTERVAL: Duration = Duration::from_secs(600);
 
 /// OPTIONS heartbeats waiting for the heartbeat role; beyond this they get `503`.
 const OPTIONS_QUEUE: usize = 1024;
@@ -152,6 +157,11 @@ fn start_and_wait(config: &Config) -> Result<(), String> {
     );
     roles.push(spawn_role("heartbeat", move || heartbeat.run())?);
 
+    let registrar = Arc::new(Registrar::new(registrar_settings(config), pools.mysql.clone(), pools.redis.clone()));
+    let (register_tx, register_rx) = bounded(config.auth_queue);
+    let auth_pool = AuthPool::start(config.auth_workers, registrar.clone(), register_rx, shutdown_rx.clone())
+        .map_err(|e| format!("auth workers: {e}"))?;
+
     let (events_tx, events_rx) = unbounded::<ConnectionEvent>();
     let (ctl_events_tx, ctl_events_rx) = unbounded::<ConnectionEvent>();
     let subscribers: Vec<Sender<ConnectionEvent>> = vec![events_tx, ctl_events_tx];
@@ -171,16 +181,20 @@ fn start_and_wait(config: &Config) -> Result<(), String> {
             error!("CLI server stopped: {e}");
         }
     })?);
-    let routes = vec![Route { method: "OPTIONS".into(), queue: options_tx }];
+    let routes = vec![
+        Route { method: "REGISTER".into(), queue: register_tx },
+        Route { method: "OPTIONS".into(), queue: options_tx },
+    ];
     let client = DrachtioClient::start(client_config(config), routes, subscribers)
         .map_err(|e| format!("drachtio client: {e}"))?;
 
-    let stop_reason = wait_for_stop(config, &signals, &events_rx);
+    let stop_reason = wait_for_stop(config, &signals, &events_rx, &registrar);
     info!("{stop_reason}: stopping");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
 
     client.stop_reading();
     drop(shutdown_tx);
+    auth_pool.join();
     for role in roles {
         if role.handle.join().is_err() {
             error!("role {} ended with a panic", role.name);
@@ -189,6 +203,23 @@ fn start_and_wait(config: &Config) -> Result<(), String> {
     client.shutdown();
     info!("sbc-sidecar stopped");
     Ok(())
+}
+
+fn registrar_settings(config: &Config) -> RegistrarSettings {
+    RegistrarSettings {
+        hosting: config.hosting,
+        // Filled per request from the drachtio connection (IncomingRequest::private_sip_address).
+        private_sbc_address: None,
+        encryption_secret: config.encryption_secret.expose().to_string(),
+        legacy_crypto: config.legacy_crypto,
+        webhook_timeout: config.webhook_timeout,
+        http_user_agent: config.http_user_agent.clone(),
+        nonce_ttl: config.nonce_ttl,
+        // A stable key: nonces survive a restart and are accepted by every SBC of the cluster
+        // (they share ENCRYPTION_SECRET), so a retried REGISTER is not challenged again.
+        nonce_secret: Some(format!("sbc-sidecar nonce key:{}", config.encryption_secret.expose())),
+        ..RegistrarSettings::default()
+    }
 }
 
 fn client_config(config: &Config) -> drachtio::ClientConfig {
@@ -200,6 +231,7 @@ fn client_config(config: &Config) -> drachtio::ClientConfig {
         pong_timeout: config.drachtio.pong_timeout,
         backoff_min: config.drachtio.backoff_min,
         backoff_max: config.drachtio.backoff_max,
+        private_networks: config.network_cidrs.clone(),
     }
 }
 
@@ -219,7 +251,14 @@ fn reload_log_level(config: &Config) {
 
 /// Blocks until SIGTERM/SIGINT; meanwhile tells systemd when we are ready, pets its watchdog,
 /// and re-applies the log level on SIGHUP.
-fn wait_for_stop(config: &Config, signals: &Receiver<signals::Signal>, events: &Receiver<ConnectionEvent>) -> String {
+fn wait_for_stop(
+    config: &Config,
+    signals: &Receiver<signals::Signal>,
+    events: &Receiver<ConnectionEvent>,
+    registrar: &Registrar,
+) -> String {
+    // Expired members of `active-user` are pruned every 10 minutes, as the Node registrar did.
+    let prune = crossbeam_channel::tick(ACTIVE_USER_PRUNE_INTERVAL);
     let mut ready = false;
     let watchdog = {
         let mut usec = 0u64;
@@ -244,6 +283,10 @@ fn wait_for_stop(config: &Config, signals: &Receiver<signals::Signal>, events: &
                 }
                 Ok(_) => {}
                 Err(_) => return "drachtio client ended".into(),
+            },
+            recv(prune) -> _ => match registrar.prune_expired() {
+                Ok(n) => debug!("pruned {n} expired members of active-user"),
+                Err(e) => warn!("pruning active-user failed: {e}"),
             },
             recv(watchdog) -> _ => {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);

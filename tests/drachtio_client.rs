@@ -25,6 +25,7 @@ fn config(port: u16) -> ClientConfig {
         pong_timeout: Duration::from_secs(5),
         backoff_min: Duration::from_millis(50),
         backoff_max: Duration::from_millis(500),
+        private_networks: vec!["127.0.0.0/8".parse().unwrap()],
     }
 }
 
@@ -161,6 +162,7 @@ fn client_authenticates_routes_and_answers_the_captured_register_byte_for_byte()
         assert_eq!(req.meta.transaction_id, meta[8]);
         assert_eq!(req.meta.local_port, Some(5060));
         assert_eq!(&*req.server_hostport, "tcp/127.0.0.1:5060,udp/127.0.0.1:5060");
+        assert_eq!(req.private_sip_address.as_deref(), Some("127.0.0.1:5060"), "the local tcp entry");
         assert_eq!(req.method(), "REGISTER");
         let contact = req.message.header("Contact").unwrap().to_string();
         let resp = req.response(200).header("Contact", &contact).header("Expires", "3600");

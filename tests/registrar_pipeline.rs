@@ -346,7 +346,7 @@ fn incoming(reg: &Reg) -> (IncomingRequest, Receiver<Outgoing>) {
         sip: bytes,
     };
     let request =
-        IncomingRequest { meta, message, server_hostport: Arc::from(SBC_HOSTPORT), responder: Responder::new(txn, tx) };
+        IncomingRequest { meta, message, server_hostport: Arc::from(SBC_HOSTPORT), private_sip_address: None, responder: Responder::new(txn, tx) };
     (request, rx)
 }
 

@@ -22,6 +22,7 @@ use rand::Rng;
 use super::frame::{self, FrameDecoder};
 use super::message::{self, Reply, ReplyStatus, ServerMessage, SipDelivery};
 use super::{ConnectionEvent, ConnectionInfo, IncomingRequest, Responder};
+use crate::config::Cidr;
 use crate::sip::{ResponseBuilder, SipMessage};
 
 const CONNECTION: Token = Token(0);
@@ -43,6 +44,8 @@ pub struct ClientConfig {
     pub pong_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// `JAMBONES_NETWORK_CIDR`: picks drachtio's private SIP address from its local hostports.
+    pub private_networks: Vec<Cidr>,
 }
 
 /// Where incoming requests of one method go.
@@ -268,6 +271,7 @@ struct Connection {
     auth_sent: Instant,
     info: Option<ConnectionInfo>,
     hostport: Arc<str>,
+    private_sip_address: Option<Arc<str>>,
     next_ping: Instant,
     ping_outstanding: Option<(String, Instant)>,
 }
@@ -409,6 +413,7 @@ impl Reader {
             auth_sent: now,
             info: None,
             hostport: Arc::from(""),
+            private_sip_address: None,
             next_ping: now + self.config.ping_interval,
             ping_outstanding: None,
         });
@@ -599,6 +604,8 @@ impl Reader {
         }
         if let Some(conn) = self.conn.as_mut() {
             conn.hostport = Arc::from(info.hostports.as_str());
+            conn.private_sip_address =
+                info.private_sip_address(&self.config.private_networks).map(|a| Arc::from(a.as_str()));
             conn.info = Some(info.clone());
             conn.next_ping = Instant::now() + self.config.ping_interval;
         }
@@ -626,6 +633,7 @@ impl Reader {
             return;
         }
         let hostport = self.conn.as_ref().map(|c| c.hostport.clone()).unwrap_or_else(|| Arc::from(""));
+        let private_sip_address = self.conn.as_ref().and_then(|c| c.private_sip_address.clone());
         let responder = Responder::new(delivery.transaction_id.clone(), self.writer.clone());
         let message = match SipMessage::parse(&delivery.sip) {
             Ok(m) => m,
@@ -641,7 +649,8 @@ impl Reader {
             responder.send(ResponseBuilder::new(&message, 405).build());
             return;
         };
-        let request = IncomingRequest { meta: delivery, message, server_hostport: hostport, responder };
+        let request =
+            IncomingRequest { meta: delivery, message, server_hostport: hostport, private_sip_address, responder };
         match queue.try_send(request) {
             Ok(()) => {}
             Err(TrySendError::Full(req)) => {

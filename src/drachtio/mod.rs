@@ -9,10 +9,12 @@ pub mod client;
 pub mod frame;
 pub mod message;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 
+use crate::config::Cidr;
 use crate::sip::{ResponseBuilder, SipMessage};
 pub use client::{ClientConfig, DrachtioClient, DrachtioHandle, Outgoing, Route, UacError, UacEvent};
 pub use message::SipDelivery;
@@ -26,6 +28,37 @@ pub struct ConnectionInfo {
     pub version: String,
     /// Same list with the locally bound addresses.
     pub local_hostports: String,
+}
+
+impl ConnectionInfo {
+    /// `ip:port` of the last `tcp` entry of the local hostports whose IP is inside one of the
+    /// private networks (`JAMBONES_NETWORK_CIDR`), as the Node sidecar computes it.
+    pub fn private_sip_address(&self, private_networks: &[Cidr]) -> Option<String> {
+        parse_hostports(&self.local_hostports)
+            .filter(|hp| hp.transport == "tcp")
+            .filter(|hp| hp.ip.parse::<IpAddr>().is_ok_and(|ip| private_networks.iter().any(|c| c.contains(ip))))
+            .last()
+            .map(|hp| format!("{}:{}", hp.ip, hp.port))
+    }
+}
+
+/// One `<transport>/<ip>:<port>` entry of a drachtio hostport list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort<'a> {
+    pub transport: &'a str,
+    pub ip: &'a str,
+    pub port: u16,
+}
+
+/// Parses `tcp/1.2.3.4:5060,udp/1.2.3.4:5060` (regex semantics `^(.*)/(.*):(\d+)$` per entry);
+/// entries that do not match are skipped.
+pub fn parse_hostports(list: &str) -> impl Iterator<Item = HostPort<'_>> {
+    list.split(',').filter_map(|entry| {
+        let (transport, rest) = entry.trim().split_once('/')?;
+        let (ip, port) = rest.rsplit_once(':')?;
+        let port = port.parse().ok()?;
+        Some(HostPort { transport, ip, port })
+    })
 }
 
 /// Connection state changes, sent to every subscriber.
@@ -43,6 +76,9 @@ pub struct IncomingRequest {
     pub message: SipMessage,
     /// The drachtio hostports of the connection the request arrived on.
     pub server_hostport: Arc<str>,
+    /// `ip:port` of drachtio's private TCP SIP address (see
+    /// [`ConnectionInfo::private_sip_address`]), stored with registrations as `privateSbcAddress`.
+    pub private_sip_address: Option<Arc<str>>,
     pub responder: Responder,
 }
 
@@ -85,5 +121,35 @@ impl Responder {
         let payload = message::sip_response(&msg_id, &self.transaction_id, &sip);
         // The writer only goes away at shutdown, when there is nobody left to answer anyway.
         let _ = self.writer.send(client::Outgoing::Frame { msg_id, payload, reply: None });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidrs(list: &str) -> Vec<Cidr> {
+        list.split(',').map(|c| c.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn private_sip_address_is_the_last_private_tcp_entry() {
+        let info = ConnectionInfo {
+            hostports: "tcp/3.148.70.168:5060,udp/3.148.70.168:5060".into(),
+            version: "v0.9.10".into(),
+            local_hostports: "udp/10.0.0.5:5060,tcp/10.0.0.5:5060,tcp/10.0.1.7:5070,tcp/3.3.3.3:5060,wss/10.0.0.5:8443"
+                .into(),
+        };
+        let default = cidrs("192.168.0.0/24,172.16.0.0/16,10.0.0.0/8");
+        assert_eq!(info.private_sip_address(&default).as_deref(), Some("10.0.1.7:5070"));
+        assert_eq!(info.private_sip_address(&cidrs("192.168.0.0/24")), None);
+    }
+
+    #[test]
+    fn hostport_entries_parse_like_the_node_regex() {
+        let v: Vec<HostPort> = parse_hostports("tcp/127.0.0.1:5060,bogus,udp/[::1]:5060").collect();
+        assert_eq!(v[0], HostPort { transport: "tcp", ip: "127.0.0.1", port: 5060 });
+        assert_eq!(v[1], HostPort { transport: "udp", ip: "[::1]", port: 5060 });
+        assert_eq!(v.len(), 2);
     }
 }

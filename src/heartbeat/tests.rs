@@ -109,6 +109,7 @@ fn request(address: &str, port: u16, headers: &[(&str, &str)]) -> (IncomingReque
         meta,
         message,
         server_hostport: Arc::from("udp/127.0.0.10:5060"),
+        private_sip_address: None,
         responder: Responder::new("txn-1".to_string(), tx),
     };
     (request, rx)

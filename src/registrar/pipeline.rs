@@ -311,7 +311,11 @@ impl Registrar {
         let binding = NewBinding {
             contact: ctx.reg.contact_uri.as_deref(),
             sbc_address: &ctx.req.server_hostport,
-            private_sbc_address: self.settings.private_sbc_address.as_deref(),
+            private_sbc_address: ctx
+                .req
+                .private_sip_address
+                .as_deref()
+                .or(self.settings.private_sbc_address.as_deref()),
             protocol: bindings::via_protocol(&ctx.req.message),
             proxy: &ctx.proxy,
             grant,

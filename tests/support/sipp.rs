@@ -32,6 +32,8 @@ pub struct Sipp<'a> {
     pub calls: u32,
     pub keys: &'a [(&'a str, &'a str)],
     pub timeout: Duration,
+    /// More sipp arguments (`-inf users.csv`, `-r 100`, …).
+    pub extra: Vec<String>,
 }
 
 impl<'a> Sipp<'a> {
@@ -45,6 +47,7 @@ impl<'a> Sipp<'a> {
             calls: 1,
             keys: &[],
             timeout: Duration::from_secs(10),
+            extra: Vec::new(),
         }
     }
 
@@ -71,6 +74,7 @@ impl<'a> Sipp<'a> {
         for (k, v) in self.keys {
             cmd.args(["-key", k, v]);
         }
+        cmd.args(&self.extra);
         let out = cmd.output().expect("sipp runs (install sip-tester: make services)");
         let messages = std::fs::read_to_string(&msg_file).unwrap_or_default();
         let _ = std::fs::remove_dir_all(&dir);
@@ -87,4 +91,16 @@ pub fn tempdir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("sbc-test-{:016x}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
+}
+
+/// Writes a sipp injection file (`SEQUENTIAL`, then `field0;field1;…` lines) and returns its path.
+pub fn injection_file(rows: &[Vec<String>]) -> PathBuf {
+    let path = tempdir().join("inject.csv");
+    let mut text = String::from("SEQUENTIAL\n");
+    for r in rows {
+        text.push_str(&r.join(";"));
+        text.push('\n');
+    }
+    std::fs::write(&path, text).expect("injection file");
+    path
 }

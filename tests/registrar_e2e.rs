@@ -1,0 +1,269 @@
+//! Phones registering through the drachtio double: sipp → double → sbc-sidecar (webhook
+//! authentication against a real HTTP server, bindings in real Redis) → double → sipp.
+
+#[path = "support/double/mod.rs"]
+mod double;
+mod support;
+#[path = "support/webhook.rs"]
+mod webhook;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use double::{Double, DoubleConfig};
+use mysql::prelude::Queryable;
+use redis::Commands;
+use support::daemon::{base_env, Daemon};
+use support::db::TestDb;
+use support::sipp::{self, Sipp};
+use webhook::WebhookServer;
+
+const WAIT: Duration = Duration::from_secs(10);
+const WEBHOOK_SECRET: &str = "wh-secret-e2e";
+
+struct Rig {
+    db: TestDb,
+    hook: WebhookServer,
+    double: Double,
+    daemon: Daemon,
+    realm: String,
+    redis_port: u16,
+}
+
+fn uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+impl Rig {
+    fn start(env_extra: &[(&str, String)]) -> Rig {
+        let db = TestDb::create();
+        let hook = WebhookServer::start();
+        let realm = format!("r{:08x}.sip.example.com", rand::random::<u32>());
+        let mut c = db.conn();
+        let hook_sid = uuid();
+        c.exec_drop(
+            "INSERT INTO webhooks (webhook_sid, url, method) VALUES (?, ?, 'POST')",
+            (&hook_sid, hook.url("/auth")),
+        )
+        .unwrap();
+        c.exec_drop(
+            "INSERT INTO accounts (account_sid, name, sip_realm, service_provider_sid, registration_hook_sid, \
+             is_active, webhook_secret) VALUES (?, 'e2e', ?, ?, ?, 1, ?)",
+            (uuid(), &realm, uuid(), &hook_sid, WEBHOOK_SECRET),
+        )
+        .unwrap();
+        let double = Double::start(DoubleConfig::default()).unwrap();
+        let mut env = base_env(double.admin_addr().port(), &db.name);
+        env.insert("JAMBONES_NETWORK_CIDR".into(), "127.0.0.0/8".into());
+        let mut redis_port = 6379;
+        for (k, v) in env_extra {
+            if *k == "JAMBONES_REDIS_PORT" {
+                redis_port = v.parse().unwrap();
+            }
+            env.insert(k.to_string(), v.clone());
+        }
+        let daemon = Daemon::start(env, &[]);
+        assert!(double.wait_for_route("register", WAIT), "log:\n{}", daemon.log());
+        Rig { db, hook, double, daemon, realm, redis_port }
+    }
+
+    /// Users for an injection file: `user;password;realm`. sipp answers every challenge with
+    /// the credentials of `-au`/`-ap` (its scenarios cannot take them from the file), so each
+    /// batch shares one digest identity, which the webhook knows.
+    fn users(&self, prefix: &str, n: usize) -> Vec<Vec<String>> {
+        let password = format!("pw-{prefix}-{:x}", rand::random::<u32>());
+        self.hook.set_password(&format!("{prefix}-auth"), &password);
+        (0..n).map(|i| vec![format!("{prefix}{i}"), password.clone(), self.realm.clone()]).collect()
+    }
+
+    fn sipp(&self, scenario: &str, ip: &'static str, users: &[Vec<String>], transport: &'static str) -> sipp::SippRun {
+        let inf = sipp::injection_file(users);
+        let mut s = Sipp::new(scenario, &self.double.sip_addr().to_string(), ip, sipp::free_port(ip));
+        s.transport = transport;
+        s.calls = users.len() as u32;
+        s.timeout = Duration::from_secs(30);
+        let auth_user = users[0][0].trim_end_matches(char::is_numeric).to_string() + "-auth";
+        s.extra = vec![
+            "-inf".into(),
+            inf.display().to_string(),
+            "-au".into(),
+            auth_user,
+            "-ap".into(),
+            users[0][1].clone(),
+            "-r".into(),
+            "100".into(),
+            "-l".into(),
+            "200".into(),
+        ];
+        let run = s.run();
+        let _ = std::fs::remove_dir_all(inf.parent().unwrap());
+        run
+    }
+
+    fn redis(&self) -> redis::Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.redis_port)).unwrap().get_connection().unwrap()
+    }
+
+    fn binding(&self, user: &str) -> Option<serde_json::Value> {
+        let raw: Option<String> = self.redis().get(format!("user:{user}@{}", self.realm)).unwrap();
+        raw.map(|r| serde_json::from_str(&r).unwrap())
+    }
+
+    fn forget(&self, users: &[Vec<String>]) {
+        if let Ok(mut r) =
+            redis::Client::open(format!("redis://127.0.0.1:{}/", self.redis_port)).and_then(|c| c.get_connection())
+        {
+            for u in users {
+                let key = format!("user:{}@{}", u[0], self.realm);
+                let _: Result<(), _> = r.del(&key);
+                let _: Result<(), _> = r.zrem("active-user", &key);
+            }
+        }
+    }
+}
+
+fn assert_ok(run: &sipp::SippRun, rig: &Rig, what: &str) {
+    assert_eq!(
+        run.status,
+        Some(0),
+        "{what}: {}\n{}\nmessages:\n{}\nlog:\n{}",
+        run.stdout.lines().filter(|l| l.contains("Successful") || l.contains("Failed")).collect::<Vec<_>>().join("\n"),
+        run.stderr,
+        run.messages.chars().take(6000).collect::<String>(),
+        rig.daemon.log().chars().rev().take(6000).collect::<String>().chars().rev().collect::<String>()
+    );
+}
+
+#[test]
+fn a_phone_registers_over_udp_with_webhook_auth_and_refreshes_from_cache() {
+    let rig = Rig::start(&[]);
+    let users = rig.users("alice", 1);
+    let run = rig.sipp("register_auth.xml", "127.0.0.51", &users, "u1");
+    assert_ok(&run, &rig, "register over UDP");
+    // UDP: the phone is told 30 s, Redis keeps the full grant
+    assert!(run.messages.contains("Expires: 30\r") || run.messages.contains("Expires: 30\n"), "{}", run.messages);
+    let b = rig.binding("alice0").expect("binding stored");
+    let keys: Vec<&str> = b.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        vec![
+            "contact",
+            "sbcAddress",
+            "privateSbcAddress",
+            "protocol",
+            "proxy",
+            "allow_direct_app_calling",
+            "allow_direct_queue_calling",
+            "allow_direct_user_calling",
+            "expiryTime"
+        ],
+        "{b}"
+    );
+    assert_eq!(b["sbcAddress"], rig.double.hostports());
+    assert_eq!(b["privateSbcAddress"], format!("127.0.0.1:{}", rig.double.sip_addr().port()));
+    assert_eq!(b["protocol"], "udp");
+    assert!(b["proxy"].as_str().unwrap().starts_with("sip:127.0.0.51:"), "{b}");
+    assert!(b["contact"].as_str().unwrap().starts_with("sip:alice0@127.0.0.51:"), "{b}");
+    let ttl: i64 = rig.redis().ttl(format!("user:alice0@{}", rig.realm)).unwrap();
+    assert!((3590..=3600).contains(&ttl), "TTL is the full grant: {ttl}");
+    // the webhook was called once (the cached refresh did not call it), with a valid signature
+    let reqs = rig.hook.requests();
+    assert_eq!(reqs.len(), 1, "one webhook call for challenge + auth + cached refresh");
+    assert!(reqs[0].header("jambonz-signature").is_some_and(|s| s.starts_with("t=")));
+    assert_eq!(reqs[0].payload()["source_address"], "127.0.0.51");
+    rig.forget(&users);
+}
+
+#[test]
+fn a_phone_registers_over_tcp_and_is_told_the_whole_grant() {
+    let rig = Rig::start(&[]);
+    rig.hook.ok_fields(serde_json::json!({"expires": 600, "call_hook": "https://example.com/call"}));
+    let users = rig.users("bob", 1);
+    let run = rig.sipp("register_auth.xml", "127.0.0.52", &users, "t1");
+    assert_ok(&run, &rig, "register over TCP");
+    assert!(run.messages.contains("Expires: 600"), "TCP gets the grant: {}", run.messages);
+    let b = rig.binding("bob0").expect("binding stored");
+    assert_eq!(b["protocol"], "tcp");
+    assert_eq!(b["callHook"], "https://example.com/call");
+    rig.forget(&users);
+}
+
+#[test]
+fn unregister_removes_the_binding() {
+    let rig = Rig::start(&[]);
+    let users = rig.users("carol", 1);
+    assert_ok(&rig.sipp("register_auth.xml", "127.0.0.53", &users, "u1"), &rig, "register");
+    assert!(rig.binding("carol0").is_some());
+    assert_ok(&rig.sipp("unregister_auth.xml", "127.0.0.53", &users, "u1"), &rig, "unregister");
+    assert!(rig.binding("carol0").is_none(), "binding deleted");
+    let score: Option<f64> = rig.redis().zscore("active-user", format!("user:carol0@{}", rig.realm)).unwrap();
+    assert_eq!(score, None, "active-user member removed");
+}
+
+#[test]
+fn two_hundred_phones_register_at_once() {
+    let rig = Rig::start(&[]);
+    let users = rig.users("crowd", 200);
+    let run = rig.sipp("register_auth.xml", "127.0.0.54", &users, "u1");
+    assert_ok(&run, &rig, "200 registrations");
+    let mut r = rig.redis();
+    let stored = users.iter().filter(|u| r.exists::<_, bool>(format!("user:{}@{}", u[0], rig.realm)).unwrap()).count();
+    assert_eq!(stored, 200);
+    rig.forget(&users);
+}
+
+/// A Redis server of this test's own, so it can be stopped without disturbing other tests.
+struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> PrivateRedis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let start = Instant::now();
+        while start.elapsed() < WAIT {
+            if redis::Client::open(format!("redis://127.0.0.1:{port}/")).and_then(|c| c.get_connection()).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PrivateRedis { port, child: Some(child) }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn redis_going_away_gives_503_and_registrations_resume_when_it_returns() {
+    let port = sipp::free_port("127.0.0.1");
+    let mut redis = PrivateRedis::start(port);
+    let rig = Rig::start(&[("JAMBONES_REDIS_PORT", port.to_string())]);
+    let before = rig.users("early", 1);
+    assert_ok(&rig.sipp("register_auth.xml", "127.0.0.55", &before, "u1"), &rig, "before the outage");
+    redis.stop();
+    let during = rig.users("during", 1);
+    assert_ok(&rig.sipp("register_unavailable.xml", "127.0.0.55", &during, "u1"), &rig, "503 during the outage");
+    let mut redis = PrivateRedis::start(redis.port);
+    let after = rig.users("after", 1);
+    assert_ok(&rig.sipp("register_auth.xml", "127.0.0.55", &after, "u1"), &rig, "after Redis returned");
+    assert!(rig.binding("after0").is_some());
+    let mut daemon = rig.daemon;
+    assert!(daemon.is_running(), "no crash");
+    redis.stop();
+}
