@@ -554,6 +554,11 @@ impl Reader {
             conn.ping_outstanding = None;
             return Ok(());
         }
+        // The writer registers a message id before writing it, so a reply whose id is unknown
+        // may simply have been read before we drained the registration channel: drain again.
+        if !self.awaiting.contains_key(&reply.reply_to) {
+            self.drain_pending();
+        }
         if let Some(tx) = self.awaiting.remove(&reply.reply_to) {
             match (reply.status, reply.echo_transaction_id()) {
                 (ReplyStatus::Ok, Some(txn)) => {
