@@ -16,7 +16,7 @@ command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
-for extra in ${SBC_EXTRA_PACKAGES:-}; do
+for extra in influxdb ${SBC_EXTRA_PACKAGES:-}; do
   dpkg -s "$extra" >/dev/null 2>&1 || need+=("$extra")
 done
 if [ "${#need[@]}" -gt 0 ]; then
