@@ -1,6 +1,14 @@
 //! sbc-sidecar: the SIP sidecar of a jambonz SBC node.
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod ctl;
+pub mod daemon;
 pub mod drachtio;
+pub mod heartbeat;
+pub mod logging;
+pub mod registrar;
+pub mod signals;
 pub mod sip;
 pub mod store;
+pub mod telemetry;
