@@ -64,6 +64,7 @@ pub const NEW_VARIABLES: &[(&str, &str, &str)] = &[
     ("SBC_NONCE_TTL_S", "300", "lifetime of a digest nonce; older ones are answered 401 with stale=true (s)"),
     ("SBC_LOG_FACILITY", "daemon", "syslog facility with --log syslog: daemon, user, local0 … local7"),
     ("SBC_SYSLOG_SOCKET", "/dev/log", "the syslog socket used with --log syslog"),
+    ("SBC_TIME_SERIES_PORT", "8086", "HTTP port of the InfluxDB at JAMBONES_TIME_SERIES_HOST"),
     (
         "SBC_LOG_LEVEL_FILE",
         "/etc/default/sbc-sidecar",
@@ -209,6 +210,8 @@ pub struct Config {
     pub redis: RedisConfig,
     /// `JAMBONES_TIME_SERIES_HOST`: InfluxDB 1.x host (port 8086, http) for alerts.
     pub time_series_host: String,
+    /// `SBC_TIME_SERIES_PORT`, default 8086 (the Node client's fixed port).
+    pub time_series_port: u16,
     /// `None` unless `ENABLE_METRICS` parses to the integer 1.
     pub metrics: Option<MetricsConfig>,
 
@@ -826,6 +829,7 @@ fn parse_env(env: &Env<'_>, command_line: CommandLine) -> Result<Config, ConfigE
             .filter(|d| !d.is_zero()),
         redis: redis(env, required.redis_sentinels)?,
         time_series_host: required.time_series_host.to_string(),
+        time_series_port: env.port("SBC_TIME_SERIES_PORT", 8086)?,
         metrics: metrics(env)?,
         node_env_test: env.get("NODE_ENV") == Some("test"),
         hosting: env.truthy("JAMBONES_HOSTING"),

@@ -18,6 +18,7 @@ use crate::heartbeat::{HeartbeatRole, HeartbeatSettings};
 use crate::registrar::{AuthPool, Registrar, RegistrarSettings};
 use crate::store::mysql::{MysqlPool, MysqlSettings};
 use crate::store::redis::{self as redis_store, RedisPool, RedisSettings, RedisTarget};
+use crate::telemetry::{AlertSettings, AlertWriter, Metrics, MetricsSettings};
 use crate::{logging, signals};
 
 /// Exit status after a clean stop.
@@ -27,6 +28,9 @@ pub const EXIT_START_FAILED: i32 = 70;
 
 /// How often expired registrations are pruned from `active-user`.
 const ACTIVE_USER_PRUNE_INTERVAL: Duration = Duration::from_secs(600);
+
+/// How often the `sbc.users.count` gauge is sent (when metrics are enabled).
+const USERS_GAUGE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// OPTIONS heartbeats waiting for the heartbeat role; beyond this they get `503`.
 const OPTIONS_QUEUE: usize = 1024;
@@ -139,6 +143,14 @@ fn start_and_wait(config: &Config) -> Result<(), String> {
     info!("sbc-sidecar {} starting", env!("CARGO_PKG_VERSION"));
     let signals = signals::listen().map_err(|e| format!("signal handlers: {e}"))?;
     let pools = build_pools(config)?;
+    let alert_writer = AlertWriter::start(AlertSettings::from_config(config)).map_err(|e| format!("alerts: {e}"))?;
+    let metrics = match Metrics::new(&MetricsSettings::from_config(config)) {
+        Ok(m) => m,
+        Err(e) => {
+            warn!("statsd metrics disabled: {e}");
+            Metrics::disabled()
+        }
+    };
 
     // Roles stop when this sender is dropped.
     let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
@@ -154,10 +166,14 @@ fn start_and_wait(config: &Config) -> Result<(), String> {
         pools.redis.clone(),
         options_rx,
         shutdown_rx.clone(),
-    );
+    )
+    .with_metrics(metrics.clone());
     roles.push(spawn_role("heartbeat", move || heartbeat.run())?);
 
-    let registrar = Arc::new(Registrar::new(registrar_settings(config), pools.mysql.clone(), pools.redis.clone()));
+    let registrar = Arc::new(
+        Registrar::new(registrar_settings(config), pools.mysql.clone(), pools.redis.clone())
+            .with_telemetry(alert_writer.sender(), metrics.clone()),
+    );
     let (register_tx, register_rx) = bounded(config.auth_queue);
     let auth_pool = AuthPool::start(config.auth_workers, registrar.clone(), register_rx, shutdown_rx.clone())
         .map_err(|e| format!("auth workers: {e}"))?;
@@ -188,7 +204,7 @@ fn start_and_wait(config: &Config) -> Result<(), String> {
     let client = DrachtioClient::start(client_config(config), routes, subscribers)
         .map_err(|e| format!("drachtio client: {e}"))?;
 
-    let stop_reason = wait_for_stop(config, &signals, &events_rx, &registrar);
+    let stop_reason = wait_for_stop(config, &signals, &events_rx, &registrar, &metrics);
     info!("{stop_reason}: stopping");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
 
@@ -201,6 +217,10 @@ fn start_and_wait(config: &Config) -> Result<(), String> {
         }
     }
     client.shutdown();
+    let stats = alert_writer.shutdown();
+    if stats.dropped() > 0 {
+        warn!("{} alerts could not be written to InfluxDB", stats.dropped());
+    }
     info!("sbc-sidecar stopped");
     Ok(())
 }
@@ -256,7 +276,10 @@ fn wait_for_stop(
     signals: &Receiver<signals::Signal>,
     events: &Receiver<ConnectionEvent>,
     registrar: &Registrar,
+    metrics: &Metrics,
 ) -> String {
+    let users_gauge =
+        if metrics.is_enabled() { crossbeam_channel::tick(USERS_GAUGE_INTERVAL) } else { crossbeam_channel::never() };
     // Expired members of `active-user` are pruned every 10 minutes, as the Node registrar did.
     let prune = crossbeam_channel::tick(ACTIVE_USER_PRUNE_INTERVAL);
     let mut ready = false;
@@ -287,6 +310,10 @@ fn wait_for_stop(
             recv(prune) -> _ => match registrar.prune_expired() {
                 Ok(n) => debug!("pruned {n} expired members of active-user"),
                 Err(e) => warn!("pruning active-user failed: {e}"),
+            },
+            recv(users_gauge) -> _ => match registrar.registered_users() {
+                Ok(n) => metrics.users_count(n),
+                Err(e) => debug!("sbc.users.count not sent: {e}"),
             },
             recv(watchdog) -> _ => {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);

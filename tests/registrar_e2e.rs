@@ -22,7 +22,7 @@ const WAIT: Duration = Duration::from_secs(10);
 const WEBHOOK_SECRET: &str = "wh-secret-e2e";
 
 struct Rig {
-    db: TestDb,
+    _db: TestDb,
     hook: WebhookServer,
     double: Double,
     daemon: Daemon,
@@ -64,7 +64,7 @@ impl Rig {
         }
         let daemon = Daemon::start(env, &[]);
         assert!(double.wait_for_route("register", WAIT), "log:\n{}", daemon.log());
-        Rig { db, hook, double, daemon, realm, redis_port }
+        Rig { _db: db, hook, double, daemon, realm, redis_port }
     }
 
     /// Users for an injection file: `user;password;realm`. sipp answers every challenge with
@@ -266,4 +266,47 @@ fn redis_going_away_gives_503_and_registrations_resume_when_it_returns() {
     let mut daemon = rig.daemon;
     assert!(daemon.is_running(), "no crash");
     redis.stop();
+}
+
+#[test]
+fn a_failing_webhook_raises_an_alert_in_influxdb_and_response_times_reach_statsd() {
+    let influx = support::influx::Influxd::start();
+    let statsd = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    statsd.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let rig = Rig::start(&[
+        ("ENABLE_METRICS", "1".to_string()),
+        ("STATS_PORT", statsd.local_addr().unwrap().port().to_string()),
+        ("SBC_TIME_SERIES_PORT", influx.port.to_string()),
+    ]);
+    rig.hook.fixed(404, "no such user");
+    let users = rig.users("dave", 1);
+    assert_ok(&rig.sipp("register_404.xml", "127.0.0.56", &users, "u1"), &rig, "404 from the webhook");
+    // the challenge and the rejection, each with its status tag
+    let mut datagrams = Vec::new();
+    let mut buf = [0u8; 2048];
+    let start = Instant::now();
+    while start.elapsed() < WAIT && !datagrams.iter().any(|d: &String| d.contains("#status:404")) {
+        if let Ok(n) = statsd.recv(&mut buf) {
+            datagrams.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    assert!(
+        datagrams
+            .iter()
+            .any(|d| d.starts_with("sbc.registration.total.response_time:") && d.ends_with("|h|#status:401")),
+        "{datagrams:?}"
+    );
+    assert!(datagrams.iter().any(|d| d.ends_with("|h|#status:404")), "{datagrams:?}");
+    // the alert is flushed at the latest when the daemon stops
+    let mut daemon = rig.daemon;
+    assert_eq!(daemon.stop(Duration::from_secs(10)).and_then(|s| s.code()), Some(0));
+    assert!(influx.wait_for_count(1, WAIT) >= 1, "alert written");
+    let rows = influx.query("SELECT * FROM alerts");
+    let row = rows
+        .iter()
+        .find(|r| r.get("alert_type").and_then(|v| v.as_str()) == Some("webhook-failure"))
+        .expect("webhook-failure alert");
+    assert_eq!(row["message"], format!("{} returned 404", rig.hook.url("/auth")));
+    assert!(row.get("account_sid").and_then(|v| v.as_str()).is_some_and(|s| s.len() == 36), "{row:?}");
+    assert!(rows.iter().all(|r| r.values().all(|v| v != "undefined")), "no undefined tags");
 }

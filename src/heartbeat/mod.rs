@@ -17,6 +17,7 @@ use log::{debug, info, warn};
 
 use crate::drachtio::IncomingRequest;
 use crate::store::redis::RedisPool;
+use crate::telemetry::Metrics;
 pub use drain::{fs_member_key, DrainedServers, FsEndpoint};
 pub use keys::ClusterSets;
 pub use tracker::{classify, Ping, ServerKind, Tracker};
@@ -52,6 +53,12 @@ impl HeartbeatRole {
     ) -> HeartbeatRole {
         let tracker = Tracker::new(&settings.cluster_id, settings.expires_interval, redis);
         HeartbeatRole { settings, tracker, requests, shutdown }
+    }
+
+    /// Sends the `featureservers` / `rtpservers` gauges to `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> HeartbeatRole {
+        self.tracker.set_metrics(metrics);
+        self
     }
 
     /// Runs until `shutdown` receives a message or is disconnected.

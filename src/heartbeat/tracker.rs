@@ -12,6 +12,7 @@ use crate::drachtio::IncomingRequest;
 use crate::sip::{ResponseBuilder, SipMessage};
 use crate::store::redis::{checkout, RedisPool};
 use crate::store::StoreError;
+use crate::telemetry::Metrics;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerKind {
@@ -111,6 +112,7 @@ pub struct Tracker {
     /// Whether the last Redis operation worked: failures are logged once per outage, not once
     /// per heartbeat.
     redis_ok: bool,
+    metrics: Metrics,
 }
 
 impl Tracker {
@@ -124,7 +126,13 @@ impl Tracker {
             redis,
             expires,
             redis_ok: true,
+            metrics: Metrics::disabled(),
         }
+    }
+
+    /// Sends the `featureservers` / `rtpservers` gauges to `metrics`.
+    pub fn set_metrics(&mut self, metrics: Metrics) {
+        self.metrics = metrics;
     }
 
     /// Startup load (spec 5.4): every member already in the three sets is treated as seen
@@ -224,7 +232,7 @@ impl Tracker {
                 if let Some(url) = service_url {
                     self.urls.confirmed(true, url, now);
                 }
-                tracked_servers_gauge(kind, self.tracked(kind));
+                tracked_servers_gauge(&self.metrics, kind, self.tracked(kind));
                 return Ok(count);
             }
         }
@@ -251,7 +259,7 @@ impl Tracker {
                 count
             }
         };
-        tracked_servers_gauge(kind, self.tracked(kind));
+        tracked_servers_gauge(&self.metrics, kind, self.tracked(kind));
         Ok(count)
     }
 
@@ -288,7 +296,7 @@ impl Tracker {
             info!("expired member {key} from {} we now have {count}", tracked.set);
         }
         for kind in [ServerKind::Feature, ServerKind::Rtp] {
-            tracked_servers_gauge(kind, self.tracked(kind));
+            tracked_servers_gauge(&self.metrics, kind, self.tracked(kind));
         }
         Ok(expired.len())
     }
@@ -318,10 +326,12 @@ impl Tracker {
 }
 
 /// The statsd gauge `featureservers` / `rtpservers` (spec 10.1): the number of servers this
-/// process tracks locally, not the size of the shared Redis set. The metrics role does not
-/// exist yet; when it does, this is the one place that hands it the value.
-fn tracked_servers_gauge(kind: ServerKind, tracked: usize) {
-    let _ = (kind, tracked);
+/// process tracks locally, not the size of the shared Redis set.
+fn tracked_servers_gauge(metrics: &Metrics, kind: ServerKind, tracked: usize) {
+    match kind {
+        ServerKind::Feature => metrics.feature_servers(tracked),
+        ServerKind::Rtp => metrics.rtp_servers(tracked),
+    }
 }
 
 #[cfg(test)]

@@ -1,11 +1,11 @@
-//! Alerts the registrar raises (spec 10.2). Writing them to InfluxDB is later work: for now
-//! [`Registrar::raise_alert`] logs them at warn level; the telemetry role will take them over
-//! without the pipeline changing.
+//! Alerts the registrar raises (spec 10.2): logged at warn, and sent to InfluxDB through the
+//! telemetry writer when the daemon plugged one in.
 
 use log::warn;
 
 use super::webhook::url_for_logs;
 use super::Registrar;
+use crate::telemetry;
 
 /// One alert, with the fields the InfluxDB point will carry (`alert_type` and `account_sid`
 /// tags, `message` field).
@@ -48,10 +48,26 @@ impl Alert {
     }
 }
 
+impl Alert {
+    /// The InfluxDB point for this alert.
+    pub fn to_telemetry(&self) -> telemetry::Alert {
+        match self {
+            Alert::AccountDeviceLimit { account_sid, count } => {
+                telemetry::Alert::account_device_limit(account_sid, *count)
+            }
+            Alert::WebhookFailure { account_sid, url, status } => {
+                telemetry::Alert::webhook_failure(account_sid, url, *status)
+            }
+            Alert::WebhookConnectionFailure { account_sid, url } => {
+                telemetry::Alert::webhook_connection_failure(account_sid, url)
+            }
+        }
+    }
+}
+
 impl Registrar {
     /// The one place where the registrar's alerts (`account-device-limit`, `webhook-failure`,
-    /// `webhook-connection-failure`) are emitted. For now they are only logged at warn level:
-    /// sending them to InfluxDB (spec 10.2) is later work, to be plugged in here.
+    /// `webhook-connection-failure`) are emitted: a warn line, and a point for InfluxDB.
     pub fn raise_alert(&self, alert: &Alert) {
         // The log shows the URL without credentials or query; the alert message keeps it whole.
         let detail = match alert {
@@ -60,12 +76,29 @@ impl Registrar {
             Alert::WebhookConnectionFailure { url, .. } => format!("url={}", url_for_logs(url)),
         };
         warn!("alert alert_type={} account_sid={} {detail}", alert.alert_type(), alert.account_sid());
+        if let Some(sender) = &self.alerts {
+            sender.send(alert.to_telemetry());
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn telemetry_points_carry_the_same_message_and_type() {
+        for a in [
+            Alert::AccountDeviceLimit { account_sid: "a1".into(), count: 5 },
+            Alert::WebhookFailure { account_sid: "a1".into(), url: "https://h/reg".into(), status: 404 },
+            Alert::WebhookConnectionFailure { account_sid: "a1".into(), url: "https://h/reg".into() },
+        ] {
+            let t = a.to_telemetry();
+            assert_eq!(t.message(), a.message());
+            assert_eq!(t.alert_type().map(|x| x.as_str()), Some(a.alert_type()));
+            assert_eq!(t.account_sid(), Some("a1"));
+        }
+    }
 
     #[test]
     fn messages_match_the_node_sidecar() {

@@ -59,10 +59,22 @@ pub struct Denial {
 }
 
 /// Outcome of a successful authentication exchange (transport errors are separate).
+// One per REGISTER, moved once: boxing the grant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum AuthVerdict {
     Granted(Grant),
     Denied(Denial),
+}
+
+impl AuthVerdict {
+    /// The status the `app.hook.response_time` metric is tagged with.
+    pub fn status(&self) -> u16 {
+        match self {
+            AuthVerdict::Granted(_) => 200,
+            AuthVerdict::Denied(_) => 403,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -51,6 +51,7 @@ use nonce::NonceSigner;
 use crate::store::mysql::MysqlPool;
 use crate::store::redis::{checkout, RedisPool};
 use crate::store::StoreError;
+use crate::telemetry::{AlertSender, Metrics};
 
 /// The REGISTER pipeline with everything it needs. Shared by the auth workers behind an
 /// `Arc`; all methods take `&self`.
@@ -64,6 +65,9 @@ pub struct Registrar {
     devices: DeviceCounter,
     mysql_health: StoreHealth,
     redis_health: StoreHealth,
+    /// Where alerts go (InfluxDB); `None` until the daemon plugs the writer in.
+    alerts: Option<AlertSender>,
+    metrics: Metrics,
 }
 
 impl Registrar {
@@ -95,7 +99,16 @@ impl Registrar {
             hook,
             mysql_health: StoreHealth::new("mysql"),
             redis_health: StoreHealth::new("redis"),
+            alerts: None,
+            metrics: Metrics::disabled(),
         }
+    }
+
+    /// Sends alerts to `alerts` and response-time metrics to `metrics`.
+    pub fn with_telemetry(mut self, alerts: AlertSender, metrics: Metrics) -> Registrar {
+        self.alerts = Some(alerts);
+        self.metrics = metrics;
+        self
     }
 
     pub fn settings(&self) -> &RegistrarSettings {
@@ -107,6 +120,18 @@ impl Registrar {
     pub fn prune_expired(&self) -> Result<u64, StoreError> {
         let mut conn = checkout(&self.redis)?;
         bindings::prune(&mut conn, unix_millis())
+    }
+
+    /// The `sbc.users.count` gauge as the Node registrar computed it: distinct user parts of
+    /// the live members of `active-user` (the same user name in two realms counts once).
+    pub fn registered_users(&self) -> Result<u64, StoreError> {
+        let mut conn = checkout(&self.redis)?;
+        let members = bindings::active_members(&mut conn, unix_millis())?;
+        let users: std::collections::HashSet<&str> = members
+            .iter()
+            .filter_map(|m| m.strip_prefix("user:").and_then(|aor| aor.rsplit_once('@')).map(|(user, _)| user))
+            .collect();
+        Ok(users.len() as u64)
     }
 }
 

@@ -58,7 +58,7 @@ impl Registrar {
                 Reply::internal_error()
             }
         };
-        // statsd `sbc.registration.{cached,total}.response_time` will be emitted here.
+        self.metrics.registration_response_time(reply.cached, reply.status, started.elapsed());
         debug!(
             "registrar: answered REGISTER status={} cached={} source={}:{} elapsed_ms={}",
             reply.status,
@@ -220,7 +220,12 @@ impl Registrar {
     fn authenticate(&self, ctx: &Ctx<'_>, account: &Account, credentials: &DigestCredentials) -> Result<Grant, Reply> {
         let verdict = match &account.hook {
             Some(hook) => self.webhook_auth(ctx, account, hook, credentials)?,
-            None => self.clients_auth(account, credentials)?,
+            None => {
+                let started = Instant::now();
+                let verdict = self.clients_auth(account, credentials)?;
+                self.metrics.hook_response_time(verdict.status(), started.elapsed());
+                verdict
+            }
         };
         match verdict {
             AuthVerdict::Granted(grant) => Ok(grant),
@@ -261,7 +266,10 @@ impl Registrar {
         let request = webhook::build_request(hook, account.webhook_secret.as_deref(), &data, unix_secs());
         let started = Instant::now();
         let result = self.hook.send(&request).and_then(|response| webhook::interpret(&response));
-        // statsd `app.hook.response_time` will be emitted here.
+        // `app.hook.response_time` is only measured for answers the webhook gave with HTTP 200.
+        if let Ok(verdict) = &result {
+            self.metrics.hook_response_time(verdict.status(), started.elapsed());
+        }
         debug!(
             "registrar: webhook answered account_sid={} ok={} elapsed_ms={}",
             account.account_sid,

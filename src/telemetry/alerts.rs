@@ -304,6 +304,7 @@ impl AlertSettings {
     pub fn from_config(config: &Config) -> AlertSettings {
         AlertSettings {
             flush_interval: if config.node_env_test { TEST_FLUSH_INTERVAL } else { DEFAULT_FLUSH_INTERVAL },
+            port: config.time_series_port,
             ..AlertSettings::new(config.time_series_host.clone())
         }
     }

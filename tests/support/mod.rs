@@ -6,4 +6,5 @@
 pub mod capture;
 pub mod daemon;
 pub mod db;
+pub mod influx;
 pub mod sipp;
