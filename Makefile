@@ -32,5 +32,9 @@ bench: services
 	$(CARGO) build --release --bins
 	$(CARGO) run --release --bin sbc-bench
 
+# The Debian package target/debian/sbc-sidecar_<version>_<arch>.deb (see packaging/build-deb.sh).
+deb:
+	CARGO="$(CARGO)" bash packaging/build-deb.sh
+
 clean:
 	$(CARGO) clean
