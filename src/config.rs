@@ -61,6 +61,11 @@ pub const NEW_VARIABLES: &[(&str, &str, &str)] = &[
     ),
     ("SBC_DRACHTIO_BACKOFF_MIN_MS", "150", "first delay before reconnecting to drachtio (ms); grows ×1.7 per attempt"),
     ("SBC_DRACHTIO_BACKOFF_MAX_MS", "30000", "longest delay between drachtio reconnect attempts (ms)"),
+    (
+        "SBC_ACCOUNT_CACHE_MS",
+        "5000",
+        "how long an account looked up by realm is reused by the registrar; 0 disables (ms)",
+    ),
     ("SBC_NONCE_TTL_S", "300", "lifetime of a digest nonce; older ones are answered 401 with stale=true (s)"),
     ("SBC_LOG_FACILITY", "daemon", "syslog facility with --log syslog: daemon, user, local0 … local7"),
     ("SBC_SYSLOG_SOCKET", "/dev/log", "the syslog socket used with --log syslog"),
@@ -257,6 +262,8 @@ pub struct Config {
     pub auth_queue: usize,
     /// `SBC_NONCE_TTL_S`.
     pub nonce_ttl: Duration,
+    /// `SBC_ACCOUNT_CACHE_MS`: how long the registrar reuses an account lookup (0 = never).
+    pub account_cache_ttl: Duration,
 
     /// Things an operator should know that did not stop the start; log them once the
     /// logger is up.
@@ -852,6 +859,7 @@ fn parse_env(env: &Env<'_>, command_line: CommandLine) -> Result<Config, ConfigE
         // The queue is a bounded channel allocated up front: cap it.
         auth_queue: usize_from(env.count("SBC_AUTH_QUEUE", 1024, 1, 1_000_000)?),
         nonce_ttl: env.secs("SBC_NONCE_TTL_S", 300, 1)?,
+        account_cache_ttl: env.millis("SBC_ACCOUNT_CACHE_MS", 5000, 0)?,
         warnings,
     })
 }

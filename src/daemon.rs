@@ -235,6 +235,7 @@ fn registrar_settings(config: &Config) -> RegistrarSettings {
         webhook_timeout: config.webhook_timeout,
         http_user_agent: config.http_user_agent.clone(),
         nonce_ttl: config.nonce_ttl,
+        account_cache_ttl: config.account_cache_ttl,
         // A stable key: nonces survive a restart and are accepted by every SBC of the cluster
         // (they share ENCRYPTION_SECRET), so a retried REGISTER is not challenged again.
         nonce_secret: Some(format!("sbc-sidecar nonce key:{}", config.encryption_secret.expose())),

@@ -18,6 +18,7 @@
 //! `clients` table), `nonce`, `bindings` (Redis), `device_count`, `grant`, `reply`, `alerts`,
 //! `health`, `auth_pool` (the worker threads), `settings`.
 
+mod account_cache;
 pub mod accounts;
 pub mod alerts;
 pub mod auth_pool;
@@ -42,6 +43,7 @@ pub use auth_pool::AuthPool;
 pub use settings::RegistrarSettings;
 pub use webhook::{HookError, HookRequest, HookResponse, HookTransport};
 
+use account_cache::AccountCache;
 use crypto::PasswordKey;
 use device_count::DeviceCounter;
 use health::StoreHealth;
@@ -63,6 +65,7 @@ pub struct Registrar {
     password_key: PasswordKey,
     hook: Box<dyn HookTransport>,
     devices: DeviceCounter,
+    accounts: AccountCache,
     mysql_health: StoreHealth,
     redis_health: StoreHealth,
     /// Where alerts go (InfluxDB); `None` until the daemon plugs the writer in.
@@ -92,6 +95,7 @@ impl Registrar {
         Registrar {
             password_key: PasswordKey::derive(&settings.encryption_secret, settings.legacy_crypto),
             devices: DeviceCounter::new(settings.device_count_max_age),
+            accounts: AccountCache::new(settings.account_cache_ttl),
             nonces,
             settings,
             mysql,

@@ -130,8 +130,15 @@ impl Registrar {
     /// must exist and be active; in hosting mode a new device must fit the account's limit.
     fn check_account(&self, ctx: &Ctx<'_>, already_registered: bool) -> Result<Account, Reply> {
         let realm = ctx.aor.realm();
-        let account =
-            self.mysql("looking up the account of the realm", |conn| accounts::account_by_realm(conn, realm))?;
+        let account = match self.accounts.get(realm) {
+            Some(cached) => cached,
+            None => {
+                let found =
+                    self.mysql("looking up the account of the realm", |conn| accounts::account_by_realm(conn, realm))?;
+                self.accounts.put(realm, found.clone());
+                found
+            }
+        };
         match account {
             Some(a) if !a.is_active => {
                 info!(

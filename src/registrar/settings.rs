@@ -40,6 +40,9 @@ pub struct RegistrarSettings {
     /// `Retry-After` (seconds) of the `503` sent when MySQL or Redis cannot be reached.
     /// Default 5.
     pub retry_after_secs: u32,
+    /// How long an account lookup by realm is reused (`SBC_ACCOUNT_CACHE_MS`); zero disables
+    /// the cache. Default 5 s.
+    pub account_cache_ttl: Duration,
 }
 
 impl Default for RegistrarSettings {
@@ -55,6 +58,7 @@ impl Default for RegistrarSettings {
             nonce_secret: None,
             device_count_max_age: Duration::from_secs(3),
             retry_after_secs: 5,
+            account_cache_ttl: Duration::from_secs(5),
         }
     }
 }

@@ -87,6 +87,7 @@ struct State {
     passwords: HashMap<String, String>,
     ok_fields: Map<String, Value>,
     fail_fields: Map<String, Value>,
+    keep_alive: bool,
 }
 
 pub struct WebhookServer {
@@ -107,6 +108,7 @@ impl WebhookServer {
             passwords: HashMap::new(),
             ok_fields: Map::new(),
             fail_fields: Map::new(),
+            keep_alive: false,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let acceptor = {
@@ -157,6 +159,12 @@ impl WebhookServer {
         self.answer(Answer::Fixed { status, body: body.to_string() });
     }
 
+    /// Keep connections open between requests (as most production webhooks do), instead of
+    /// `Connection: close` after every answer.
+    pub fn keep_alive(&self, on: bool) {
+        self.state.lock().unwrap().keep_alive = on;
+    }
+
     pub fn delay(&self, delay: Duration) {
         self.state.lock().unwrap().delay = delay;
     }
@@ -183,34 +191,44 @@ impl Drop for WebhookServer {
 
 fn serve(stream: TcpStream, state: &Mutex<State>) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let Some(request) = read_request(&stream) else { return };
-    let (answer, delay, verdict) = {
-        let mut s = state.lock().unwrap();
-        s.requests.push(request.clone());
-        let verdict = reference_verdict(&s, &request);
-        (s.answer.clone(), s.delay, verdict)
+    let mut writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
     };
-    if !delay.is_zero() {
-        thread::sleep(delay);
+    let mut reader = BufReader::new(stream);
+    // With keep-alive, answer requests on this connection until the client closes it.
+    loop {
+        let Some(request) = read_request(&mut reader) else { return };
+        let (answer, delay, verdict, keep_alive) = {
+            let mut s = state.lock().unwrap();
+            s.requests.push(request.clone());
+            let verdict = reference_verdict(&s, &request);
+            (s.answer.clone(), s.delay, verdict, s.keep_alive)
+        };
+        if !delay.is_zero() {
+            thread::sleep(delay);
+        }
+        let (status, body) = match answer {
+            Answer::VerifyDigest => (200, verdict.to_string()),
+            Answer::Fixed { status, body } => (status, body),
+        };
+        let connection = if keep_alive { "keep-alive" } else { "close" };
+        let response = format!(
+            "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n{body}",
+            reason(status),
+            body.len()
+        );
+        if writer.write_all(response.as_bytes()).is_err() || writer.flush().is_err() || !keep_alive {
+            return;
+        }
     }
-    let (status, body) = match answer {
-        Answer::VerifyDigest => (200, verdict.to_string()),
-        Answer::Fixed { status, body } => (status, body),
-    };
-    let response = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        reason(status),
-        body.len()
-    );
-    let mut stream = stream;
-    let _ = stream.write_all(response.as_bytes());
-    let _ = stream.flush();
 }
 
-fn read_request(stream: &TcpStream) -> Option<RecordedRequest> {
-    let mut reader = BufReader::new(stream);
+fn read_request(reader: &mut BufReader<TcpStream>) -> Option<RecordedRequest> {
     let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
     let mut parts = line.trim_end().splitn(3, ' ');
     let (method, target) = (parts.next()?.to_string(), parts.next()?.to_string());
     let mut headers = Vec::new();
