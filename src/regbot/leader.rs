@@ -1,0 +1,366 @@
+//! Leader election (spec 6.1, made atomic): one sidecar per cluster holds
+//! `<cluster>:regbot-token` and runs the regbots. The leader thread also reads the database for
+//! the reconcile (spec 6.2) and hands the result to the scheduler.
+//!
+//! Fixed from Node (spec 14.4): the claim is `SET NX EX` (no key without TTL after a crash),
+//! the extension is compare-and-extend in one Lua script (no GET-then-SET race), standing
+//! down really clears the leader flag, and regaining the role starts every regbot again. A
+//! clean stop releases the key (compare-and-delete) so another SBC takes over at its next
+//! check instead of after the TTL.
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{never, select, tick, Receiver, Sender};
+use log::{debug, info, warn};
+use rand::Rng;
+
+use super::reconcile::{wanted, Inventory};
+use super::scheduler::SchedulerCmd;
+use super::RegbotSettings;
+use crate::drachtio::ConnectionEvent;
+use crate::store::mysql::MysqlPool;
+use crate::store::redis::{checkout, RedisPool};
+use crate::store::StoreError;
+
+/// 1 = extended, 0 = someone else holds it, -1 = nobody holds it.
+const EXTEND: &str = "local v = redis.call('GET', KEYS[1]) \
+     if v == ARGV[1] then redis.call('EXPIRE', KEYS[1], ARGV[2]) return 1 \
+     elseif v then return 0 else return -1 end";
+
+const RELEASE: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+
+/// The result of trying to keep the role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extension {
+    Extended,
+    /// Another instance's token is in the key.
+    TakenByOther,
+    /// The key expired (e.g. Redis was unreachable for longer than the TTL).
+    Lapsed,
+}
+
+/// The Redis side of the election.
+pub struct LeaderElection {
+    redis: RedisPool,
+    key: String,
+    token: String,
+    ttl_secs: u64,
+}
+
+impl LeaderElection {
+    pub fn new(redis: RedisPool, cluster_id: &str, token: String, ttl: Duration) -> LeaderElection {
+        LeaderElection { redis, key: format!("{cluster_id}:regbot-token"), token, ttl_secs: ttl.as_secs().max(1) }
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// `SET <key> <token> NX EX <ttl>`: true when the role is now ours.
+    pub fn claim(&self) -> Result<bool, StoreError> {
+        let mut conn = checkout(&self.redis)?;
+        let reply: Option<String> = redis::cmd("SET")
+            .arg(&self.key)
+            .arg(&self.token)
+            .arg("NX")
+            .arg("EX")
+            .arg(self.ttl_secs)
+            .query(&mut *conn)?;
+        Ok(reply.is_some())
+    }
+
+    /// Extends the TTL only while the key still holds our token, in one step.
+    pub fn extend(&self) -> Result<Extension, StoreError> {
+        let mut conn = checkout(&self.redis)?;
+        let r: i64 = redis::cmd("EVAL")
+            .arg(EXTEND)
+            .arg(1)
+            .arg(&self.key)
+            .arg(&self.token)
+            .arg(self.ttl_secs)
+            .query(&mut *conn)?;
+        Ok(match r {
+            1 => Extension::Extended,
+            0 => Extension::TakenByOther,
+            _ => Extension::Lapsed,
+        })
+    }
+
+    /// Deletes the key if it still holds our token; true when it did.
+    pub fn release(&self) -> Result<bool, StoreError> {
+        let mut conn = checkout(&self.redis)?;
+        let r: i64 = redis::cmd("EVAL").arg(RELEASE).arg(1).arg(&self.key).arg(&self.token).query(&mut *conn)?;
+        Ok(r == 1)
+    }
+}
+
+/// A random token like Node's short-uuid: 22 base58 characters.
+pub fn new_token() -> String {
+    const BASE58: &[u8] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+    let mut rng = rand::thread_rng();
+    (0..22).map(|_| BASE58[rng.gen_range(0..BASE58.len())] as char).collect()
+}
+
+/// The leader-election thread.
+pub struct LeaderRole {
+    settings: RegbotSettings,
+    election: LeaderElection,
+    mysql_read: MysqlPool,
+    events: Receiver<ConnectionEvent>,
+    scheduler: Sender<SchedulerCmd>,
+    shutdown: Receiver<()>,
+    leader: bool,
+    /// When the key was last confirmed ours.
+    confirmed_at: Instant,
+    /// Fingerprint of the last inventory handed to the scheduler; `None` forces a full one.
+    last_fingerprint: Option<String>,
+    redis_ok: bool,
+    mysql_ok: bool,
+}
+
+impl LeaderRole {
+    pub fn new(
+        settings: RegbotSettings,
+        election: LeaderElection,
+        mysql_read: MysqlPool,
+        events: Receiver<ConnectionEvent>,
+        scheduler: Sender<SchedulerCmd>,
+        shutdown: Receiver<()>,
+    ) -> LeaderRole {
+        LeaderRole {
+            settings,
+            election,
+            mysql_read,
+            events,
+            scheduler,
+            shutdown,
+            leader: false,
+            confirmed_at: Instant::now(),
+            last_fingerprint: None,
+            redis_ok: true,
+            mysql_ok: true,
+        }
+    }
+
+    pub fn run(mut self) {
+        // Node starts the regbot on the first drachtio connect only.
+        if !self.wait_for_first_connect() {
+            return;
+        }
+        let jitter = if self.settings.claim_jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            rand::thread_rng().gen_range(Duration::ZERO..self.settings.claim_jitter)
+        };
+        info!(
+            "waiting {}ms before attempting to claim regbot responsibility with token {}",
+            jitter.as_millis(),
+            self.election.token()
+        );
+        select! {
+            recv(self.shutdown) -> _ => return,
+            default(jitter) => {}
+        }
+        let ticker = tick(self.settings.status_interval.max(Duration::from_millis(50)));
+        self.check();
+        let mut events = self.events.clone();
+        loop {
+            select! {
+                recv(ticker) -> _ => self.check(),
+                // Later connection events do not concern the election; drain them.
+                recv(events) -> ev => if ev.is_err() { events = never() },
+                recv(self.shutdown) -> _ => break,
+            }
+        }
+        if self.leader {
+            match self.election.release() {
+                Ok(true) => info!("released the regbot role ({})", self.election.key()),
+                Ok(false) => {}
+                Err(e) => warn!("could not release the regbot role: {e}"),
+            }
+        }
+        debug!("regbot leader election stopped");
+    }
+
+    fn wait_for_first_connect(&mut self) -> bool {
+        loop {
+            select! {
+                recv(self.events) -> ev => match ev {
+                    Ok(ConnectionEvent::Connected(_)) => return true,
+                    Ok(ConnectionEvent::Disconnected { .. }) => {}
+                    Err(_) => return false,
+                },
+                recv(self.shutdown) -> _ => return false,
+            }
+        }
+    }
+
+    /// `checkStatus` of spec 6.1, every status interval.
+    fn check(&mut self) {
+        debug!("checking in on regbot status");
+        if !self.leader {
+            self.try_claim();
+            return;
+        }
+        match self.election.extend() {
+            Ok(Extension::Extended) => {
+                self.redis_up();
+                self.confirmed_at = Instant::now();
+                debug!("I am active, and shall continue in my role as regbot");
+                self.reconcile();
+            }
+            Ok(Extension::Lapsed) => {
+                self.redis_up();
+                // Nobody holds the key: take it back without stopping the regbots.
+                match self.election.claim() {
+                    Ok(true) => {
+                        info!("the regbot key had expired; claimed it again with token {}", self.election.token());
+                        self.confirmed_at = Instant::now();
+                        self.reconcile();
+                    }
+                    Ok(false) => {
+                        info!("Someone else grabbed the role!  I need to stand down");
+                        self.stand_down();
+                    }
+                    Err(e) => self.redis_down(&e),
+                }
+            }
+            Ok(Extension::TakenByOther) => {
+                self.redis_up();
+                info!("Someone else grabbed the role!  I need to stand down");
+                self.stand_down();
+            }
+            Err(e) => {
+                self.redis_down(&e);
+                // Past the TTL the key has expired and another SBC may hold the role.
+                if self.confirmed_at.elapsed() >= self.settings.token_ttl {
+                    warn!("cannot confirm the regbot role for {:?}; standing down", self.settings.token_ttl);
+                    self.stand_down();
+                }
+            }
+        }
+    }
+
+    fn try_claim(&mut self) {
+        match self.election.claim() {
+            Ok(true) => {
+                self.redis_up();
+                info!("successfully claimed regbot responsibility with token {}", self.election.token());
+                self.leader = true;
+                self.confirmed_at = Instant::now();
+                self.last_fingerprint = None;
+                let _ = self.scheduler.send(SchedulerCmd::Leadership(true));
+                self.reconcile();
+            }
+            Ok(false) => {
+                self.redis_up();
+                debug!("another SBC holds the regbot role");
+            }
+            Err(e) => self.redis_down(&e),
+        }
+    }
+
+    fn stand_down(&mut self) {
+        self.leader = false;
+        self.last_fingerprint = None;
+        let _ = self.scheduler.send(SchedulerCmd::Leadership(false));
+    }
+
+    /// Reads the inventory and hands it to the scheduler when anything changed.
+    fn reconcile(&mut self) {
+        let loaded = self.mysql_read.conn().and_then(|mut conn| Inventory::load(&mut conn));
+        let inventory = match loaded {
+            Ok(inv) => {
+                if !self.mysql_ok {
+                    info!("regbot: database reachable again");
+                    self.mysql_ok = true;
+                }
+                inv
+            }
+            Err(e) => {
+                // Keep the regbots as they are until the database answers again.
+                if self.mysql_ok {
+                    warn!("regbot: cannot read carriers: {e}");
+                    self.mysql_ok = false;
+                }
+                return;
+            }
+        };
+        let fingerprint = inventory.fingerprint();
+        if self.last_fingerprint.as_deref() == Some(fingerprint.as_str()) {
+            return;
+        }
+        let wanted = wanted(&inventory, self.settings.contact_use_ip);
+        debug!("regbot: carriers or gateways changed, {} regbots wanted", wanted.specs.len());
+        if self.scheduler.send(SchedulerCmd::Apply(wanted)).is_ok() {
+            self.last_fingerprint = Some(fingerprint);
+        }
+    }
+
+    fn redis_up(&mut self) {
+        if !self.redis_ok {
+            info!("regbot: redis reachable again");
+            self.redis_ok = true;
+        }
+    }
+
+    fn redis_down(&mut self, e: &StoreError) {
+        if self.redis_ok {
+            warn!("regbot: leader election cannot reach redis: {e}");
+            self.redis_ok = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::redis::{pool, RedisSettings, RedisTarget};
+
+    fn redis() -> RedisPool {
+        pool(&RedisSettings {
+            target: RedisTarget::Direct { host: "127.0.0.1".into(), port: 6379 },
+            username: None,
+            password: None,
+            db: 0,
+            timeout: Duration::from_secs(2),
+            max_connections: 2,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn tokens_look_like_short_uuids() {
+        let t = new_token();
+        assert_eq!(t.len(), 22);
+        assert!(t.chars().all(|c| c.is_ascii_alphanumeric() && !"0OIl".contains(c)));
+        assert_ne!(t, new_token());
+    }
+
+    #[test]
+    fn claim_extend_and_release_are_compare_and_set() {
+        let cluster = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let a = LeaderElection::new(redis(), &cluster, "token-a".into(), Duration::from_secs(30));
+        let b = LeaderElection::new(redis(), &cluster, "token-b".into(), Duration::from_secs(30));
+        assert_eq!(a.key(), format!("{cluster}:regbot-token"));
+        assert!(a.claim().unwrap());
+        assert!(!b.claim().unwrap(), "NX: only one holder");
+        let mut conn = redis().get().unwrap();
+        let ttl: i64 = redis::cmd("TTL").arg(a.key()).query(&mut *conn).unwrap();
+        assert!((1..=30).contains(&ttl), "claimed with a TTL in one step: {ttl}");
+        assert_eq!(a.extend().unwrap(), Extension::Extended);
+        assert_eq!(b.extend().unwrap(), Extension::TakenByOther, "b cannot extend a's claim");
+        assert!(!b.release().unwrap(), "nor release it");
+        let value: String = redis::cmd("GET").arg(a.key()).query(&mut *conn).unwrap();
+        assert_eq!(value, "token-a");
+        assert!(a.release().unwrap());
+        assert_eq!(a.extend().unwrap(), Extension::Lapsed);
+        assert!(b.claim().unwrap());
+        assert!(b.release().unwrap());
+    }
+}

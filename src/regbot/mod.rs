@@ -1,0 +1,276 @@
+//! Outbound registration ("regbot", spec 6), the gateway OPTIONS pinger (spec 7) and the
+//! `sbc_addresses` publisher (spec 8).
+//!
+//! Threads (all named, all stopped by the shutdown channel):
+//!
+//! * `regbot-events` fans drachtio connection events out to the others;
+//! * `regbot-leader` holds or waits for `<cluster>:regbot-token` and reads carriers and
+//!   gateways ([`leader`], [`reconcile`]);
+//! * `regbot` is the scheduler: every regbot's timer and REGISTER in flight ([`scheduler`],
+//!   [`registration`]);
+//! * `regbot-store` writes `register_status`, disables carriers and keeps the ephemeral
+//!   gateways ([`store`], [`ephemeral`], [`dns`]);
+//! * `gw-pinger` pings carrier gateways with OPTIONS ([`pinger`]);
+//! * `sbc-addresses` publishes our public addresses ([`sbc_addresses`]).
+//!
+//! The daemon calls [`start`] with a connection-event receiver of its own (one more
+//! subscriber of the drachtio client), drops the shutdown sender to stop, joins
+//! [`RegbotHandles::join`] and only then shuts the drachtio client down. The CLI asks for a
+//! [`RegbotSnapshot`] through [`RegbotHandles::status`] (see [`query_status`]).
+//!
+//! Nothing here de-registers when the daemon stops or the role moves to another SBC: the
+//! bindings belong to the cluster, and the next leader refreshes them with the same Call-IDs.
+
+pub mod addresses;
+pub mod alerts;
+pub mod dns;
+pub mod ephemeral;
+pub mod leader;
+pub mod pinger;
+pub mod queries;
+pub mod reconcile;
+pub mod register_status;
+pub mod registration;
+pub mod request;
+pub mod sbc_addresses;
+pub mod scheduler;
+pub mod status;
+pub mod store;
+pub mod timing;
+
+use std::fmt;
+use std::path::Path;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
+use log::{debug, error};
+
+use crate::config::Config;
+use crate::drachtio::{ConnectionEvent, DrachtioHandle};
+use crate::store::mysql::MysqlPool;
+use crate::store::redis::RedisPool;
+pub use dns::DnsSettings;
+pub use status::{query_status, RegbotInfo, RegbotRole, RegbotSnapshot, RegbotState, StatusRequest};
+
+/// Jobs waiting for the store writer; beyond this they are dropped with a warning (the next
+/// REGISTER outcome writes the status again).
+const STORE_QUEUE: usize = 4096;
+/// CLI status requests waiting for the scheduler.
+const STATUS_QUEUE: usize = 16;
+
+/// Everything the roles of this module read from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegbotSettings {
+    /// `JAMBONES_CLUSTER_ID`: prefix of `<cluster>:regbot-token`.
+    pub cluster_id: String,
+    pub failure_threshold: u32,
+    pub failure_retry_interval: Duration,
+    pub default_expires: Duration,
+    pub min_expires: Duration,
+    pub contact_use_ip: bool,
+    pub user_agent: String,
+    pub batch_size: usize,
+    pub batch_sleep: Duration,
+    pub status_interval: Duration,
+    pub token_ttl: Duration,
+    pub claim_jitter: Duration,
+    /// `REGISTER_RESPONSE_REMOVE`
+    pub register_response_remove: Vec<u16>,
+    /// `SEND_OPTIONS_PING_INTERVAL`
+    pub options_ping_interval: Duration,
+    /// `OPTIONS_PING_TTL`
+    pub options_ping_ttl: Duration,
+    /// `OPTIONS_RESPONSE_REMOVE`
+    pub options_response_remove: Vec<u16>,
+    pub sbc_public_address_keep_alive: Duration,
+    pub dead_sbc_age: Duration,
+    /// Where SRV/A lookups for registration trunks go.
+    pub dns: DnsSettings,
+}
+
+impl RegbotSettings {
+    /// From the daemon configuration, with the DNS servers of `/etc/resolv.conf`.
+    pub fn from_config(config: &Config) -> RegbotSettings {
+        let r = &config.regbot;
+        RegbotSettings {
+            cluster_id: config.cluster_id.clone(),
+            failure_threshold: r.failure_threshold,
+            failure_retry_interval: r.failure_retry_interval,
+            default_expires: r.default_expires,
+            min_expires: r.min_expires,
+            contact_use_ip: r.contact_use_ip,
+            user_agent: r.user_agent.clone(),
+            batch_size: r.batch_size,
+            batch_sleep: r.batch_sleep,
+            status_interval: r.status_interval,
+            token_ttl: r.token_ttl,
+            claim_jitter: r.claim_jitter,
+            register_response_remove: config.register_response_remove.clone(),
+            options_ping_interval: config.options_ping_interval,
+            options_ping_ttl: config.options_ping_ttl,
+            options_response_remove: config.options_response_remove.clone(),
+            sbc_public_address_keep_alive: config.sbc_public_address_keep_alive,
+            dead_sbc_age: config.dead_sbc_age,
+            dns: DnsSettings::from_resolv_conf(Path::new("/etc/resolv.conf")),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum RegbotError {
+    /// A thread could not be started.
+    Spawn { thread: &'static str, error: String },
+    /// The scheduler is not running (stopped, or did not answer in time).
+    NotRunning,
+}
+
+impl fmt::Display for RegbotError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegbotError::Spawn { thread, error } => write!(f, "cannot start thread {thread}: {error}"),
+            RegbotError::NotRunning => write!(f, "the regbot scheduler is not running"),
+        }
+    }
+}
+
+impl std::error::Error for RegbotError {}
+
+/// The running threads of this module and the CLI's way in.
+pub struct RegbotHandles {
+    pub threads: Vec<(&'static str, JoinHandle<()>)>,
+    /// Send a [`StatusRequest`] to get a [`RegbotSnapshot`].
+    pub status: Sender<StatusRequest>,
+}
+
+impl RegbotHandles {
+    /// Waits for every thread (after the shutdown sender was dropped).
+    pub fn join(self) {
+        for (name, handle) in self.threads {
+            if handle.join().is_err() {
+                error!("thread {name} ended with a panic");
+            }
+        }
+    }
+}
+
+/// Starts every thread of this module with the settings of `config`.
+pub fn start(
+    config: &Config,
+    redis: RedisPool,
+    mysql_read: MysqlPool,
+    mysql_write: MysqlPool,
+    drachtio: DrachtioHandle,
+    conn_events: Receiver<ConnectionEvent>,
+    shutdown: Receiver<()>,
+) -> Result<RegbotHandles, RegbotError> {
+    start_with(RegbotSettings::from_config(config), redis, mysql_read, mysql_write, drachtio, conn_events, shutdown)
+}
+
+/// [`start`] with explicit settings (tests shorten the intervals and point DNS elsewhere).
+pub fn start_with(
+    settings: RegbotSettings,
+    redis: RedisPool,
+    mysql_read: MysqlPool,
+    mysql_write: MysqlPool,
+    drachtio: DrachtioHandle,
+    conn_events: Receiver<ConnectionEvent>,
+    shutdown: Receiver<()>,
+) -> Result<RegbotHandles, RegbotError> {
+    let (leader_events_tx, leader_events) = unbounded();
+    let (sched_events_tx, sched_events) = unbounded();
+    let (pinger_events_tx, pinger_events) = unbounded();
+    let (sbc_events_tx, sbc_events) = unbounded();
+    let (commands_tx, commands) = unbounded();
+    let (store_tx, store_rx) = bounded(STORE_QUEUE);
+    let (status_tx, status_rx) = bounded(STATUS_QUEUE);
+
+    let election =
+        leader::LeaderElection::new(redis.clone(), &settings.cluster_id, leader::new_token(), settings.token_ttl);
+    let leader_role = leader::LeaderRole::new(
+        settings.clone(),
+        election,
+        mysql_read.clone(),
+        leader_events,
+        commands_tx,
+        shutdown.clone(),
+    );
+    let scheduler = scheduler::Scheduler::new(
+        settings.clone(),
+        drachtio.clone(),
+        commands,
+        sched_events,
+        status_rx,
+        store_tx,
+        shutdown.clone(),
+    );
+    let ephemeral =
+        ephemeral::EphemeralGateways::new(redis.clone(), Box::new(dns::Resolver::new(settings.dns.clone())));
+    let writer =
+        store::StoreWriter::new(mysql_read.clone(), mysql_write.clone(), ephemeral, store_rx, shutdown.clone());
+    let pinger = pinger::GatewayPinger::new(
+        settings.clone(),
+        redis,
+        mysql_read,
+        mysql_write.clone(),
+        drachtio,
+        pinger_events,
+        shutdown.clone(),
+    );
+    let publisher = sbc_addresses::SbcAddressPublisher::new(
+        settings.sbc_public_address_keep_alive,
+        settings.dead_sbc_age,
+        mysql_write,
+        sbc_events,
+        shutdown.clone(),
+    );
+    let fan_out = FanOut {
+        input: conn_events,
+        outputs: vec![leader_events_tx, sched_events_tx, pinger_events_tx, sbc_events_tx],
+        shutdown,
+    };
+
+    let mut threads = Vec::new();
+    let mut spawn = |name: &'static str, f: Box<dyn FnOnce() + Send>| -> Result<(), RegbotError> {
+        let handle = thread::Builder::new()
+            .name(name.into())
+            .spawn(f)
+            .map_err(|e| RegbotError::Spawn { thread: name, error: e.to_string() })?;
+        threads.push((name, handle));
+        Ok(())
+    };
+    // Consumers first, so no event is sent to a thread that does not exist yet.
+    spawn("regbot-store", Box::new(move || writer.run()))?;
+    spawn("regbot", Box::new(move || scheduler.run()))?;
+    spawn("regbot-leader", Box::new(move || leader_role.run()))?;
+    spawn("gw-pinger", Box::new(move || pinger.run()))?;
+    spawn("sbc-addresses", Box::new(move || publisher.run()))?;
+    spawn("regbot-events", Box::new(move || fan_out.run()))?;
+    Ok(RegbotHandles { threads, status: status_tx })
+}
+
+/// Copies every connection event to each role of this module.
+struct FanOut {
+    input: Receiver<ConnectionEvent>,
+    outputs: Vec<Sender<ConnectionEvent>>,
+    shutdown: Receiver<()>,
+}
+
+impl FanOut {
+    fn run(self) {
+        loop {
+            select! {
+                recv(self.input) -> ev => match ev {
+                    Ok(ev) => {
+                        for out in &self.outputs {
+                            let _ = out.send(ev.clone());
+                        }
+                    }
+                    Err(_) => break,
+                },
+                recv(self.shutdown) -> _ => break,
+            }
+        }
+        debug!("regbot connection-event fan-out stopped");
+    }
+}

@@ -1,0 +1,348 @@
+//! The regbot scheduler: ONE thread that owns every regbot, their timers (a heap of
+//! deadlines) and their REGISTERs in flight. It waits on all of them at once with a
+//! `crossbeam_channel::Select` over the control channels and every in-flight receiver, with
+//! the earliest deadline as timeout, so no REGISTER ever blocks another.
+//!
+//! Commands come from the leader thread (leadership, wanted regbots); database, Redis and DNS
+//! work goes to the store writer. The scheduler itself never blocks on I/O.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{never, Receiver, Select, Sender, TrySendError};
+use log::{debug, info, warn};
+
+use super::addresses::PublicAddresses;
+use super::reconcile::{plan, Wanted};
+use super::register_status::RegisterStatus;
+use super::registration::{Action, Ctx, Regbot};
+use super::status::{RegbotRole, RegbotSnapshot, StatusRequest};
+use super::store::StoreJob;
+use super::RegbotSettings;
+use crate::drachtio::{ConnectionEvent, DrachtioHandle, UacError, UacEvent};
+
+/// Longest sleep when no timer is armed (any channel wakes us earlier).
+const IDLE_WAIT: Duration = Duration::from_secs(3600);
+
+/// From the leader thread.
+#[derive(Debug)]
+pub enum SchedulerCmd {
+    /// We hold (true) or lost (false) the cluster's regbot role.
+    Leadership(bool),
+    /// The regbots that should run now.
+    Apply(Wanted),
+}
+
+/// What woke the scheduler.
+enum Wake {
+    Shutdown,
+    Command(Option<SchedulerCmd>),
+    Connection(Option<ConnectionEvent>),
+    Status(Option<StatusRequest>),
+    Uac(String, UacEvent),
+    Timeout,
+}
+
+pub struct Scheduler {
+    settings: RegbotSettings,
+    drachtio: DrachtioHandle,
+    commands: Receiver<SchedulerCmd>,
+    events: Receiver<ConnectionEvent>,
+    status: Receiver<StatusRequest>,
+    shutdown: Receiver<()>,
+    store: Sender<StoreJob>,
+    leader: bool,
+    public: Option<PublicAddresses>,
+    sip_domain: Option<String>,
+    /// By gateway sid (which is also the Call-ID).
+    regbots: HashMap<String, Regbot>,
+    /// (deadline, timer generation, gateway sid); stale generations are skipped.
+    timers: BinaryHeap<Reverse<(Instant, u64, String)>>,
+}
+
+impl Scheduler {
+    pub fn new(
+        settings: RegbotSettings,
+        drachtio: DrachtioHandle,
+        commands: Receiver<SchedulerCmd>,
+        events: Receiver<ConnectionEvent>,
+        status: Receiver<StatusRequest>,
+        store: Sender<StoreJob>,
+        shutdown: Receiver<()>,
+    ) -> Scheduler {
+        Scheduler {
+            settings,
+            drachtio,
+            commands,
+            events,
+            status,
+            shutdown,
+            store,
+            leader: false,
+            public: None,
+            sip_domain: None,
+            regbots: HashMap::new(),
+            timers: BinaryHeap::new(),
+        }
+    }
+
+    /// Runs until shutdown. Registrations are left as they are (no de-registration when the
+    /// daemon stops: another SBC takes over the same bindings).
+    pub fn run(mut self) {
+        loop {
+            self.fire_due_timers();
+            match self.wait() {
+                Wake::Shutdown => break,
+                Wake::Timeout => {}
+                Wake::Command(Some(cmd)) => self.on_command(cmd),
+                Wake::Command(None) => self.commands = never(),
+                Wake::Connection(Some(ev)) => self.on_connection(ev),
+                Wake::Connection(None) => self.events = never(),
+                Wake::Status(Some(req)) => {
+                    let _ = req.reply.send(self.snapshot());
+                }
+                Wake::Status(None) => self.status = never(),
+                Wake::Uac(sid, ev) => self.with_regbot(&sid, |rb, ctx| rb.on_event(ev, ctx)),
+            }
+        }
+        info!("regbot scheduler stopped with {} regbots (registrations left in place)", self.regbots.len());
+    }
+
+    fn wait(&self) -> Wake {
+        let now = Instant::now();
+        let timeout = self.timers.peek().map_or(IDLE_WAIT, |Reverse((at, _, _))| at.saturating_duration_since(now));
+        let in_flight: Vec<(&String, &Receiver<UacEvent>)> =
+            self.regbots.iter().filter_map(|(sid, rb)| rb.receiver().map(|rx| (sid, rx))).collect();
+        let mut sel = Select::new();
+        let i_shutdown = sel.recv(&self.shutdown);
+        let i_commands = sel.recv(&self.commands);
+        let i_events = sel.recv(&self.events);
+        let i_status = sel.recv(&self.status);
+        let first_uac = i_status + 1;
+        for (_, rx) in &in_flight {
+            sel.recv(rx);
+        }
+        let Ok(op) = sel.select_timeout(timeout) else {
+            return Wake::Timeout;
+        };
+        let i = op.index();
+        if i == i_shutdown {
+            let _ = op.recv(&self.shutdown);
+            Wake::Shutdown
+        } else if i == i_commands {
+            Wake::Command(op.recv(&self.commands).ok())
+        } else if i == i_events {
+            Wake::Connection(op.recv(&self.events).ok())
+        } else if i == i_status {
+            Wake::Status(op.recv(&self.status).ok())
+        } else {
+            let (sid, rx) = in_flight[i - first_uac];
+            // A sender dropped without a final response: the connection went away.
+            let ev = op.recv(rx).unwrap_or(UacEvent::Failed(UacError::Disconnected));
+            Wake::Uac(sid.clone(), ev)
+        }
+    }
+
+    fn fire_due_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, _, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, gen, sid))) = self.timers.pop() else { break };
+            self.with_regbot(&sid, |rb, ctx| rb.on_due(gen, ctx));
+        }
+    }
+
+    fn on_command(&mut self, cmd: SchedulerCmd) {
+        // Connection events first: the first reconcile must see the public address that the
+        // connect which started the election announced.
+        while let Ok(ev) = self.events.try_recv() {
+            self.on_connection(ev);
+        }
+        match cmd {
+            SchedulerCmd::Leadership(true) => {
+                self.leader = true;
+                info!("regbot role taken: registrations start with the next reconcile");
+            }
+            SchedulerCmd::Leadership(false) => self.stand_down(),
+            SchedulerCmd::Apply(wanted) if self.leader => self.apply(wanted),
+            SchedulerCmd::Apply(_) => debug!("regbot: not the leader, ignoring a reconcile"),
+        }
+    }
+
+    /// Another SBC has the role: stop every regbot without de-registering (the new leader
+    /// refreshes the same bindings) and delete the ephemeral gateways (spec 6.5).
+    fn stand_down(&mut self) {
+        self.leader = false;
+        let carriers: HashSet<String> = self.regbots.values().map(|rb| rb.spec().voip_carrier_sid.clone()).collect();
+        info!("regbot role lost: stopping {} regbots", self.regbots.len());
+        self.regbots.clear();
+        self.timers.clear();
+        for voip_carrier_sid in carriers {
+            self.store_job(StoreJob::EphDelete { voip_carrier_sid });
+        }
+    }
+
+    fn apply(&mut self, wanted: Wanted) {
+        self.sip_domain = wanted.sip_domain;
+        for (voip_carrier_sid, domain) in wanted.invalid_from_domain {
+            warn!("regbot: carrier {voip_carrier_sid} has an invalid from domain {domain:?}");
+            self.store_job(StoreJob::Status {
+                voip_carrier_sid,
+                status: RegisterStatus::Failure { reason: format!("Invalid from_domain {domain}") },
+            });
+        }
+        let running: HashMap<String, String> =
+            self.regbots.iter().map(|(sid, rb)| (sid.clone(), rb.spec().identity())).collect();
+        let plan = plan(&running, &wanted.specs);
+        debug!(
+            "regbot reconcile: keep={} start={} replace={} retire={}",
+            plan.keep.len(),
+            plan.start.len(),
+            plan.replace.len(),
+            plan.retire.len()
+        );
+
+        // A new regbot inherits the failure count of a retired one of the same carrier, host
+        // and port (spec 6.2).
+        let inherited: HashMap<String, u32> = plan
+            .retire
+            .iter()
+            .filter_map(|sid| self.regbots.get(sid))
+            .map(|rb| (rb.spec().failure_key(), rb.consecutive_failures()))
+            .collect();
+        let wanted_carriers: HashSet<&str> = wanted.specs.iter().map(|s| s.voip_carrier_sid.as_str()).collect();
+        let mut emptied_carriers: HashSet<String> = HashSet::new();
+        for sid in &plan.retire {
+            if let Some(rb) = self.regbots.get(sid) {
+                let carrier = rb.spec().voip_carrier_sid.clone();
+                info!("stopping regbot for {} (gateway {sid} no longer wanted)", rb.spec().aor());
+                if !wanted_carriers.contains(carrier.as_str()) {
+                    emptied_carriers.insert(carrier);
+                }
+            }
+            self.with_regbot(sid, |rb, ctx| rb.retire(ctx));
+        }
+        for voip_carrier_sid in emptied_carriers {
+            self.store_job(StoreJob::EphDelete { voip_carrier_sid });
+        }
+
+        // New and changed regbots go out in batches (JAMBONES_REGBOT_BATCH_SIZE /
+        // _BATCH_SLEEP_MS), spread over time instead of sleeping on this thread.
+        let now = Instant::now();
+        let batch = self.settings.batch_size.max(1) as u32;
+        let batch_sleep = self.settings.batch_sleep;
+        let count = (plan.replace.len() + plan.start.len()) as u32;
+        let mut slots = (0..count).map(move |k| now + batch_sleep * (k / batch));
+        for spec in plan.replace {
+            let at = slots.next().unwrap_or(now);
+            info!("regbot for {} changed configuration", spec.aor());
+            let sid = spec.sip_gateway_sid.clone();
+            self.with_regbot(&sid, move |rb, ctx| rb.replace(spec, at, ctx));
+        }
+        for spec in plan.start {
+            let at = slots.next().unwrap_or(now);
+            info!("starting regbot for {}", spec.aor());
+            let failures = inherited.get(&spec.failure_key()).copied().unwrap_or(0);
+            let sid = spec.sip_gateway_sid.clone();
+            let mut rb = Regbot::new(spec, failures);
+            let wake = rb.wake_at(at);
+            if !self.run_actions(&mut rb, vec![wake]) {
+                self.regbots.insert(sid, rb);
+            }
+        }
+    }
+
+    fn on_connection(&mut self, ev: ConnectionEvent) {
+        let ConnectionEvent::Connected(info) = ev else {
+            // REGISTERs in flight fail with `Disconnected` through their own receivers.
+            return;
+        };
+        let public = PublicAddresses::from_hostports(&info.hostports);
+        let changed = self.public.as_ref().is_some_and(|old| *old != public);
+        let reconnect = self.public.is_some();
+        self.public = Some(public);
+        if !reconnect || !self.leader {
+            return;
+        }
+        // Back after an outage: retry what failed meanwhile without waiting out the backoff;
+        // if our public address changed, every Contact is stale: refresh them all.
+        let now = Instant::now();
+        let batch = self.settings.batch_size.max(1) as u32;
+        let mut due: Vec<String> = self
+            .regbots
+            .iter()
+            .filter(|(_, rb)| rb.is_idle() && (changed || rb.is_failing()))
+            .map(|(sid, _)| sid.clone())
+            .collect();
+        due.sort();
+        if changed {
+            info!("drachtio public addresses changed: refreshing {} registrations", due.len());
+        }
+        for (n, sid) in due.into_iter().enumerate() {
+            let at = now + self.settings.batch_sleep * (n as u32 / batch);
+            self.with_regbot(&sid, |rb, _| vec![rb.wake_at(at)]);
+        }
+    }
+
+    fn snapshot(&self) -> RegbotSnapshot {
+        let now = Instant::now();
+        let mut regbots: Vec<_> = self.regbots.values().map(|rb| rb.info(now)).collect();
+        regbots
+            .sort_by(|a, b| (&a.voip_carrier_sid, &a.sip_gateway_sid).cmp(&(&b.voip_carrier_sid, &b.sip_gateway_sid)));
+        RegbotSnapshot {
+            role: if self.leader { RegbotRole::Leader } else { RegbotRole::Standby },
+            total: self.regbots.len(),
+            registered: self.regbots.values().filter(|rb| rb.is_registered()).count(),
+            failing: self.regbots.values().filter(|rb| rb.is_failing()).count(),
+            regbots,
+        }
+    }
+
+    /// Calls `f` on one regbot and carries out what it asks for.
+    fn with_regbot<F>(&mut self, sid: &str, f: F)
+    where
+        F: FnOnce(&mut Regbot, &Ctx<'_>) -> Vec<Action>,
+    {
+        let Some(mut rb) = self.regbots.remove(sid) else {
+            return;
+        };
+        let actions = {
+            let ctx = Ctx {
+                settings: &self.settings,
+                public: self.public.as_ref(),
+                sip_domain: self.sip_domain.as_deref(),
+                now: Instant::now(),
+                wall: SystemTime::now(),
+            };
+            f(&mut rb, &ctx)
+        };
+        if !self.run_actions(&mut rb, actions) {
+            self.regbots.insert(sid.to_string(), rb);
+        }
+    }
+
+    /// Returns true when the regbot finished and must be dropped.
+    fn run_actions(&mut self, rb: &mut Regbot, actions: Vec<Action>) -> bool {
+        let mut finished = false;
+        for action in actions {
+            match action {
+                Action::Send { sip, proxy } => rb.attach(self.drachtio.send_request(sip, Some(&proxy))),
+                Action::WakeAt(at, gen) => self.timers.push(Reverse((at, gen, rb.spec().sip_gateway_sid.clone()))),
+                Action::Store(job) => self.store_job(job),
+                Action::Finished => finished = true,
+            }
+        }
+        finished
+    }
+
+    fn store_job(&self, job: StoreJob) {
+        match self.store.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job)) => warn!("regbot store queue full; dropped {job:?}"),
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
