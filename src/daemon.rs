@@ -15,6 +15,7 @@ use crate::config::{Config, MysqlConfig, RedisMode, RunMode};
 use crate::ctl::{CtlServer, CtlSettings};
 use crate::drachtio::{self, ConnectionEvent, DrachtioClient, Route};
 use crate::heartbeat::{HeartbeatRole, HeartbeatSettings};
+use crate::regbot;
 use crate::registrar::{AuthPool, Registrar, RegistrarSettings};
 use crate::store::mysql::{MysqlPool, MysqlSettings};
 use crate::store::redis::{self as redis_store, RedisPool, RedisSettings, RedisTarget};
@@ -180,7 +181,8 @@ fn start_and_wait(config: &Config) -> Result<(), String> {
 
     let (events_tx, events_rx) = unbounded::<ConnectionEvent>();
     let (ctl_events_tx, ctl_events_rx) = unbounded::<ConnectionEvent>();
-    let subscribers: Vec<Sender<ConnectionEvent>> = vec![events_tx, ctl_events_tx];
+    let (regbot_events_tx, regbot_events_rx) = unbounded::<ConnectionEvent>();
+    let subscribers: Vec<Sender<ConnectionEvent>> = vec![events_tx, ctl_events_tx, regbot_events_tx];
 
     let ctl = CtlServer::bind(
         &config.socket_path,
@@ -203,6 +205,17 @@ fn start_and_wait(config: &Config) -> Result<(), String> {
     ];
     let client = DrachtioClient::start(client_config(config), routes, subscribers)
         .map_err(|e| format!("drachtio client: {e}"))?;
+    let regbot = regbot::start(
+        config,
+        pools.redis.clone(),
+        pools.mysql.clone(),
+        pools.mysql_write.clone(),
+        client.handle(),
+        regbot_events_rx,
+        shutdown_rx.clone(),
+        alert_writer.sender(),
+    )
+    .map_err(|e| format!("regbot: {e}"))?;
 
     let stop_reason = wait_for_stop(config, &signals, &events_rx, &registrar, &metrics);
     info!("{stop_reason}: stopping");
@@ -211,6 +224,8 @@ fn start_and_wait(config: &Config) -> Result<(), String> {
     client.stop_reading();
     drop(shutdown_tx);
     auth_pool.join();
+    // Regbots are not de-registered at shutdown: the next leader takes them over.
+    regbot.join();
     for role in roles {
         if role.handle.join().is_err() {
             error!("role {} ended with a panic", role.name);

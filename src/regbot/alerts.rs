@@ -1,10 +1,37 @@
 //! The alerts of the regbot and the gateway pinger (spec 6.4, 7, 10.2).
 //!
-//! Sending them to InfluxDB is later work (the telemetry role). Until then [`raise_alert`] is
-//! the one place where they are emitted, and it only logs them at warn level; the messages
-//! and tags are already the ones the alerts measurement will carry (no `alert_type`).
+//! [`AlertSink::raise`] is the one place where they are emitted: a warn line, and a point for
+//! InfluxDB (no `alert_type`, as in the Node sidecar) when the daemon gave us the writer.
 
 use log::warn;
+
+use crate::telemetry::{self, AlertSender};
+
+/// Where the alerts of this module go; without a sender they are only logged (tests).
+#[derive(Clone, Default)]
+pub struct AlertSink(Option<AlertSender>);
+
+impl AlertSink {
+    pub fn new(sender: AlertSender) -> AlertSink {
+        AlertSink(Some(sender))
+    }
+
+    pub fn raise(&self, alert: &Alert) {
+        warn!(
+            "alert: {} account_sid={} service_provider_sid={}",
+            alert.message,
+            alert.account_sid.as_deref().unwrap_or("-"),
+            alert.service_provider_sid.as_deref().unwrap_or("-")
+        );
+        if let Some(sender) = &self.0 {
+            sender.send(telemetry::Alert::without_type(
+                alert.account_sid.as_deref(),
+                alert.service_provider_sid.as_deref(),
+                alert.message.clone(),
+            ));
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Alert {
@@ -35,16 +62,6 @@ impl Alert {
     pub fn options_ping_disabled(ipv4: &str, carrier_name: &str, voip_carrier_sid: &str, status: u16) -> String {
         format!("Disabling Options ping for {ipv4} in carrier {carrier_name}:{voip_carrier_sid} due to {status}")
     }
-}
-
-/// Emits an alert. For now: a warn-level log line (InfluxDB delivery is not wired yet).
-pub fn raise_alert(alert: &Alert) {
-    warn!(
-        "alert (not yet sent to InfluxDB): {} account_sid={} service_provider_sid={}",
-        alert.message,
-        alert.account_sid.as_deref().unwrap_or("-"),
-        alert.service_provider_sid.as_deref().unwrap_or("-")
-    );
 }
 
 #[cfg(test)]

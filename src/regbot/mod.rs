@@ -50,6 +50,8 @@ use crate::config::Config;
 use crate::drachtio::{ConnectionEvent, DrachtioHandle};
 use crate::store::mysql::MysqlPool;
 use crate::store::redis::RedisPool;
+use crate::telemetry::AlertSender;
+use alerts::AlertSink;
 pub use dns::DnsSettings;
 pub use status::{query_status, RegbotInfo, RegbotRole, RegbotSnapshot, RegbotState, StatusRequest};
 
@@ -163,11 +165,21 @@ pub fn start(
     drachtio: DrachtioHandle,
     conn_events: Receiver<ConnectionEvent>,
     shutdown: Receiver<()>,
+    alerts: AlertSender,
 ) -> Result<RegbotHandles, RegbotError> {
-    start_with(RegbotSettings::from_config(config), redis, mysql_read, mysql_write, drachtio, conn_events, shutdown)
+    let pools = Pools { redis, mysql_read, mysql_write };
+    start_roles(RegbotSettings::from_config(config), AlertSink::new(alerts), pools, drachtio, conn_events, shutdown)
 }
 
-/// [`start`] with explicit settings (tests shorten the intervals and point DNS elsewhere).
+/// The stores the roles of this module use.
+struct Pools {
+    redis: RedisPool,
+    mysql_read: MysqlPool,
+    mysql_write: MysqlPool,
+}
+
+/// [`start`] with explicit settings (tests shorten the intervals and point DNS elsewhere);
+/// alerts are only logged.
 pub fn start_with(
     settings: RegbotSettings,
     redis: RedisPool,
@@ -177,6 +189,19 @@ pub fn start_with(
     conn_events: Receiver<ConnectionEvent>,
     shutdown: Receiver<()>,
 ) -> Result<RegbotHandles, RegbotError> {
+    let pools = Pools { redis, mysql_read, mysql_write };
+    start_roles(settings, AlertSink::default(), pools, drachtio, conn_events, shutdown)
+}
+
+fn start_roles(
+    settings: RegbotSettings,
+    alerts: AlertSink,
+    pools: Pools,
+    drachtio: DrachtioHandle,
+    conn_events: Receiver<ConnectionEvent>,
+    shutdown: Receiver<()>,
+) -> Result<RegbotHandles, RegbotError> {
+    let Pools { redis, mysql_read, mysql_write } = pools;
     let (leader_events_tx, leader_events) = unbounded();
     let (sched_events_tx, sched_events) = unbounded();
     let (pinger_events_tx, pinger_events) = unbounded();
@@ -206,8 +231,14 @@ pub fn start_with(
     );
     let ephemeral =
         ephemeral::EphemeralGateways::new(redis.clone(), Box::new(dns::Resolver::new(settings.dns.clone())));
-    let writer =
-        store::StoreWriter::new(mysql_read.clone(), mysql_write.clone(), ephemeral, store_rx, shutdown.clone());
+    let writer = store::StoreWriter::new(
+        mysql_read.clone(),
+        mysql_write.clone(),
+        ephemeral,
+        store_rx,
+        shutdown.clone(),
+        alerts.clone(),
+    );
     let pinger = pinger::GatewayPinger::new(
         settings.clone(),
         redis,
@@ -216,6 +247,7 @@ pub fn start_with(
         drachtio,
         pinger_events,
         shutdown.clone(),
+        alerts,
     );
     let publisher = sbc_addresses::SbcAddressPublisher::new(
         settings.sbc_public_address_keep_alive,

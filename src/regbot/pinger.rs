@@ -13,7 +13,7 @@ use std::time::Duration;
 use crossbeam_channel::{never, tick, Receiver, Select};
 use log::{debug, info, warn};
 
-use super::alerts::{raise_alert, Alert};
+use super::alerts::{Alert, AlertSink};
 use super::queries::{self, GatewayRow};
 use super::RegbotSettings;
 use crate::drachtio::{ConnectionEvent, DrachtioHandle, UacError, UacEvent};
@@ -66,6 +66,7 @@ pub struct GatewayPinger {
     /// every SBC of the cluster) because our own connection is gone.
     connected: bool,
     store_ok: bool,
+    alerts: AlertSink,
 }
 
 impl GatewayPinger {
@@ -77,6 +78,7 @@ impl GatewayPinger {
         drachtio: DrachtioHandle,
         events: Receiver<ConnectionEvent>,
         shutdown: Receiver<()>,
+        alerts: AlertSink,
     ) -> GatewayPinger {
         GatewayPinger {
             settings,
@@ -89,6 +91,7 @@ impl GatewayPinger {
             in_flight: HashMap::new(),
             connected: false,
             store_ok: true,
+            alerts,
         }
     }
 
@@ -231,7 +234,7 @@ impl GatewayPinger {
         drop(conn);
         let protocol = gw.protocol.as_deref().unwrap_or("udp");
         if set.is_some() {
-            raise_alert(&Alert {
+            self.alerts.raise(&Alert {
                 message: Alert::options_ping_failed(&gw.ipv4, gw.port, protocol, what),
                 account_sid: None,
                 service_provider_sid: None,
@@ -244,7 +247,7 @@ impl GatewayPinger {
                 Some(c) => (c.name, c.account_sid, c.service_provider_sid),
                 None => (String::new(), None, None),
             };
-            raise_alert(&Alert {
+            self.alerts.raise(&Alert {
                 message: Alert::options_ping_disabled(&gw.ipv4, &name, &gw.voip_carrier_sid, status),
                 account_sid,
                 service_provider_sid,

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{select, Receiver};
 use log::{debug, info, warn};
 
-use super::alerts::{raise_alert, Alert};
+use super::alerts::{Alert, AlertSink};
 use super::ephemeral::{EphGateway, EphemeralGateways};
 use super::queries;
 use super::register_status::RegisterStatus;
@@ -34,6 +34,7 @@ pub struct StoreWriter {
     ephemeral: EphemeralGateways,
     jobs: Receiver<StoreJob>,
     shutdown: Receiver<()>,
+    alerts: AlertSink,
 }
 
 impl StoreWriter {
@@ -43,8 +44,9 @@ impl StoreWriter {
         ephemeral: EphemeralGateways,
         jobs: Receiver<StoreJob>,
         shutdown: Receiver<()>,
+        alerts: AlertSink,
     ) -> StoreWriter {
-        StoreWriter { mysql_read, mysql_write, ephemeral, jobs, shutdown }
+        StoreWriter { mysql_read, mysql_write, ephemeral, jobs, shutdown, alerts }
     }
 
     /// Runs until shutdown or until the scheduler (the only sender) has gone. Jobs still queued
@@ -107,7 +109,7 @@ impl StoreWriter {
             queries::deactivate_carrier(&mut conn, voip_carrier_sid)?;
             Alert::carrier_deactivated(&carrier.name, voip_carrier_sid)
         };
-        raise_alert(&Alert {
+        self.alerts.raise(&Alert {
             message,
             account_sid: carrier.account_sid,
             service_provider_sid: carrier.service_provider_sid,

@@ -201,6 +201,11 @@ impl Alert {
         )
     }
 
+    /// An alert without `alert_type`, as the regbot and gateway-pinger alerts are (spec 10.2).
+    pub fn without_type(account_sid: Option<&str>, sp_sid: Option<&str>, message: String) -> Alert {
+        Alert::new(None, account_sid, sp_sid, message)
+    }
+
     /// Adds the optional `detail` field (the alerts schema has it; the sidecar's alerts of
     /// spec 10.2 do not use it).
     pub fn with_detail(mut self, detail: impl Into<String>) -> Alert {
