@@ -192,13 +192,6 @@ fn start_and_wait(config: &Config) -> Result<(), String> {
         None,
     )
     .map_err(|e| format!("CLI socket {}: {e}", config.socket_path.display()))?;
-    info!("CLI server started on {}", config.socket_path.display());
-    let ctl_shutdown = shutdown_rx.clone();
-    roles.push(spawn_role("ctl", move || {
-        if let Err(e) = ctl.run(ctl_shutdown) {
-            error!("CLI server stopped: {e}");
-        }
-    })?);
     let routes = vec![
         Route { method: "REGISTER".into(), queue: register_tx },
         Route { method: "OPTIONS".into(), queue: options_tx },
@@ -216,6 +209,17 @@ fn start_and_wait(config: &Config) -> Result<(), String> {
         alert_writer.sender(),
     )
     .map_err(|e| format!("regbot: {e}"))?;
+
+    // The socket was bound before anything else started, so a second daemon on the same
+    // socket fails early; it is served from here on, with the regbot to ask for its status.
+    let ctl = ctl.with_regbot(regbot.status.clone());
+    info!("CLI server started on {}", config.socket_path.display());
+    let ctl_shutdown = shutdown_rx.clone();
+    roles.push(spawn_role("ctl", move || {
+        if let Err(e) = ctl.run(ctl_shutdown) {
+            error!("CLI server stopped: {e}");
+        }
+    })?);
 
     let stop_reason = wait_for_stop(config, &signals, &events_rx, &registrar, &metrics);
     info!("{stop_reason}: stopping");

@@ -8,10 +8,11 @@ use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{unbounded, Sender};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use sbc_sidecar::ctl::{CtlError, CtlServer, CtlSettings, RegbotStatus};
 use sbc_sidecar::drachtio::{ConnectionEvent, ConnectionInfo};
 use sbc_sidecar::heartbeat::ClusterSets;
+use sbc_sidecar::regbot::{RegbotInfo, RegbotRole, RegbotSnapshot, RegbotState, StatusRequest};
 use sbc_sidecar::store::redis::{pool, RedisPool, RedisSettings, RedisTarget};
 
 fn redis_at(port: u16, timeout: Duration) -> RedisPool {
@@ -47,6 +48,15 @@ impl Server {
     }
 
     fn start_with(redis: RedisPool) -> Server {
+        Server::launch(redis, None)
+    }
+
+    /// With `status` and `regbot-list` linked to a regbot role that takes requests on `queries`.
+    fn start_with_regbot(queries: Sender<StatusRequest>) -> Server {
+        Server::launch(redis_at(6379, Duration::from_secs(2)), Some(queries))
+    }
+
+    fn launch(redis: RedisPool, regbot_queries: Option<Sender<StatusRequest>>) -> Server {
         let path = temp_socket_path();
         let cluster_id = format!("test-{}", uuid::Uuid::new_v4().simple());
         let (conn_tx, conn_rx) = unbounded();
@@ -59,6 +69,10 @@ impl Server {
             Some(regbot_rx),
         )
         .unwrap();
+        let server = match regbot_queries {
+            Some(queries) => server.with_regbot(queries),
+            None => server,
+        };
         let (stop_tx, stop_rx) = unbounded();
         let thread = std::thread::spawn(move || server.run(stop_rx));
         Server {
@@ -531,4 +545,152 @@ fn status_reports_drachtio_counts_and_regbot() {
     let status: serde_json::Value = serde_json::from_str(&c.ask(r#"{"action":"status"}"#)).unwrap();
     assert_eq!(status["drachtio"]["connected"], false);
     assert!(status["drachtio"]["version"].is_null());
+}
+
+/// A fake regbot role: answers every snapshot request with `snapshot` until the CLI server
+/// drops its end of the channel.
+fn fake_regbot(snapshot: RegbotSnapshot) -> Sender<StatusRequest> {
+    let (tx, rx) = unbounded::<StatusRequest>();
+    std::thread::spawn(move || {
+        for request in rx {
+            let _ = request.reply.send(snapshot.clone());
+        }
+    });
+    tx
+}
+
+/// A stuck regbot role: its queue takes one request (the receiver is returned, to be held)
+/// and nobody ever answers. Once that request waits in the queue, the queue is full, as a
+/// real one is after enough unanswered requests.
+fn silent_regbot() -> (Sender<StatusRequest>, Receiver<StatusRequest>) {
+    bounded(1)
+}
+
+fn regbot_info(carrier: &str, gateway: &str, state: RegbotState) -> RegbotInfo {
+    RegbotInfo {
+        voip_carrier_sid: carrier.into(),
+        sip_gateway_sid: gateway.into(),
+        aor: format!("{gateway}@sip.{carrier}.example.com"),
+        target: format!("sip.{carrier}.example.com:5060;transport=udp"),
+        state,
+        last_status: None,
+        consecutive_failures: 0,
+        next_request_in: None,
+    }
+}
+
+/// Three regbots of two carriers, out of order.
+fn leader_snapshot() -> RegbotSnapshot {
+    RegbotSnapshot {
+        role: RegbotRole::Leader,
+        total: 3,
+        registered: 1,
+        failing: 1,
+        regbots: vec![
+            RegbotInfo {
+                last_status: Some("403 Forbidden".into()),
+                consecutive_failures: 2,
+                next_request_in: Some(Duration::from_millis(29_400)),
+                ..regbot_info("carrier-b", "gw-1", RegbotState::Failing)
+            },
+            RegbotInfo {
+                last_status: Some("200 OK".into()),
+                next_request_in: Some(Duration::from_secs(3540)),
+                ..regbot_info("carrier-a", "gw-2", RegbotState::Registered)
+            },
+            regbot_info("carrier-a", "gw-1", RegbotState::Registering),
+        ],
+    }
+}
+
+#[test]
+fn status_and_regbot_list_come_from_the_regbot_snapshot() {
+    let server = Server::start_with_regbot(fake_regbot(leader_snapshot()));
+    // a pushed status is only the fallback: the snapshot wins
+    server.regbot.send(RegbotStatus { leader: false, total: 9, registered: 9, failing: 0 }).unwrap();
+    let mut c = server.client();
+    assert_eq!(
+        c.ask(r#"{"action":"regbot-list"}"#),
+        concat!(
+            r#"{"success":true,"role":"leader","regbots":["#,
+            r#"{"carrier":"carrier-a","gateway":"gw-1","aor":"gw-1@sip.carrier-a.example.com","#,
+            r#""target":"sip.carrier-a.example.com:5060;transport=udp","state":"registering","#,
+            r#""last_status":null,"failures":0,"next_refresh_s":null},"#,
+            r#"{"carrier":"carrier-a","gateway":"gw-2","aor":"gw-2@sip.carrier-a.example.com","#,
+            r#""target":"sip.carrier-a.example.com:5060;transport=udp","state":"registered","#,
+            r#""last_status":"200 OK","failures":0,"next_refresh_s":3540},"#,
+            r#"{"carrier":"carrier-b","gateway":"gw-1","aor":"gw-1@sip.carrier-b.example.com","#,
+            r#""target":"sip.carrier-b.example.com:5060;transport=udp","state":"failing","#,
+            r#""last_status":"403 Forbidden","failures":2,"next_refresh_s":30}"#,
+            r#"]}"#
+        )
+    );
+    let status: serde_json::Value = serde_json::from_str(&c.ask(r#"{"action":"status"}"#)).unwrap();
+    let keys: Vec<&str> = status.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        ["success", "drachtio", "uptime_s", "registered_users", "feature_servers", "rtp_servers", "regbot"]
+    );
+    assert_eq!(status["regbot"].to_string(), r#"{"role":"leader","total":3,"registered":1,"failing":1}"#);
+
+    let standby = Server::start_with_regbot(fake_regbot(RegbotSnapshot {
+        role: RegbotRole::Standby,
+        total: 0,
+        registered: 0,
+        failing: 0,
+        regbots: Vec::new(),
+    }));
+    assert_eq!(standby.ask(r#"{"action":"regbot-list"}"#), r#"{"success":true,"role":"standby","regbots":[]}"#);
+}
+
+#[test]
+fn a_regbot_that_does_not_answer_in_time_is_reported_within_half_a_second() {
+    let (queries, _held) = silent_regbot();
+    let server = Server::start_with_regbot(queries);
+    server.regbot.send(RegbotStatus { leader: true, total: 4, registered: 3, failing: 1 }).unwrap();
+    let mut c = server.client();
+
+    let in_time = |took: Duration| took >= Duration::from_millis(450) && took < Duration::from_millis(1500);
+    let started = Instant::now();
+    assert_eq!(
+        c.ask(r#"{"action":"regbot-list"}"#),
+        r#"{"success":false,"error":"Failed to query regbot: no answer within 500 ms"}"#
+    );
+    assert!(in_time(started.elapsed()), "{:?}", started.elapsed());
+
+    // status still answers, with the last pushed counts and the reason; the unanswered
+    // request fills the queue now, so this query gives up sending rather than blocking
+    let started = Instant::now();
+    let status: serde_json::Value = serde_json::from_str(&c.ask(r#"{"action":"status"}"#)).unwrap();
+    assert!(in_time(started.elapsed()), "{:?}", started.elapsed());
+    assert_eq!(status["success"], true);
+    assert_eq!(status["regbot"].to_string(), r#"{"role":"leader","total":4,"registered":3,"failing":1}"#);
+    assert_eq!(status["regbot_error"], "no answer within 500 ms");
+    // and the socket serves other commands afterwards
+    assert_eq!(server.ask(r#"{"action":"list"}"#), r#"{"success":true,"config":{}}"#);
+}
+
+#[test]
+fn a_stopped_regbot_is_reported_at_once() {
+    let (queries, requests) = silent_regbot();
+    drop(requests);
+    let server = Server::start_with_regbot(queries);
+    let started = Instant::now();
+    assert_eq!(
+        server.ask(r#"{"action":"regbot-list"}"#),
+        r#"{"success":false,"error":"Failed to query regbot: the regbot scheduler is not running"}"#
+    );
+    let status: serde_json::Value = serde_json::from_str(&server.ask(r#"{"action":"status"}"#)).unwrap();
+    assert_eq!(status["regbot"].to_string(), r#"{"role":"standby","total":0,"registered":0,"failing":0}"#);
+    assert_eq!(status["regbot_error"], "the regbot scheduler is not running");
+    assert!(started.elapsed() < Duration::from_millis(400), "{:?}", started.elapsed());
+}
+
+#[test]
+fn regbot_list_without_a_regbot_role() {
+    let server = Server::start();
+    assert_eq!(server.ask(r#"{"action":"regbot-list"}"#), r#"{"success":false,"error":"Regbot not running"}"#);
+    // and status carries no regbot_error: there is nothing to ask
+    let status: serde_json::Value = serde_json::from_str(&server.ask(r#"{"action":"status"}"#)).unwrap();
+    assert!(status.get("regbot_error").is_none(), "{status}");
 }

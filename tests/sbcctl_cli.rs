@@ -12,6 +12,7 @@ use crossbeam_channel::{unbounded, Sender};
 use sbc_sidecar::ctl::{CtlError, CtlServer, CtlSettings, RegbotStatus};
 use sbc_sidecar::drachtio::{ConnectionEvent, ConnectionInfo};
 use sbc_sidecar::heartbeat::ClusterSets;
+use sbc_sidecar::regbot::{RegbotInfo, RegbotRole, RegbotSnapshot, RegbotState, StatusRequest};
 use sbc_sidecar::store::redis::{pool, RedisPool, RedisSettings, RedisTarget};
 
 const HELP: &str = "\
@@ -34,6 +35,9 @@ Configuration Commands:
 
 Status Commands:
   sbcctl status             Show drachtio connection, counts and regbot role
+
+Regbot Commands:
+  sbcctl regbot list        Show outbound registrations and their state
 
 Options:
   --socket PATH             CLI socket (default: $SBC_SOCKET_PATH, else
@@ -64,6 +68,23 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::launch(None)
+    }
+
+    /// With `status` and `regbot-list` answered by a fake regbot role that always reports
+    /// `snapshot`.
+    fn start_with_regbot(snapshot: RegbotSnapshot) -> Server {
+        let (queries, requests) = unbounded::<StatusRequest>();
+        // ends when the server drops its end of the channel
+        std::thread::spawn(move || {
+            for request in requests {
+                let _ = request.reply.send(snapshot.clone());
+            }
+        });
+        Server::launch(Some(queries))
+    }
+
+    fn launch(regbot_queries: Option<Sender<StatusRequest>>) -> Server {
         let redis = pool(&RedisSettings {
             target: RedisTarget::Direct { host: "127.0.0.1".to_string(), port: 6379 },
             username: None,
@@ -85,6 +106,10 @@ impl Server {
             Some(regbot_rx),
         )
         .unwrap();
+        let server = match regbot_queries {
+            Some(queries) => server.with_regbot(queries),
+            None => server,
+        };
         let (stop_tx, stop_rx) = unbounded();
         let thread = std::thread::spawn(move || server.run(stop_rx));
         Server {
@@ -178,6 +203,8 @@ fn bad_usage_exits_2_with_the_spec_texts() {
         (vec!["set", "k"], "set requires key and value"),
         (vec!["get"], "get requires key"),
         (vec!["frobnicate"], "Unknown command: frobnicate. Run without arguments for help."),
+        (vec!["regbot"], "regbot command requires an action. Use: list"),
+        (vec!["regbot", "show"], "Unknown regbot command: show. Use: list"),
         (vec!["--timeout", "soon", "list"], "--timeout needs a positive number of seconds, not soon"),
         (vec!["--timeout", "0", "list"], "--timeout needs a positive number of seconds, not 0"),
         (vec!["--bogus", "list"], "Unrecognized option: 'bogus'"),
@@ -435,4 +462,137 @@ fn status_prints_one_line_per_fact() {
     let json = server.sbcctl(&["status", "--json"]);
     assert_eq!(json.code, 0);
     assert!(json.stdout.starts_with("{\"success\":true,\"drachtio\":{\"connected\":true,"), "{json:?}");
+}
+
+fn regbot_info(carrier: &str, gateway: &str, aor: &str, target: &str, state: RegbotState) -> RegbotInfo {
+    RegbotInfo {
+        voip_carrier_sid: carrier.into(),
+        sip_gateway_sid: gateway.into(),
+        aor: aor.into(),
+        target: target.into(),
+        state,
+        last_status: None,
+        consecutive_failures: 0,
+        next_request_in: None,
+    }
+}
+
+#[test]
+fn regbot_list_prints_the_role_and_an_aligned_table() {
+    let standby = Server::start_with_regbot(RegbotSnapshot {
+        role: RegbotRole::Standby,
+        total: 0,
+        registered: 0,
+        failing: 0,
+        regbots: Vec::new(),
+    });
+    assert_run(&standby.sbcctl(&["regbot", "list"]), 0, "Regbot role: standby\nNo outbound registrations\n", "");
+    assert_run(
+        &standby.sbcctl(&["--json", "regbot", "list"]),
+        0,
+        "{\"success\":true,\"role\":\"standby\",\"regbots\":[]}\n",
+        "",
+    );
+
+    let leader = Server::start_with_regbot(RegbotSnapshot {
+        role: RegbotRole::Leader,
+        total: 3,
+        registered: 1,
+        failing: 1,
+        regbots: vec![
+            RegbotInfo {
+                last_status: Some("403 Forbidden".into()),
+                consecutive_failures: 12,
+                next_request_in: Some(Duration::from_millis(29_400)),
+                ..regbot_info(
+                    "carrier-b",
+                    "gw-1",
+                    "bob@carrier-b.net",
+                    "sip.carrier-b.net;transport=tcp",
+                    RegbotState::Failing,
+                )
+            },
+            RegbotInfo {
+                last_status: Some("200 OK".into()),
+                next_request_in: Some(Duration::from_secs(3540)),
+                ..regbot_info(
+                    "carrier-a",
+                    "gw-22",
+                    "alice@sip.example.com",
+                    "10.1.0.5:5061;transport=tls",
+                    RegbotState::Registered,
+                )
+            },
+            regbot_info("carrier-a", "gw-1", "a@b.c", "10.1.0.4;transport=udp", RegbotState::Registering),
+        ],
+    });
+    assert_run(
+        &leader.sbcctl(&["regbot", "list"]),
+        0,
+        concat!(
+            "Regbot role: leader\n",
+            "STATE        CARRIER    GATEWAY  AOR                    TARGET                           LAST STATUS    FAILURES  NEXT REFRESH\n",
+            "registering  carrier-a  gw-1     a@b.c                  10.1.0.4;transport=udp           -              0         -\n",
+            "registered   carrier-a  gw-22    alice@sip.example.com  10.1.0.5:5061;transport=tls      200 OK         0         in 3540s\n",
+            "failing      carrier-b  gw-1     bob@carrier-b.net      sip.carrier-b.net;transport=tcp  403 Forbidden  12        in 30s\n",
+        ),
+        "",
+    );
+    let json = leader.sbcctl(&["regbot", "list", "--json"]);
+    assert_eq!(json.code, 0, "{json:?}");
+    assert!(
+        json.stdout.starts_with(concat!(
+            r#"{"success":true,"role":"leader","regbots":[{"carrier":"carrier-a","gateway":"gw-1","aor":"a@b.c","#,
+            r#""target":"10.1.0.4;transport=udp","state":"registering","last_status":null,"failures":0,"next_refresh_s":null},"#
+        )),
+        "{json:?}"
+    );
+    assert!(json.stdout.ends_with("\"next_refresh_s\":30}]}\n"), "{json:?}");
+    assert_eq!(json.stdout.lines().count(), 1);
+
+    // status shows the snapshot's counts
+    let status = leader.sbcctl(&["status"]);
+    assert_eq!(
+        status.stdout.lines().last(),
+        Some("regbot: leader (3 gateways, 1 registered, 1 failing)"),
+        "{status:?}"
+    );
+}
+
+#[test]
+fn regbot_list_without_a_regbot_role_fails() {
+    let server = Server::start();
+    assert_run(&server.sbcctl(&["regbot", "list"]), 1, "", "Error: Regbot not running\n");
+    assert_run(
+        &server.sbcctl(&["--json", "regbot", "list"]),
+        1,
+        "{\"success\":false,\"error\":\"Regbot not running\"}\n",
+        "",
+    );
+}
+
+#[test]
+fn status_says_when_the_regbot_did_not_answer() {
+    let path = fake_server(concat!(
+        r#"{"success":true,"drachtio":{"connected":false,"version":null,"hostports":null,"local_hostports":null},"#,
+        r#""uptime_s":61,"registered_users":0,"feature_servers":0,"rtp_servers":0,"#,
+        r#""regbot":{"role":"leader","total":2,"registered":2,"failing":0},"regbot_error":"no answer within 500 ms"}"#,
+        "\n"
+    )
+    .as_bytes());
+    assert_run(
+        &sbcctl(&["--socket", path.to_str().unwrap(), "status"]),
+        0,
+        concat!(
+            "drachtio: not connected\n",
+            "uptime: 1m 01s\n",
+            "registered users: 0\n",
+            "feature servers: 0\n",
+            "rtp servers: 0\n",
+            "regbot: leader (2 gateways, 2 registered, 0 failing)\n",
+            "  regbot query failed: no answer within 500 ms\n",
+        ),
+        "",
+    );
+    let _ = std::fs::remove_file(&path);
 }

@@ -38,6 +38,9 @@ Configuration Commands:
 Status Commands:
   sbcctl status             Show drachtio connection, counts and regbot role
 
+Regbot Commands:
+  sbcctl regbot list        Show outbound registrations and their state
+
 Options:
   --socket PATH             CLI socket (default: $SBC_SOCKET_PATH, else
                             /run/sbc-sidecar/sbc-sidecar.sock if it exists,
@@ -170,6 +173,11 @@ fn run(client: &Client, args: &[String]) -> Result<(), Failure> {
         },
         "list" => list(client),
         "status" => status(client),
+        "regbot" => match arg(1) {
+            None => Err(usage("regbot command requires an action. Use: list")),
+            Some("list") => regbot_list(client),
+            Some(other) => Err(usage(format!("Unknown regbot command: {other}. Use: list"))),
+        },
         other => Err(usage(format!("Unknown command: {other}. Run without arguments for help."))),
     }
 }
@@ -318,7 +326,78 @@ fn status(client: &Client) -> Result<(), Failure> {
         n("registered"),
         n("failing")
     );
+    // The counts above are then the last known ones, not the regbot's answer.
+    if let Some(e) = reply.get("regbot_error").and_then(Value::as_str) {
+        println!("  regbot query failed: {e}");
+    }
     Ok(())
+}
+
+/// Column headers of `regbot list`, in the order of [`regbot_row`].
+const REGBOT_COLUMNS: [&str; 8] =
+    ["STATE", "CARRIER", "GATEWAY", "AOR", "TARGET", "LAST STATUS", "FAILURES", "NEXT REFRESH"];
+
+fn regbot_list(client: &Client) -> Result<(), Failure> {
+    let Some(reply) = client.call(action::REGBOT_LIST, Map::new(), "Failed to list regbots")? else {
+        return Ok(());
+    };
+    let role = reply.get("role").and_then(Value::as_str).ok_or_else(invalid_response)?;
+    let regbots = reply.get("regbots").and_then(Value::as_array).ok_or_else(invalid_response)?;
+    println!("Regbot role: {role}");
+    if regbots.is_empty() {
+        println!("No outbound registrations");
+        return Ok(());
+    }
+    let mut rows = vec![REGBOT_COLUMNS.map(str::to_string)];
+    for entry in regbots {
+        rows.push(regbot_row(entry).ok_or_else(invalid_response)?);
+    }
+    print!("{}", aligned(&rows));
+    Ok(())
+}
+
+/// One `regbot-list` entry as table cells; `-` for what is unknown or not scheduled.
+fn regbot_row(entry: &Value) -> Option<[String; 8]> {
+    let text = |name: &str| entry.get(name).and_then(Value::as_str).map(str::to_string);
+    let last_status = match entry.get("last_status")? {
+        Value::Null => "-".to_string(),
+        v => v.as_str()?.to_string(),
+    };
+    let next_refresh = match entry.get("next_refresh_s")? {
+        Value::Null => "-".to_string(),
+        v => format!("in {}s", v.as_u64()?),
+    };
+    Some([
+        text("state")?,
+        text("carrier")?,
+        text("gateway")?,
+        text("aor")?,
+        text("target")?,
+        last_status,
+        entry.get("failures")?.as_u64()?.to_string(),
+        next_refresh,
+    ])
+}
+
+/// Left-aligned columns two spaces apart, without trailing blanks. Widths count characters,
+/// not bytes, so that a non-ASCII AOR does not shift the columns after it.
+fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (cell, width) in row.iter().zip(widths) {
+            line.push_str(&format!("{cell:<width$}  "));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 fn format_uptime(secs: u64) -> String {

@@ -1,17 +1,20 @@
-//! What each CLI action does (spec 9.1 plus `status`). The state here belongs to the server
+//! What each CLI action does (spec 9.1 plus `status` and `regbot-list`). The state here belongs to the server
 //! thread alone, so the runtime config map needs no lock: the Node sidecar's FIFO queue of
 //! config operations is simply the order in which this one thread handles lines.
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crossbeam_channel::Sender;
 use log::{info, warn};
 use serde_json::{Map, Value};
 
 use super::protocol::{action, error, failure, success, validate_server};
+use super::regbot_link::{self, QUERY_TIMEOUT};
 use super::RegbotStatus;
 use crate::drachtio::{ConnectionEvent, ConnectionInfo};
 use crate::heartbeat::keys::ACTIVE_USER;
 use crate::heartbeat::{ClusterSets, DrainedServers};
+use crate::regbot::{RegbotRole, StatusRequest};
 use crate::store::redis::{checkout, RedisConn, RedisPool};
 
 pub(crate) struct Commands {
@@ -23,7 +26,11 @@ pub(crate) struct Commands {
     started: Instant,
     /// The current drachtio connection, `None` while disconnected.
     drachtio: Option<ConnectionInfo>,
+    /// The last pushed regbot status: what `status` shows without a query link, or when the
+    /// regbot role does not answer one.
     regbot: RegbotStatus,
+    /// Where the regbot role takes snapshot requests; `None` when this daemon has no such role.
+    regbot_queries: Option<Sender<StatusRequest>>,
 }
 
 impl Commands {
@@ -35,7 +42,12 @@ impl Commands {
             started: Instant::now(),
             drachtio: None,
             regbot: RegbotStatus::default(),
+            regbot_queries: None,
         }
+    }
+
+    pub(crate) fn set_regbot_queries(&mut self, queries: Sender<StatusRequest>) {
+        self.regbot_queries = Some(queries);
     }
 
     pub(crate) fn connection_event(&mut self, event: ConnectionEvent) {
@@ -66,6 +78,7 @@ impl Commands {
             Some(action::FS_LIST) => self.fs_list(),
             Some(action::FS_AVAILABLE) => self.fs_available(),
             Some(action::STATUS) => self.status(),
+            Some(action::REGBOT_LIST) => self.regbot_list(),
             _ => failure(error::UNKNOWN_ACTION),
         }
     }
@@ -279,11 +292,12 @@ impl Commands {
         drachtio.insert("version".into(), opt_string(info.map(|i| i.version.as_str())));
         drachtio.insert("hostports".into(), opt_string(info.map(|i| i.hostports.as_str())));
         drachtio.insert("local_hostports".into(), opt_string(info.map(|i| i.local_hostports.as_str())));
+        let (regbot_status, regbot_error) = self.current_regbot_status();
         let mut regbot = Map::new();
-        regbot.insert("role".into(), Value::String(self.regbot.role().to_string()));
-        regbot.insert("total".into(), Value::from(self.regbot.total));
-        regbot.insert("registered".into(), Value::from(self.regbot.registered));
-        regbot.insert("failing".into(), Value::from(self.regbot.failing));
+        regbot.insert("role".into(), Value::String(regbot_status.role().to_string()));
+        regbot.insert("total".into(), Value::from(regbot_status.total));
+        regbot.insert("registered".into(), Value::from(regbot_status.registered));
+        regbot.insert("failing".into(), Value::from(regbot_status.failing));
 
         let mut reply = Map::new();
         reply.insert("drachtio".into(), Value::Object(drachtio));
@@ -296,7 +310,48 @@ impl Commands {
         reply.insert("feature_servers".into(), fs);
         reply.insert("rtp_servers".into(), rtp);
         reply.insert("regbot".into(), Value::Object(regbot));
+        if let Some(e) = regbot_error {
+            reply.insert("regbot_error".into(), Value::String(e));
+        }
         success(reply)
+    }
+
+    /// The regbot counts for `status`: a fresh snapshot when the role is linked, else the last
+    /// pushed status. A failed query still leaves `status` useful (it is what an operator runs
+    /// when something is wrong), so it falls back to the pushed values and says why.
+    fn current_regbot_status(&self) -> (RegbotStatus, Option<String>) {
+        let Some(queries) = &self.regbot_queries else {
+            return (self.regbot, None);
+        };
+        match regbot_link::query(queries, QUERY_TIMEOUT) {
+            Ok(snapshot) => {
+                let status = RegbotStatus {
+                    leader: snapshot.role == RegbotRole::Leader,
+                    total: snapshot.total as u64,
+                    registered: snapshot.registered as u64,
+                    failing: snapshot.failing as u64,
+                };
+                (status, None)
+            }
+            Err(e) => {
+                warn!("cli status: regbot query failed: {e}");
+                (self.regbot, Some(e.to_string()))
+            }
+        }
+    }
+
+    /// `regbot-list`: every outbound registration of this instance, from a fresh snapshot.
+    fn regbot_list(&self) -> Value {
+        let Some(queries) = &self.regbot_queries else {
+            return failure(error::REGBOT_NOT_RUNNING);
+        };
+        match regbot_link::query(queries, QUERY_TIMEOUT) {
+            Ok(snapshot) => success(regbot_link::list_fields(snapshot)),
+            Err(e) => {
+                warn!("cli regbot-list: regbot query failed: {e}");
+                failure(&error::regbot_query_failed(&e.to_string()))
+            }
+        }
     }
 
     /// Registered users (unexpired members of `active-user`), feature servers, RTP servers.

@@ -1,10 +1,12 @@
 //! The CLI socket (spec 9): a Unix stream socket where `sbcctl` drains and undrains feature
-//! servers, reads a small runtime key/value map, and asks for the daemon's status.
+//! servers, reads a small runtime key/value map, asks for the daemon's status and lists the
+//! outbound registrations of the regbot role.
 //!
 //! [`protocol`] is shared by the server and the `sbcctl` binary; [`CtlServer`] is the role.
 
 mod commands;
 pub mod protocol;
+mod regbot_link;
 mod server;
 
 use std::fmt;
@@ -13,11 +15,13 @@ use std::path::PathBuf;
 
 pub use server::{CtlServer, CtlSettings};
 
-/// What the regbot role reports for `sbcctl status`.
+/// Regbot counts pushed to the CLI server over the `regbot_status` channel of
+/// [`CtlServer::bind`].
 ///
-/// The regbot role does not exist yet: until it does, nothing sends these and the status shows
-/// the default (`standby`, all zeros). When it does, it sends one whenever leadership or a
-/// registration state changes, over the `regbot_status` channel of [`CtlServer::bind`].
+/// The regbot role answers snapshot queries instead (see [`CtlServer::with_regbot`]); when such
+/// a link is set, `status` asks it and uses the last pushed status (the default, `standby` and
+/// all zeros, when none was pushed) only if the query fails. Without a link, `status` shows
+/// the last pushed status.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RegbotStatus {
     /// This sidecar holds the cluster's regbot lock and sends the outbound REGISTERs.

@@ -30,8 +30,21 @@ pub mod action {
     pub const FS_DRAINED: &str = "fs-drained";
     pub const FS_LIST: &str = "fs-list";
     pub const FS_AVAILABLE: &str = "fs-available";
-    /// Not in the Node sidecar: drachtio connection, counts and regbot role.
+    /// Not in the Node sidecar: drachtio connection, counts and regbot role. When the regbot
+    /// role is linked but gives no snapshot, the regbot part holds the last pushed values and
+    /// `"regbot_error":"<reason>"` follows it.
     pub const STATUS: &str = "status";
+    /// Not in the Node sidecar: this instance's outbound registrations, answered from a
+    /// snapshot of the regbot role. Reply:
+    /// `{"success":true,"role":"leader"|"standby","regbots":[{"carrier":<voip_carrier_sid>,
+    /// "gateway":<sip_gateway_sid>,"aor":…,"target":…,"state":"registered"|…,
+    /// "last_status":<text>|null,"failures":<n>,"next_refresh_s":<seconds, rounded up>|null},…]}`,
+    /// sorted by carrier then gateway. `state` is one of `starting`, `registering`, `registered`,
+    /// `failing`, `disabled`, `unregistering`; `next_refresh_s` is `null` while a REGISTER is in
+    /// flight or the regbot is disabled. Fails with [`super::error::REGBOT_NOT_RUNNING`] when
+    /// the daemon has no regbot role, or [`super::error::regbot_query_failed`] when the role
+    /// does not answer within half a second.
+    pub const REGBOT_LIST: &str = "regbot-list";
 }
 
 /// Error texts of spec 9.1, word for word.
@@ -47,9 +60,18 @@ pub mod error {
     /// Sent (then the connection is closed) when the server already serves its maximum.
     pub const TOO_MANY_CONNECTIONS: &str = "Too many connections";
 
+    /// Not in spec 9.1: `regbot-list` on a daemon whose CLI server has no regbot role linked.
+    pub const REGBOT_NOT_RUNNING: &str = "Regbot not running";
+
     /// `Invalid IP address: <server>`.
     pub fn invalid_ip(server: &str) -> String {
         format!("Invalid IP address: {server}")
+    }
+
+    /// Not in spec 9.1: `Failed to query regbot: <reason>`, the regbot role is linked but gave
+    /// no snapshot.
+    pub fn regbot_query_failed(reason: &str) -> String {
+        format!("Failed to query regbot: {reason}")
     }
 }
 

@@ -6,6 +6,7 @@
 //! sends nothing costs a map entry instead of a blocked thread, and the number of clients is
 //! bounded by [`MAX_CONNECTIONS`] without a thread budget. Commands that touch Redis run inline;
 //! they are bounded by the pool's timeout, and this is an operator socket, not a data path.
+//! So do regbot snapshot queries (`status`, `regbot-list`), each bounded by 500 ms.
 //!
 //! The loop wakes at least every [`POLL_INTERVAL`] to pick up drachtio connection events,
 //! regbot status and the shutdown signal from their crossbeam channels, so a shutdown
@@ -18,7 +19,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, TryRecvError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use log::{debug, info, warn};
 use mio::event::Event;
 use mio::net::{UnixListener, UnixStream};
@@ -29,6 +30,7 @@ use super::commands::Commands;
 use super::protocol::{error, failure, MAX_LINE_BYTES};
 use super::{CtlError, RegbotStatus};
 use crate::drachtio::ConnectionEvent;
+use crate::regbot::StatusRequest;
 use crate::store::redis::RedisPool;
 
 const LISTENER: Token = Token(0);
@@ -64,8 +66,8 @@ impl CtlServer {
     ///
     /// Refuses to delete anything that is not a socket, and a socket another process still
     /// accepts connections on. `conn_events` keeps the drachtio part of `status` current;
-    /// `regbot_status` does the same for the regbot part (`None` until the regbot role exists:
-    /// the status then shows `standby` and zeros).
+    /// `regbot_status` does the same for the regbot part (`None`: the status shows `standby`
+    /// and zeros), unless [`CtlServer::with_regbot`] links the regbot role's snapshot queries.
     pub fn bind(
         path: impl AsRef<Path>,
         settings: CtlSettings,
@@ -95,6 +97,14 @@ impl CtlServer {
             regbot_status,
             socket,
         })
+    }
+
+    /// Links `status` and `regbot-list` to the regbot role, which answers snapshot requests
+    /// sent on `queries` (`RegbotHandles::status`). Without it, `regbot-list` fails with
+    /// `Regbot not running` and `status` shows the pushed regbot status.
+    pub fn with_regbot(mut self, queries: Sender<StatusRequest>) -> CtlServer {
+        self.commands.set_regbot_queries(queries);
+        self
     }
 
     pub fn path(&self) -> &Path {

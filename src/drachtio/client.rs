@@ -32,6 +32,10 @@ const WAKER: Token = Token(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A write that cannot complete in this time means drachtio stopped reading: reconnect.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Queued frames are written together up to about this many bytes.
+const BATCH_BYTES: usize = 16 * 1024;
+/// Frames above this size are written alone (see `Writer::queue_frame`).
+const LARGE_FRAME: usize = 4000;
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -157,7 +161,10 @@ impl DrachtioClient {
             let waker = waker.clone();
             thread::Builder::new()
                 .name("drachtio-writer".into())
-                .spawn(move || Writer { input: writer_rx, pending: pending_tx, waker, stream: None }.run())?
+                .spawn(move || {
+                    Writer { input: writer_rx, pending: pending_tx, waker, stream: None, out: Vec::new(), registered: false }
+                        .run()
+                })?
         };
         let reader_state = Reader {
             config,
@@ -212,24 +219,41 @@ struct Writer {
     pending: Sender<PendingReply>,
     waker: Arc<Waker>,
     stream: Option<(TcpStream, u64)>,
+    /// Encoded frames waiting for the next write.
+    out: Vec<u8>,
+    /// A reply registration was sent since the last flush (the reader must be woken).
+    registered: bool,
 }
 
 impl Writer {
     fn run(mut self) {
         while let Ok(msg) = self.input.recv() {
             match msg {
-                Outgoing::Attach(stream, generation) => self.stream = Some((stream, generation)),
-                Outgoing::Detach => self.stream = None,
+                Outgoing::Attach(stream, generation) => {
+                    self.out.clear();
+                    self.stream = Some((stream, generation));
+                }
+                Outgoing::Detach => {
+                    // What is not written yet was for the connection that is gone.
+                    self.out.clear();
+                    self.stream = None;
+                }
                 Outgoing::Shutdown => break,
-                Outgoing::Frame { msg_id, payload, reply } => self.write_frame(msg_id, payload, reply),
+                Outgoing::Frame { msg_id, payload, reply } => self.queue_frame(msg_id, payload, reply),
+            }
+            // Frames that arrive while one is being handled go out in the same write: under
+            // load that is one syscall for many responses instead of one each.
+            if self.input.is_empty() || self.out.len() >= BATCH_BYTES {
+                self.flush();
             }
         }
+        self.flush();
         if let Some((stream, _)) = self.stream.take() {
             let _ = stream.shutdown(Shutdown::Both);
         }
     }
 
-    fn write_frame(&mut self, msg_id: String, payload: Vec<u8>, reply: Option<Sender<UacEvent>>) {
+    fn queue_frame(&mut self, msg_id: String, payload: Vec<u8>, reply: Option<Sender<UacEvent>>) {
         let bytes = match frame::encode(&payload) {
             Ok(b) => b,
             Err(e) => {
@@ -240,7 +264,7 @@ impl Writer {
                 return;
             }
         };
-        let Some((stream, generation)) = self.stream.as_mut() else {
+        let Some((_, generation)) = self.stream.as_ref() else {
             match reply {
                 Some(r) => {
                     let _ = r.send(UacEvent::Failed(UacError::NotConnected));
@@ -252,9 +276,35 @@ impl Writer {
         if let Some(reply) = reply {
             // Registered before the write, so the reader knows it before the reply can arrive.
             let _ = self.pending.send(PendingReply { msg_id, generation: *generation, reply });
-            let _ = self.waker.wake();
+            self.registered = true;
         }
-        if let Err(e) = stream.write_all(&bytes) {
+        // drachtio reads 8 KB at a time into a 12 KB buffer: a frame larger than 4 KB must not
+        // share a write with the frames around it, or a read could overrun the buffer
+        // (drachtio-protocol.md §1.5).
+        if bytes.len() > LARGE_FRAME {
+            self.flush();
+            self.out.extend_from_slice(&bytes);
+            self.flush();
+        } else {
+            self.out.extend_from_slice(&bytes);
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.registered {
+            let _ = self.waker.wake();
+            self.registered = false;
+        }
+        if self.out.is_empty() {
+            return;
+        }
+        let Some((stream, _)) = self.stream.as_mut() else {
+            self.out.clear();
+            return;
+        };
+        let result = stream.write_all(&self.out);
+        self.out.clear();
+        if let Err(e) = result {
             warn!("writing to drachtio failed: {e}; closing the connection");
             // Shutting the socket down makes the reader see the loss and reconnect.
             let _ = stream.shutdown(Shutdown::Both);
