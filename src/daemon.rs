@@ -198,11 +198,14 @@ fn start_and_wait(config: &Config) -> Result<(), String> {
     ];
     let client = DrachtioClient::start(client_config(config), routes, subscribers)
         .map_err(|e| format!("drachtio client: {e}"))?;
+    let regbot_pools = regbot::RegbotPools {
+        redis: pools.redis.clone(),
+        mysql_read: pools.mysql.clone(),
+        mysql_write: pools.mysql_write.clone(),
+    };
     let regbot = regbot::start(
         config,
-        pools.redis.clone(),
-        pools.mysql.clone(),
-        pools.mysql_write.clone(),
+        regbot_pools,
         client.handle(),
         regbot_events_rx,
         shutdown_rx.clone(),

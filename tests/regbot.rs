@@ -8,7 +8,6 @@
 //! wait is bounded.
 
 #[path = "support/double/mod.rs"]
-#[allow(dead_code)]
 mod double;
 mod support;
 

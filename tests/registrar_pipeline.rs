@@ -345,8 +345,13 @@ fn incoming(reg: &Reg) -> (IncomingRequest, Receiver<Outgoing>) {
         local_port: None,
         sip: bytes,
     };
-    let request =
-        IncomingRequest { meta, message, server_hostport: Arc::from(SBC_HOSTPORT), private_sip_address: None, responder: Responder::new(txn, tx) };
+    let request = IncomingRequest {
+        meta,
+        message,
+        server_hostport: Arc::from(SBC_HOSTPORT),
+        private_sip_address: None,
+        responder: Responder::new(txn, tx),
+    };
     (request, rx)
 }
 

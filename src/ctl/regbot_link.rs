@@ -137,7 +137,7 @@ mod tests {
     #[test]
     fn next_refresh_is_rounded_up_to_whole_seconds() {
         assert_eq!(whole_seconds(Duration::from_secs(3600)), 3600);
-        assert_eq!(whole_seconds(Duration::from_millis(3599_001)), 3600);
+        assert_eq!(whole_seconds(Duration::from_millis(3_599_001)), 3600);
         assert_eq!(whole_seconds(Duration::from_millis(300)), 1);
         assert_eq!(whole_seconds(Duration::ZERO), 0);
     }

@@ -159,12 +159,17 @@ impl DrachtioClient {
 
         let writer = {
             let waker = waker.clone();
-            thread::Builder::new()
-                .name("drachtio-writer".into())
-                .spawn(move || {
-                    Writer { input: writer_rx, pending: pending_tx, waker, stream: None, out: Vec::new(), registered: false }
-                        .run()
-                })?
+            thread::Builder::new().name("drachtio-writer".into()).spawn(move || {
+                Writer {
+                    input: writer_rx,
+                    pending: pending_tx,
+                    waker,
+                    stream: None,
+                    out: Vec::new(),
+                    registered: false,
+                }
+                .run()
+            })?
         };
         let reader_state = Reader {
             config,

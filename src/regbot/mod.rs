@@ -159,23 +159,21 @@ impl RegbotHandles {
 /// Starts every thread of this module with the settings of `config`.
 pub fn start(
     config: &Config,
-    redis: RedisPool,
-    mysql_read: MysqlPool,
-    mysql_write: MysqlPool,
+    pools: RegbotPools,
     drachtio: DrachtioHandle,
     conn_events: Receiver<ConnectionEvent>,
     shutdown: Receiver<()>,
     alerts: AlertSender,
 ) -> Result<RegbotHandles, RegbotError> {
-    let pools = Pools { redis, mysql_read, mysql_write };
     start_roles(RegbotSettings::from_config(config), AlertSink::new(alerts), pools, drachtio, conn_events, shutdown)
 }
 
 /// The stores the roles of this module use.
-struct Pools {
-    redis: RedisPool,
-    mysql_read: MysqlPool,
-    mysql_write: MysqlPool,
+pub struct RegbotPools {
+    pub redis: RedisPool,
+    pub mysql_read: MysqlPool,
+    /// UPDATEs and INSERTs (the write pool when one is configured).
+    pub mysql_write: MysqlPool,
 }
 
 /// [`start`] with explicit settings (tests shorten the intervals and point DNS elsewhere);
@@ -189,19 +187,19 @@ pub fn start_with(
     conn_events: Receiver<ConnectionEvent>,
     shutdown: Receiver<()>,
 ) -> Result<RegbotHandles, RegbotError> {
-    let pools = Pools { redis, mysql_read, mysql_write };
+    let pools = RegbotPools { redis, mysql_read, mysql_write };
     start_roles(settings, AlertSink::default(), pools, drachtio, conn_events, shutdown)
 }
 
 fn start_roles(
     settings: RegbotSettings,
     alerts: AlertSink,
-    pools: Pools,
+    pools: RegbotPools,
     drachtio: DrachtioHandle,
     conn_events: Receiver<ConnectionEvent>,
     shutdown: Receiver<()>,
 ) -> Result<RegbotHandles, RegbotError> {
-    let Pools { redis, mysql_read, mysql_write } = pools;
+    let RegbotPools { redis, mysql_read, mysql_write } = pools;
     let (leader_events_tx, leader_events) = unbounded();
     let (sched_events_tx, sched_events) = unbounded();
     let (pinger_events_tx, pinger_events) = unbounded();
@@ -241,9 +239,7 @@ fn start_roles(
     );
     let pinger = pinger::GatewayPinger::new(
         settings.clone(),
-        redis,
-        mysql_read,
-        mysql_write.clone(),
+        RegbotPools { redis, mysql_read, mysql_write: mysql_write.clone() },
         drachtio,
         pinger_events,
         shutdown.clone(),

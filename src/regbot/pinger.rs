@@ -15,7 +15,7 @@ use log::{debug, info, warn};
 
 use super::alerts::{Alert, AlertSink};
 use super::queries::{self, GatewayRow};
-use super::RegbotSettings;
+use super::{RegbotPools, RegbotSettings};
 use crate::drachtio::{ConnectionEvent, DrachtioHandle, UacError, UacEvent};
 use crate::sip::RequestBuilder;
 use crate::store::mysql::MysqlPool;
@@ -45,6 +45,8 @@ pub fn options_request(gw: &GatewayRow) -> (Vec<u8>, String) {
     (RequestBuilder::new("OPTIONS", &uri).build(), proxy)
 }
 
+// Built and matched once per wake-up: boxing the UAC event would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Wake {
     Shutdown,
     Tick,
@@ -72,14 +74,13 @@ pub struct GatewayPinger {
 impl GatewayPinger {
     pub fn new(
         settings: RegbotSettings,
-        redis: RedisPool,
-        mysql_read: MysqlPool,
-        mysql_write: MysqlPool,
+        pools: RegbotPools,
         drachtio: DrachtioHandle,
         events: Receiver<ConnectionEvent>,
         shutdown: Receiver<()>,
         alerts: AlertSink,
     ) -> GatewayPinger {
+        let RegbotPools { redis, mysql_read, mysql_write } = pools;
         GatewayPinger {
             settings,
             redis,

@@ -35,6 +35,8 @@ pub enum SchedulerCmd {
 }
 
 /// What woke the scheduler.
+// Built and matched once per wake-up: boxing the UAC event would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Wake {
     Shutdown,
     Command(Option<SchedulerCmd>),
