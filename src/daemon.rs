@@ -278,6 +278,17 @@ fn client_config(config: &Config) -> drachtio::ClientConfig {
     }
 }
 
+/// The systemd watchdog interval, as sd_watchdog_enabled(3) defines it: `WATCHDOG_USEC` set
+/// and `WATCHDOG_PID` either unset or our pid. (The sd-notify crate also insists on
+/// `WATCHDOG_PID` being present.)
+fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok().filter(|u| *u > 0)?;
+    match std::env::var("WATCHDOG_PID") {
+        Ok(pid) if pid.parse::<u32>().ok() != Some(std::process::id()) => None,
+        _ => Some(Duration::from_micros(usec)),
+    }
+}
+
 /// SIGHUP: the level from the `JAMBONES_LOGLEVEL` line of the environment file, or the level
 /// the daemon started with when the file has none.
 fn reload_log_level(config: &Config) {
@@ -306,13 +317,9 @@ fn wait_for_stop(
     // Expired members of `active-user` are pruned every 10 minutes, as the Node registrar did.
     let prune = crossbeam_channel::tick(ACTIVE_USER_PRUNE_INTERVAL);
     let mut ready = false;
-    let watchdog = {
-        let mut usec = 0u64;
-        if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
-            crossbeam_channel::tick(Duration::from_micros(usec / 2))
-        } else {
-            crossbeam_channel::never()
-        }
+    let watchdog = match watchdog_interval() {
+        Some(interval) => crossbeam_channel::tick(interval / 2),
+        None => crossbeam_channel::never(),
     };
     loop {
         select! {

@@ -95,3 +95,40 @@ fn daemon_mode_writes_the_pidfile_and_stops_on_sigterm() {
     assert!(status.is_empty() || status.contains("State:\tZ"), "stopped on SIGTERM: {status}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn systemd_is_told_ready_watchdog_and_stopping() {
+    let db = TestDb::create();
+    let double = Double::start(DoubleConfig::default()).unwrap();
+    let dir = support::sipp::tempdir();
+    let notify_path = dir.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut env = base_env(double.admin_addr().port(), &db.name);
+    env.insert("NOTIFY_SOCKET".into(), notify_path.display().to_string());
+    env.insert("WATCHDOG_USEC".into(), "300000".into());
+    let mut daemon = Daemon::start(env, &[]);
+    let mut seen: Vec<String> = Vec::new();
+    let mut buf = [0u8; 512];
+    let start = Instant::now();
+    while start.elapsed() < WAIT
+        && !(seen.iter().any(|m| m == "READY=1") && seen.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2)
+    {
+        if let Ok(n) = notify.recv(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).trim().to_string());
+        }
+    }
+    assert!(seen.iter().any(|m| m == "READY=1"), "READY=1 once drachtio accepted us: {seen:?}");
+    assert!(double.app_connections() == 1, "READY only after the drachtio connection");
+    assert!(seen.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2, "watchdog petted at half the interval: {seen:?}");
+    daemon.signal("TERM");
+    let start = Instant::now();
+    while start.elapsed() < WAIT && !seen.iter().any(|m| m == "STOPPING=1") {
+        if let Ok(n) = notify.recv(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).trim().to_string());
+        }
+    }
+    assert!(seen.iter().any(|m| m == "STOPPING=1"), "{seen:?}");
+    assert_eq!(daemon.wait_exit(WAIT).and_then(|s| s.code()), Some(0));
+    let _ = std::fs::remove_dir_all(dir);
+}
