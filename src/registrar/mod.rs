@@ -46,7 +46,7 @@ pub use webhook::{HookError, HookRequest, HookResponse, HookTransport};
 use account_cache::AccountCache;
 use crypto::PasswordKey;
 use device_count::DeviceCounter;
-use health::StoreHealth;
+use health::{HookHealth, StoreHealth};
 use hook_transport::UreqTransport;
 use nonce::NonceSigner;
 
@@ -68,6 +68,7 @@ pub struct Registrar {
     accounts: AccountCache,
     mysql_health: StoreHealth,
     redis_health: StoreHealth,
+    hook_health: HookHealth,
     /// Where alerts go (InfluxDB); `None` until the daemon plugs the writer in.
     alerts: Option<AlertSender>,
     metrics: Metrics,
@@ -103,6 +104,7 @@ impl Registrar {
             hook,
             mysql_health: StoreHealth::new("mysql"),
             redis_health: StoreHealth::new("redis"),
+            hook_health: HookHealth::new(),
             alerts: None,
             metrics: Metrics::disabled(),
         }

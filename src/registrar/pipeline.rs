@@ -276,6 +276,13 @@ impl Registrar {
         // `app.hook.response_time` is only measured for answers the webhook gave with HTTP 200.
         if let Ok(verdict) = &result {
             self.metrics.hook_response_time(verdict.status(), started.elapsed());
+            if self.hook_health.succeeded(&account.account_sid) {
+                info!(
+                    "registrar: registration webhook of account_sid={} answers again url={}",
+                    account.account_sid,
+                    webhook::url_for_logs(&hook.url)
+                );
+            }
         }
         debug!(
             "registrar: webhook answered account_sid={} ok={} elapsed_ms={}",
@@ -284,12 +291,20 @@ impl Registrar {
             started.elapsed().as_millis()
         );
         result.map_err(|e| {
-            warn!(
-                "registrar: registration webhook failed account_sid={} url={} aor={}: {e}",
-                account.account_sid,
-                webhook::url_for_logs(&hook.url),
-                ctx.aor_key
-            );
+            // Once per change: a dead webhook fails every REGISTER of the account.
+            if self.hook_health.failed(&account.account_sid) {
+                warn!(
+                    "registrar: registration webhook failing account_sid={} url={} aor={}: {e}",
+                    account.account_sid,
+                    webhook::url_for_logs(&hook.url),
+                    ctx.aor_key
+                );
+            } else {
+                debug!(
+                    "registrar: registration webhook still failing account_sid={} aor={}: {e}",
+                    account.account_sid, ctx.aor_key
+                );
+            }
             match &e {
                 HookError::Status(status) => self.raise_alert(&Alert::WebhookFailure {
                     account_sid: account.account_sid.clone(),
