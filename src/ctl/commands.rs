@@ -4,7 +4,7 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 use log::{info, warn};
 use serde_json::{Map, Value};
 
@@ -31,11 +31,20 @@ pub(crate) struct Commands {
     regbot: RegbotStatus,
     /// Where the regbot role takes snapshot requests; `None` when this daemon has no such role.
     regbot_queries: Option<Sender<StatusRequest>>,
+    conn_events: Receiver<ConnectionEvent>,
+    regbot_pushes: Option<Receiver<RegbotStatus>>,
 }
 
 impl Commands {
-    pub(crate) fn new(cluster_id: &str, redis: RedisPool) -> Commands {
+    pub(crate) fn new(
+        cluster_id: &str,
+        redis: RedisPool,
+        conn_events: Receiver<ConnectionEvent>,
+        regbot_pushes: Option<Receiver<RegbotStatus>>,
+    ) -> Commands {
         Commands {
+            conn_events,
+            regbot_pushes,
             sets: ClusterSets::new(cluster_id),
             redis,
             config: Map::new(),
@@ -61,8 +70,23 @@ impl Commands {
         self.regbot = status;
     }
 
+    /// Applies every connection event and pushed regbot status sent so far.
+    pub(crate) fn take_updates(&mut self) {
+        while let Ok(event) = self.conn_events.try_recv() {
+            self.connection_event(event);
+        }
+        let pushed: Vec<RegbotStatus> = match &self.regbot_pushes {
+            Some(rx) => rx.try_iter().collect(),
+            None => Vec::new(),
+        };
+        if let Some(last) = pushed.into_iter().last() {
+            self.regbot_status(last);
+        }
+    }
+
     /// Handles one request line (already trimmed, not blank) and returns the reply.
     pub(crate) fn handle_line(&mut self, line: &str) -> Value {
+        self.take_updates();
         let Ok(Value::Object(cmd)) = serde_json::from_str::<Value>(line) else {
             return failure(error::INVALID_COMMAND);
         };

@@ -54,8 +54,6 @@ pub struct CtlServer {
     poll: Poll,
     listener: UnixListener,
     commands: Commands,
-    conn_events: Receiver<ConnectionEvent>,
-    regbot_status: Option<Receiver<RegbotStatus>>,
     /// Last field: dropped (and the socket file removed) after the listener is closed.
     socket: SocketFile,
 }
@@ -92,9 +90,8 @@ impl CtlServer {
         Ok(CtlServer {
             poll,
             listener,
-            commands: Commands::new(&settings.cluster_id, redis),
-            conn_events,
-            regbot_status,
+            commands: Commands::new(&settings.cluster_id, redis, conn_events, regbot_status),
+
             socket,
         })
     }
@@ -157,15 +154,10 @@ impl CtlServer {
         Ok(())
     }
 
+    /// Keeps the channels from piling up between requests; `Commands` also drains them right
+    /// before it answers a line, so a reply reflects every event sent before the request.
     fn take_channel_updates(&mut self) {
-        while let Ok(event) = self.conn_events.try_recv() {
-            self.commands.connection_event(event);
-        }
-        if let Some(rx) = &self.regbot_status {
-            while let Ok(status) = rx.try_recv() {
-                self.commands.regbot_status(status);
-            }
-        }
+        self.commands.take_updates();
     }
 
     /// Accepts every queued client. Returns true when accepting must be retried later.
