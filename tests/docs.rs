@@ -1,0 +1,69 @@
+//! The documentation an operator reads names every variable the daemon reads: README,
+//! sbc-sidecar(8) and the packaged /etc/default/sbc-sidecar. The list of variables is taken from
+//! the configuration code itself, so a new variable without documentation fails here.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use sbc_sidecar::config::NEW_VARIABLES;
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// Every `"NAME"` string literal in src/config.rs that looks like one of our variables.
+fn variables_read_by_config() -> BTreeSet<String> {
+    const PREFIXES: [&str; 15] = [
+        "JAMBONES_",
+        "SBC_",
+        "DRACHTIO_",
+        "STATS_",
+        "ENABLE_",
+        "OPTIONS_",
+        "REGISTER_",
+        "CHECK_",
+        "EXPIRES_",
+        "SEND_",
+        "DEAD_",
+        "LEGACY_",
+        "ENCRYPTION_",
+        "JWT_",
+        "NODE_",
+    ];
+    let source = read("src/config.rs");
+    let mut out = BTreeSet::new();
+    for piece in source.split('"').skip(1).step_by(2) {
+        let is_name =
+            !piece.is_empty() && piece.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+        if is_name && PREFIXES.iter().any(|p| piece.starts_with(p)) && !piece.contains("XXX") {
+            out.insert(piece.to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn every_variable_is_documented_in_readme_man_page_and_default_file() {
+    let vars = variables_read_by_config();
+    assert!(vars.len() > 60, "found the variables: {}", vars.len());
+    for (doc, text) in [
+        ("README.md", read("README.md")),
+        ("man/sbc-sidecar.8", read("man/sbc-sidecar.8")),
+        ("packaging/default/sbc-sidecar", read("packaging/default/sbc-sidecar")),
+    ] {
+        let missing: Vec<&String> = vars.iter().filter(|v| !text.contains(v.as_str())).collect();
+        assert!(missing.is_empty(), "{doc} does not mention {missing:?}");
+    }
+}
+
+#[test]
+fn readme_states_the_defaults_of_our_own_variables() {
+    let readme = read("README.md");
+    for (name, default, _) in NEW_VARIABLES {
+        let line = readme
+            .lines()
+            .find(|l| l.starts_with('|') && l.contains(&format!("`{name}`")))
+            .unwrap_or_else(|| panic!("README has no table row for {name}"));
+        assert!(line.contains(default), "README row of {name} does not state its default {default}: {line}");
+    }
+}
