@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::bindings;
-use crate::store::redis::{checkout, RedisPool};
+use crate::store::redis::{run, RedisPool};
 use crate::store::StoreError;
 
 struct Snapshot {
@@ -47,8 +47,7 @@ impl DeviceCounter {
         let mut guard = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
         let fresh = guard.as_ref().is_some_and(|s| s.taken.elapsed() < self.max_age);
         if !fresh {
-            let mut conn = checkout(redis)?;
-            let members = bindings::active_members(&mut conn, now_ms)?;
+            let members = run(redis, |conn| bindings::active_members(conn, now_ms))?;
             *guard = Some(Snapshot { taken: Instant::now(), users: users_by_realm(&members) });
         }
         let users = guard.as_ref().and_then(|s| s.users.get(&realm.to_ascii_lowercase()));

@@ -51,7 +51,7 @@ use hook_transport::UreqTransport;
 use nonce::NonceSigner;
 
 use crate::store::mysql::MysqlPool;
-use crate::store::redis::{checkout, RedisPool};
+use crate::store::redis::{run, RedisPool};
 use crate::store::StoreError;
 use crate::telemetry::{AlertSender, Metrics};
 
@@ -124,15 +124,13 @@ impl Registrar {
     /// `ZREMRANGEBYSCORE active-user 0 <now>`: the daemon calls this every 10 minutes, as the
     /// Node registrar did, so expired members do not accumulate. Returns how many went.
     pub fn prune_expired(&self) -> Result<u64, StoreError> {
-        let mut conn = checkout(&self.redis)?;
-        bindings::prune(&mut conn, unix_millis())
+        run(&self.redis, |conn| bindings::prune(conn, unix_millis()))
     }
 
     /// The `sbc.users.count` gauge as the Node registrar computed it: distinct user parts of
     /// the live members of `active-user` (the same user name in two realms counts once).
     pub fn registered_users(&self) -> Result<u64, StoreError> {
-        let mut conn = checkout(&self.redis)?;
-        let members = bindings::active_members(&mut conn, unix_millis())?;
+        let members = run(&self.redis, |conn| bindings::active_members(conn, unix_millis()))?;
         let users: std::collections::HashSet<&str> = members
             .iter()
             .filter_map(|m| m.strip_prefix("user:").and_then(|aor| aor.rsplit_once('@')).map(|(user, _)| user))

@@ -21,7 +21,7 @@ use super::{unix_millis, unix_secs, Registrar};
 use crate::drachtio::IncomingRequest;
 use crate::sip::digest::DigestCredentials;
 use crate::sip::{parse_authorization, replace_first_expires, www_authenticate};
-use crate::store::redis::{checkout, RedisConn};
+use crate::store::redis::{self as redis_store, RedisConn};
 use crate::store::StoreError;
 
 /// The cache window and the interval UDP clients are told (the Node `NAT_EXPIRES`).
@@ -370,8 +370,8 @@ impl Registrar {
     }
 
     /// Runs a Redis operation on a pooled connection.
-    fn redis<T>(&self, what: &str, op: impl FnOnce(&mut RedisConn) -> Result<T, StoreError>) -> Result<T, Reply> {
-        let result = checkout(&self.redis).and_then(|mut conn| op(&mut conn));
+    fn redis<T>(&self, what: &str, op: impl FnMut(&mut RedisConn) -> Result<T, StoreError>) -> Result<T, Reply> {
+        let result = redis_store::run(&self.redis, op);
         self.store_outcome(&self.redis_health, what, result)
     }
 

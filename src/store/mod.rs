@@ -14,6 +14,8 @@ use std::fmt;
 pub enum StoreError {
     /// No Redis connection could be had within the checkout timeout.
     RedisUnavailable(String),
+    /// A pooled Redis connection turned out to be dead (Redis restarted since it was made).
+    RedisConnectionLost(String),
     /// A Redis command failed.
     Redis(::redis::RedisError),
     /// No MySQL connection could be had within the checkout timeout.
@@ -28,6 +30,7 @@ impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreError::RedisUnavailable(e) => write!(f, "redis unavailable: {e}"),
+            StoreError::RedisConnectionLost(e) => write!(f, "redis connection lost: {e}"),
             StoreError::Redis(e) => write!(f, "redis command failed: {e}"),
             StoreError::MysqlUnavailable(e) => write!(f, "mysql unavailable: {e}"),
             StoreError::Mysql(e) => write!(f, "mysql statement failed: {e}"),
@@ -40,7 +43,9 @@ impl std::error::Error for StoreError {}
 
 impl From<::redis::RedisError> for StoreError {
     fn from(e: ::redis::RedisError) -> Self {
-        if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+        if e.is_connection_dropped() {
+            StoreError::RedisConnectionLost(e.to_string())
+        } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
             StoreError::RedisUnavailable(e.to_string())
         } else {
             StoreError::Redis(e)
@@ -61,6 +66,9 @@ impl StoreError {
     /// True when the server could not be reached (as opposed to a command that failed):
     /// callers answer SIP with 503 + Retry-After in that case.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::RedisUnavailable(_) | StoreError::MysqlUnavailable(_))
+        matches!(
+            self,
+            StoreError::RedisUnavailable(_) | StoreError::RedisConnectionLost(_) | StoreError::MysqlUnavailable(_)
+        )
     }
 }

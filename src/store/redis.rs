@@ -152,6 +152,9 @@ pub fn pool(settings: &RedisSettings) -> Result<RedisPool, StoreError> {
         .max_size(settings.max_connections.max(1))
         .min_idle(Some(0))
         .connection_timeout(settings.timeout)
+        // No PING on every checkout: it doubles the round trips of every command. A connection
+        // that died while pooled is detected by the command itself, and `run` retries it.
+        .test_on_check_out(false)
         // r2d2 logs every failed connect at error level; we report availability changes ourselves.
         .error_handler(Box::new(r2d2::NopErrorHandler))
         .build_unchecked(manager))
@@ -160,4 +163,69 @@ pub fn pool(settings: &RedisSettings) -> Result<RedisPool, StoreError> {
 /// Checks a connection out of the pool, mapping the failure to `StoreError::RedisUnavailable`.
 pub fn checkout(pool: &RedisPool) -> Result<RedisConn, StoreError> {
     pool.get().map_err(|e| StoreError::RedisUnavailable(e.to_string()))
+}
+
+/// Runs `op` on a pooled connection. When the connection turns out to have died while it sat
+/// in the pool (Redis restarted), the broken connection is dropped and `op` runs again on
+/// another one, a few times at most: a restart must not cost every pooled connection a
+/// failed request.
+pub fn run<T>(pool: &RedisPool, mut op: impl FnMut(&mut RedisConn) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    // Every pooled connection may be dead after a restart, plus one fresh one.
+    let attempts = (pool.max_size() + 1).clamp(2, 5);
+    let mut last = None;
+    for _ in 0..attempts {
+        let mut conn = checkout(pool)?;
+        match op(&mut conn) {
+            Err(StoreError::RedisConnectionLost(e)) => last = Some(e),
+            other => return other,
+        }
+    }
+    Err(StoreError::RedisConnectionLost(last.unwrap_or_default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local_pool() -> RedisPool {
+        pool(&RedisSettings {
+            target: RedisTarget::Direct { host: "127.0.0.1".into(), port: 6379 },
+            username: None,
+            password: None,
+            db: 0,
+            timeout: Duration::from_millis(500),
+            max_connections: 1,
+        })
+        .expect("pool")
+    }
+
+    #[test]
+    fn a_pooled_connection_killed_by_the_server_is_replaced_without_an_error() {
+        let pool = local_pool();
+        let id: i64 = run(&pool, |c| Ok(redis::cmd("CLIENT").arg("ID").query(&mut **c)?)).expect("Redis on 6379");
+        let mut admin = redis::Client::open("redis://127.0.0.1:6379/").unwrap().get_connection().unwrap();
+        let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).query(&mut admin).unwrap();
+        assert_eq!(killed, 1);
+        // The pool still holds the dead connection; `run` finds out and uses a new one.
+        let pong: String =
+            run(&pool, |c| Ok(redis::cmd("PING").query(&mut **c)?)).expect("retried on a new connection");
+        assert_eq!(pong, "PONG");
+        let new_id: i64 = run(&pool, |c| Ok(redis::cmd("CLIENT").arg("ID").query(&mut **c)?)).unwrap();
+        assert_ne!(new_id, id);
+    }
+
+    #[test]
+    fn an_unreachable_server_is_reported_as_unavailable() {
+        let pool = pool(&RedisSettings {
+            target: RedisTarget::Direct { host: "127.0.0.1".into(), port: 1 },
+            username: None,
+            password: None,
+            db: 0,
+            timeout: Duration::from_millis(200),
+            max_connections: 1,
+        })
+        .unwrap();
+        let err = run(&pool, |c| Ok(redis::cmd("PING").query::<String>(&mut **c)?)).unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
+    }
 }
