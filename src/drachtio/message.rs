@@ -268,9 +268,11 @@ pub fn sip_request(msg_id: &str, proxy: Option<&str>, sip: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A fresh message id (lower-case UUID v4, as drachtio-srf uses).
+/// A fresh message id (lower-case UUID v4, as drachtio-srf uses). The random bytes come from
+/// the thread-local generator rather than the OS: one `getrandom` syscall per frame adds up,
+/// and message ids only need to be unique, not secret.
 pub fn new_message_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    uuid::Builder::from_random_bytes(rand::random()).into_uuid().to_string()
 }
 
 #[cfg(test)]
@@ -303,6 +305,16 @@ mod tests {
         assert_eq!(d.local_address.as_deref(), Some("127.0.0.1"));
         assert_eq!(d.local_port, Some(5060));
         assert!(d.sip.starts_with(b"REGISTER"));
+    }
+
+    #[test]
+    fn message_ids_are_distinct_v4_uuids() {
+        let a = new_message_id();
+        let b = new_message_id();
+        assert_ne!(a, b);
+        let u = uuid::Uuid::parse_str(&a).unwrap();
+        assert_eq!(u.get_version_num(), 4);
+        assert_eq!(a, a.to_ascii_lowercase());
     }
 
     #[test]
