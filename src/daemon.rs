@@ -85,6 +85,16 @@ pub fn mysql_settings(m: &MysqlConfig) -> MysqlSettings {
 }
 
 fn build_pools(config: &Config) -> Result<Pools, String> {
+    // Refusing is safer than quietly connecting in clear text to a server the operator wanted
+    // reached over TLS.
+    if config.redis.tls.is_some() {
+        return Err("ENABLE_JAMBONES_REDIS_TLS is set, but this version cannot connect to Redis over TLS".into());
+    }
+    if config.mysql.tls.is_some() || config.mysql_write.as_ref().is_some_and(|w| w.tls.is_some()) {
+        return Err("MySQL TLS is configured (JAMBONES_MYSQL_REJECT_UNAUTHORIZED / JAMBONES_MYSQL_SSL_*), \
+                    but this version cannot connect to MySQL over TLS"
+            .into());
+    }
     let redis = redis_store::pool(&redis_settings(config)).map_err(|e| format!("redis pool: {e}"))?;
     let mysql = MysqlPool::new(&mysql_settings(&config.mysql)).map_err(|e| format!("mysql pool: {e}"))?;
     let mysql_write = match &config.mysql_write {

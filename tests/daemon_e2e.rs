@@ -109,3 +109,15 @@ fn sigint_stops_the_daemon_cleanly_even_without_drachtio() {
     assert_eq!(status.code(), Some(0));
     assert!(daemon.log().contains("SIGINT received"));
 }
+
+#[test]
+fn tls_to_redis_or_mysql_is_refused_rather_than_silently_skipped() {
+    for (var, value) in [("ENABLE_JAMBONES_REDIS_TLS", "1"), ("JAMBONES_MYSQL_REJECT_UNAUTHORIZED", "1")] {
+        let mut env = base_env(9, "sbc_nowhere");
+        env.insert(var.into(), value.into());
+        let mut daemon = Daemon::start(env, &[]);
+        let status = daemon.wait_exit(WAIT).expect("exits by itself");
+        assert_eq!(status.code(), Some(70), "{var}: {}", daemon.log());
+        assert!(daemon.log().contains("over TLS"), "{var}: {}", daemon.log());
+    }
+}
