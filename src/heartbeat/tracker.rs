@@ -10,7 +10,7 @@ use super::drain::{fs_member_key, DrainedServers};
 use super::keys::ClusterSets;
 use crate::drachtio::IncomingRequest;
 use crate::sip::{ResponseBuilder, SipMessage};
-use crate::store::redis::{checkout, RedisPool};
+use crate::store::redis::{checkout, retry_on_lost_connection, RedisPool};
 use crate::store::StoreError;
 use crate::telemetry::Metrics;
 
@@ -139,7 +139,8 @@ impl Tracker {
     /// `now`, so members left behind by dead servers expire unless they check in. Members this
     /// process already tracks keep their own time.
     pub fn load(&mut self, now: Instant) -> Result<(), StoreError> {
-        let result = self.load_sets(now);
+        let pool = self.redis.clone();
+        let result = retry_on_lost_connection(&pool, || self.load_sets(now));
         self.note_redis(&result, "loading the feature/RTP server sets");
         result
     }
@@ -193,7 +194,9 @@ impl Tracker {
         service_url: Option<&str>,
         now: Instant,
     ) -> Result<i64, StoreError> {
-        let result = self.record(kind, (address, port), status, service_url, now);
+        // Local state only changes after Redis confirmed, so a repeated attempt is harmless.
+        let pool = self.redis.clone();
+        let result = retry_on_lost_connection(&pool, || self.record(kind, (address, port), status, service_url, now));
         self.note_redis(&result, "recording a heartbeat");
         result
     }
@@ -267,7 +270,8 @@ impl Tracker {
     /// (spec 5.4), in one pipeline. A member is forgotten locally only once Redis confirmed
     /// the `SREM`, so an outage delays expiry instead of losing it. Returns how many expired.
     pub fn sweep(&mut self, now: Instant) -> Result<usize, StoreError> {
-        let result = self.expire(now);
+        let pool = self.redis.clone();
+        let result = retry_on_lost_connection(&pool, || self.expire(now));
         self.note_redis(&result, "expiring feature/RTP servers");
         result
     }

@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use log::{debug, warn};
 
 use super::dns::{DnsError, Resolver, SrvAnswer};
-use crate::store::redis::{checkout, RedisPool};
+use crate::store::redis::{run, RedisPool};
 use crate::store::StoreError;
 
 /// Lifetime of an `eph-gw-ip:*` hash after its last write.
@@ -143,8 +143,7 @@ impl EphemeralGateways {
             pipe.cmd("HSET").arg(&key).arg(voip_carrier_sid).arg(until).ignore();
             pipe.cmd("EXPIRE").arg(&key).arg(EPH_KEY_TTL_SECS).ignore();
         }
-        let mut conn = checkout(&self.redis)?;
-        pipe.query::<()>(&mut *conn)?;
+        run(&self.redis, |conn| Ok(pipe.query::<()>(&mut **conn)?))?;
         debug!("ephemeral gateways carrier={voip_carrier_sid} ips={ips:?} until={until}");
         Ok(ips)
     }
@@ -163,8 +162,7 @@ impl EphemeralGateways {
             for ip in &ips {
                 pipe.cmd("HDEL").arg(eph_key(ip)).arg(voip_carrier_sid).ignore();
             }
-            let mut conn = checkout(&self.redis)?;
-            pipe.query::<()>(&mut *conn)?;
+            run(&self.redis, |conn| Ok(pipe.query::<()>(&mut **conn)?))?;
         }
         // Forgotten only once deleted: a failed delete is retried with the next one.
         self.written.remove(voip_carrier_sid);

@@ -19,7 +19,7 @@ use super::scheduler::SchedulerCmd;
 use super::RegbotSettings;
 use crate::drachtio::ConnectionEvent;
 use crate::store::mysql::MysqlPool;
-use crate::store::redis::{checkout, RedisPool};
+use crate::store::redis::{run, RedisPool};
 use crate::store::StoreError;
 
 /// 1 = extended, 0 = someone else holds it, -1 = nobody holds it.
@@ -63,27 +63,29 @@ impl LeaderElection {
 
     /// `SET <key> <token> NX EX <ttl>`: true when the role is now ours.
     pub fn claim(&self) -> Result<bool, StoreError> {
-        let mut conn = checkout(&self.redis)?;
-        let reply: Option<String> = redis::cmd("SET")
-            .arg(&self.key)
-            .arg(&self.token)
-            .arg("NX")
-            .arg("EX")
-            .arg(self.ttl_secs)
-            .query(&mut *conn)?;
+        let reply: Option<String> = run(&self.redis, |conn| {
+            Ok(redis::cmd("SET")
+                .arg(&self.key)
+                .arg(&self.token)
+                .arg("NX")
+                .arg("EX")
+                .arg(self.ttl_secs)
+                .query(&mut **conn)?)
+        })?;
         Ok(reply.is_some())
     }
 
     /// Extends the TTL only while the key still holds our token, in one step.
     pub fn extend(&self) -> Result<Extension, StoreError> {
-        let mut conn = checkout(&self.redis)?;
-        let r: i64 = redis::cmd("EVAL")
-            .arg(EXTEND)
-            .arg(1)
-            .arg(&self.key)
-            .arg(&self.token)
-            .arg(self.ttl_secs)
-            .query(&mut *conn)?;
+        let r: i64 = run(&self.redis, |conn| {
+            Ok(redis::cmd("EVAL")
+                .arg(EXTEND)
+                .arg(1)
+                .arg(&self.key)
+                .arg(&self.token)
+                .arg(self.ttl_secs)
+                .query(&mut **conn)?)
+        })?;
         Ok(match r {
             1 => Extension::Extended,
             0 => Extension::TakenByOther,
@@ -93,8 +95,9 @@ impl LeaderElection {
 
     /// Deletes the key if it still holds our token; true when it did.
     pub fn release(&self) -> Result<bool, StoreError> {
-        let mut conn = checkout(&self.redis)?;
-        let r: i64 = redis::cmd("EVAL").arg(RELEASE).arg(1).arg(&self.key).arg(&self.token).query(&mut *conn)?;
+        let r: i64 = run(&self.redis, |conn| {
+            Ok(redis::cmd("EVAL").arg(RELEASE).arg(1).arg(&self.key).arg(&self.token).query(&mut **conn)?)
+        })?;
         Ok(r == 1)
     }
 }

@@ -19,7 +19,7 @@ use super::{RegbotPools, RegbotSettings};
 use crate::drachtio::{ConnectionEvent, DrachtioHandle, UacError, UacEvent};
 use crate::sip::RequestBuilder;
 use crate::store::mysql::MysqlPool;
-use crate::store::redis::{checkout, RedisPool};
+use crate::store::redis::{run, RedisPool};
 use crate::store::StoreError;
 
 pub fn blacklist_key(sip_gateway_sid: &str) -> String {
@@ -213,8 +213,8 @@ impl GatewayPinger {
     }
 
     fn clear_blacklist(&self, gw: &GatewayRow) -> Result<(), StoreError> {
-        let mut conn = checkout(&self.redis)?;
-        let removed: i64 = redis::cmd("DEL").arg(blacklist_key(&gw.sip_gateway_sid)).query(&mut *conn)?;
+        let key = blacklist_key(&gw.sip_gateway_sid);
+        let removed: i64 = run(&self.redis, |conn| Ok(redis::cmd("DEL").arg(&key).query(&mut **conn)?))?;
         if removed > 0 {
             info!("gateway {} answers OPTIONS again; removed from the blacklist", gw.ipv4);
         }
@@ -223,16 +223,11 @@ impl GatewayPinger {
 
     fn failed(&self, gw: &GatewayRow, what: &str, status: Option<u16>) -> Result<(), StoreError> {
         // SET NX EX: blacklisted with its TTL only when not already (EXISTS + SETEX in Node).
-        let mut conn = checkout(&self.redis)?;
         let ttl = self.settings.options_ping_ttl.as_secs().max(1);
-        let set: Option<String> = redis::cmd("SET")
-            .arg(blacklist_key(&gw.sip_gateway_sid))
-            .arg(1)
-            .arg("EX")
-            .arg(ttl)
-            .arg("NX")
-            .query(&mut *conn)?;
-        drop(conn);
+        let key = blacklist_key(&gw.sip_gateway_sid);
+        let set: Option<String> = run(&self.redis, |conn| {
+            Ok(redis::cmd("SET").arg(&key).arg(1).arg("EX").arg(ttl).arg("NX").query(&mut **conn)?)
+        })?;
         let protocol = gw.protocol.as_deref().unwrap_or("udp");
         if set.is_some() {
             self.alerts.raise(&Alert {

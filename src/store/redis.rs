@@ -166,16 +166,28 @@ pub fn checkout(pool: &RedisPool) -> Result<RedisConn, StoreError> {
 }
 
 /// Runs `op` on a pooled connection. When the connection turns out to have died while it sat
-/// in the pool (Redis restarted), the broken connection is dropped and `op` runs again on
-/// another one, a few times at most: a restart must not cost every pooled connection a
-/// failed request.
+/// in the pool (Redis restarted, or Sentinel moved the master), the broken connection is
+/// dropped and `op` runs again on another one, a few times at most: a restart must not cost
+/// every pooled connection a failed request.
 pub fn run<T>(pool: &RedisPool, mut op: impl FnMut(&mut RedisConn) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    retry_on_lost_connection(pool, || {
+        let mut conn = checkout(pool)?;
+        op(&mut conn)
+    })
+}
+
+/// Calls `attempt` (which checks out its own connection) again while it fails with
+/// [`StoreError::RedisConnectionLost`]. For callers whose work spans several commands on one
+/// connection; every attempt must be safe to repeat.
+pub fn retry_on_lost_connection<T>(
+    pool: &RedisPool,
+    mut attempt: impl FnMut() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
     // Every pooled connection may be dead after a restart, plus one fresh one.
     let attempts = (pool.max_size() + 1).clamp(2, 5);
     let mut last = None;
     for _ in 0..attempts {
-        let mut conn = checkout(pool)?;
-        match op(&mut conn) {
+        match attempt() {
             Err(StoreError::RedisConnectionLost(e)) => last = Some(e),
             other => return other,
         }
