@@ -1,9 +1,7 @@
 //! The Redis pool: r2d2 over the `redis` crate, plain or through Sentinel.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
-use redis::sentinel::Sentinel;
 use redis::{ConnectionAddr, ConnectionInfo, ConnectionLike, IntoConnectionInfo, RedisConnectionInfo};
 
 use super::StoreError;
@@ -80,21 +78,59 @@ impl std::fmt::Debug for RedisManager {
 
 enum Source {
     Direct(ConnectionInfo),
-    Sentinel { sentinel: Mutex<Sentinel>, master_name: String },
+    /// The sentinels to ask, in order, for the address of `master_name`.
+    Sentinel {
+        sentinels: Vec<ConnectionInfo>,
+        master_name: String,
+    },
 }
 
 impl RedisManager {
-    fn client(&self) -> Result<redis::Client, redis::RedisError> {
-        match &self.source {
-            Source::Direct(info) => redis::Client::open(info.clone().set_redis_settings(self.node_info.clone())),
-            Source::Sentinel { sentinel, master_name } => {
-                let node = redis::sentinel::SentinelNodeConnectionInfo::default()
-                    .set_redis_connection_info(self.node_info.clone());
-                // The mutex only serialises pool connects; a poisoned one still holds a usable client.
-                let mut guard = sentinel.lock().unwrap_or_else(|p| p.into_inner());
-                guard.master_for(master_name, Some(&node))
+    /// A connection with our timeouts on both directions.
+    fn open(&self, info: ConnectionInfo) -> Result<redis::Connection, redis::RedisError> {
+        let conn = redis::Client::open(info)?.get_connection_with_timeout(self.timeout)?;
+        conn.set_read_timeout(Some(self.timeout))?;
+        conn.set_write_timeout(Some(self.timeout))?;
+        Ok(conn)
+    }
+
+    /// Asks the sentinels in turn for the current master and connects to it, checking that it
+    /// really is the master (right after a failover a sentinel may still name the old one).
+    ///
+    /// Done here rather than with the redis crate's `Sentinel`, whose sync calls have no
+    /// timeouts: one sentinel that accepts connections and never answers would block every
+    /// pool connect for good.
+    fn connect_through_sentinels(
+        &self,
+        sentinels: &[ConnectionInfo],
+        master_name: &str,
+    ) -> Result<redis::Connection, redis::RedisError> {
+        let mut last_error = None;
+        for sentinel in sentinels {
+            let attempt = self.open(sentinel.clone()).and_then(|mut s| {
+                let addr: Option<(String, u16)> =
+                    redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(master_name).query(&mut s)?;
+                let (host, port) = addr.ok_or_else(|| {
+                    redis::RedisError::from((redis::ErrorKind::Io, "sentinel does not know the master"))
+                })?;
+                let info =
+                    ConnectionAddr::Tcp(host, port).into_connection_info()?.set_redis_settings(self.node_info.clone());
+                let mut master = self.open(info)?;
+                let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut master)?;
+                match role.first() {
+                    Some(redis::Value::BulkString(r)) if r.as_slice() == b"master" => Ok(master),
+                    _ => Err(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "the address sentinel gave is not a master",
+                    ))),
+                }
+            });
+            match attempt {
+                Ok(conn) => return Ok(conn),
+                Err(e) => last_error = Some(e),
             }
         }
+        Err(last_error.unwrap_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "no sentinel configured"))))
     }
 }
 
@@ -103,10 +139,10 @@ impl r2d2::ManageConnection for RedisManager {
     type Error = redis::RedisError;
 
     fn connect(&self) -> Result<redis::Connection, redis::RedisError> {
-        let conn = self.client()?.get_connection_with_timeout(self.timeout)?;
-        conn.set_read_timeout(Some(self.timeout))?;
-        conn.set_write_timeout(Some(self.timeout))?;
-        Ok(conn)
+        match &self.source {
+            Source::Direct(info) => self.open(info.clone().set_redis_settings(self.node_info.clone())),
+            Source::Sentinel { sentinels, master_name } => self.connect_through_sentinels(sentinels, master_name),
+        }
     }
 
     fn is_valid(&self, conn: &mut redis::Connection) -> Result<(), redis::RedisError> {
@@ -137,7 +173,7 @@ pub fn pool(settings: &RedisSettings) -> Result<RedisPool, StoreError> {
                 let info = ConnectionAddr::Tcp(host.clone(), *port).into_connection_info()?;
                 infos.push(info.set_redis_settings(sentinel_auth.clone()));
             }
-            Source::Sentinel { sentinel: Mutex::new(Sentinel::build(infos)?), master_name: master_name.clone() }
+            Source::Sentinel { sentinels: infos, master_name: master_name.clone() }
         }
     };
     let mut node_info = RedisConnectionInfo::default().set_db(settings.db);
