@@ -7,6 +7,8 @@
 //! Knobs (environment): `SBC_BENCH_USERS` (default 20000), `SBC_BENCH_WINDOW` (transactions in
 //! flight, default 200), `SBC_BENCH_SECONDS` (upper bound per phase, default 120).
 
+#[path = "bench_regbot.rs"]
+mod bench_regbot;
 #[path = "db.rs"]
 mod db;
 #[path = "double/mod.rs"]
@@ -120,6 +122,11 @@ fn run_phase(name: &'static str, gen: &LoadGen, users: &[User], pid: u32, window
 }
 
 fn main() {
+    // The regbot phase alone (it starts its own daemon, database and drachtio double).
+    if std::env::var("SBC_BENCH_SKIP_REGISTRAR").is_ok_and(|v| v == "1") {
+        bench_regbot::main_phase();
+        return;
+    }
     let total_users = env_num("SBC_BENCH_USERS", 20_000) as usize;
     let window = env_num("SBC_BENCH_WINDOW", 200) as usize;
     let limit = Duration::from_secs(env_num("SBC_BENCH_SECONDS", 120));
@@ -217,4 +224,5 @@ fn main() {
             let _: Result<(), _> = r.zrem("active-user", &key);
         }
     }
+    bench_regbot::main_phase();
 }
