@@ -129,10 +129,14 @@ fn gateway_row(mut r: Row) -> Result<GatewayRow, StoreError> {
     })
 }
 
-/// `SELECT … FROM sip_gateways WHERE voip_carrier_sid = ?`, unfiltered.
-pub fn gateways_of(conn: &mut PooledConn, voip_carrier_sid: &str) -> Result<Vec<GatewayRow>, StoreError> {
-    let rows: Vec<Row> = conn
-        .exec(format!("SELECT {GATEWAY_COLUMNS} FROM sip_gateways WHERE voip_carrier_sid = ?"), (voip_carrier_sid,))?;
+/// Every `outbound` and `is_active` gateway, in one query: the reconcile groups them by
+/// carrier. (The Node program asked once per carrier, which is 10,000 round trips for 10,000
+/// carriers.)
+pub fn registering_gateways(conn: &mut PooledConn) -> Result<Vec<GatewayRow>, StoreError> {
+    let rows: Vec<Row> = conn.exec(
+        format!("SELECT {GATEWAY_COLUMNS} FROM sip_gateways WHERE outbound = ? AND is_active = ?"),
+        (true, true),
+    )?;
     rows.into_iter().map(gateway_row).collect()
 }
 

@@ -32,14 +32,15 @@ impl Inventory {
     pub fn load(conn: &mut PooledConn) -> Result<Inventory, StoreError> {
         let carriers: Vec<CarrierRow> =
             queries::carriers(conn)?.into_iter().filter(|c| c.requires_register && c.is_active).collect();
+        let mut by_carrier: HashMap<String, Vec<GatewayRow>> = HashMap::new();
+        for g in queries::registering_gateways(conn)?.into_iter().filter(|g| g.outbound && g.is_active) {
+            by_carrier.entry(g.voip_carrier_sid.clone()).or_default().push(g);
+        }
         let mut gateways = Vec::new();
         let mut account_realms = BTreeMap::new();
         for carrier in &carriers {
-            gateways.extend(
-                queries::gateways_of(conn, &carrier.voip_carrier_sid)?
-                    .into_iter()
-                    .filter(|g| g.outbound && g.is_active),
-            );
+            // Carrier order first, then the query's order within a carrier, as before.
+            gateways.extend(by_carrier.remove(&carrier.voip_carrier_sid).unwrap_or_default());
             if let Some(account) = carrier.account_sid.as_deref().filter(|_| !carrier.register_public_ip_in_contact) {
                 if !account_realms.contains_key(account) {
                     account_realms.insert(account.to_string(), queries::account_sip_realm(conn, account)?);

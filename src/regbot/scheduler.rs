@@ -59,6 +59,9 @@ pub struct Scheduler {
     sip_domain: Option<String>,
     /// By gateway sid (which is also the Call-ID).
     regbots: HashMap<String, Regbot>,
+    /// Gateway sids of the regbots with a REGISTER in flight: `wait` selects on their
+    /// receivers without walking every regbot (10,000 of them on a large SBC) at each wake-up.
+    in_flight: HashSet<String>,
     /// (deadline, timer generation, gateway sid); stale generations are skipped.
     timers: BinaryHeap<Reverse<(Instant, u64, String)>>,
 }
@@ -85,6 +88,7 @@ impl Scheduler {
             public: None,
             sip_domain: None,
             regbots: HashMap::new(),
+            in_flight: HashSet::new(),
             timers: BinaryHeap::new(),
         }
     }
@@ -114,8 +118,11 @@ impl Scheduler {
     fn wait(&self) -> Wake {
         let now = Instant::now();
         let timeout = self.timers.peek().map_or(IDLE_WAIT, |Reverse((at, _, _))| at.saturating_duration_since(now));
-        let in_flight: Vec<(&String, &Receiver<UacEvent>)> =
-            self.regbots.iter().filter_map(|(sid, rb)| rb.receiver().map(|rx| (sid, rx))).collect();
+        let in_flight: Vec<(&String, &Receiver<UacEvent>)> = self
+            .in_flight
+            .iter()
+            .filter_map(|sid| self.regbots.get(sid).and_then(Regbot::receiver).map(|rx| (sid, rx)))
+            .collect();
         let mut sel = Select::new();
         let i_shutdown = sel.recv(&self.shutdown);
         let i_commands = sel.recv(&self.commands);
@@ -181,6 +188,7 @@ impl Scheduler {
         let carriers: HashSet<String> = self.regbots.values().map(|rb| rb.spec().voip_carrier_sid.clone()).collect();
         info!("regbot role lost: stopping {} regbots", self.regbots.len());
         self.regbots.clear();
+        self.in_flight.clear();
         self.timers.clear();
         for voip_carrier_sid in carriers {
             self.store_job(StoreJob::EphDelete { voip_carrier_sid });
@@ -252,7 +260,7 @@ impl Scheduler {
             let mut rb = Regbot::new(spec, failures);
             let wake = rb.wake_at(at);
             if !self.run_actions(&mut rb, vec![wake]) {
-                self.regbots.insert(sid, rb);
+                self.keep(sid, rb);
             }
         }
     }
@@ -321,9 +329,21 @@ impl Scheduler {
             };
             f(&mut rb, &ctx)
         };
-        if !self.run_actions(&mut rb, actions) {
-            self.regbots.insert(sid.to_string(), rb);
+        if self.run_actions(&mut rb, actions) {
+            self.in_flight.remove(sid);
+        } else {
+            self.keep(sid.to_string(), rb);
         }
+    }
+
+    /// Puts a regbot (back) into the map, noting whether it now waits for a response.
+    fn keep(&mut self, sid: String, rb: Regbot) {
+        if rb.receiver().is_some() {
+            self.in_flight.insert(sid.clone());
+        } else {
+            self.in_flight.remove(&sid);
+        }
+        self.regbots.insert(sid, rb);
     }
 
     /// Returns true when the regbot finished and must be dropped.

@@ -99,7 +99,8 @@ CREATE TABLE IF NOT EXISTS sip_gateways (
   protocol ENUM('udp','tcp','tls','tls/srtp') DEFAULT 'udp',
   send_options_ping BOOLEAN NOT NULL DEFAULT 0,
   use_sips_scheme BOOLEAN NOT NULL DEFAULT 0,
-  PRIMARY KEY (sip_gateway_sid)
+  PRIMARY KEY (sip_gateway_sid),
+  INDEX voip_carrier_sid_idx (voip_carrier_sid)
 );
 
 CREATE TABLE IF NOT EXISTS sbc_addresses (
