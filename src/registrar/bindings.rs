@@ -81,15 +81,28 @@ pub struct StoredBinding {
 pub fn query(conn: &mut RedisConn, aor: &str) -> Result<Option<StoredBinding>, StoreError> {
     let key = user_key(aor);
     let text: Option<String> = redis::cmd("GET").arg(&key).query(&mut **conn)?;
-    let Some(text) = text else { return Ok(None) };
-    match serde_json::from_str::<Value>(&text) {
-        Ok(Value::Object(m)) => Ok(Some(StoredBinding {
+    Ok(text.and_then(|t| parse_stored(&key, &t)))
+}
+
+/// `MGET` of several AORs' bindings in one round trip, in the order given.
+pub fn query_many(conn: &mut RedisConn, aors: &[&str]) -> Result<Vec<Option<StoredBinding>>, StoreError> {
+    if aors.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<String> = aors.iter().map(|a| user_key(a)).collect();
+    let texts: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query(&mut **conn)?;
+    Ok(keys.iter().zip(texts).map(|(k, t)| t.and_then(|t| parse_stored(k, &t))).collect())
+}
+
+fn parse_stored(key: &str, text: &str) -> Option<StoredBinding> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => Some(StoredBinding {
             proxy: m.get("proxy").and_then(Value::as_str).map(str::to_string),
             expiry_time_ms: m.get("expiryTime").and_then(Value::as_f64),
-        })),
+        }),
         _ => {
             warn!("registrar: ignoring unreadable registration key={key}");
-            Ok(None)
+            None
         }
     }
 }

@@ -47,8 +47,14 @@ impl Registrar {
     /// Runs the pipeline and sends the one final response. A panic in the pipeline (a bug)
     /// still answers `500`, so the device is not left retransmitting into the void.
     pub fn handle(&self, req: IncomingRequest) {
+        self.handle_prefetched(req, None);
+    }
+
+    /// [`Registrar::handle`] with the stored binding already read (by [`Registrar::prefetch`])
+    /// when `prefetched` is `Some`.
+    pub fn handle_prefetched(&self, req: IncomingRequest, prefetched: Option<Option<StoredBinding>>) {
         let started = Instant::now();
-        let reply = match panic::catch_unwind(AssertUnwindSafe(|| self.decide(&req))) {
+        let reply = match panic::catch_unwind(AssertUnwindSafe(|| self.decide(&req, prefetched))) {
             Ok(reply) => reply,
             Err(_) => {
                 error!(
@@ -78,13 +84,35 @@ impl Registrar {
         req.respond(response);
     }
 
-    fn decide(&self, req: &IncomingRequest) -> Reply {
-        match self.pipeline(req) {
+    /// The Redis keys of a batch of queued requests, read with one `MGET`: `Some(binding)`
+    /// for each request that will consult the cache window, `None` for the others (not a
+    /// valid REGISTER, an unregister) and for all of them when Redis did not answer (each then
+    /// reads on its own and gets its own 503).
+    pub fn prefetch(&self, reqs: &[IncomingRequest]) -> Vec<Option<Option<StoredBinding>>> {
+        let aors: Vec<Option<String>> = reqs
+            .iter()
+            .map(|req| {
+                request::check_request_uri(&req.message).ok()?;
+                let reg = request::parse_registration(&req.message).ok()?;
+                (reg.kind == Kind::Register).then_some(())?;
+                Some(request::parse_aor(&req.message).ok()?.key())
+            })
+            .collect();
+        let keys: Vec<&str> = aors.iter().flatten().map(String::as_str).collect();
+        let Ok(found) = redis_store::run(&self.redis, |conn| bindings::query_many(conn, &keys)) else {
+            return vec![None; reqs.len()];
+        };
+        let mut found = found.into_iter();
+        aors.iter().map(|a| a.as_ref().map(|_| found.next().flatten())).collect()
+    }
+
+    fn decide(&self, req: &IncomingRequest, prefetched: Option<Option<StoredBinding>>) -> Reply {
+        match self.pipeline(req, prefetched) {
             Ok(reply) | Err(reply) => reply,
         }
     }
 
-    fn pipeline(&self, req: &IncomingRequest) -> Result<Reply, Reply> {
+    fn pipeline(&self, req: &IncomingRequest, prefetched: Option<Option<StoredBinding>>) -> Result<Reply, Reply> {
         // rejectIpv4, regParser, then the AOR half of checkCache.
         request::check_request_uri(&req.message)?;
         let reg = request::parse_registration(&req.message)?;
@@ -93,7 +121,7 @@ impl Registrar {
             Ctx { aor_key: aor.key(), proxy: bindings::proxy_uri(&req.meta.address, req.meta.port), req, reg, aor };
 
         let existing = match ctx.reg.kind {
-            Kind::Register => self.check_cache(&ctx)?,
+            Kind::Register => self.check_cache(&ctx, prefetched)?,
             Kind::Unregister => None,
         };
 
@@ -110,8 +138,15 @@ impl Registrar {
     /// checkCache: a device re-registering from the same ip:port while its binding has more
     /// than 30 s left is answered at once (`Expires: 30`), without webhook or Redis write.
     /// Returns the stored binding otherwise (the device-limit check uses it).
-    fn check_cache(&self, ctx: &Ctx<'_>) -> Result<Option<StoredBinding>, Reply> {
-        let stored = self.redis("reading the registration", |conn| bindings::query(conn, &ctx.aor_key))?;
+    fn check_cache(
+        &self,
+        ctx: &Ctx<'_>,
+        prefetched: Option<Option<StoredBinding>>,
+    ) -> Result<Option<StoredBinding>, Reply> {
+        let stored = match prefetched {
+            Some(stored) => stored,
+            None => self.redis("reading the registration", |conn| bindings::query(conn, &ctx.aor_key))?,
+        };
         if let Some(b) = &stored {
             let window_end = (unix_millis() + NAT_EXPIRES_MS) as f64;
             if b.proxy.as_deref() == Some(ctx.proxy.as_str()) && b.expiry_time_ms.is_some_and(|t| window_end < t) {
