@@ -1179,3 +1179,65 @@ fn auth_pool_answers_every_request_once_and_stops_on_shutdown() {
     }
     assert!(late_rx.try_recv().is_err());
 }
+
+#[test]
+fn a_worker_takes_queued_registers_as_a_batch_and_answers_each_once() {
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    let cached: Vec<String> = (0..5).map(|i| format!("batch-cached-{i}")).collect();
+    let fresh: Vec<String> = (0..5).map(|i| format!("batch-fresh-{i}")).collect();
+    let authed: Vec<String> = (0..5).map(|i| format!("batch-auth-{i}")).collect();
+    for u in cached.iter().chain(&fresh).chain(&authed) {
+        fx.hook.set_password(u, PASSWORD);
+    }
+    // Registered beforehand: their refreshes from the same source are cache hits.
+    for u in &cached {
+        assert_eq!(fx.register_with_password(&fx.reg(u), PASSWORD).status, 200);
+    }
+    let registrar = Arc::new(Registrar::new(
+        base_settings(),
+        MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
+        redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+    ));
+    // Challenged beforehand (by the pool's registrar: nonces are signed per instance here):
+    // their authorized REGISTERs need the webhook.
+    let nonces: Vec<String> = authed.iter().map(|u| nonce_of(&fx.send_to(&registrar, &fx.reg(u)))).collect();
+
+    // Everything is queued before the single worker starts, so it takes one batch.
+    let (queue_tx, queue_rx) = bounded::<IncomingRequest>(64);
+    let mut expected = Vec::new();
+    for u in &cached {
+        let (req, rx) = incoming(&fx.reg(u));
+        queue_tx.send(req).unwrap();
+        expected.push((rx, 200, Some("30"), u.clone()));
+    }
+    for (u, nonce) in authed.iter().zip(&nonces) {
+        fx.aors.lock().unwrap().push(fx.aor(u));
+        let (req, rx) = incoming(&fx.reg(u).authorized(PASSWORD, nonce));
+        queue_tx.send(req).unwrap();
+        expected.push((rx, 200, Some("30"), u.clone()));
+    }
+    for u in &fresh {
+        let (req, rx) = incoming(&fx.reg(u));
+        queue_tx.send(req).unwrap();
+        expected.push((rx, 401, None, u.clone()));
+    }
+    let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
+    let hook_calls_before = fx.hook.request_count();
+    let pool = AuthPool::start(1, registrar, queue_rx, shutdown_rx).unwrap();
+    for (rx, status, expires, user) in &expected {
+        let r = response_from(rx);
+        assert_eq!(r.status, *status, "{user}: {}", r.raw);
+        if let Some(e) = expires {
+            assert_eq!(r.header("Expires"), Some(*e), "{user}");
+        }
+        assert!(rx.try_recv().is_err(), "{user} got a second response");
+    }
+    for u in &authed {
+        assert!(fx.binding(u).is_some(), "{u} stored");
+    }
+    // only the authorized REGISTERs reached the webhook; the refreshes were cache hits
+    assert_eq!(fx.hook.request_count() - hook_calls_before, authed.len());
+    drop(shutdown_tx);
+    pool.join();
+}
