@@ -407,53 +407,53 @@ fn drain_by_ip_and_by_ip_port_is_reflected_in_fs_list_and_fs_available() {
     assert_eq!(c.ask(r#"{"action":"fs-list"}"#), r#"{"success":true,"servers":[],"drained":[]}"#);
     assert_eq!(c.ask(r#"{"action":"fs-available"}"#), r#"{"success":true,"available":[]}"#);
 
-    for m in ["10.0.0.5:5070", "10.0.0.6:5070", "10.0.0.7:5080", "10.0.0.7:5090", "[fd00::8]:5070"] {
+    for m in ["127.0.10.5:5070", "127.0.10.6:5070", "127.0.10.7:5080", "127.0.10.7:5090", "[fd00::8]:5070"] {
         server.redis_cmd(&["SADD", &server.sets.active_fs, m]);
     }
     assert_eq!(
-        c.ask(r#"{"action":"fs-drain","server":"10.0.0.5"}"#),
-        r#"{"success":true,"action":"drain","server":"10.0.0.5","drained":["10.0.0.5"]}"#
+        c.ask(r#"{"action":"fs-drain","server":"127.0.10.5"}"#),
+        r#"{"success":true,"action":"drain","server":"127.0.10.5","drained":["127.0.10.5"]}"#
     );
     assert_eq!(
-        c.ask(r#"{"action":"fs-drain","server":"10.0.0.7:5080"}"#),
-        r#"{"success":true,"action":"drain","server":"10.0.0.7:5080","drained":["10.0.0.5","10.0.0.7:5080"]}"#
+        c.ask(r#"{"action":"fs-drain","server":"127.0.10.7:5080"}"#),
+        r#"{"success":true,"action":"drain","server":"127.0.10.7:5080","drained":["127.0.10.5","127.0.10.7:5080"]}"#
     );
     assert_eq!(
         c.ask(r#"{"action":"fs-drain","server":"FD00::8"}"#),
-        r#"{"success":true,"action":"drain","server":"fd00::8","drained":["10.0.0.5","10.0.0.7:5080","fd00::8"]}"#
+        r#"{"success":true,"action":"drain","server":"fd00::8","drained":["127.0.10.5","127.0.10.7:5080","fd00::8"]}"#
     );
     assert_eq!(
         c.ask(r#"{"action":"fs-drained"}"#),
-        r#"{"success":true,"drained":["10.0.0.5","10.0.0.7:5080","fd00::8"]}"#
+        r#"{"success":true,"drained":["127.0.10.5","127.0.10.7:5080","fd00::8"]}"#
     );
     assert_eq!(
         c.ask(r#"{"action":"fs-list"}"#),
         concat!(
             r#"{"success":true,"servers":["#,
-            r#"{"server":"10.0.0.5:5070","status":"drained"},"#,
-            r#"{"server":"10.0.0.6:5070","status":"active"},"#,
-            r#"{"server":"10.0.0.7:5080","status":"drained"},"#,
-            r#"{"server":"10.0.0.7:5090","status":"active"},"#,
+            r#"{"server":"127.0.10.5:5070","status":"drained"},"#,
+            r#"{"server":"127.0.10.6:5070","status":"active"},"#,
+            r#"{"server":"127.0.10.7:5080","status":"drained"},"#,
+            r#"{"server":"127.0.10.7:5090","status":"active"},"#,
             r#"{"server":"[fd00::8]:5070","status":"drained"}"#,
-            r#"],"drained":["10.0.0.5","10.0.0.7:5080","fd00::8"]}"#
+            r#"],"drained":["127.0.10.5","127.0.10.7:5080","fd00::8"]}"#
         )
     );
     assert_eq!(
         c.ask(r#"{"action":"fs-available"}"#),
-        r#"{"success":true,"available":["10.0.0.6:5070","10.0.0.7:5090"]}"#
+        r#"{"success":true,"available":["127.0.10.6:5070","127.0.10.7:5090"]}"#
     );
 
     assert_eq!(
-        c.ask(r#"{"action":"fs-undrain","server":"10.0.0.5"}"#),
-        r#"{"success":true,"action":"undrain","server":"10.0.0.5","drained":["10.0.0.7:5080","fd00::8"]}"#
+        c.ask(r#"{"action":"fs-undrain","server":"127.0.10.5"}"#),
+        r#"{"success":true,"action":"undrain","server":"127.0.10.5","drained":["127.0.10.7:5080","fd00::8"]}"#
     );
     assert_eq!(
         c.ask(r#"{"action":"fs-undrain","server":"[fd00::8]:5070"}"#),
-        r#"{"success":true,"action":"undrain","server":"[fd00::8]:5070","drained":["10.0.0.7:5080","fd00::8"]}"#
+        r#"{"success":true,"action":"undrain","server":"[fd00::8]:5070","drained":["127.0.10.7:5080","fd00::8"]}"#
     );
     assert_eq!(
         c.ask(r#"{"action":"fs-available"}"#),
-        r#"{"success":true,"available":["10.0.0.5:5070","10.0.0.6:5070","10.0.0.7:5090"]}"#
+        r#"{"success":true,"available":["127.0.10.5:5070","127.0.10.6:5070","127.0.10.7:5090"]}"#
     );
 }
 
@@ -462,9 +462,9 @@ fn drain_validates_the_server() {
     let server = Server::start();
     let mut c = server.client();
     for (request, error) in [
-        (r#"{"action":"fs-drain","server":"10.0.0.256"}"#, "Invalid IP address: 10.0.0.256"),
+        (r#"{"action":"fs-drain","server":"127.0.10.256"}"#, "Invalid IP address: 127.0.10.256"),
         (r#"{"action":"fs-drain","server":"fs1.example.com"}"#, "Invalid IP address: fs1.example.com"),
-        (r#"{"action":"fs-drain","server":"10.0.0.1:99999"}"#, "Invalid IP address: 10.0.0.1:99999"),
+        (r#"{"action":"fs-drain","server":"127.0.10.1:99999"}"#, "Invalid IP address: 127.0.10.1:99999"),
         (r#"{"action":"fs-undrain","server":"::1::2"}"#, "Invalid IP address: ::1::2"),
         (r#"{"action":"fs-drain"}"#, "Invalid IP address: undefined"),
         (r#"{"action":"fs-drain","server":5}"#, "Invalid IP address: 5"),
@@ -479,8 +479,8 @@ fn redis_down_gives_the_spec_errors_and_config_and_status_still_work() {
     let server = Server::start_with(redis_at(1, Duration::from_millis(200)));
     let mut c = server.client();
     for request in [
-        r#"{"action":"fs-drain","server":"10.0.0.5"}"#,
-        r#"{"action":"fs-undrain","server":"10.0.0.5"}"#,
+        r#"{"action":"fs-drain","server":"127.0.10.5"}"#,
+        r#"{"action":"fs-undrain","server":"127.0.10.5"}"#,
         r#"{"action":"fs-drained"}"#,
         r#"{"action":"fs-list"}"#,
         r#"{"action":"fs-available"}"#,
@@ -508,8 +508,8 @@ fn status_reports_drachtio_counts_and_regbot() {
     );
     assert!(first.ends_with(r#","regbot":{"role":"standby","total":0,"registered":0,"failing":0}}"#), "{first}");
 
-    server.redis_cmd(&["SADD", &server.sets.active_fs, "10.0.0.5:5070", "10.0.0.6:5070"]);
-    server.redis_cmd(&["SADD", &server.sets.active_rtp, "10.0.0.9"]);
+    server.redis_cmd(&["SADD", &server.sets.active_fs, "127.0.10.5:5070", "127.0.10.6:5070"]);
+    server.redis_cmd(&["SADD", &server.sets.active_rtp, "127.0.10.9"]);
     let user = format!("user:test-{}@ctl.example.com", uuid::Uuid::new_v4().simple());
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis();
     server.redis_cmd(&["ZADD", "active-user", &(now_ms + 3_600_000).to_string(), &user]);

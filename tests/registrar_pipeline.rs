@@ -36,7 +36,7 @@ use db::TestDb;
 use webhook::{digest_response, WebhookServer};
 
 const SBC_HOSTPORT: &str = "tcp/192.0.2.10:5060,udp/192.0.2.10:5060,tls/192.0.2.10:5061,wss/192.0.2.10:8443";
-const PRIVATE_SBC: &str = "10.0.0.10:5060";
+const PRIVATE_SBC: &str = "127.0.10.10:5060";
 const PASSWORD: &str = "s3cr3t";
 const WEBHOOK_SECRET: &str = "whsec-0123456789";
 const HOOK_USER: &str = "hookuser";

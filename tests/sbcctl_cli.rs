@@ -220,10 +220,10 @@ fn an_invalid_ip_is_rejected_before_connecting() {
     let nowhere = temp_socket_path();
     let socket = nowhere.to_str().unwrap();
     assert_run(
-        &sbcctl(&["--socket", socket, "fs", "drain", "10.0.0.300"]),
+        &sbcctl(&["--socket", socket, "fs", "drain", "127.0.10.300"]),
         1,
         "",
-        "Error: Invalid IP address: 10.0.0.300\n",
+        "Error: Invalid IP address: 127.0.10.300\n",
     );
     assert_run(&sbcctl(&["--socket", socket, "fs", "undrain", "fs1"]), 1, "", "Error: Invalid IP address: fs1\n");
 }
@@ -326,54 +326,54 @@ fn fs_commands_print_like_the_node_cli() {
     assert_run(&server.sbcctl(&["fs", "list"]), 0, "No servers configured\n", "");
 
     assert_run(
-        &server.sbcctl(&["fs", "drain", "10.0.0.5"]),
+        &server.sbcctl(&["fs", "drain", "127.0.10.5"]),
         0,
-        "✓ Drained 10.0.0.5\nDrained servers: [10.0.0.5]\n",
+        "✓ Drained 127.0.10.5\nDrained servers: [127.0.10.5]\n",
         "",
     );
     assert_run(
-        &server.sbcctl(&["fs", "drain", "10.0.0.7:5080"]),
+        &server.sbcctl(&["fs", "drain", "127.0.10.7:5080"]),
         0,
-        "✓ Drained 10.0.0.7:5080\nDrained servers: [10.0.0.5, 10.0.0.7:5080]\n",
+        "✓ Drained 127.0.10.7:5080\nDrained servers: [127.0.10.5, 127.0.10.7:5080]\n",
         "",
     );
-    assert_run(&server.sbcctl(&["fs", "drained"]), 0, "Drained servers:\n  🔴 10.0.0.5\n  🔴 10.0.0.7:5080\n", "");
+    assert_run(&server.sbcctl(&["fs", "drained"]), 0, "Drained servers:\n  🔴 127.0.10.5\n  🔴 127.0.10.7:5080\n", "");
     assert_run(
         &server.sbcctl(&["fs", "list"]),
         0,
-        "No servers configured\nOrphaned drained servers:\n  🔴 10.0.0.5 (orphaned)\n  🔴 10.0.0.7:5080 (orphaned)\n",
+        "No servers configured\nOrphaned drained servers:\n  🔴 127.0.10.5 (orphaned)\n  🔴 127.0.10.7:5080 (orphaned)\n",
         "",
     );
 
-    server.sadd(&server.sets.active_fs, &["10.0.0.5:5070", "10.0.0.6:5070", "10.0.0.7:5080", "10.0.0.7:5090"]);
+    server.sadd(&server.sets.active_fs, &["127.0.10.5:5070", "127.0.10.6:5070", "127.0.10.7:5080", "127.0.10.7:5090"]);
     assert_run(
         &server.sbcctl(&["fs", "list"]),
         0,
-        "Feature servers:\n  🔴 10.0.0.5:5070 (drained)\n  🟢 10.0.0.6:5070 (active)\n  🔴 10.0.0.7:5080 (drained)\n  🟢 10.0.0.7:5090 (active)\n",
+        "Feature servers:\n  🔴 127.0.10.5:5070 (drained)\n  🟢 127.0.10.6:5070 (active)\n  🔴 127.0.10.7:5080 (drained)\n  🟢 127.0.10.7:5090 (active)\n",
         "",
     );
     assert_run(
         &server.sbcctl(&["fs", "active"]),
         0,
-        "Available feature servers:\n  🟢 10.0.0.6:5070\n  🟢 10.0.0.7:5090\n",
+        "Available feature servers:\n  🟢 127.0.10.6:5070\n  🟢 127.0.10.7:5090\n",
         "",
     );
     assert_run(
-        &server.sbcctl(&["fs", "undrain", "10.0.0.5"]),
+        &server.sbcctl(&["fs", "undrain", "127.0.10.5"]),
         0,
-        "✓ Undrained 10.0.0.5\nDrained servers: [10.0.0.7:5080]\n",
+        "✓ Undrained 127.0.10.5\nDrained servers: [127.0.10.7:5080]\n",
         "",
     );
     assert_run(
-        &server.sbcctl(&["fs", "undrain", "10.0.0.7:5080"]),
+        &server.sbcctl(&["fs", "undrain", "127.0.10.7:5080"]),
         0,
-        "✓ Undrained 10.0.0.7:5080\nDrained servers: []\n",
+        "✓ Undrained 127.0.10.7:5080\nDrained servers: []\n",
         "",
     );
     assert_run(
         &server.sbcctl(&["fs", "active"]),
         0,
-        "Available feature servers:\n  🟢 10.0.0.5:5070\n  🟢 10.0.0.6:5070\n  🟢 10.0.0.7:5080\n  🟢 10.0.0.7:5090\n",
+        "Available feature servers:\n  🟢 127.0.10.5:5070\n  🟢 127.0.10.6:5070\n  🟢 127.0.10.7:5080\n  🟢 127.0.10.7:5090\n",
         "",
     );
 }
@@ -382,9 +382,9 @@ fn fs_commands_print_like_the_node_cli() {
 fn json_prints_the_raw_reply_line() {
     let server = Server::start();
     assert_run(
-        &server.sbcctl(&["--json", "fs", "drain", "10.0.0.5"]),
+        &server.sbcctl(&["--json", "fs", "drain", "127.0.10.5"]),
         0,
-        "{\"success\":true,\"action\":\"drain\",\"server\":\"10.0.0.5\",\"drained\":[\"10.0.0.5\"]}\n",
+        "{\"success\":true,\"action\":\"drain\",\"server\":\"127.0.10.5\",\"drained\":[\"127.0.10.5\"]}\n",
         "",
     );
     assert_run(&server.sbcctl(&["get", "k", "--json"]), 0, "{\"success\":true,\"key\":\"k\"}\n", "");
@@ -407,8 +407,8 @@ fn a_failed_reply_exits_1_with_its_error() {
     // without an error text, the command's own fallback
     let path = fake_server(b"{\"success\":false}\n");
     let socket = path.to_str().unwrap();
-    assert_run(&sbcctl(&["--socket", socket, "fs", "drain", "10.0.0.1"]), 1, "", "Error: Failed to drain server\n");
-    assert_run(&sbcctl(&["--socket", socket, "fs", "undrain", "10.0.0.1"]), 1, "", "Error: Failed to undrain server\n");
+    assert_run(&sbcctl(&["--socket", socket, "fs", "drain", "127.0.10.1"]), 1, "", "Error: Failed to drain server\n");
+    assert_run(&sbcctl(&["--socket", socket, "fs", "undrain", "127.0.10.1"]), 1, "", "Error: Failed to undrain server\n");
     assert_run(&sbcctl(&["--socket", socket, "fs", "active"]), 1, "", "Error: Failed to get active servers\n");
     let _ = std::fs::remove_file(&path);
 }
@@ -434,7 +434,7 @@ fn status_prints_one_line_per_fact() {
         ["feature servers: 0", "rtp servers: 0", "regbot: standby (0 gateways, 0 registered, 0 failing)"]
     );
 
-    server.sadd(&server.sets.active_fs, &["10.0.0.5:5070"]);
+    server.sadd(&server.sets.active_fs, &["127.0.10.5:5070"]);
     server
         .conn_events
         .send(ConnectionEvent::Connected(ConnectionInfo {

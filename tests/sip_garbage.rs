@@ -160,7 +160,7 @@ const URIS: &[&str] = &[
     "sip:reguser@regdomain",
     "sip:sip.jambonz.org",
     "sip:127.0.0.14:5060;transport=udp",
-    "sips:bob:pw@[2001:db8::1]:5061;lr;maddr=10.0.0.1?subject=hi&x=y",
+    "sips:bob:pw@[2001:db8::1]:5061;lr;maddr=127.0.10.1?subject=hi&x=y",
     "sip:alice;day=tuesday@atlanta.com",
     "sip:jane@jambonz.org@jambonz.org",
 ];

@@ -74,7 +74,7 @@ fn every_alert_of_the_spec_lands_in_influxdb_with_its_tags_and_no_undefined() {
     let sent = [
         Alert::account_device_limit("acc-1", 10),
         Alert::webhook_failure("acc-2", "https://hooks.example.com/reg?x=1", 404),
-        Alert::webhook_connection_failure("acc 3,odd=sid", "http://10.0.0.1:3000/reg"),
+        Alert::webhook_connection_failure("acc 3,odd=sid", "http://127.0.10.1:3000/reg"),
         Alert::carrier_disabled("Carrier \"A\"", "car-1", Some("acc-4"), Some("sp-1")),
         Alert::carrier_deactivated("Reg trunk", "car-2", None, Some("sp-2")),
         Alert::options_ping_failed("192.0.2.10", Some(5060), "udp", PingFailure::Status(503), Some("acc-5"), None),
@@ -110,7 +110,7 @@ fn every_alert_of_the_spec_lands_in_influxdb_with_its_tags_and_no_undefined() {
     );
     expect("https://hooks.example.com/reg?x=1 returned 404", Some("webhook-failure"), Some("acc-2"), None);
     expect(
-        "failed to connect to http://10.0.0.1:3000/reg",
+        "failed to connect to http://127.0.10.1:3000/reg",
         Some("webhook-connection-failure"),
         Some("acc 3,odd=sid"),
         None,
