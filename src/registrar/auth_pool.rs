@@ -17,6 +17,7 @@ use std::thread::{self, JoinHandle};
 use crossbeam_channel::{select, unbounded, Receiver, Sender};
 use log::{debug, error};
 
+use super::bindings::StoredBinding;
 use super::Registrar;
 use crate::drachtio::IncomingRequest;
 
@@ -65,15 +66,18 @@ impl AuthPool {
     }
 }
 
+type HandedBack = (IncomingRequest, Option<Option<StoredBinding>>);
+
 /// The most REGISTERs a worker takes from the queue at once.
 pub const MAX_BATCH: usize = 32;
 
 struct Worker {
     registrar: Arc<Registrar>,
     queue: Receiver<IncomingRequest>,
-    /// Requests another worker took in a batch and handed back (they carry credentials).
-    handed_back: Receiver<IncomingRequest>,
-    hand_back: Sender<IncomingRequest>,
+    /// Requests another worker took in a batch and handed back (they carry credentials),
+    /// with the binding that worker already read for them.
+    handed_back: Receiver<HandedBack>,
+    hand_back: Sender<HandedBack>,
     shutdown: Receiver<()>,
 }
 
@@ -81,8 +85,8 @@ impl Worker {
     fn run(self) {
         loop {
             select! {
-                recv(self.handed_back) -> msg => if let Ok(req) = msg {
-                    self.registrar.handle(req);
+                recv(self.handed_back) -> msg => if let Ok((req, stored)) = msg {
+                    self.registrar.handle_prefetched(req, stored);
                 },
                 recv(self.queue) -> msg => match msg {
                     Ok(req) => self.batch(req),
@@ -91,7 +95,7 @@ impl Worker {
                 recv(self.shutdown) -> _ => {
                     // Drain what is left without blocking; other workers do the same.
                     let mut refused = 0usize;
-                    while let Ok(req) = self.queue.try_recv().or_else(|_| self.handed_back.try_recv()) {
+                    while let Ok(req) = self.queue.try_recv().or_else(|_| self.handed_back.try_recv().map(|(r, _)| r)) {
                         self.registrar.answer_unavailable(req);
                         refused += 1;
                     }
@@ -122,8 +126,9 @@ impl Worker {
         let prefetched = self.registrar.prefetch(&batch);
         for (i, (req, stored)) in batch.into_iter().zip(prefetched).enumerate() {
             if i > 0 && req.message.has_header("Authorization") {
-                if let Err(e) = self.hand_back.send(req) {
-                    self.registrar.handle(e.into_inner());
+                if let Err(e) = self.hand_back.send((req, stored)) {
+                    let (req, stored) = e.into_inner();
+                    self.registrar.handle_prefetched(req, stored);
                 }
             } else {
                 self.registrar.handle_prefetched(req, stored);
