@@ -408,7 +408,12 @@ fn a_failed_reply_exits_1_with_its_error() {
     let path = fake_server(b"{\"success\":false}\n");
     let socket = path.to_str().unwrap();
     assert_run(&sbcctl(&["--socket", socket, "fs", "drain", "127.0.10.1"]), 1, "", "Error: Failed to drain server\n");
-    assert_run(&sbcctl(&["--socket", socket, "fs", "undrain", "127.0.10.1"]), 1, "", "Error: Failed to undrain server\n");
+    assert_run(
+        &sbcctl(&["--socket", socket, "fs", "undrain", "127.0.10.1"]),
+        1,
+        "",
+        "Error: Failed to undrain server\n",
+    );
     assert_run(&sbcctl(&["--socket", socket, "fs", "active"]), 1, "", "Error: Failed to get active servers\n");
     let _ = std::fs::remove_file(&path);
 }
