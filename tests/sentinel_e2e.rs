@@ -167,7 +167,7 @@ impl Servers {
             false,
         );
         let in_sync = wait_for(WAIT, || {
-            let info: String = replica.query(&redis::cmd("INFO").arg("replication")).ok()?;
+            let info: String = replica.query(redis::cmd("INFO").arg("replication")).ok()?;
             info.contains("master_link_status:up").then_some(())
         });
         assert!(
@@ -193,7 +193,7 @@ impl Servers {
         let servers = Servers { dir, master, replica, sentinel };
         let knows_replica = wait_for(WAIT, || {
             let replicas: Vec<HashMap<String, String>> =
-                servers.sentinel.query(&redis::cmd("SENTINEL").arg("replicas").arg(MASTER_NAME)).ok()?;
+                servers.sentinel.query(redis::cmd("SENTINEL").arg("replicas").arg(MASTER_NAME)).ok()?;
             replicas
                 .iter()
                 .any(|r| {
@@ -211,7 +211,7 @@ impl Servers {
     /// The master's port as the sentinel reports it (`SENTINEL get-master-addr-by-name`).
     fn sentinel_master_port(&self) -> Option<u16> {
         let addr: Option<(String, u16)> =
-            self.sentinel.query(&redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(MASTER_NAME)).ok()?;
+            self.sentinel.query(redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(MASTER_NAME)).ok()?;
         addr.filter(|(ip, _)| ip == "127.0.0.1").map(|(_, port)| port)
     }
 
@@ -268,7 +268,7 @@ fn heartbeat(double: &Double, ip: &str, port: u16) -> Answer {
 
 fn active_fs(server: &RedisProc, cluster: &str) -> Vec<String> {
     let mut members: Vec<String> = server
-        .query(&redis::cmd("SMEMBERS").arg(format!("{cluster}:active-fs")))
+        .query(redis::cmd("SMEMBERS").arg(format!("{cluster}:active-fs")))
         .unwrap_or_else(|e| panic!("SMEMBERS on the {}: {e}", server.name));
     members.sort();
     members
@@ -318,7 +318,7 @@ fn heartbeats_follow_a_sentinel_failover_to_the_new_master() {
         assert_eq!(exists, 0, "the daemon wrote to 127.0.0.1:6379 instead of the sentinel's master");
     }
     let replicated = wait_for(WAIT, || {
-        let m: Vec<String> = servers.replica.query(&redis::cmd("SMEMBERS").arg(format!("{cluster}:active-fs"))).ok()?;
+        let m: Vec<String> = servers.replica.query(redis::cmd("SMEMBERS").arg(format!("{cluster}:active-fs"))).ok()?;
         (m == vec![member_a.clone()]).then_some(())
     });
     assert!(replicated.is_some(), "the member never reached the replica\n{}", servers.logs());
@@ -398,7 +398,7 @@ fn heartbeats_follow_a_sentinel_failover_to_the_new_master() {
         second.trace,
         daemon.log()
     );
-    let role: String = servers.replica.query(&redis::cmd("INFO").arg("replication")).expect("INFO on the new master");
+    let role: String = servers.replica.query(redis::cmd("INFO").arg("replication")).expect("INFO on the new master");
     assert!(role.contains("role:master"), "the replica was promoted:\n{role}");
     assert_eq!(active_fs(&servers.replica, &cluster), vec![member_a, member_b]);
 
