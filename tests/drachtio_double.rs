@@ -328,7 +328,7 @@ impl Sipp {
         cmd.arg("-sf")
             .arg(&scenario_path)
             .args(["-i", &local.ip().to_string(), "-p", &local.port().to_string()])
-            .args(["-mp", &free_port(ip).to_string()])
+            .args(["-mp", &media_port(ip).to_string()])
             .args(["-bind_local", "-t", transport, "-m", "1", "-nostdin", "-timeout", "20s", "-timeout_error"])
             .arg("-trace_err")
             .arg("-error_file")
@@ -1359,4 +1359,18 @@ fn the_app_can_cancel_its_own_invite_and_only_the_487_comes_back() {
         &unknown,
         &["<uuid>", "response", &id, "NOK", &format!("unable to cancel unknown transaction id: {txn}")],
     );
+}
+
+/// A port for sipp's media sockets (`-mp`): sipp binds its RTP sockets there and two above
+/// even when a scenario has no media. Chosen below the kernel's ephemeral range (where
+/// `free_port` and every outgoing socket live) and checked free, so that parallel tests do not
+/// collide on it.
+fn media_port(ip: std::net::Ipv4Addr) -> u16 {
+    for _ in 0..200 {
+        let base = 10_000 + 4 * (rand::random::<u16>() % 5_000);
+        if (base..base + 4).all(|p| std::net::UdpSocket::bind((ip, p)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no free media port range on {ip}");
 }

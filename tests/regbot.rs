@@ -253,6 +253,7 @@ impl Peer {
         cmd.arg("-sf")
             .arg(&scenario_file)
             .args(["-i", ip, "-p", &port.to_string(), "-t", "u1"])
+            .args(["-mp", &sipp::media_port(ip).to_string()])
             // sipp ends by itself even if a test forgets it.
             .args(["-timeout", "120s", "-nostdin", "-trace_msg"])
             .arg("-message_file")

@@ -29,6 +29,7 @@ impl Registrar {
             .arg("-sf")
             .arg(sipp::scenario("regbot_challenge.xml"))
             .args(["-i", ip, "-p", &port.to_string(), "-t", "u1", "-timeout", "60s", "-nostdin"])
+            .args(["-mp", &sipp::media_port(ip).to_string()])
             .args(["-key", "user", "alice", "-key", "pass", "s3cret", "-key", "realm", "sip.carrier.test"])
             .args(["-key", "expires", "600"])
             .stdin(Stdio::null())

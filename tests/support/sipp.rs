@@ -8,6 +8,21 @@ pub fn scenario(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios").join(name)
 }
 
+/// A port for sipp's media sockets (`-mp`): sipp binds its RTP sockets there and two above
+/// even when a scenario has no media. Chosen below the kernel's ephemeral range (where
+/// `free_port` and every outgoing socket live) and checked free for all four ports, so that
+/// parallel tests do not collide on it.
+pub fn media_port(ip: &str) -> u16 {
+    for _ in 0..200 {
+        let base = 10_000 + 4 * (rand::random::<u16>() % 5_000);
+        let free = (base..base + 4).all(|p| std::net::UdpSocket::bind((ip, p)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no free media port range on {ip}");
+}
+
 /// A bound UDP/TCP port that is free on `ip` right now.
 pub fn free_port(ip: &str) -> u16 {
     let l = std::net::UdpSocket::bind((ip, 0)).expect("bind for a free port");
@@ -60,6 +75,7 @@ impl<'a> Sipp<'a> {
             .arg("-sf")
             .arg(&self.scenario)
             .args(["-i", self.local_ip, "-p", &self.local_port.to_string()])
+            .args(["-mp", &media_port(self.local_ip).to_string()])
             .args(["-t", self.transport])
             .args(["-m", &self.calls.to_string()])
             .args(["-timeout", &format!("{}s", self.timeout.as_secs().max(1))])
