@@ -5,42 +5,17 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use sbc_sidecar::ctl::{CtlError, CtlServer, CtlSettings, RegbotStatus};
 use sbc_sidecar::drachtio::{ConnectionEvent, ConnectionInfo};
-use sbc_sidecar::heartbeat::ClusterSets;
 use sbc_sidecar::regbot::{RegbotInfo, RegbotRole, RegbotSnapshot, RegbotState, StatusRequest};
-use sbc_sidecar::store::redis::{pool, RedisPool, RedisSettings, RedisTarget};
+use sbc_sidecar::store::redis::RedisPool;
 
-fn redis_at(port: u16, timeout: Duration) -> RedisPool {
-    pool(&RedisSettings {
-        target: RedisTarget::Direct { host: "127.0.0.1".to_string(), port },
-        username: None,
-        password: None,
-        db: 0,
-        timeout,
-        max_connections: 4,
-    })
-    .unwrap()
-}
+mod support;
 
-fn temp_socket_path() -> PathBuf {
-    std::env::temp_dir().join(format!("ctl-test-{}.sock", uuid::Uuid::new_v4().simple()))
-}
-
-/// A CtlServer running on its own thread with its own socket and cluster id.
-struct Server {
-    path: PathBuf,
-    sets: ClusterSets,
-    redis: RedisPool,
-    conn_events: Sender<ConnectionEvent>,
-    regbot: Sender<RegbotStatus>,
-    stop: Option<Sender<()>>,
-    thread: Option<JoinHandle<Result<(), CtlError>>>,
-}
+use support::ctl_server::{redis_at, temp_socket_path, Server};
 
 impl Server {
     fn start() -> Server {
@@ -54,36 +29,6 @@ impl Server {
     /// With `status` and `regbot-list` linked to a regbot role that takes requests on `queries`.
     fn start_with_regbot(queries: Sender<StatusRequest>) -> Server {
         Server::launch(redis_at(6379, Duration::from_secs(2)), Some(queries))
-    }
-
-    fn launch(redis: RedisPool, regbot_queries: Option<Sender<StatusRequest>>) -> Server {
-        let path = temp_socket_path();
-        let cluster_id = format!("test-{}", uuid::Uuid::new_v4().simple());
-        let (conn_tx, conn_rx) = unbounded();
-        let (regbot_tx, regbot_rx) = unbounded();
-        let server = CtlServer::bind(
-            &path,
-            CtlSettings { cluster_id: cluster_id.clone() },
-            redis.clone(),
-            conn_rx,
-            Some(regbot_rx),
-        )
-        .unwrap();
-        let server = match regbot_queries {
-            Some(queries) => server.with_regbot(queries),
-            None => server,
-        };
-        let (stop_tx, stop_rx) = unbounded();
-        let thread = std::thread::spawn(move || server.run(stop_rx));
-        Server {
-            path,
-            sets: ClusterSets::new(&cluster_id),
-            redis,
-            conn_events: conn_tx,
-            regbot: regbot_tx,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        }
     }
 
     fn client(&self) -> Client {
@@ -102,31 +47,6 @@ impl Server {
             cmd.arg(*a);
         }
         let _: redis::Value = cmd.query(&mut *conn).unwrap();
-    }
-
-    /// Stops the server and returns how long that took.
-    fn shutdown(&mut self) -> Duration {
-        let started = Instant::now();
-        self.stop.take();
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap().unwrap();
-        }
-        started.elapsed()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.shutdown();
-        if let Ok(mut conn) = self.redis.get() {
-            let s = &self.sets;
-            let _: Result<i64, _> = redis::cmd("DEL")
-                .arg(&s.active_fs)
-                .arg(&s.active_rtp)
-                .arg(&s.fs_service_url)
-                .arg(&s.drained_fs)
-                .query(&mut *conn);
-        }
     }
 }
 

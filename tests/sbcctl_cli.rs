@@ -5,15 +5,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, Sender};
-use sbc_sidecar::ctl::{CtlError, CtlServer, CtlSettings, RegbotStatus};
+use crossbeam_channel::unbounded;
+use sbc_sidecar::ctl::RegbotStatus;
 use sbc_sidecar::drachtio::{ConnectionEvent, ConnectionInfo};
-use sbc_sidecar::heartbeat::ClusterSets;
 use sbc_sidecar::regbot::{RegbotInfo, RegbotRole, RegbotSnapshot, RegbotState, StatusRequest};
-use sbc_sidecar::store::redis::{pool, RedisPool, RedisSettings, RedisTarget};
 
 const HELP: &str = "\
 SBC Runtime CLI
@@ -51,24 +48,13 @@ Examples:
   sbcctl fs active
 ";
 
-fn temp_socket_path() -> PathBuf {
-    std::env::temp_dir().join(format!("sbcctl-test-{}.sock", uuid::Uuid::new_v4().simple()))
-}
+mod support;
 
-/// A CtlServer on its own thread, socket and cluster id.
-struct Server {
-    path: PathBuf,
-    sets: ClusterSets,
-    redis: RedisPool,
-    conn_events: Sender<ConnectionEvent>,
-    regbot: Sender<RegbotStatus>,
-    stop: Option<Sender<()>>,
-    thread: Option<JoinHandle<Result<(), CtlError>>>,
-}
+use support::ctl_server::{redis_at, temp_socket_path, Server};
 
 impl Server {
     fn start() -> Server {
-        Server::launch(None)
+        Server::launch(redis_at(6379, Duration::from_secs(2)), None)
     }
 
     /// With `status` and `regbot-list` answered by a fake regbot role that always reports
@@ -81,46 +67,7 @@ impl Server {
                 let _ = request.reply.send(snapshot.clone());
             }
         });
-        Server::launch(Some(queries))
-    }
-
-    fn launch(regbot_queries: Option<Sender<StatusRequest>>) -> Server {
-        let redis = pool(&RedisSettings {
-            target: RedisTarget::Direct { host: "127.0.0.1".to_string(), port: 6379 },
-            username: None,
-            password: None,
-            db: 0,
-            timeout: Duration::from_secs(2),
-            max_connections: 2,
-        })
-        .unwrap();
-        let path = temp_socket_path();
-        let cluster_id = format!("test-{}", uuid::Uuid::new_v4().simple());
-        let (conn_tx, conn_rx) = unbounded();
-        let (regbot_tx, regbot_rx) = unbounded();
-        let server = CtlServer::bind(
-            &path,
-            CtlSettings { cluster_id: cluster_id.clone() },
-            redis.clone(),
-            conn_rx,
-            Some(regbot_rx),
-        )
-        .unwrap();
-        let server = match regbot_queries {
-            Some(queries) => server.with_regbot(queries),
-            None => server,
-        };
-        let (stop_tx, stop_rx) = unbounded();
-        let thread = std::thread::spawn(move || server.run(stop_rx));
-        Server {
-            path,
-            sets: ClusterSets::new(&cluster_id),
-            redis,
-            conn_events: conn_tx,
-            regbot: regbot_tx,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        }
+        Server::launch(redis_at(6379, Duration::from_secs(2)), Some(queries))
     }
 
     /// Runs `sbcctl --socket <this server> <args>`.
@@ -133,24 +80,6 @@ impl Server {
     fn sadd(&self, set: &str, members: &[&str]) {
         let mut conn = self.redis.get().unwrap();
         let _: i64 = redis::cmd("SADD").arg(set).arg(members).query(&mut *conn).unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        if let Ok(mut conn) = self.redis.get() {
-            let s = &self.sets;
-            let _: Result<i64, _> = redis::cmd("DEL")
-                .arg(&s.active_fs)
-                .arg(&s.active_rtp)
-                .arg(&s.fs_service_url)
-                .arg(&s.drained_fs)
-                .query(&mut *conn);
-        }
     }
 }
 

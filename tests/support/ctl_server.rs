@@ -1,0 +1,103 @@
+//! An in-process CLI socket server for the tests of the socket protocol and of `sbcctl`: its
+//! own thread, socket path and cluster id, against the real Redis; its keys removed on drop.
+
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Sender};
+use sbc_sidecar::ctl::{CtlError, CtlServer, CtlSettings, RegbotStatus};
+use sbc_sidecar::drachtio::ConnectionEvent;
+use sbc_sidecar::heartbeat::ClusterSets;
+use sbc_sidecar::regbot::StatusRequest;
+use sbc_sidecar::store::redis::{pool, RedisPool, RedisSettings, RedisTarget};
+
+/// A pool to the Redis at 127.0.0.1:`port` (a closed port makes an unreachable Redis).
+pub fn redis_at(port: u16, timeout: Duration) -> RedisPool {
+    pool(&RedisSettings {
+        target: RedisTarget::Direct { host: "127.0.0.1".to_string(), port },
+        username: None,
+        password: None,
+        db: 0,
+        timeout,
+        max_connections: 4,
+    })
+    .expect("redis pool")
+}
+
+pub fn temp_socket_path() -> PathBuf {
+    std::env::temp_dir().join(format!("ctl-test-{}.sock", uuid::Uuid::new_v4().simple()))
+}
+
+pub struct Server {
+    pub path: PathBuf,
+    pub sets: ClusterSets,
+    pub redis: RedisPool,
+    /// What the drachtio client would send the server.
+    pub conn_events: Sender<ConnectionEvent>,
+    /// Regbot status pushed to the server.
+    pub regbot: Sender<RegbotStatus>,
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<Result<(), CtlError>>>,
+}
+
+impl Server {
+    /// Binds and starts a server; with `regbot_queries`, `status` and `regbot-list` ask that
+    /// channel for regbot snapshots.
+    pub fn launch(redis: RedisPool, regbot_queries: Option<Sender<StatusRequest>>) -> Server {
+        let path = temp_socket_path();
+        let cluster_id = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let (conn_tx, conn_rx) = unbounded();
+        let (regbot_tx, regbot_rx) = unbounded();
+        let server = CtlServer::bind(
+            &path,
+            CtlSettings { cluster_id: cluster_id.clone() },
+            redis.clone(),
+            conn_rx,
+            Some(regbot_rx),
+        )
+        .expect("CLI server binds");
+        let server = match regbot_queries {
+            Some(queries) => server.with_regbot(queries),
+            None => server,
+        };
+        let (stop_tx, stop_rx) = unbounded();
+        let thread = std::thread::spawn(move || server.run(stop_rx));
+        Server {
+            path,
+            sets: ClusterSets::new(&cluster_id),
+            redis,
+            conn_events: conn_tx,
+            regbot: regbot_tx,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the server, checks that it stopped cleanly, and returns how long that took.
+    pub fn shutdown(&mut self) -> Duration {
+        let started = Instant::now();
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            t.join().expect("server thread").expect("server stopped cleanly");
+        }
+        started.elapsed()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.shutdown();
+        }
+        if let Ok(mut conn) = self.redis.get() {
+            let s = &self.sets;
+            let _: Result<i64, _> = redis::cmd("DEL")
+                .arg(&s.active_fs)
+                .arg(&s.active_rtp)
+                .arg(&s.fs_service_url)
+                .arg(&s.drained_fs)
+                .query(&mut *conn);
+        }
+    }
+}
