@@ -453,11 +453,11 @@ fn regbot_list_prints_the_role_and_an_aligned_table() {
                     "carrier-a",
                     "gw-22",
                     "alice@sip.example.com",
-                    "10.1.0.5:5061;transport=tls",
+                    "gw5.test:5061;transport=tls",
                     RegbotState::Registered,
                 )
             },
-            regbot_info("carrier-a", "gw-1", "a@b.c", "10.1.0.4;transport=udp", RegbotState::Registering),
+            regbot_info("carrier-a", "gw-1", "a@b.c", "gw4.test;transport=udp", RegbotState::Registering),
         ],
     });
     assert_run(
@@ -466,8 +466,8 @@ fn regbot_list_prints_the_role_and_an_aligned_table() {
         concat!(
             "Regbot role: leader\n",
             "STATE        CARRIER    GATEWAY  AOR                    TARGET                           LAST STATUS    FAILURES  NEXT REFRESH\n",
-            "registering  carrier-a  gw-1     a@b.c                  10.1.0.4;transport=udp           -              0         -\n",
-            "registered   carrier-a  gw-22    alice@sip.example.com  10.1.0.5:5061;transport=tls      200 OK         0         in 3540s\n",
+            "registering  carrier-a  gw-1     a@b.c                  gw4.test;transport=udp           -              0         -\n",
+            "registered   carrier-a  gw-22    alice@sip.example.com  gw5.test:5061;transport=tls      200 OK         0         in 3540s\n",
             "failing      carrier-b  gw-1     bob@carrier-b.net      sip.carrier-b.net;transport=tcp  403 Forbidden  12        in 30s\n",
         ),
         "",
@@ -477,7 +477,7 @@ fn regbot_list_prints_the_role_and_an_aligned_table() {
     assert!(
         json.stdout.starts_with(concat!(
             r#"{"success":true,"role":"leader","regbots":[{"carrier":"carrier-a","gateway":"gw-1","aor":"a@b.c","#,
-            r#""target":"10.1.0.4;transport=udp","state":"registering","last_status":null,"failures":0,"next_refresh_s":null},"#
+            r#""target":"gw4.test;transport=udp","state":"registering","last_status":null,"failures":0,"next_refresh_s":null},"#
         )),
         "{json:?}"
     );
