@@ -5,8 +5,10 @@ use std::io;
 use std::time::Duration;
 
 use ureq::tls::{RootCerts, TlsConfig};
+use ureq::unversioned::transport::DefaultConnector;
 use ureq::Agent;
 
+use super::hook_resolver::HookResolver;
 use super::webhook::{HookError, HookMethod, HookRequest, HookResponse, HookTransport};
 
 /// A webhook answer larger than this is not a registration verdict.
@@ -31,7 +33,9 @@ impl UreqTransport {
         if let Some(ua) = user_agent.filter(|ua| !ua.is_empty()) {
             config = config.user_agent(ua);
         }
-        UreqTransport { agent: Agent::new_with_config(config.build()) }
+        // Our resolver: ureq's own spawns a thread per request when a timeout is set.
+        let agent = Agent::with_parts(config.build(), DefaultConnector::new(), HookResolver::new());
+        UreqTransport { agent }
     }
 }
 

@@ -28,6 +28,7 @@ pub mod crypto;
 pub mod device_count;
 pub mod grant;
 mod health;
+pub mod hook_resolver;
 pub mod hook_transport;
 pub mod nonce;
 mod pipeline;
