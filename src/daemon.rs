@@ -268,6 +268,7 @@ fn registrar_settings(config: &Config) -> RegistrarSettings {
         http_user_agent: config.http_user_agent.clone(),
         nonce_ttl: config.nonce_ttl,
         account_cache_ttl: config.account_cache_ttl,
+        webhook_idle_connections: config.auth_workers,
         // A stable key: nonces survive a restart and are accepted by every SBC of the cluster
         // (they share ENCRYPTION_SECRET), so a retried REGISTER is not challenged again.
         nonce_secret: Some(format!("sbc-sidecar nonce key:{}", config.encryption_secret.expose())),

@@ -202,13 +202,19 @@ fn unregister_removes_the_binding() {
 
 #[test]
 fn two_hundred_phones_register_at_once() {
-    let rig = Rig::start(&[]);
+    let rig = Rig::start(&[("SBC_AUTH_WORKERS", "6".into())]);
+    rig.hook.keep_alive(true);
     let users = rig.users("crowd", 200);
     let run = rig.sipp("register_auth.xml", "127.0.0.54", &users, "u1");
     assert_ok(&run, &rig, "200 registrations");
     let mut r = rig.redis();
     let stored = users.iter().filter(|u| r.exists::<_, bool>(format!("user:{}@{}", u[0], rig.realm)).unwrap()).count();
     assert_eq!(stored, 200);
+    // A kept-alive webhook connection is reused: at most one per auth worker is ever opened
+    // (tests/registrar_pipeline.rs has the test that loads every worker at once).
+    assert_eq!(rig.hook.request_count(), 200, "one webhook call per registration");
+    let opened = rig.hook.connection_count();
+    assert!(opened <= 6, "{opened} webhook connections for 200 calls from 6 workers");
     rig.forget(&users);
 }
 

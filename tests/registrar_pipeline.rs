@@ -1241,3 +1241,45 @@ fn a_worker_takes_queued_registers_as_a_batch_and_answers_each_once() {
     drop(shutdown_tx);
     pool.join();
 }
+
+/// Auth workers calling one kept-alive webhook at the same time reuse their connections:
+/// over many rounds the server sees at most one connection per worker. (ureq's default pool
+/// keeps 3 idle connections per host; with more workers the rest were closed after every
+/// call and opened again on the next — a TCP handshake and a thread per REGISTER.)
+#[test]
+fn concurrent_webhook_calls_reuse_one_connection_per_worker() {
+    const WORKERS: usize = 8;
+    const ROUNDS: usize = 10;
+    let hook = WebhookServer::start();
+    hook.keep_alive(true);
+    hook.fixed(200, r#"{"status":"ok"}"#);
+    // Long enough that all workers are inside a call together in every round.
+    hook.delay(Duration::from_millis(20));
+    let transport =
+        Arc::new(sbc_sidecar::registrar::hook_transport::UreqTransport::new(Duration::from_secs(3), None, WORKERS));
+    let url = hook.url("/auth");
+    for _ in 0..ROUNDS {
+        let barrier = Arc::new(std::sync::Barrier::new(WORKERS));
+        let calls: Vec<_> = (0..WORKERS)
+            .map(|_| {
+                let (transport, url, barrier) = (transport.clone(), url.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let request = HookRequest {
+                        method: sbc_sidecar::registrar::webhook::HookMethod::Post,
+                        url,
+                        headers: vec![("content-type".into(), "application/json".into())],
+                        body: Some("{}".into()),
+                    };
+                    transport.send(&request).map(|r| r.status)
+                })
+            })
+            .collect();
+        for c in calls {
+            assert_eq!(c.join().unwrap().unwrap(), 200);
+        }
+    }
+    assert_eq!(hook.request_count(), WORKERS * ROUNDS);
+    let opened = hook.connection_count();
+    assert!(opened <= WORKERS, "{opened} connections for {} calls from {WORKERS} workers", WORKERS * ROUNDS);
+}

@@ -23,9 +23,14 @@ impl UreqTransport {
     /// webhook cannot hold an auth worker. Redirects are not followed: the contract is "HTTP
     /// 200 or failure", and a 3xx becomes a SIP 500. Non-2xx statuses are responses, not
     /// errors, because their code is what the device gets. Certificates are verified against
-    /// the system trust store.
-    pub fn new(timeout: Duration, user_agent: Option<&str>) -> UreqTransport {
+    /// the system trust store. Up to `idle_per_host` connections stay open to each webhook
+    /// host between calls.
+    pub fn new(timeout: Duration, user_agent: Option<&str>, idle_per_host: usize) -> UreqTransport {
+        let idle_per_host = idle_per_host.max(1);
         let mut config = Agent::config_builder()
+            .max_idle_connections_per_host(idle_per_host)
+            // A few webhook hosts per platform (one per account at most).
+            .max_idle_connections(idle_per_host.saturating_mul(4).max(16))
             .timeout_global(Some(timeout))
             .http_status_as_error(false)
             .max_redirects(0)

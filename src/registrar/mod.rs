@@ -79,7 +79,11 @@ impl Registrar {
     /// A registrar calling webhooks with the real HTTP client (ureq, `webhook_timeout`,
     /// `http_user_agent`).
     pub fn new(settings: RegistrarSettings, mysql: MysqlPool, redis: RedisPool) -> Registrar {
-        let hook = Box::new(UreqTransport::new(settings.webhook_timeout, settings.http_user_agent.as_deref()));
+        let hook = Box::new(UreqTransport::new(
+            settings.webhook_timeout,
+            settings.http_user_agent.as_deref(),
+            settings.webhook_idle_connections,
+        ));
         Registrar::with_hook_transport(settings, mysql, redis, hook)
     }
 

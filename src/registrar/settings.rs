@@ -43,6 +43,10 @@ pub struct RegistrarSettings {
     /// How long an account lookup by realm is reused (`SBC_ACCOUNT_CACHE_MS`); zero disables
     /// the cache. Default 5 s.
     pub account_cache_ttl: Duration,
+    /// Idle connections kept open to each webhook host: one per auth worker, so workers
+    /// calling the same webhook at once all reuse a connection (ureq keeps 3 by default, and
+    /// the rest were closed and opened again on every call).
+    pub webhook_idle_connections: usize,
 }
 
 impl Default for RegistrarSettings {
@@ -59,6 +63,7 @@ impl Default for RegistrarSettings {
             device_count_max_age: Duration::from_secs(3),
             retry_after_secs: 5,
             account_cache_ttl: Duration::from_secs(5),
+            webhook_idle_connections: 8,
         }
     }
 }
@@ -78,6 +83,8 @@ impl fmt::Debug for RegistrarSettings {
             .field("nonce_secret", &redacted(self.nonce_secret.is_some()))
             .field("device_count_max_age", &self.device_count_max_age)
             .field("retry_after_secs", &self.retry_after_secs)
+            .field("account_cache_ttl", &self.account_cache_ttl)
+            .field("webhook_idle_connections", &self.webhook_idle_connections)
             .finish()
     }
 }

@@ -88,6 +88,8 @@ struct State {
     ok_fields: Map<String, Value>,
     fail_fields: Map<String, Value>,
     keep_alive: bool,
+    /// TCP connections accepted so far.
+    connections: usize,
 }
 
 pub struct WebhookServer {
@@ -109,6 +111,7 @@ impl WebhookServer {
             ok_fields: Map::new(),
             fail_fields: Map::new(),
             keep_alive: false,
+            connections: 0,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let acceptor = {
@@ -121,6 +124,7 @@ impl WebhookServer {
                             break;
                         }
                         let Ok(stream) = stream else { continue };
+                        state.lock().unwrap().connections += 1;
                         let state = state.clone();
                         // One thread per connection: a delayed answer must not hold up others.
                         let _ = thread::Builder::new()
@@ -171,6 +175,11 @@ impl WebhookServer {
 
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.state.lock().unwrap().requests.clone()
+    }
+
+    /// TCP connections the server has accepted (a client reusing connections opens few).
+    pub fn connection_count(&self) -> usize {
+        self.state.lock().unwrap().connections
     }
 
     pub fn request_count(&self) -> usize {
