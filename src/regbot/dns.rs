@@ -3,11 +3,15 @@
 //! timeout. Packets are built and parsed with `simple-dns`; there is no resolver runtime and
 //! no cache (a few lookups per registration refresh).
 //!
-//! Not handled: truncated (TC) answers are used as far as they go instead of retrying over
-//! TCP, `search`/`ndots` are ignored (gateway names are used as given), no IPv6 (AAAA).
+//! A truncated (TC) answer is asked again over TCP from the same server (RFC 7766): a carrier
+//! with many SRV targets easily exceeds what fits in a UDP answer. When the TCP exchange fails,
+//! the truncated answer is used as far as it goes.
+//!
+//! Not handled: `search`/`ndots` are ignored (gateway names are used as given), no IPv6 (AAAA).
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -140,6 +144,9 @@ impl Resolver {
         for _ in 0..self.settings.attempts.max(1) {
             for server in &self.settings.servers {
                 match exchange_with(*server, id, query, self.settings.timeout) {
+                    Ok(Some(answer)) if is_truncated(&answer) => {
+                        return Ok(exchange_tcp(*server, id, query, self.settings.timeout).unwrap_or(answer));
+                    }
                     Ok(Some(answer)) => return Ok(answer),
                     Ok(None) => last_error = DnsError::Timeout(name.to_string()),
                     Err(e) => last_error = e,
@@ -181,6 +188,61 @@ fn exchange_with(server: SocketAddr, id: u16, query: &[u8], timeout: Duration) -
             Err(e) => return Err(io(e)),
         }
     }
+}
+
+/// The TC flag: the server had more than fits in a UDP answer.
+fn is_truncated(answer: &[u8]) -> bool {
+    answer.len() > 2 && answer[2] & 0x02 != 0
+}
+
+/// The largest answer accepted over TCP (the protocol's limit is 65535).
+const MAX_TCP_ANSWER: usize = 65535;
+
+/// One query over TCP: each message is preceded by its length in two bytes (RFC 1035 4.2.2).
+/// Connect, write and read all end by `timeout`.
+fn exchange_tcp(server: SocketAddr, id: u16, query: &[u8], timeout: Duration) -> Result<Vec<u8>, DnsError> {
+    let io = |e: std::io::Error| DnsError::Io(e.to_string());
+    let deadline = Instant::now() + timeout;
+    let left = || {
+        let d = deadline.saturating_duration_since(Instant::now());
+        if d.is_zero() {
+            Err(DnsError::Timeout(format!("TCP answer from {server}")))
+        } else {
+            Ok(d)
+        }
+    };
+    let mut stream = TcpStream::connect_timeout(&server, left()?).map_err(io)?;
+    stream.set_write_timeout(Some(left()?)).map_err(io)?;
+    let len = u16::try_from(query.len()).map_err(|_| DnsError::BadName("query too long".into()))?;
+    let mut message = Vec::with_capacity(query.len() + 2);
+    message.extend_from_slice(&len.to_be_bytes());
+    message.extend_from_slice(query);
+    stream.write_all(&message).map_err(io)?;
+    let mut read_exact = |buf: &mut [u8]| -> Result<(), DnsError> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            stream.set_read_timeout(Some(left()?)).map_err(io)?;
+            match stream.read(&mut buf[filled..]) {
+                Ok(0) => return Err(DnsError::BadResponse(format!("{server} closed the TCP connection"))),
+                Ok(n) => filled += n,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return Err(DnsError::Timeout(format!("TCP answer from {server}")))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        Ok(())
+    };
+    let mut len = [0u8; 2];
+    read_exact(&mut len)?;
+    let len = usize::from(u16::from_be_bytes(len)).min(MAX_TCP_ANSWER);
+    let mut answer = vec![0u8; len];
+    read_exact(&mut answer)?;
+    if answer.len() < 2 || u16::from_be_bytes([answer[0], answer[1]]) != id {
+        return Err(DnsError::BadResponse(format!("TCP answer from {server} is not for our query")));
+    }
+    Ok(answer)
 }
 
 fn new_query(name: &str, qtype: TYPE) -> Result<(u16, Vec<u8>), DnsError> {
@@ -374,5 +436,72 @@ pub(crate) mod tests {
         let started = Instant::now();
         assert!(matches!(resolver.lookup_a("gw.example"), Err(DnsError::Timeout(_))));
         assert!(started.elapsed() < Duration::from_secs(2), "bounded by timeout × attempts");
+    }
+
+    /// Serves one SRV query over UDP with the TC flag and only the first record, and (when
+    /// `tcp` is given, on the same port) the whole answer over TCP.
+    fn truncating_server(tcp: bool) -> (SocketAddr, thread::JoinHandle<()>) {
+        let (udp, listener) = loop {
+            let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+            if !tcp {
+                break (udp, None);
+            }
+            if let Ok(l) = std::net::TcpListener::bind(udp.local_addr().unwrap()) {
+                break (udp, Some(l));
+            }
+        };
+        let addr = udp.local_addr().unwrap();
+        let records: Vec<(&str, RData<'static>)> = (0..3u16)
+            .map(|i| {
+                let target = ["a.carrier.example", "b.carrier.example", "c.carrier.example"][usize::from(i)];
+                let srv = SRV { priority: 10 + i, weight: 0, port: 5060, target: Name::new_unchecked(target) };
+                ("_sip._udp.carrier.example", RData::SRV(srv))
+            })
+            .collect();
+        let handle = thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            let (n, from) = udp.recv_from(&mut buf).unwrap();
+            let mut truncated = answer_for(&buf[..n], &records[..1], RCODE::NoError);
+            truncated[2] |= 0x02;
+            udp.send_to(&truncated, from).unwrap();
+            let Some(listener) = listener else { return };
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut len = [0u8; 2];
+            conn.read_exact(&mut len).unwrap();
+            let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            conn.read_exact(&mut query).unwrap();
+            let full = answer_for(&query, &records, RCODE::NoError);
+            // Written in two pieces: the reader must not expect one read per message.
+            let mut message = (full.len() as u16).to_be_bytes().to_vec();
+            message.extend_from_slice(&full);
+            let (first, rest) = message.split_at(5);
+            conn.write_all(first).unwrap();
+            conn.flush().unwrap();
+            thread::sleep(Duration::from_millis(20));
+            conn.write_all(rest).unwrap();
+        });
+        (addr, handle)
+    }
+
+    #[test]
+    fn a_truncated_udp_answer_is_asked_again_over_tcp() {
+        let (addr, server) = truncating_server(true);
+        let resolver = Resolver::new(DnsSettings { servers: vec![addr], timeout: Duration::from_secs(2), attempts: 1 });
+        let answer = resolver.lookup_srv("_sip._udp.carrier.example").unwrap();
+        let targets: Vec<&str> = answer.records.iter().map(|r| r.target.as_str()).collect();
+        assert_eq!(targets, vec!["a.carrier.example", "b.carrier.example", "c.carrier.example"]);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn without_tcp_the_truncated_answer_is_used_as_far_as_it_goes() {
+        let (addr, server) = truncating_server(false);
+        let resolver = Resolver::new(DnsSettings { servers: vec![addr], timeout: Duration::from_secs(2), attempts: 1 });
+        let started = Instant::now();
+        let answer = resolver.lookup_srv("_sip._udp.carrier.example").unwrap();
+        let targets: Vec<&str> = answer.records.iter().map(|r| r.target.as_str()).collect();
+        assert_eq!(targets, vec!["a.carrier.example"]);
+        assert!(started.elapsed() < Duration::from_secs(2), "a refused TCP connect does not wait for the timeout");
+        server.join().unwrap();
     }
 }
