@@ -1171,6 +1171,38 @@ fn a_refused_tcp_connect_gets_a_synthetic_503() {
     );
 }
 
+/// Capture step d1: OPTIONS over UDP to a port where nothing listens. The kernel answers with
+/// ICMP port-unreachable and drachtio fails the transaction with a synthetic 503 at once (the
+/// capture: 0.7 ms), not with the 408 of a silent peer.
+#[test]
+fn a_closed_udp_port_gets_a_synthetic_503_not_a_408() {
+    let d = start_double(Duration::from_secs(20));
+    let mut app = App::authenticated(&d);
+    let ip = next_loopback_ip();
+    let closed = SocketAddr::new(IpAddr::V4(ip), free_port(ip));
+    let id = new_message_id();
+    let sent_at = Instant::now();
+    let echo = app.ask(&format!("{id}|sip||\r\nOPTIONS sip:{closed} SIP/2.0\r\n\r\n"));
+    let txn = assert_request_echo(&echo, &id, "udp", &sip_ip(&d), &sip_port(&d));
+
+    let failure = app.next_within(Duration::from_secs(15));
+    assert!(sent_at.elapsed() < Duration::from_secs(5), "503 before the first retransmissions, not at timer F");
+    assert_meta(&failure, &["<uuid>", "sip", "network", "0", "udp", "", "0", "<time>", &txn, "", ""]);
+    let to = failure.header("To").unwrap();
+    assert_eq!(to, format!("sip:{closed};tag={}", tag_of(&to)), "a defaulted To comes back without brackets");
+    assert_eq!(
+        failure.text(),
+        format!(
+            "SIP/2.0 503 Service Unavailable\r\nVia: {}\r\nFrom: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {}\r\nContent-Length: 0\r\n\r\n",
+            echo.header("Via").unwrap(),
+            echo.header("From").unwrap(),
+            echo.header("Call-ID").unwrap(),
+            echo.header("CSeq").unwrap()
+        )
+    );
+    app.expect_silence();
+}
+
 #[test]
 fn options_from_the_app_over_tcp_goes_down_a_connection_and_its_answer_comes_back() {
     let d = start_double(Duration::from_secs(2));

@@ -7,12 +7,8 @@
 //!   responses are delivered, and after a final the transaction is forgotten;
 //! * UDP retransmits after 1, 2, 4, 4, … s (sofia's fork raises the first interval from T1 =
 //!   500 ms to 1 s; T2 = 4 s); without a final response by `uac_timeout` (timer F, 32 s) the app
-//!   gets a synthetic `408 Request Timeout`; a refused TCP connect gives a synthetic `503`.
-//!
-//! Not faithful: drachtio learns of a closed UDP port from ICMP (IP_RECVERR on its socket) and
-//! answers 503 within a millisecond. std's UDP sockets cannot read the ICMP error queue of an
-//! unconnected socket without unsafe FFI, so a closed UDP port looks like a silent peer here and
-//! the app gets the 408 after the timeout instead.
+//!   gets a synthetic `408 Request Timeout`; a refused TCP connect gives a synthetic `503`, and
+//!   so does a closed UDP port (the ICMP port-unreachable, read from the socket's error queue).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream};
@@ -338,6 +334,23 @@ fn response_frame(t: &ClientTransaction, peer: &Peer, raw: &[u8]) -> Vec<u8> {
     .into_bytes();
     frame.extend_from_slice(raw);
     frame
+}
+
+/// An ICMP destination-unreachable came back for a datagram sent to `addr`: every UDP
+/// request still waiting for an answer from there ends with a synthetic `503`, as sofia's
+/// transport error does.
+pub(crate) fn on_unreachable(core: &mut Core, addr: SocketAddr) {
+    let keys: Vec<String> = core
+        .client
+        .live
+        .iter()
+        .filter(|(_, t)| t.hop.transport == Transport::Udp && t.hop.addr == addr)
+        .map(|(key, _)| key.clone())
+        .collect();
+    for key in keys {
+        trace(format_args!("{addr} unreachable: 503"));
+        fail(core, &key, 503);
+    }
 }
 
 /// Runs the timers: UDP retransmissions and transaction timeouts.

@@ -28,6 +28,7 @@ mod server_txn;
 mod sip_text;
 mod sip_transport;
 mod state;
+mod udp_socket;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
@@ -161,37 +162,20 @@ impl Drop for Double {
 fn bind_sip(ip: IpAddr, port: u16) -> io::Result<(TcpListener, UdpSocket)> {
     if port != 0 {
         let udp = UdpSocket::bind((ip, port))?;
-        enlarge_receive_buffer(&udp);
+        udp_socket::enlarge_receive_buffer(&udp);
+        udp_socket::report_icmp_errors(&udp);
         return Ok((TcpListener::bind((ip, port))?, udp));
     }
     for _ in 0..100 {
         let tcp = TcpListener::bind((ip, 0))?;
         let picked = tcp.local_addr()?.port();
         if let Ok(udp) = UdpSocket::bind((ip, picked)) {
-            enlarge_receive_buffer(&udp);
+            udp_socket::enlarge_receive_buffer(&udp);
+            udp_socket::report_icmp_errors(&udp);
             return Ok((tcp, udp));
         }
     }
     Err(io::Error::new(io::ErrorKind::AddrInUse, "no port free for both UDP and TCP"))
-}
-
-/// Asks for a 4 MB receive buffer (the kernel caps it at net.core.rmem_max). The default
-/// 208 KB holds only about a hundred small datagrams: a burst of a few hundred REGISTERs, as
-/// the benchmark sends and as a SIP server facing many devices sees, overflowed it and the
-/// lost requests showed up as 500 ms retransmissions. Best effort: failure leaves the default.
-fn enlarge_receive_buffer(udp: &UdpSocket) {
-    use std::os::fd::AsRawFd;
-    let size: libc::c_int = 4 * 1024 * 1024;
-    // SAFETY: a valid socket descriptor and a c_int option value of the size passed.
-    unsafe {
-        libc::setsockopt(
-            udp.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
 }
 
 /// Timer resolution: retransmissions land within this of their due time.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::sip_text::{cut_stream_message, SipText, StreamCut};
 use super::state::{Core, Shared};
-use super::{client_txn, server_txn, trace};
+use super::{client_txn, server_txn, trace, udp_socket};
 
 /// How often blocking loops look at the stop flag.
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -119,8 +119,15 @@ pub(crate) fn run_udp(shared: Arc<Shared>) {
                 let mut core = shared.lock();
                 on_message(&shared, &mut core, peer, &buf[..n]);
             }
-            // Timeouts, and ICMP errors some kernels report on the socket: keep going.
-            Err(_) => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+            // An ICMP error for something we sent (IP_RECVERR): fail what went there.
+            Err(_) => {
+                let unreachable = udp_socket::take_unreachable_destinations(&shared.udp);
+                let mut core = shared.lock();
+                for addr in unreachable {
+                    client_txn::on_unreachable(&mut core, addr);
+                }
+            }
         }
     }
 }
