@@ -1283,3 +1283,62 @@ fn concurrent_webhook_calls_reuse_one_connection_per_worker() {
     let opened = hook.connection_count();
     assert!(opened <= WORKERS, "{opened} connections for {} calls from {WORKERS} workers", WORKERS * ROUNDS);
 }
+
+/// A keep-alive webhook server that closes an idle connection just as the next request
+/// arrives (Node's http server does so after 5 s idle): the request goes again, once, on a new
+/// connection, instead of failing the REGISTER with 500.
+#[test]
+fn a_kept_alive_connection_closed_by_the_server_is_retried_once_on_a_new_one() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/auth", listener.local_addr().unwrap());
+    // Reads one request (head and body) off the connection; false at end of stream.
+    fn read_request(reader: &mut BufReader<std::net::TcpStream>) -> bool {
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return false;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body).is_ok()
+    }
+    const OK: &[u8] =
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{\"status\":\"ok\"}";
+    let server = std::thread::spawn(move || {
+        let mut requests = Vec::new();
+        // First connection: answers one request, then drops the connection on the second.
+        let (first, _) = listener.accept().unwrap();
+        let mut writer = first.try_clone().unwrap();
+        let mut reader = BufReader::new(first);
+        requests.push(("first", read_request(&mut reader)));
+        writer.write_all(OK).unwrap();
+        requests.push(("first", read_request(&mut reader)));
+        drop(writer);
+        drop(reader);
+        // Second connection: the retry.
+        let (second, _) = listener.accept().unwrap();
+        let mut writer = second.try_clone().unwrap();
+        let mut reader = BufReader::new(second);
+        requests.push(("second", read_request(&mut reader)));
+        writer.write_all(OK).unwrap();
+        requests
+    });
+    let transport = sbc_sidecar::registrar::hook_transport::UreqTransport::new(Duration::from_secs(3), None, 4);
+    let request = HookRequest {
+        method: sbc_sidecar::registrar::webhook::HookMethod::Post,
+        url,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: Some("{}".into()),
+    };
+    assert_eq!(transport.send(&request).map(|r| r.status), Ok(200));
+    assert_eq!(transport.send(&request).map(|r| r.status), Ok(200), "the second call survives the close");
+    assert_eq!(server.join().unwrap(), vec![("first", true), ("first", true), ("second", true)]);
+}

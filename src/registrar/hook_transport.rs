@@ -29,6 +29,9 @@ impl UreqTransport {
         let idle_per_host = idle_per_host.max(1);
         let mut config = Agent::config_builder()
             .max_idle_connections_per_host(idle_per_host)
+            // Under Node's default keep-alive timeout (5 s), so that a connection is rarely
+            // reused just as a Node webhook server closes it.
+            .max_idle_age(Duration::from_secs(4))
             // A few webhook hosts per platform (one per account at most).
             .max_idle_connections(idle_per_host.saturating_mul(4).max(16))
             .timeout_global(Some(timeout))
@@ -44,9 +47,10 @@ impl UreqTransport {
     }
 }
 
-impl HookTransport for UreqTransport {
-    fn send(&self, request: &HookRequest) -> Result<HookResponse, HookError> {
-        let result = match request.method {
+impl UreqTransport {
+    /// Sends the request and waits for the response head.
+    fn call(&self, request: &HookRequest) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        match request.method {
             HookMethod::Get => {
                 let mut b = self.agent.get(&request.url);
                 for (name, value) in &request.headers {
@@ -61,6 +65,18 @@ impl HookTransport for UreqTransport {
                 }
                 b.send(request.body.as_deref().unwrap_or(""))
             }
+        }
+    }
+}
+
+impl HookTransport for UreqTransport {
+    fn send(&self, request: &HookRequest) -> Result<HookResponse, HookError> {
+        // A kept-alive connection the server closed while it sat idle (Node's http server does
+        // after 5 s) fails as the request goes out. The request is sent again, once, on a new
+        // connection: asking the webhook twice is harmless, answering the device 500 is not.
+        let result = match self.call(request) {
+            Err(e) if connection_was_lost(&e) => self.call(request),
+            other => other,
         };
         let mut response = result.map_err(map_error)?;
         let status = response.status().as_u16();
@@ -71,6 +87,20 @@ impl HookTransport for UreqTransport {
             Err(e) => Err(map_error(e)),
         }
     }
+}
+
+/// The connection closed or was reset under the request (not a timeout, not a refused connect).
+fn connection_was_lost(e: &ureq::Error) -> bool {
+    matches!(
+        e,
+        ureq::Error::Io(io) if matches!(
+            io.kind(),
+            io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+        )
+    )
 }
 
 fn map_error(e: ureq::Error) -> HookError {
