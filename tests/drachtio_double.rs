@@ -1092,6 +1092,24 @@ fn app_supplied_headers_are_kept_rewritten_and_ordered_like_step_s1() {
     app.expect_silence();
 }
 
+/// A synthetic response for a UDP request whose To the stack defaulted (§7.4): meta with empty
+/// address and port 0, the request's Via/From/Call-ID/CSeq, and a To without brackets.
+fn assert_synthetic_udp_failure(failure: &Frame, echo: &Frame, txn: &str, peer: SocketAddr, status_line: &str) {
+    assert_meta(failure, &["<uuid>", "sip", "network", "0", "udp", "", "0", "<time>", txn, "", ""]);
+    let to = failure.header("To").unwrap();
+    assert_eq!(to, format!("sip:{peer};tag={}", tag_of(&to)), "a defaulted To comes back without brackets");
+    assert_eq!(
+        failure.text(),
+        format!(
+            "SIP/2.0 {status_line}\r\nVia: {}\r\nFrom: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {}\r\nContent-Length: 0\r\n\r\n",
+            echo.header("Via").unwrap(),
+            echo.header("From").unwrap(),
+            echo.header("Call-ID").unwrap(),
+            echo.header("CSeq").unwrap()
+        )
+    );
+}
+
 #[test]
 fn a_silent_udp_peer_gets_retransmissions_at_1_2_4_s_then_a_synthetic_408() {
     let d = start_double(Duration::from_millis(7500));
@@ -1119,19 +1137,7 @@ fn a_silent_udp_peer_gets_retransmissions_at_1_2_4_s_then_a_synthetic_408() {
         let timed_out_after = sent_at.elapsed().as_secs_f64();
         (watcher.join().unwrap(), timeout, timed_out_after)
     });
-    assert_meta(&timeout, &["<uuid>", "sip", "network", "0", "udp", "", "0", "<time>", &txn, "", ""]);
-    let to = timeout.header("To").unwrap();
-    assert_eq!(to, format!("sip:{peer};tag={}", tag_of(&to)), "a defaulted To comes back without brackets");
-    assert_eq!(
-        timeout.text(),
-        format!(
-            "SIP/2.0 408 Request Timeout\r\nVia: {}\r\nFrom: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {}\r\nContent-Length: 0\r\n\r\n",
-            echo.header("Via").unwrap(),
-            echo.header("From").unwrap(),
-            echo.header("Call-ID").unwrap(),
-            echo.header("CSeq").unwrap()
-        )
-    );
+    assert_synthetic_udp_failure(&timeout, &echo, &txn, peer, "408 Request Timeout");
     assert!((7.4..8.5).contains(&timed_out_after), "408 after {timed_out_after:.3} s");
     assert_eq!(arrivals.len(), 4, "copies at {arrivals:?}");
     for (arrival, expected) in arrivals.iter().zip([0.0, 1.0, 3.0, 7.0]) {
@@ -1187,19 +1193,7 @@ fn a_closed_udp_port_gets_a_synthetic_503_not_a_408() {
 
     let failure = app.next_within(Duration::from_secs(15));
     assert!(sent_at.elapsed() < Duration::from_secs(5), "503 before the first retransmissions, not at timer F");
-    assert_meta(&failure, &["<uuid>", "sip", "network", "0", "udp", "", "0", "<time>", &txn, "", ""]);
-    let to = failure.header("To").unwrap();
-    assert_eq!(to, format!("sip:{closed};tag={}", tag_of(&to)), "a defaulted To comes back without brackets");
-    assert_eq!(
-        failure.text(),
-        format!(
-            "SIP/2.0 503 Service Unavailable\r\nVia: {}\r\nFrom: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {}\r\nContent-Length: 0\r\n\r\n",
-            echo.header("Via").unwrap(),
-            echo.header("From").unwrap(),
-            echo.header("Call-ID").unwrap(),
-            echo.header("CSeq").unwrap()
-        )
-    );
+    assert_synthetic_udp_failure(&failure, &echo, &txn, closed, "503 Service Unavailable");
     app.expect_silence();
 }
 
