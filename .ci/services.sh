@@ -16,6 +16,8 @@ command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+# The TLS tests make a throw-away CA and certificates with the openssl command.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 for extra in influxdb ${SBC_EXTRA_PACKAGES:-}; do
   dpkg -s "$extra" >/dev/null 2>&1 || need+=("$extra")
 done

@@ -50,6 +50,12 @@ pub const NEW_VARIABLES: &[(&str, &str, &str)] = &[
     ("SBC_REDIS_TIMEOUT_MS", "1000", "Redis connect and pool checkout timeout (ms)"),
     ("SBC_MYSQL_TIMEOUT_MS", "1000", "MySQL connect and pool checkout timeout (ms)"),
     (
+        "SBC_REDIS_SENTINEL_MASTER_TLS",
+        "0",
+        "1: with JAMBONES_REDIS_SENTINELS and ENABLE_JAMBONES_REDIS_TLS, reach the master over TLS \
+         (the Node sidecar, and 0, use plain TCP)",
+    ),
+    (
         "SBC_DRACHTIO_PING_INTERVAL_MS",
         "15000",
         "interval between keep-alive pings on the drachtio control connection (ms)",
@@ -324,7 +330,8 @@ pub struct MysqlTlsFiles {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
     pub mode: RedisMode,
-    /// `ENABLE_JAMBONES_REDIS_TLS` truthy.
+    /// `ENABLE_JAMBONES_REDIS_TLS` truthy: TLS to the Redis node. With Sentinel only when
+    /// `SBC_REDIS_SENTINEL_MASTER_TLS` is on too (see `redis()`); the sentinels are plain.
     pub tls: Option<RedisTls>,
     /// `SBC_REDIS_TIMEOUT_MS`: connect and pool checkout timeout.
     pub timeout: Duration,
@@ -658,6 +665,19 @@ impl<'a> Env<'a> {
         }
     }
 
+    /// An on/off switch of ours: `1`/`true`/`yes`/`on` or `0`/`false`/`no`/`off` (any case).
+    /// Unlike the Node program's "set means on", anything else is refused.
+    fn switch(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
+        let Some(raw) = self.get(name) else {
+            return Ok(default);
+        };
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            _ => Err(invalid(name, raw, "1 or 0 (true/false, yes/no, on/off)".to_string())),
+        }
+    }
+
     /// A whole number in `min..=max`; `what` describes it for the error message.
     fn number(&self, name: &str, default: u64, min: u64, max: u64, what: &str) -> Result<u64, ConfigError> {
         let Some(raw) = self.get(name) else {
@@ -834,7 +854,7 @@ fn parse_env(env: &Env<'_>, command_line: CommandLine) -> Result<Config, ConfigE
         mysql_refresh_ttl: Some(env.secs("JAMBONES_MYSQL_REFRESH_TTL", 0, 0)?).filter(|d| !d.is_zero()),
         mysql_keep_alive_interval: Some(env.millis("JAMBONES_MYSQL_KEEP_ALIVE_INTERVAL_MS", 0, 0)?)
             .filter(|d| !d.is_zero()),
-        redis: redis(env, required.redis_sentinels)?,
+        redis: redis(env, required.redis_sentinels, &mut warnings)?,
         time_series_host: required.time_series_host.to_string(),
         time_series_port: env.port("SBC_TIME_SERIES_PORT", 8086)?,
         metrics: metrics(env)?,
@@ -926,7 +946,7 @@ fn mysql_pools(env: &Env<'_>, warnings: &mut Vec<String>) -> Result<(MysqlConfig
     Ok((read, write))
 }
 
-fn redis(env: &Env<'_>, sentinels: Option<&str>) -> Result<RedisConfig, ConfigError> {
+fn redis(env: &Env<'_>, sentinels: Option<&str>, warnings: &mut Vec<String>) -> Result<RedisConfig, ConfigError> {
     let mode = match sentinels {
         Some(list) => RedisMode::Sentinel {
             sentinels: parse_sentinels(list)?,
@@ -942,15 +962,26 @@ fn redis(env: &Env<'_>, sentinels: Option<&str>) -> Result<RedisConfig, ConfigEr
             password: env.secret("JAMBONES_REDIS_PASSWORD"),
         },
     };
-    Ok(RedisConfig {
-        mode,
-        tls: env.truthy("ENABLE_JAMBONES_REDIS_TLS").then(|| RedisTls {
-            ca_file: env.path("JAMBONES_REDIS_TLS_CA_FILE"),
-            cert_file: env.path("JAMBONES_REDIS_TLS_CERT_FILE"),
-            key_file: env.path("JAMBONES_REDIS_TLS_KEY_FILE"),
-        }),
-        timeout: env.millis("SBC_REDIS_TIMEOUT_MS", 1000, 1)?,
-    })
+    let mut tls = env.truthy("ENABLE_JAMBONES_REDIS_TLS").then(|| RedisTls {
+        ca_file: env.path("JAMBONES_REDIS_TLS_CA_FILE"),
+        cert_file: env.path("JAMBONES_REDIS_TLS_CERT_FILE"),
+        key_file: env.path("JAMBONES_REDIS_TLS_KEY_FILE"),
+    });
+    // With Sentinel the Node program reaches the master in clear text whatever
+    // ENABLE_JAMBONES_REDIS_TLS says (ioredis applies `tls` to a Sentinel master only with
+    // `enableTLSForSentinelMode`, which realtimedb-helpers never sets). A cluster that works
+    // today therefore has a plain master port; following the variable would cut this SBC off
+    // from it. TLS to the master is ours to opt into.
+    let sentinel_master_tls = env.switch("SBC_REDIS_SENTINEL_MASTER_TLS", false)?;
+    if matches!(mode, RedisMode::Sentinel { .. }) && tls.is_some() && !sentinel_master_tls {
+        warnings.push(
+            "ENABLE_JAMBONES_REDIS_TLS is set with JAMBONES_REDIS_SENTINELS: the master is reached over plain TCP, \
+             as the Node sidecar does; set SBC_REDIS_SENTINEL_MASTER_TLS=1 for TLS to the master"
+                .to_string(),
+        );
+        tls = None;
+    }
+    Ok(RedisConfig { mode, tls, timeout: env.millis("SBC_REDIS_TIMEOUT_MS", 1000, 1)? })
 }
 
 fn regbot(env: &Env<'_>) -> Result<RegbotConfig, ConfigError> {
@@ -1643,6 +1674,36 @@ mod tests {
         let debug = format!("{:?}", run(&env, &[]));
         assert!(!debug.contains("master-pw-777"));
         assert!(!debug.contains("sentinel-pw-888"));
+    }
+
+    /// The Node program reaches a Sentinel master in clear text even with
+    /// ENABLE_JAMBONES_REDIS_TLS; so do we unless SBC_REDIS_SENTINEL_MASTER_TLS says otherwise.
+    #[test]
+    fn redis_tls_with_sentinels_is_plain_to_the_master_unless_opted_in() {
+        let tls = [("ENABLE_JAMBONES_REDIS_TLS", "1"), ("JAMBONES_REDIS_TLS_CA_FILE", "/etc/ssl/redis-ca.pem")];
+        let standalone = run(&with(minimal_env(), &tls), &[]);
+        assert_eq!(standalone.redis.tls.as_ref().and_then(|t| t.ca_file.clone()), Some("/etc/ssl/redis-ca.pem".into()));
+        assert!(standalone.warnings.is_empty(), "{:?}", standalone.warnings);
+
+        let sentinel = with(
+            without(minimal_env(), &["JAMBONES_REDIS_HOST"]),
+            &[("JAMBONES_REDIS_SENTINELS", "s1"), ("JAMBONES_REDIS_SENTINEL_MASTER_NAME", "m")],
+        );
+        let plain = run(&with(sentinel.clone(), &tls), &[]);
+        assert_eq!(plain.redis.tls, None);
+        assert!(plain.warnings.iter().any(|w| w.contains("SBC_REDIS_SENTINEL_MASTER_TLS=1")), "{:?}", plain.warnings);
+        for on in ["1", "true", "YES", " on "] {
+            let opted = run(&with(with(sentinel.clone(), &tls), &[("SBC_REDIS_SENTINEL_MASTER_TLS", on)]), &[]);
+            assert!(opted.redis.tls.is_some(), "{on}");
+            assert!(opted.warnings.is_empty(), "{:?}", opted.warnings);
+        }
+        let off = run(&with(with(sentinel, &tls), &[("SBC_REDIS_SENTINEL_MASTER_TLS", "off")]), &[]);
+        assert_eq!(off.redis.tls, None);
+        let err = error(&with(minimal_env(), &[("SBC_REDIS_SENTINEL_MASTER_TLS", "maybe")]), &[]);
+        assert_eq!(
+            err.to_string(),
+            "invalid SBC_REDIS_SENTINEL_MASTER_TLS=\"maybe\": expected 1 or 0 (true/false, yes/no, on/off)"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
 use log::{debug, error, info, warn};
 
-use crate::config::{Config, MysqlConfig, RedisMode, RunMode};
+use crate::config::{Config, MysqlConfig, RedisMode, RunMode, PROGRAM};
 use crate::ctl::{CtlServer, CtlSettings};
 use crate::drachtio::{self, ConnectionEvent, DrachtioClient, Route};
 use crate::heartbeat::{HeartbeatRole, HeartbeatSettings};
@@ -19,6 +19,7 @@ use crate::regbot;
 use crate::registrar::{AuthPool, Registrar, RegistrarSettings};
 use crate::store::mysql::{MysqlPool, MysqlSettings};
 use crate::store::redis::{self as redis_store, RedisPool, RedisSettings, RedisTarget};
+use crate::store::tls::{self, TlsFileError};
 use crate::telemetry::{AlertSettings, AlertWriter, Metrics, MetricsSettings};
 use crate::{logging, signals};
 
@@ -44,7 +45,25 @@ pub struct Pools {
     pub mysql_write: MysqlPool,
 }
 
-pub fn redis_settings(config: &Config) -> RedisSettings {
+/// What the pools are built from: the configuration, with its TLS files read and checked.
+pub struct StoreSettings {
+    pub redis: RedisSettings,
+    pub mysql: MysqlSettings,
+    /// The separate write pool, when configured.
+    pub mysql_write: Option<MysqlSettings>,
+}
+
+impl StoreSettings {
+    pub fn from_config(config: &Config) -> Result<StoreSettings, TlsFileError> {
+        Ok(StoreSettings {
+            redis: redis_settings(config)?,
+            mysql: mysql_settings(&config.mysql)?,
+            mysql_write: config.mysql_write.as_ref().map(mysql_settings).transpose()?,
+        })
+    }
+}
+
+pub fn redis_settings(config: &Config) -> Result<RedisSettings, TlsFileError> {
     let (target, username, password) = match &config.redis.mode {
         RedisMode::Standalone { host, port, username, password } => (
             RedisTarget::Direct { host: host.clone(), port: *port },
@@ -62,18 +81,19 @@ pub fn redis_settings(config: &Config) -> RedisSettings {
             password.as_ref().map(|p| p.expose().to_string()),
         ),
     };
-    RedisSettings {
+    Ok(RedisSettings {
         target,
         username,
         password,
         db: 0,
         timeout: config.redis.timeout,
         max_connections: (config.auth_workers as u32).saturating_add(8),
-    }
+        tls: config.redis.tls.as_ref().map(tls::redis_certificates).transpose()?,
+    })
 }
 
-pub fn mysql_settings(m: &MysqlConfig) -> MysqlSettings {
-    MysqlSettings {
+pub fn mysql_settings(m: &MysqlConfig) -> Result<MysqlSettings, TlsFileError> {
+    Ok(MysqlSettings {
         host: m.host.clone(),
         port: m.port,
         user: m.user.clone(),
@@ -81,27 +101,34 @@ pub fn mysql_settings(m: &MysqlConfig) -> MysqlSettings {
         database: m.database.clone(),
         connection_limit: m.connection_limit as usize,
         timeout: m.timeout,
-    }
+        tls: m.tls.as_ref().map(tls::mysql_ssl_opts).transpose()?,
+    })
 }
 
-fn build_pools(config: &Config) -> Result<Pools, String> {
-    // Refusing is safer than quietly connecting in clear text to a server the operator wanted
-    // reached over TLS.
-    if config.redis.tls.is_some() {
-        return Err("ENABLE_JAMBONES_REDIS_TLS is set, but this version cannot connect to Redis over TLS".into());
-    }
-    if config.mysql.tls.is_some() || config.mysql_write.as_ref().is_some_and(|w| w.tls.is_some()) {
-        return Err("MySQL TLS is configured (JAMBONES_MYSQL_REJECT_UNAUTHORIZED / JAMBONES_MYSQL_SSL_*), \
-                    but this version cannot connect to MySQL over TLS"
-            .into());
-    }
-    let redis = redis_store::pool(&redis_settings(config)).map_err(|e| format!("redis pool: {e}"))?;
-    let mysql = MysqlPool::new(&mysql_settings(&config.mysql)).map_err(|e| format!("mysql pool: {e}"))?;
-    let mysql_write = match &config.mysql_write {
-        Some(w) => MysqlPool::new(&mysql_settings(w)).map_err(|e| format!("mysql write pool: {e}"))?,
+fn build_pools(stores: &StoreSettings) -> Result<Pools, String> {
+    let redis = redis_store::pool(&stores.redis).map_err(|e| format!("redis pool: {e}"))?;
+    let mysql = MysqlPool::new(&stores.mysql).map_err(|e| format!("mysql pool: {e}"))?;
+    let mysql_write = match &stores.mysql_write {
+        Some(w) => MysqlPool::new(w).map_err(|e| format!("mysql write pool: {e}"))?,
         None => mysql.clone(),
     };
     Ok(Pools { redis, mysql, mysql_write })
+}
+
+/// Says once at startup that the stores are reached over TLS, and how (paths, never keys).
+fn log_store_tls(config: &Config) {
+    if let Some(redis_tls) = &config.redis.tls {
+        let scope = match config.redis.mode {
+            RedisMode::Standalone { .. } => "",
+            RedisMode::Sentinel { .. } => {
+                " to the master (SBC_REDIS_SENTINEL_MASTER_TLS; the sentinels over plain TCP)"
+            }
+        };
+        info!("Redis connections use TLS{scope}, {}", tls::describe_redis(redis_tls));
+    }
+    if let Some(mysql_tls) = &config.mysql.tls {
+        info!("MySQL connections use TLS, {}", tls::describe_mysql(mysql_tls));
+    }
 }
 
 /// A started role thread, joined at shutdown.
@@ -117,6 +144,15 @@ fn spawn_role(name: &'static str, f: impl FnOnce() + Send + 'static) -> Result<R
 
 /// Runs the daemon until SIGTERM or SIGINT. Returns the process exit status.
 pub fn run(config: Config) -> i32 {
+    // Before daemonizing: a bad TLS file is reported on the terminal that started us, as one
+    // line and with the exit status of any other configuration error.
+    let stores = match StoreSettings::from_config(&config) {
+        Ok(stores) => stores,
+        Err(e) => {
+            eprintln!("{PROGRAM}: {e}");
+            return e.exit_code();
+        }
+    };
     if let RunMode::Daemon { pidfile } = &config.run_mode {
         // Forking must happen before any thread or pool exists.
         let mut d = daemonize::Daemonize::new().working_directory("/");
@@ -141,7 +177,7 @@ pub fn run(config: Config) -> i32 {
     for w in &config.warnings {
         warn!("{w}");
     }
-    match start_and_wait(&config) {
+    match start_and_wait(&config, &stores) {
         Ok(()) => EXIT_OK,
         Err(e) => {
             error!("sbc-sidecar could not start: {e}");
@@ -150,10 +186,11 @@ pub fn run(config: Config) -> i32 {
     }
 }
 
-fn start_and_wait(config: &Config) -> Result<(), String> {
+fn start_and_wait(config: &Config, stores: &StoreSettings) -> Result<(), String> {
     info!("sbc-sidecar {} starting", env!("CARGO_PKG_VERSION"));
     let signals = signals::listen().map_err(|e| format!("signal handlers: {e}"))?;
-    let pools = build_pools(config)?;
+    log_store_tls(config);
+    let pools = build_pools(stores)?;
     let alert_writer = AlertWriter::start(AlertSettings::from_config(config)).map_err(|e| format!("alerts: {e}"))?;
     let metrics = match Metrics::new(&MetricsSettings::from_config(config)) {
         Ok(m) => m,

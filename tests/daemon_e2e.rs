@@ -7,10 +7,13 @@ mod support;
 
 use std::time::Duration;
 
+use mysql::prelude::Queryable;
+
 use double::{Double, DoubleConfig};
 use support::daemon::{base_env, Daemon};
 use support::db::TestDb;
 use support::sipp;
+use support::tls::{ClientAuth, Pki, PrivateMariadb, ServerCert, TlsRedis, X509_USER};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -111,13 +114,86 @@ fn sigint_stops_the_daemon_cleanly_even_without_drachtio() {
 }
 
 #[test]
-fn tls_to_redis_or_mysql_is_refused_rather_than_silently_skipped() {
-    for (var, value) in [("ENABLE_JAMBONES_REDIS_TLS", "1"), ("JAMBONES_MYSQL_REJECT_UNAUTHORIZED", "1")] {
+fn with_redis_tls_the_daemon_keeps_its_state_in_a_tls_only_redis() {
+    let pki = Pki::generate();
+    let redis = TlsRedis::start(&pki, ServerCert::Trusted, ClientAuth::Optional);
+    let db = TestDb::create();
+    let double = start_double(0);
+    let cluster = format!("tls-{:08x}", rand::random::<u32>());
+    let mut env = base_env(double.admin_addr().port(), &db.name);
+    env.insert("JAMBONES_REDIS_PORT".into(), redis.port.to_string());
+    env.insert("ENABLE_JAMBONES_REDIS_TLS".into(), "1".into());
+    env.insert("JAMBONES_REDIS_TLS_CA_FILE".into(), pki.ca.display().to_string());
+    env.insert("JAMBONES_CLUSTER_ID".into(), cluster.clone());
+    env.insert("SBC_REGBOT_CLAIM_JITTER_MS".into(), "0".into());
+    let mut daemon = Daemon::start(env, &[]);
+    // The cheapest write the daemon makes by itself: its claim of the regbot role.
+    let key = format!("{cluster}:regbot-token");
+    let start = std::time::Instant::now();
+    let mut token: Option<String> = None;
+    while start.elapsed() < WAIT && token.is_none() {
+        token = redis::cmd("GET").arg(&key).query(&mut redis.admin()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(token.is_some(), "{key} written over TLS; log:\n{}", daemon.log());
+    let log = daemon.log();
+    assert!(log.contains(&format!("Redis connections use TLS, trusting CA file {}", pki.ca.display())), "{log}");
+    assert_eq!(daemon.stop(Duration::from_secs(5)).map(|s| s.code()), Some(Some(0)), "{}", daemon.log());
+}
+
+#[test]
+fn with_mysql_tls_the_daemon_writes_to_a_mariadb_that_requires_a_client_certificate() {
+    let pki = Pki::generate();
+    let mariadb = PrivateMariadb::start(&pki, ServerCert::Trusted);
+    mariadb.load_schema();
+    let double = start_double(0);
+    let mut env = base_env(double.admin_addr().port(), PrivateMariadb::DATABASE);
+    env.insert("JAMBONES_MYSQL_PORT".into(), mariadb.port.to_string());
+    env.insert("JAMBONES_MYSQL_USER".into(), X509_USER.name.into());
+    env.insert("JAMBONES_MYSQL_PASSWORD".into(), X509_USER.password.into());
+    env.insert("JAMBONES_MYSQL_SSL_CA_FILE".into(), pki.ca.display().to_string());
+    env.insert("JAMBONES_MYSQL_SSL_CERT_FILE".into(), pki.client.cert.display().to_string());
+    env.insert("JAMBONES_MYSQL_SSL_KEY_FILE".into(), pki.client.key.display().to_string());
+    let mut daemon = Daemon::start(env, &[]);
+    // On connecting to drachtio the daemon publishes its public addresses (127.0.0.1 is not
+    // RFC 1918 space) in sbc_addresses.
+    let start = std::time::Instant::now();
+    let mut rows = 0;
+    while start.elapsed() < WAIT && rows == 0 {
+        rows = mariadb
+            .root()
+            .query_first::<u64, _>("SELECT COUNT(*) FROM sbc_addresses WHERE ipv4 = '127.0.0.1'")
+            .unwrap()
+            .unwrap_or(0);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(rows, 1, "sbc_addresses written over TLS; log:\n{}", daemon.log());
+    assert!(daemon.log().contains("MySQL connections use TLS, trusting CA file"), "{}", daemon.log());
+    assert_eq!(daemon.stop(Duration::from_secs(5)).map(|s| s.code()), Some(Some(0)), "{}", daemon.log());
+}
+
+#[test]
+fn a_missing_tls_file_is_one_line_naming_the_variable_and_exit_78() {
+    let missing = "/nonexistent/sbc-sidecar-test/file.pem";
+    let cases: [&[(&str, &str)]; 2] = [
+        &[("ENABLE_JAMBONES_REDIS_TLS", "1"), ("JAMBONES_REDIS_TLS_CA_FILE", missing)],
+        &[
+            ("JAMBONES_MYSQL_SSL_CA_FILE", missing),
+            ("JAMBONES_MYSQL_SSL_CERT_FILE", missing),
+            ("JAMBONES_MYSQL_SSL_KEY_FILE", missing),
+        ],
+    ];
+    for vars in cases {
         let mut env = base_env(9, "sbc_nowhere");
-        env.insert(var.into(), value.into());
+        for (k, v) in vars {
+            env.insert(k.to_string(), v.to_string());
+        }
         let mut daemon = Daemon::start(env, &[]);
         let status = daemon.wait_exit(WAIT).expect("exits by itself");
-        assert_eq!(status.code(), Some(70), "{var}: {}", daemon.log());
-        assert!(daemon.log().contains("over TLS"), "{var}: {}", daemon.log());
+        let log = daemon.log();
+        assert_eq!(status.code(), Some(78), "{vars:?}: {log}");
+        assert_eq!(log.lines().count(), 1, "one line: {log}");
+        let var = if vars[0].0.starts_with("ENABLE") { vars[1].0 } else { vars[0].0 };
+        assert!(log.starts_with(&format!("sbc-sidecar: {var}={missing}: cannot read the file")), "{log}");
     }
 }

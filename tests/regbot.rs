@@ -92,6 +92,7 @@ fn redis() -> RedisPool {
         db: 0,
         timeout: Duration::from_secs(2),
         max_connections: 8,
+        tls: None,
     })
     .unwrap()
 }
@@ -110,6 +111,7 @@ fn mysql_pool(database: &str) -> MysqlPool {
         database: database.into(),
         connection_limit: 4,
         timeout: Duration::from_secs(2),
+        tls: None,
     })
     .unwrap()
 }

@@ -72,6 +72,7 @@ fn mysql_settings(database: &str, port: u16) -> MysqlSettings {
         database: database.into(),
         connection_limit: 4,
         timeout: Duration::from_millis(500),
+        tls: None,
     }
 }
 
@@ -83,6 +84,7 @@ fn redis_settings(port: u16, timeout: Duration) -> RedisSettings {
         db: 0,
         timeout,
         max_connections: 4,
+        tls: None,
     }
 }
 

@@ -352,6 +352,7 @@ mod tests {
             db: 0,
             timeout: Duration::from_millis(200),
             max_connections: 1,
+            tls: None,
         })
         .unwrap();
         let mut t = Tracker::new("test-unreachable", Duration::from_secs(60), unreachable);

@@ -333,6 +333,7 @@ mod tests {
             db: 0,
             timeout: Duration::from_secs(2),
             max_connections: 2,
+            tls: None,
         })
         .unwrap()
     }

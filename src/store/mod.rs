@@ -7,6 +7,7 @@
 
 pub mod mysql;
 pub mod redis;
+pub mod tls;
 
 use std::fmt;
 
@@ -56,7 +57,9 @@ impl From<::redis::RedisError> for StoreError {
 impl From<::mysql::Error> for StoreError {
     fn from(e: ::mysql::Error) -> Self {
         match e {
-            ::mysql::Error::IoError(_) | ::mysql::Error::DriverError(_) => StoreError::MysqlUnavailable(e.to_string()),
+            ::mysql::Error::IoError(_) | ::mysql::Error::DriverError(_) | ::mysql::Error::TlsError(_) => {
+                StoreError::MysqlUnavailable(e.to_string())
+            }
             other => StoreError::Mysql(other),
         }
     }

@@ -1,8 +1,8 @@
-//! The MySQL pools (read, and optionally a separate write pool).
+//! The MySQL pools (read, and optionally a separate write pool), optionally over TLS.
 
 use std::time::Duration;
 
-use mysql::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, PooledConn};
+use mysql::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, PooledConn, SslOpts};
 
 use super::StoreError;
 
@@ -16,11 +16,17 @@ pub struct MysqlSettings {
     pub connection_limit: usize,
     /// Connect, read and write timeout, and the checkout timeout.
     pub timeout: Duration,
+    /// TLS, with the files already checked (see `store::tls`); `None` for plain TCP.
+    pub tls: Option<SslOpts>,
 }
 
 impl std::fmt::Debug for MysqlSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "mysql://{}@{}:{}/{}", self.user, self.host, self.port, self.database)
+        write!(f, "mysql://{}@{}:{}/{}", self.user, self.host, self.port, self.database)?;
+        if self.tls.is_some() {
+            f.write_str(" (tls)")?;
+        }
+        Ok(())
     }
 }
 
@@ -43,6 +49,8 @@ impl MysqlPool {
             .pass(Some(s.password.clone()))
             .db_name(Some(s.database.clone()))
             .prefer_socket(false)
+            // The handshake runs on the socket with the read and write timeouts below.
+            .ssl_opts(s.tls.clone())
             .tcp_connect_timeout(Some(s.timeout))
             .read_timeout(Some(s.timeout * 5))
             .write_timeout(Some(s.timeout * 5))

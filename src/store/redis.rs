@@ -1,8 +1,19 @@
-//! The Redis pool: r2d2 over the `redis` crate, plain or through Sentinel.
+//! The Redis pool: r2d2 over the `redis` crate, plain or through Sentinel, optionally over TLS.
+//!
+//! TLS (`ENABLE_JAMBONES_REDIS_TLS`) applies to the Redis node: the standalone host, or the
+//! master a sentinel names, whose certificate must then be valid for the address the sentinel
+//! returned. The sentinels themselves are asked over plain TCP, as ioredis does unless given
+//! `sentinelTLS` (which the Node program never sets).
+//!
+//! Whether a Sentinel master gets TLS is the configuration's decision (`config::redis`): the
+//! Node program reached it in clear text, so by default so do we.
 
 use std::time::Duration;
 
-use redis::{ConnectionAddr, ConnectionInfo, ConnectionLike, IntoConnectionInfo, RedisConnectionInfo};
+use redis::{
+    ConnectionAddr, ConnectionInfo, ConnectionLike, IntoConnectionInfo, RedisConnectionInfo, RedisResult,
+    TlsCertificates,
+};
 
 use super::StoreError;
 
@@ -17,6 +28,9 @@ pub struct RedisSettings {
     /// Connect, read and write timeout of every connection, and the pool checkout timeout.
     pub timeout: Duration,
     pub max_connections: u32,
+    /// TLS to the Redis node, with the certificates already read (see `store::tls`); `None`
+    /// for plain TCP.
+    pub tls: Option<TlsCertificates>,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -27,6 +41,7 @@ impl std::fmt::Debug for RedisSettings {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("db", &self.db)
             .field("timeout", &self.timeout)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -64,6 +79,8 @@ pub type RedisConn = r2d2::PooledConnection<RedisManager>;
 pub struct RedisManager {
     source: Source,
     node_info: RedisConnectionInfo,
+    /// For the master found through Sentinel; a direct node's address has it already.
+    tls: Option<TlsCertificates>,
     timeout: Duration,
 }
 
@@ -85,8 +102,25 @@ enum Source {
     },
 }
 
+/// The address of a Redis node (never a sentinel): `rediss` when TLS is configured. The
+/// certificate is verified for `host`.
+fn node_addr(host: &str, port: u16, tls: Option<&TlsCertificates>) -> RedisResult<ConnectionInfo> {
+    match tls {
+        None => ConnectionAddr::Tcp(host.to_string(), port).into_connection_info(),
+        Some(certificates) => {
+            let addr = ConnectionAddr::TcpTls { host: host.to_string(), port, insecure: false, tls_params: None };
+            // The crate parses the PEM bytes into the address's TLS parameters here.
+            Ok(redis::Client::build_with_tls(addr, certificates.clone())?.get_connection_info().clone())
+        }
+    }
+}
+
 impl RedisManager {
     /// A connection with our timeouts on both directions.
+    ///
+    /// The TLS handshake happens within the connect timeout too: the redis crate bounds the
+    /// whole setup (connect, handshake, AUTH/SELECT) by it, so a server that accepts and never
+    /// completes the handshake fails the connect instead of hanging it.
     fn open(&self, info: ConnectionInfo) -> Result<redis::Connection, redis::RedisError> {
         let conn = redis::Client::open(info)?.get_connection_with_timeout(self.timeout)?;
         conn.set_read_timeout(Some(self.timeout))?;
@@ -113,8 +147,7 @@ impl RedisManager {
                 let (host, port) = addr.ok_or_else(|| {
                     redis::RedisError::from((redis::ErrorKind::Io, "sentinel does not know the master"))
                 })?;
-                let info =
-                    ConnectionAddr::Tcp(host, port).into_connection_info()?.set_redis_settings(self.node_info.clone());
+                let info = node_addr(&host, port, self.tls.as_ref())?.set_redis_settings(self.node_info.clone());
                 let mut master = self.open(info)?;
                 let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut master)?;
                 match role.first() {
@@ -157,9 +190,7 @@ impl r2d2::ManageConnection for RedisManager {
 /// Builds the pool without connecting: the first checkout connects.
 pub fn pool(settings: &RedisSettings) -> Result<RedisPool, StoreError> {
     let source = match &settings.target {
-        RedisTarget::Direct { host, port } => {
-            Source::Direct(ConnectionAddr::Tcp(host.clone(), *port).into_connection_info()?)
-        }
+        RedisTarget::Direct { host, port } => Source::Direct(node_addr(host, *port, settings.tls.as_ref())?),
         RedisTarget::Sentinel { sentinels, master_name, sentinel_username, sentinel_password } => {
             let mut sentinel_auth = RedisConnectionInfo::default();
             if let Some(u) = sentinel_username {
@@ -183,7 +214,7 @@ pub fn pool(settings: &RedisSettings) -> Result<RedisPool, StoreError> {
     if let Some(p) = &settings.password {
         node_info = node_info.set_password(p);
     }
-    let manager = RedisManager { source, node_info, timeout: settings.timeout };
+    let manager = RedisManager { source, node_info, tls: settings.tls.clone(), timeout: settings.timeout };
     Ok(r2d2::Pool::builder()
         .max_size(settings.max_connections.max(1))
         .min_idle(Some(0))
@@ -243,6 +274,7 @@ mod tests {
             db: 0,
             timeout: Duration::from_millis(500),
             max_connections: 1,
+            tls: None,
         })
         .expect("pool")
     }
@@ -271,6 +303,7 @@ mod tests {
             db: 0,
             timeout: Duration::from_millis(200),
             max_connections: 1,
+            tls: None,
         })
         .unwrap();
         let err = run(&pool, |c| Ok(redis::cmd("PING").query::<String>(&mut **c)?)).unwrap_err();

@@ -21,6 +21,7 @@ pub fn redis_at(port: u16, timeout: Duration) -> RedisPool {
         db: 0,
         timeout,
         max_connections: 4,
+        tls: None,
     })
     .expect("redis pool")
 }

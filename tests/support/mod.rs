@@ -9,3 +9,4 @@ pub mod daemon;
 pub mod db;
 pub mod influx;
 pub mod sipp;
+pub mod tls;
