@@ -69,7 +69,14 @@ impl Resolver for HookResolver {
         if let Some(addr) = literal_address(uri) {
             return Ok(self.to_resolved(&[addr]));
         }
-        let key = uri.authority().map(|a| format!("{}|{}", uri.scheme_str().unwrap_or(""), a)).unwrap_or_default();
+        // Host and port only: the authority may carry `user:password@`, which must not end up
+        // in the log line below.
+        let key = format!(
+            "{}|{}:{}",
+            uri.scheme_str().unwrap_or(""),
+            uri.host().unwrap_or(""),
+            uri.port_u16().map(|p| p.to_string()).unwrap_or_default()
+        );
         if let Some(addrs) = self.cached(&key, FRESH_FOR) {
             return Ok(self.to_resolved(&addrs));
         }
@@ -128,10 +135,11 @@ mod tests {
     fn a_name_is_looked_up_once_then_served_from_the_cache() {
         let r = HookResolver::new();
         let config = Config::default();
-        let u = uri("http://localhost:8080/auth");
+        let u = uri("http://user:secret@localhost:8080/auth");
         let first = r.resolve(&u, &config, two_seconds()).expect("localhost resolves");
         assert!(first.iter().all(|a| a.port() == 8080 && a.ip().is_loopback()), "{first:?}");
-        assert_eq!(r.cache.lock().unwrap().len(), 1);
+        // Keyed by host and port: credentials in the URL stay out of the key (it is logged).
+        assert_eq!(r.cache.lock().unwrap().keys().collect::<Vec<_>>(), vec!["http|localhost:8080"]);
         // Poison the entry's addresses: a second call must come from the cache, not getaddrinfo.
         r.cache.lock().unwrap().values_mut().for_each(|(_, a)| *a = vec!["127.0.0.9:8080".parse().unwrap()]);
         let second = r.resolve(&u, &config, two_seconds()).expect("cached");
