@@ -1344,3 +1344,69 @@ fn a_kept_alive_connection_closed_by_the_server_is_retried_once_on_a_new_one() {
     assert_eq!(transport.send(&request).map(|r| r.status), Ok(200), "the second call survives the close");
     assert_eq!(server.join().unwrap(), vec![("first", true), ("first", true), ("second", true)]);
 }
+
+/// An account whose webhook keeps timing out stops holding auth workers: after 3 timeouts in
+/// a row its REGISTERs get 503 with Retry-After at once, without a call, until the cool-down is
+/// over; then one goes through, and an answer closes the breaker. Other accounts keep calling
+/// their webhooks meanwhile.
+#[test]
+fn a_webhook_that_keeps_timing_out_is_rested_without_touching_other_accounts() {
+    use sbc_sidecar::registrar::hook_breaker::BreakerSettings;
+    let cooldown = Duration::from_millis(1500);
+    let fx = Fx::with(|s| {
+        s.webhook_timeout = Duration::from_millis(200);
+        s.webhook_breaker = BreakerSettings { threshold: 3, cooldown };
+    });
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    fx.hook.set_password("ann", PASSWORD);
+    fx.hook.delay(Duration::from_secs(2));
+
+    // A second account on another realm, with a webhook that answers at once.
+    let other_hook = WebhookServer::start();
+    other_hook.set_password("bob", PASSWORD);
+    let other_realm = format!("o{:08x}.sbc-test.example", rand::thread_rng().gen::<u32>());
+    {
+        let mut c = fx.db.conn();
+        let hook_sid = uuid();
+        c.exec_drop(
+            "INSERT INTO webhooks (webhook_sid, url, method) VALUES (?, ?, 'POST')",
+            (&hook_sid, other_hook.url("/auth")),
+        )
+        .unwrap();
+        c.exec_drop(
+            "INSERT INTO accounts (account_sid, name, sip_realm, service_provider_sid, registration_hook_sid, \
+             is_active, webhook_secret) VALUES (?, 'other', ?, ?, ?, 1, ?)",
+            (uuid(), &other_realm, uuid(), &hook_sid, WEBHOOK_SECRET),
+        )
+        .unwrap();
+    }
+    let mut bob = fx.reg("bob");
+    bob.ruri = format!("sip:{other_realm}");
+    bob.to = format!("<sip:bob@{other_realm}>");
+    bob.to_host = other_realm.clone();
+
+    for attempt in 1..=3 {
+        let r = fx.register_with_password(&fx.reg("ann"), PASSWORD);
+        assert_eq!(r.status, 500, "timeout {attempt}");
+    }
+    assert_eq!(fx.hook.request_count(), 3);
+
+    let r = fx.register_with_password(&fx.reg("ann"), PASSWORD);
+    assert_eq!(r.status, 503, "{}", r.raw);
+    let retry_after: u64 = r.header("Retry-After").expect("Retry-After").parse().unwrap();
+    assert!((1..=2).contains(&retry_after), "Retry-After {retry_after} for a 1.5 s cool-down");
+    assert_eq!(fx.hook.request_count(), 3, "not called while the breaker is open");
+
+    assert_eq!(fx.register_with_password(&bob, PASSWORD).status, 200, "another account's webhook is still called");
+    assert_eq!(other_hook.request_count(), 1);
+
+    // The webhook recovers; after the cool-down the next REGISTER is tried and succeeds.
+    fx.hook.delay(Duration::ZERO);
+    std::thread::sleep(cooldown + Duration::from_millis(100));
+    assert_eq!(fx.register_with_password(&fx.reg("ann"), PASSWORD).status, 200);
+    assert_eq!(fx.hook.request_count(), 4);
+    // (ann is now answered from the cache window; another phone of the account calls again.)
+    fx.hook.set_password("cat", PASSWORD);
+    assert_eq!(fx.register_with_password(&fx.reg("cat"), PASSWORD).status, 200, "closed again");
+    assert_eq!(fx.hook.request_count(), 5);
+}

@@ -28,6 +28,7 @@ pub mod crypto;
 pub mod device_count;
 pub mod grant;
 mod health;
+pub mod hook_breaker;
 pub mod hook_resolver;
 pub mod hook_transport;
 pub mod nonce;
@@ -48,6 +49,7 @@ use account_cache::AccountCache;
 use crypto::PasswordKey;
 use device_count::DeviceCounter;
 use health::{HookHealth, StoreHealth};
+use hook_breaker::HookBreaker;
 use hook_transport::UreqTransport;
 use nonce::NonceSigner;
 
@@ -70,6 +72,7 @@ pub struct Registrar {
     mysql_health: StoreHealth,
     redis_health: StoreHealth,
     hook_health: HookHealth,
+    hook_breaker: HookBreaker,
     /// Where alerts go (InfluxDB); `None` until the daemon plugs the writer in.
     alerts: Option<AlertSender>,
     metrics: Metrics,
@@ -98,6 +101,7 @@ impl Registrar {
             Some(secret) => NonceSigner::from_secret(secret, settings.nonce_ttl),
             None => NonceSigner::random(settings.nonce_ttl),
         };
+        let hook_breaker = HookBreaker::new(settings.webhook_breaker);
         Registrar {
             password_key: PasswordKey::derive(&settings.encryption_secret, settings.legacy_crypto),
             devices: DeviceCounter::new(settings.device_count_max_age),
@@ -110,6 +114,7 @@ impl Registrar {
             mysql_health: StoreHealth::new("mysql"),
             redis_health: StoreHealth::new("redis"),
             hook_health: HookHealth::new(),
+            hook_breaker,
             alerts: None,
             metrics: Metrics::disabled(),
         }

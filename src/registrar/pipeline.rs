@@ -13,6 +13,7 @@ use super::bindings::{self, NewBinding, StoredBinding};
 use super::clients;
 use super::grant::{AuthVerdict, Denial, Grant};
 use super::health::StoreHealth;
+use super::hook_breaker::{Admission, Transition};
 use super::nonce::NonceCheck;
 use super::reply::Reply;
 use super::request::{self, Aor, Kind, Registration};
@@ -302,12 +303,36 @@ impl Registrar {
         hook: &RegistrationHook,
         credentials: &DigestCredentials,
     ) -> Result<AuthVerdict, Reply> {
+        let started = Instant::now();
+        if let Admission::Refuse { retry_after } = self.hook_breaker.admit(&account.account_sid, started) {
+            debug!(
+                "registrar: webhook of account_sid={} not called after repeated timeouts aor={}: 503",
+                account.account_sid, ctx.aor_key
+            );
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            return Err(Reply::unavailable(u32::try_from(secs.max(1)).unwrap_or(u32::MAX)));
+        }
         let meta = &ctx.req.meta;
         let data =
             webhook::payload(&meta.address, meta.port, &ctx.req.message, hook.method, ctx.reg.expires, credentials);
         let request = webhook::build_request(hook, account.webhook_secret.as_deref(), &data, unix_secs());
-        let started = Instant::now();
         let result = self.hook.send(&request).and_then(|response| webhook::interpret(&response));
+        let timed_out = matches!(result, Err(HookError::Timeout));
+        match self.hook_breaker.record(&account.account_sid, timed_out, Instant::now()) {
+            Transition::Opened => warn!(
+                "registrar: registration webhook of account_sid={} url={} timed out {} times in a row; \
+                 its REGISTERs get 503 without calling it for {} s, then one is tried",
+                account.account_sid,
+                webhook::url_for_logs(&hook.url),
+                self.settings.webhook_breaker.threshold,
+                self.settings.webhook_breaker.cooldown.as_secs_f32()
+            ),
+            Transition::Closed => info!(
+                "registrar: registration webhook of account_sid={} answers again; calling it for every REGISTER",
+                account.account_sid
+            ),
+            Transition::StillOpen | Transition::None => {}
+        }
         // `app.hook.response_time` is only measured for answers the webhook gave with HTTP 200.
         if let Ok(verdict) = &result {
             self.metrics.hook_response_time(verdict.status(), started.elapsed());

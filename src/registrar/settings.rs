@@ -6,6 +6,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::hook_breaker::BreakerSettings;
+
 /// Settings of the REGISTER pipeline. [`Default`] gives the documented defaults with an empty
 /// encryption secret, which the daemon must fill in (`ENCRYPTION_SECRET` or `JWT_SECRET`).
 #[derive(Clone)]
@@ -47,6 +49,9 @@ pub struct RegistrarSettings {
     /// calling the same webhook at once all reuse a connection (ureq keeps 3 by default, and
     /// the rest were closed and opened again on every call).
     pub webhook_idle_connections: usize,
+    /// When an account's webhook has timed out too often in a row, its REGISTERs get `503`
+    /// without calling it for a while (see `hook_breaker`). Default: 3 timeouts, 10 s.
+    pub webhook_breaker: BreakerSettings,
 }
 
 impl Default for RegistrarSettings {
@@ -64,6 +69,7 @@ impl Default for RegistrarSettings {
             retry_after_secs: 5,
             account_cache_ttl: Duration::from_secs(5),
             webhook_idle_connections: 8,
+            webhook_breaker: BreakerSettings::default(),
         }
     }
 }
@@ -85,6 +91,7 @@ impl fmt::Debug for RegistrarSettings {
             .field("retry_after_secs", &self.retry_after_secs)
             .field("account_cache_ttl", &self.account_cache_ttl)
             .field("webhook_idle_connections", &self.webhook_idle_connections)
+            .field("webhook_breaker", &self.webhook_breaker)
             .finish()
     }
 }

@@ -1,0 +1,192 @@
+//! A circuit breaker per account for registration webhooks that stop answering.
+//!
+//! Every auth worker that calls a hanging webhook is held for the whole webhook timeout. With
+//! a fixed pool, one account's dead webhook would soon hold every worker, and the REGISTERs
+//! of every other account on the platform — even refreshes answered from the cache window —
+//! would wait behind it in the queue until it overflowed. So after [`BreakerSettings::threshold`]
+//! timeouts in a row, the account's webhook is not called for [`BreakerSettings::cooldown`]:
+//! its REGISTERs get `503` with `Retry-After` at once. When the cool-down is over, one
+//! REGISTER goes through as a probe (the others are still refused while it runs); an answer
+//! closes the breaker, another timeout opens it again.
+//!
+//! Only timeouts count: a webhook that refuses connections or answers with an error status
+//! fails fast and holds nobody.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerSettings {
+    /// Webhook timeouts in a row that open the breaker. Zero disables it.
+    pub threshold: u32,
+    /// How long an open breaker refuses calls before it lets a probe through.
+    pub cooldown: Duration,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings { threshold: 3, cooldown: Duration::from_secs(10) }
+    }
+}
+
+/// Whether a webhook call may go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Call,
+    /// The breaker is open: answer without calling, and tell the device when to come back.
+    Refuse {
+        retry_after: Duration,
+    },
+}
+
+/// What a call's outcome changed, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    None,
+    /// This timeout opened the breaker.
+    Opened,
+    /// The probe timed out too: open for another cool-down.
+    StillOpen,
+    /// The webhook answered after the breaker had opened.
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct AccountState {
+    timeouts_in_a_row: u32,
+    /// Set while open; also pushed forward while a probe runs.
+    open_until: Option<Instant>,
+}
+
+/// Accounts whose webhook timed out recently (the others have no entry).
+pub struct HookBreaker {
+    settings: BreakerSettings,
+    accounts: Mutex<HashMap<String, AccountState>>,
+}
+
+/// More accounts than this timing out at once means the network, not the accounts: the map is
+/// cleared rather than grown.
+const MAX_TRACKED: usize = 10_000;
+
+impl HookBreaker {
+    pub fn new(settings: BreakerSettings) -> HookBreaker {
+        HookBreaker { settings, accounts: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn admit(&self, account_sid: &str, now: Instant) -> Admission {
+        if self.settings.threshold == 0 {
+            return Admission::Call;
+        }
+        let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(state) = accounts.get_mut(account_sid) else {
+            return Admission::Call;
+        };
+        match state.open_until {
+            Some(until) if now < until => Admission::Refuse { retry_after: until - now },
+            Some(_) => {
+                // Half open: this call is the probe; the others wait for its outcome.
+                state.open_until = Some(now + self.settings.cooldown);
+                Admission::Call
+            }
+            None => Admission::Call,
+        }
+    }
+
+    /// Records how a call that [`admit`](Self::admit) let through ended.
+    pub fn record(&self, account_sid: &str, timed_out: bool, now: Instant) -> Transition {
+        if self.settings.threshold == 0 {
+            return Transition::None;
+        }
+        let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        if !timed_out {
+            return match accounts.remove(account_sid) {
+                Some(AccountState { open_until: Some(_), .. }) => Transition::Closed,
+                _ => Transition::None,
+            };
+        }
+        if !accounts.contains_key(account_sid) && accounts.len() >= MAX_TRACKED {
+            accounts.clear();
+        }
+        let state = accounts.entry(account_sid.to_string()).or_default();
+        state.timeouts_in_a_row = state.timeouts_in_a_row.saturating_add(1);
+        if state.timeouts_in_a_row < self.settings.threshold {
+            return Transition::None;
+        }
+        let was_open = state.open_until.is_some();
+        state.open_until = Some(now + self.settings.cooldown);
+        if was_open {
+            Transition::StillOpen
+        } else {
+            Transition::Opened
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COOLDOWN: Duration = Duration::from_secs(10);
+
+    fn breaker() -> HookBreaker {
+        HookBreaker::new(BreakerSettings { threshold: 3, cooldown: COOLDOWN })
+    }
+
+    #[test]
+    fn three_timeouts_in_a_row_open_it_for_the_cooldown() {
+        let b = breaker();
+        let t0 = Instant::now();
+        for _ in 0..2 {
+            assert_eq!(b.admit("a1", t0), Admission::Call);
+            assert_eq!(b.record("a1", true, t0), Transition::None);
+        }
+        assert_eq!(b.record("a1", true, t0), Transition::Opened);
+        assert_eq!(
+            b.admit("a1", t0 + Duration::from_secs(4)),
+            Admission::Refuse { retry_after: COOLDOWN - Duration::from_secs(4) }
+        );
+        assert_eq!(b.admit("a2", t0), Admission::Call, "other accounts are not affected");
+    }
+
+    #[test]
+    fn an_answer_in_between_starts_the_count_again() {
+        let b = breaker();
+        let t0 = Instant::now();
+        b.record("a1", true, t0);
+        b.record("a1", true, t0);
+        assert_eq!(b.record("a1", false, t0), Transition::None);
+        assert_eq!(b.record("a1", true, t0), Transition::None);
+        assert_eq!(b.admit("a1", t0), Admission::Call);
+    }
+
+    #[test]
+    fn after_the_cooldown_one_probe_goes_and_its_outcome_decides() {
+        let b = breaker();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            b.record("a1", true, t0);
+        }
+        let later = t0 + COOLDOWN;
+        assert_eq!(b.admit("a1", later), Admission::Call, "the probe");
+        assert!(matches!(b.admit("a1", later), Admission::Refuse { .. }), "only one probe at a time");
+        assert_eq!(b.record("a1", true, later), Transition::StillOpen);
+        assert!(matches!(b.admit("a1", later + Duration::from_secs(1)), Admission::Refuse { .. }));
+
+        let again = later + COOLDOWN;
+        assert_eq!(b.admit("a1", again), Admission::Call);
+        assert_eq!(b.record("a1", false, again), Transition::Closed);
+        assert_eq!(b.admit("a1", again), Admission::Call);
+        assert_eq!(b.record("a1", true, again), Transition::None, "closed: counting from zero");
+    }
+
+    #[test]
+    fn threshold_zero_disables_it() {
+        let b = HookBreaker::new(BreakerSettings { threshold: 0, cooldown: COOLDOWN });
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            assert_eq!(b.record("a1", true, t0), Transition::None);
+        }
+        assert_eq!(b.admit("a1", t0), Admission::Call);
+    }
+}
