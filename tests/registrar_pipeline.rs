@@ -1410,3 +1410,44 @@ fn a_webhook_that_keeps_timing_out_is_rested_without_touching_other_accounts() {
     assert_eq!(fx.register_with_password(&fx.reg("cat"), PASSWORD).status, 200, "closed again");
     assert_eq!(fx.hook.request_count(), 5);
 }
+
+/// The triage thread answers refreshes from the cache window while every auth worker is held
+/// by a slow webhook: one tenant's slow webhook does not delay the other devices' refreshes.
+#[test]
+fn cache_window_refreshes_are_answered_while_every_auth_worker_waits_on_a_webhook() {
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    for u in ["steady", "slowpoke"] {
+        fx.hook.set_password(u, PASSWORD);
+    }
+    assert_eq!(fx.register_with_password(&fx.reg("steady"), PASSWORD).status, 200);
+    let registrar = Arc::new(Registrar::new(
+        base_settings(),
+        MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
+        redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+    ));
+    let nonce = nonce_of(&fx.send_to(&registrar, &fx.reg("slowpoke")));
+    fx.aors.lock().unwrap().push(fx.aor("slowpoke"));
+
+    let (queue_tx, queue_rx) = bounded::<IncomingRequest>(16);
+    let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
+    let pool = AuthPool::start(1, registrar, queue_rx, shutdown_rx).unwrap();
+    fx.hook.delay(Duration::from_secs(2));
+    let (slow, slow_rx) = incoming(&fx.reg("slowpoke").authorized(PASSWORD, &nonce));
+    queue_tx.send(slow).unwrap();
+    // Wait until the only worker is inside the webhook call.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while fx.hook.request_count() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(fx.hook.request_count(), 2, "the worker is calling the webhook");
+
+    let (refresh, refresh_rx) = incoming(&fx.reg("steady"));
+    queue_tx.send(refresh).unwrap();
+    let r = response_from(&refresh_rx);
+    assert!(slow_rx.try_recv().is_err(), "the refresh was answered while the webhook call was still running");
+    assert_eq!((r.status, r.header("Expires")), (200, Some("30")), "{}", r.raw);
+    assert_eq!(response_from(&slow_rx).status, 200, "and the slow registration completes");
+    drop(shutdown_tx);
+    pool.join();
+}

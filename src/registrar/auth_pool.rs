@@ -1,36 +1,47 @@
-//! The auth worker pool: a fixed number of named threads taking REGISTERs from the bounded
-//! queue the drachtio reader fills (the reader answers `503` itself when the queue is full).
-//! Webhook calls and database reads block a worker, never the reader.
+//! The registrar's threads: one triage thread and a fixed number of auth workers.
 //!
-//! Under load a worker takes every REGISTER already waiting (up to [`MAX_BATCH`]) and reads
-//! all their stored bindings with one `MGET`: one wake-up and one Redis round trip for the
-//! batch instead of one each. Refreshes answered from the cache window and challenges cost
-//! no more than that. A request that carries credentials (it will call the webhook) is handed
-//! back to the pool through a second queue, so webhook calls still run in parallel on
-//! different workers; requests from that queue are handled on their own, so nothing goes round
-//! in circles.
+//! The drachtio reader fills a bounded queue (and answers `503` itself when it is full). The
+//! **triage** thread takes every REGISTER already waiting (up to [`MAX_BATCH`]), reads all
+//! their stored bindings with one `MGET`, and answers whatever needs no authentication call:
+//! refreshes from the cache window, challenges, malformed requests, unknown realms. A request
+//! whose credentials must be checked — by the account's webhook or against the `clients`
+//! table — goes on to the **auth workers** through a second bounded queue, with the binding
+//! already read.
+//!
+//! So a slow or hanging webhook holds auth workers only: the cache-window refreshes of every
+//! other device keep being answered. When the auth queue is full the triage thread answers
+//! `503` with `Retry-After` at once rather than let devices wait past their transaction timer.
 
+use std::cell::Cell;
 use std::io;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, unbounded, Receiver, Sender};
-use log::{debug, error};
+use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
+use log::{debug, error, warn};
 
 use super::bindings::StoredBinding;
-use super::Registrar;
+use super::{Registrar, Triage};
 use crate::drachtio::IncomingRequest;
 
+/// The most REGISTERs the triage thread takes from the queue at once.
+pub const MAX_BATCH: usize = 32;
+
+/// A request for an auth worker, with its stored binding as the triage thread read it.
+type Deferred = (IncomingRequest, Option<Option<StoredBinding>>);
+
 pub struct AuthPool {
-    workers: Vec<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl AuthPool {
-    /// Starts `n_workers` threads (at least one) named `auth-worker-<i>`.
+    /// Starts the triage thread (`auth-triage`) and `n_workers` auth workers (at least one,
+    /// named `auth-worker-<i>`).
     ///
-    /// A worker stops when `queue` is closed and empty, or when `shutdown` fires (a message,
-    /// or its sender dropped). It finishes the request in hand first; requests still queued
-    /// at shutdown are answered `503` with `Retry-After`, so devices retry (possibly through
+    /// Threads stop when `shutdown` fires (a message, or its sender dropped), or when `queue`
+    /// is closed and empty. Each finishes the request in hand; requests still queued at
+    /// shutdown are answered `503` with `Retry-After`, so devices retry (possibly through
     /// another SBC) instead of waiting for a timeout.
     pub fn start(
         n_workers: usize,
@@ -38,64 +49,61 @@ impl AuthPool {
         queue: Receiver<IncomingRequest>,
         shutdown: Receiver<()>,
     ) -> io::Result<AuthPool> {
-        let mut workers = Vec::with_capacity(n_workers.max(1));
-        // Holds at most MAX_BATCH - 1 requests per worker at a time.
-        let (handed_back_tx, handed_back) = unbounded();
-        for i in 0..n_workers.max(1) {
-            let worker = Worker {
-                registrar: registrar.clone(),
-                queue: queue.clone(),
-                handed_back: handed_back.clone(),
-                hand_back: handed_back_tx.clone(),
-                shutdown: shutdown.clone(),
-            };
-            let handle = thread::Builder::new().name(format!("auth-worker-{i}")).spawn(move || worker.run())?;
-            workers.push(handle);
+        let n_workers = n_workers.max(1);
+        let (auth_tx, auth_rx) = bounded::<Deferred>((n_workers * 32).max(256));
+        let mut threads = Vec::with_capacity(n_workers + 1);
+        let triage = TriageThread {
+            registrar: registrar.clone(),
+            queue,
+            auth: auth_tx,
+            shutdown: shutdown.clone(),
+            refused_since_warning: Cell::new(0),
+            last_warning: Cell::new(None),
+        };
+        threads.push(thread::Builder::new().name("auth-triage".into()).spawn(move || triage.run())?);
+        for i in 0..n_workers {
+            let worker = Worker { registrar: registrar.clone(), auth: auth_rx.clone(), shutdown: shutdown.clone() };
+            threads.push(thread::Builder::new().name(format!("auth-worker-{i}")).spawn(move || worker.run())?);
         }
-        Ok(AuthPool { workers })
+        Ok(AuthPool { threads })
     }
 
-    /// Waits for every worker to exit.
+    /// Waits for every thread to exit.
     pub fn join(self) {
-        for w in self.workers {
-            let name = w.thread().name().unwrap_or("auth-worker").to_string();
-            if w.join().is_err() {
+        for t in self.threads {
+            let name = t.thread().name().unwrap_or("auth thread").to_string();
+            if t.join().is_err() {
                 error!("registrar: {name} ended with a panic");
             }
         }
     }
 }
 
-type HandedBack = (IncomingRequest, Option<Option<StoredBinding>>);
-
-/// The most REGISTERs a worker takes from the queue at once.
-pub const MAX_BATCH: usize = 32;
-
-struct Worker {
+struct TriageThread {
     registrar: Arc<Registrar>,
     queue: Receiver<IncomingRequest>,
-    /// Requests another worker took in a batch and handed back (they carry credentials),
-    /// with the binding that worker already read for them.
-    handed_back: Receiver<HandedBack>,
-    hand_back: Sender<HandedBack>,
+    auth: Sender<Deferred>,
     shutdown: Receiver<()>,
+    /// REGISTERs refused because the auth queue was full, and when that was last logged:
+    /// one warning per [`WARN_EVERY`] at most, not one per request of an overload.
+    refused_since_warning: Cell<u64>,
+    last_warning: Cell<Option<Instant>>,
 }
 
-impl Worker {
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+impl TriageThread {
     fn run(self) {
         loop {
             select! {
-                recv(self.handed_back) -> msg => if let Ok((req, stored)) = msg {
-                    self.registrar.handle_prefetched(req, stored);
-                },
                 recv(self.queue) -> msg => match msg {
                     Ok(req) => self.batch(req),
+                    // The reader is gone; dropping `auth` on return lets the workers finish.
                     Err(_) => break,
                 },
                 recv(self.shutdown) -> _ => {
-                    // Drain what is left without blocking; other workers do the same.
                     let mut refused = 0usize;
-                    while let Ok(req) = self.queue.try_recv().or_else(|_| self.handed_back.try_recv().map(|(r, _)| r)) {
+                    while let Ok(req) = self.queue.try_recv() {
                         self.registrar.answer_unavailable(req);
                         refused += 1;
                     }
@@ -117,21 +125,64 @@ impl Worker {
                 Err(_) => break,
             }
         }
-        if batch.len() == 1 {
-            for req in batch {
-                self.registrar.handle(req);
+        let prefetched = self.registrar.prefetch(&batch);
+        for (req, stored) in batch.into_iter().zip(prefetched) {
+            let Triage::NeedsAuthentication(req, stored) = self.registrar.triage(req, stored) else { continue };
+            match self.auth.try_send((req, stored)) {
+                Ok(()) => {}
+                Err(TrySendError::Full((req, _))) => {
+                    debug!(
+                        "registrar: auth queue full; REGISTER from {}:{} answered 503",
+                        req.meta.address, req.meta.port
+                    );
+                    self.registrar.answer_unavailable(req);
+                    self.note_refusal();
+                }
+                // No worker left (shutting down): answer here rather than drop it.
+                Err(TrySendError::Disconnected((req, stored))) => self.registrar.handle_prefetched(req, stored),
             }
+        }
+    }
+}
+
+impl TriageThread {
+    fn note_refusal(&self) {
+        self.refused_since_warning.set(self.refused_since_warning.get() + 1);
+        let now = Instant::now();
+        if self.last_warning.get().is_some_and(|at| now.duration_since(at) < WARN_EVERY) {
             return;
         }
-        let prefetched = self.registrar.prefetch(&batch);
-        for (i, (req, stored)) in batch.into_iter().zip(prefetched).enumerate() {
-            if i > 0 && req.message.has_header("Authorization") {
-                if let Err(e) = self.hand_back.send((req, stored)) {
-                    let (req, stored) = e.into_inner();
-                    self.registrar.handle_prefetched(req, stored);
+        warn!(
+            "registrar: every auth worker is busy (slow webhooks?) and their queue is full; {} REGISTERs \
+             answered 503 since the last warning (SBC_AUTH_WORKERS may be too low)",
+            self.refused_since_warning.get()
+        );
+        self.refused_since_warning.set(0);
+        self.last_warning.set(Some(now));
+    }
+}
+
+struct Worker {
+    registrar: Arc<Registrar>,
+    auth: Receiver<Deferred>,
+    shutdown: Receiver<()>,
+}
+
+impl Worker {
+    fn run(self) {
+        loop {
+            select! {
+                recv(self.auth) -> msg => match msg {
+                    Ok((req, stored)) => self.registrar.handle_prefetched(req, stored),
+                    // The triage thread has stopped and everything it passed on is done.
+                    Err(_) => break,
+                },
+                recv(self.shutdown) -> _ => {
+                    while let Ok((req, _)) = self.auth.try_recv() {
+                        self.registrar.answer_unavailable(req);
+                    }
+                    break;
                 }
-            } else {
-                self.registrar.handle_prefetched(req, stored);
             }
         }
     }

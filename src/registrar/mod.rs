@@ -42,6 +42,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use alerts::Alert;
 pub use auth_pool::AuthPool;
+pub use pipeline::Triage;
 pub use settings::RegistrarSettings;
 pub use webhook::{HookError, HookRequest, HookResponse, HookTransport};
 
@@ -58,8 +59,8 @@ use crate::store::redis::{run, RedisPool};
 use crate::store::StoreError;
 use crate::telemetry::{AlertSender, Metrics};
 
-/// The REGISTER pipeline with everything it needs. Shared by the auth workers behind an
-/// `Arc`; all methods take `&self`.
+/// The REGISTER pipeline with everything it needs. Shared by the triage thread and the auth
+/// workers behind an `Arc`; all methods take `&self`.
 pub struct Registrar {
     settings: RegistrarSettings,
     mysql: MysqlPool,

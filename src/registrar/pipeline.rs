@@ -34,6 +34,38 @@ pub const UNKNOWN_REALM_REASON: &str = "Unknown or invalid realm";
 pub const INVALID_CREDENTIALS_REASON: &str = "Invalid credentials";
 pub const MAX_DEVICES_PHRASE: &str = "Max Devices Registered";
 
+/// What [`Registrar::triage`] did with a request.
+// Returned once per request and moved on at once; boxing the request would cost an allocation.
+#[allow(clippy::large_enum_variant)]
+pub enum Triage {
+    /// Answered (or refused) without an authentication call.
+    Answered,
+    /// Its credentials must be checked by the webhook or against the `clients` table: for an
+    /// auth worker, with the stored binding already read.
+    NeedsAuthentication(IncomingRequest, Option<Option<StoredBinding>>),
+}
+
+/// How far the pipeline runs: the triage thread stops before the authentication call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Triage,
+    Full,
+}
+
+/// Why the pipeline stopped before the end.
+enum Stop {
+    /// A final response.
+    Reply(Reply),
+    /// The triage stage reached the authentication call (with the stored binding it read).
+    Authenticate(Option<StoredBinding>),
+}
+
+impl From<Reply> for Stop {
+    fn from(reply: Reply) -> Stop {
+        Stop::Reply(reply)
+    }
+}
+
 /// The request facts every step needs, computed once.
 struct Ctx<'a> {
     req: &'a IncomingRequest,
@@ -57,14 +89,37 @@ impl Registrar {
         let started = Instant::now();
         let reply = match panic::catch_unwind(AssertUnwindSafe(|| self.decide(&req, prefetched))) {
             Ok(reply) => reply,
-            Err(_) => {
-                error!(
-                    "registrar: internal error handling REGISTER source={}:{}; answering 500",
-                    req.meta.address, req.meta.port
-                );
-                Reply::internal_error()
-            }
+            Err(_) => self.internal_error(&req),
         };
+        self.answer(req, reply, started);
+    }
+
+    /// Runs the pipeline up to the authentication call and answers the request if it ends
+    /// before (cache window, challenge, rejections). A request whose credentials must be
+    /// checked — webhook or `clients` table — comes back, with its stored binding, for an
+    /// auth worker to [`handle_prefetched`](Self::handle_prefetched).
+    pub fn triage(&self, req: IncomingRequest, prefetched: Option<Option<StoredBinding>>) -> Triage {
+        let started = Instant::now();
+        let reply = match panic::catch_unwind(AssertUnwindSafe(|| self.pipeline(&req, prefetched, Stage::Triage))) {
+            Ok(Err(Stop::Authenticate(existing))) => return Triage::NeedsAuthentication(req, Some(existing)),
+            Ok(Ok(reply)) | Ok(Err(Stop::Reply(reply))) => reply,
+            Err(_) => self.internal_error(&req),
+        };
+        self.answer(req, reply, started);
+        Triage::Answered
+    }
+
+    /// A panic in the pipeline (a bug) still answers `500`, so the device is not left
+    /// retransmitting into the void.
+    fn internal_error(&self, req: &IncomingRequest) -> Reply {
+        error!(
+            "registrar: internal error handling REGISTER source={}:{}; answering 500",
+            req.meta.address, req.meta.port
+        );
+        Reply::internal_error()
+    }
+
+    fn answer(&self, req: IncomingRequest, reply: Reply, started: Instant) {
         self.metrics.registration_response_time(reply.cached, reply.status, started.elapsed());
         debug!(
             "registrar: answered REGISTER status={} cached={} source={}:{} elapsed_ms={}",
@@ -108,12 +163,19 @@ impl Registrar {
     }
 
     fn decide(&self, req: &IncomingRequest, prefetched: Option<Option<StoredBinding>>) -> Reply {
-        match self.pipeline(req, prefetched) {
-            Ok(reply) | Err(reply) => reply,
+        match self.pipeline(req, prefetched, Stage::Full) {
+            Ok(reply) | Err(Stop::Reply(reply)) => reply,
+            // Only the triage stage stops there.
+            Err(Stop::Authenticate(_)) => Reply::internal_error(),
         }
     }
 
-    fn pipeline(&self, req: &IncomingRequest, prefetched: Option<Option<StoredBinding>>) -> Result<Reply, Reply> {
+    fn pipeline(
+        &self,
+        req: &IncomingRequest,
+        prefetched: Option<Option<StoredBinding>>,
+        stage: Stage,
+    ) -> Result<Reply, Stop> {
         // rejectIpv4, regParser, then the AOR half of checkCache.
         request::check_request_uri(&req.message)?;
         let reg = request::parse_registration(&req.message)?;
@@ -128,12 +190,15 @@ impl Registrar {
 
         let account = self.check_account(&ctx, existing.is_some())?;
         let credentials = self.check_challenge(&ctx)?;
+        if stage == Stage::Triage {
+            return Err(Stop::Authenticate(existing));
+        }
         let grant = self.authenticate(&ctx, &account, &credentials)?;
 
-        match ctx.reg.kind {
-            Kind::Register => self.register(&ctx, &grant),
-            Kind::Unregister => self.unregister(&ctx),
-        }
+        Ok(match ctx.reg.kind {
+            Kind::Register => self.register(&ctx, &grant)?,
+            Kind::Unregister => self.unregister(&ctx)?,
+        })
     }
 
     /// checkCache: a device re-registering from the same ip:port while its binding has more
