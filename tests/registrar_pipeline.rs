@@ -1451,3 +1451,70 @@ fn cache_window_refreshes_are_answered_while_every_auth_worker_waits_on_a_webhoo
     drop(shutdown_tx);
     pool.join();
 }
+
+/// A Redis that accepts connections and never answers (a hung server, a black-holed route)
+/// costs one timeout, not one per REGISTER: the batch's MGET times out, Redis is marked down,
+/// and every queued REGISTER gets its 503 at once. While it stays down only one request per
+/// probe interval tries it.
+#[test]
+fn a_redis_that_never_answers_costs_one_timeout_not_one_per_register() {
+    use std::io::Read;
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::new(Mutex::new(Vec::new()));
+    {
+        let received = received.clone();
+        std::thread::spawn(move || {
+            for stream in silent.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let received = received.clone();
+                std::thread::spawn(move || {
+                    let slot = {
+                        let mut r = received.lock().unwrap();
+                        r.push(Vec::new());
+                        r.len() - 1
+                    };
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 {
+                            return;
+                        }
+                        received.lock().unwrap()[slot].extend_from_slice(&buf[..n]);
+                    }
+                });
+            }
+        });
+    }
+    // Every attempt is a new connection: the client's handshake (CLIENT SETINFO) is never
+    // answered, so no connection ever makes it into the pool.
+    let attempts = || received.lock().unwrap().len();
+
+    let fx = Fx::new();
+    let registrar = Arc::new(Registrar::new(
+        base_settings(),
+        MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
+        redis_pool(&redis_settings(port, Duration::from_millis(300))).unwrap(),
+    ));
+    let (queue_tx, queue_rx) = bounded::<IncomingRequest>(64);
+    let mut answers = Vec::new();
+    for i in 0..20 {
+        let (req, rx) = incoming(&fx.reg(&format!("hung{i}")));
+        queue_tx.send(req).unwrap();
+        answers.push(rx);
+    }
+    let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
+    let pool = AuthPool::start(2, registrar, queue_rx, shutdown_rx).unwrap();
+    for rx in &answers {
+        let r = response_from(rx);
+        assert_eq!((r.status, r.header("Retry-After")), (503, Some("5")), "{}", r.raw);
+    }
+    assert_eq!(attempts(), 1, "one attempt for the batch, not one per REGISTER");
+
+    // Still down and within the probe interval: answered without another attempt.
+    let (req, rx) = incoming(&fx.reg("hung-again"));
+    queue_tx.send(req).unwrap();
+    assert_eq!(response_from(&rx).status, 503);
+    assert_eq!(attempts(), 1, "no attempt within the probe interval");
+    drop(shutdown_tx);
+    pool.join();
+}

@@ -1,25 +1,58 @@
 //! Logs a store going away and coming back once per change, not once per REGISTER: during
 //! a Redis outage thousands of devices re-register, and each still gets its 503.
+//!
+//! It also keeps REGISTERs from waiting on a store known to be down. A server that does not
+//! answer at all (a dead host, a black-holed route) costs every attempt the whole connect or
+//! read timeout, and the registrar's threads would spend the outage waiting in turn while the
+//! queue behind them grew. Once a store has failed, only one attempt per [`PROBE_EVERY`] goes
+//! to it, to notice its return; the other requests get their 503 at once.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
 use crate::store::StoreError;
 
+/// While a store is down, how often a request may try it.
+pub const PROBE_EVERY: Duration = Duration::from_millis(500);
+
 pub struct StoreHealth {
     name: &'static str,
     down: AtomicBool,
+    /// When the next attempt may go to a store that is down, in ms since `epoch`.
+    next_probe_ms: AtomicU64,
+    epoch: Instant,
 }
 
 impl StoreHealth {
-    pub const fn new(name: &'static str) -> StoreHealth {
-        StoreHealth { name, down: AtomicBool::new(false) }
+    pub fn new(name: &'static str) -> StoreHealth {
+        StoreHealth { name, down: AtomicBool::new(false), next_probe_ms: AtomicU64::new(0), epoch: Instant::now() }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether this request should use the store: always while it is up; while it is down,
+    /// only the first request after each [`PROBE_EVERY`].
+    pub fn admit(&self) -> bool {
+        if !self.down.load(Ordering::Relaxed) {
+            return true;
+        }
+        let now = self.now_ms();
+        let next = self.next_probe_ms.load(Ordering::Relaxed);
+        now >= next
+            && self
+                .next_probe_ms
+                .compare_exchange(next, now + PROBE_EVERY.as_millis() as u64, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     pub fn failed(&self, what: &str, error: &StoreError) {
+        self.next_probe_ms.store(self.now_ms() + PROBE_EVERY.as_millis() as u64, Ordering::Relaxed);
         if !self.down.swap(true, Ordering::Relaxed) {
             warn!("registrar: {} unreachable, answering REGISTER with 503 while it lasts: {what}: {error}", self.name);
         } else {
@@ -31,6 +64,24 @@ impl StoreHealth {
         if self.down.swap(false, Ordering::Relaxed) {
             info!("registrar: {} reachable again", self.name);
         }
+    }
+}
+
+#[cfg(test)]
+mod store_health_tests {
+    use super::*;
+
+    #[test]
+    fn a_store_that_failed_is_tried_once_per_probe_interval_until_it_answers() {
+        let h = StoreHealth::new("redis");
+        assert!(h.admit() && h.admit(), "up: every request");
+        h.failed("reading", &StoreError::RedisUnavailable("refused".into()));
+        assert!(!h.admit(), "just failed: no attempt before the interval");
+        std::thread::sleep(PROBE_EVERY + Duration::from_millis(20));
+        assert!(h.admit(), "one probe after the interval");
+        assert!(!h.admit(), "and only one");
+        h.succeeded();
+        assert!(h.admit() && h.admit(), "up again: every request");
     }
 }
 

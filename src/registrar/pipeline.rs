@@ -142,8 +142,8 @@ impl Registrar {
 
     /// The Redis keys of a batch of queued requests, read with one `MGET`: `Some(binding)`
     /// for each request that will consult the cache window, `None` for the others (not a
-    /// valid REGISTER, an unregister) and for all of them when Redis did not answer (each then
-    /// reads on its own and gets its own 503).
+    /// valid REGISTER, an unregister) and for all of them when Redis did not answer (Redis is
+    /// then marked down, and each of them gets its 503 at once: see `StoreHealth`).
     pub fn prefetch(&self, reqs: &[IncomingRequest]) -> Vec<Option<Option<StoredBinding>>> {
         let aors: Vec<Option<String>> = reqs
             .iter()
@@ -155,8 +155,21 @@ impl Registrar {
             })
             .collect();
         let keys: Vec<&str> = aors.iter().flatten().map(String::as_str).collect();
-        let Ok(found) = redis_store::run(&self.redis, |conn| bindings::query_many(conn, &keys)) else {
+        if keys.is_empty() || !self.redis_health.admit() {
             return vec![None; reqs.len()];
+        }
+        let found = match redis_store::run(&self.redis, |conn| bindings::query_many(conn, &keys)) {
+            Ok(found) => {
+                self.redis_health.succeeded();
+                found
+            }
+            Err(e) => {
+                // One wait for the whole batch: the requests then get their 503 at once.
+                if e.is_unavailable() {
+                    self.redis_health.failed("reading registrations", &e);
+                }
+                return vec![None; reqs.len()];
+            }
         };
         let mut found = found.into_iter();
         aors.iter().map(|a| a.as_ref().map(|_| found.next().flatten())).collect()
@@ -496,12 +509,18 @@ impl Registrar {
 
     /// Runs a Redis operation on a pooled connection.
     fn redis<T>(&self, what: &str, op: impl FnMut(&mut RedisConn) -> Result<T, StoreError>) -> Result<T, Reply> {
+        if !self.redis_health.admit() {
+            return Err(Reply::unavailable(self.settings.retry_after_secs));
+        }
         let result = redis_store::run(&self.redis, op);
         self.store_outcome(&self.redis_health, what, result)
     }
 
     /// Runs MySQL statements on a pooled connection.
     fn mysql<T>(&self, what: &str, op: impl FnOnce(&mut PooledConn) -> Result<T, StoreError>) -> Result<T, Reply> {
+        if !self.mysql_health.admit() {
+            return Err(Reply::unavailable(self.settings.retry_after_secs));
+        }
         let result = self.mysql.conn().and_then(|mut conn| op(&mut conn));
         self.store_outcome(&self.mysql_health, what, result)
     }

@@ -333,6 +333,9 @@ impl PrivateMariadb {
             .arg(format!("--datadir={}", data.display()))
             .arg(format!("--user={user}"))
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+            // Its own tmpdir: the bootstrap's temporary tables in the shared /tmp vanished
+            // under it once in CI (two installs at once), failing the install.
+            .arg(format!("--tmpdir={}", dir.display()))
             .env("PATH", sbin_path())
             .stdin(Stdio::null())
             .output()
@@ -360,6 +363,7 @@ impl PrivateMariadb {
             .arg(format!("--ssl-ca={}", pki.ca.display()))
             .arg(format!("--ssl-cert={}", server.cert.display()))
             .arg(format!("--ssl-key={}", server.key.display()))
+            .arg(format!("--tmpdir={}", dir.display()))
             .args(["--skip-name-resolve", "--innodb-buffer-pool-size=16M"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
