@@ -25,18 +25,26 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
+/// Runs a setup command to completion; panics with its output when it fails. `needs` says
+/// what the tests need installed when the command cannot even start.
+fn run_checked(command: &mut Command, what: &str, needs: &str) {
+    let out = command
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("cannot run openssl ({e}): the TLS tests need the openssl command"));
+        .unwrap_or_else(|e| panic!("cannot run {what} ({e}): the TLS tests need {needs}"));
     assert!(
         out.status.success(),
-        "openssl {args:?} failed: {}{}",
+        "{what} failed: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    run_checked(
+        Command::new("openssl").args(args).current_dir(dir),
+        &format!("openssl {args:?}"),
+        "the openssl command",
     );
 }
 
@@ -328,23 +336,18 @@ impl PrivateMariadb {
         let user = current_user();
 
         let started = Instant::now();
-        let out = Command::new("mariadb-install-db")
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--user={user}"))
-            .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
-            // Its own tmpdir: the bootstrap's temporary tables in the shared /tmp vanished
-            // under it once in CI (two installs at once), failing the install.
-            .arg(format!("--tmpdir={}", dir.display()))
-            .env("PATH", sbin_path())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run mariadb-install-db ({e}); the TLS tests need mariadb-server"));
-        assert!(
-            out.status.success(),
-            "mariadb-install-db failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        run_checked(
+            Command::new("mariadb-install-db")
+                .arg("--no-defaults")
+                .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--user={user}"))
+                .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+                // Its own tmpdir: the bootstrap's temporary tables in the shared /tmp vanished
+                // under it once in CI (two installs at once), failing the install.
+                .arg(format!("--tmpdir={}", dir.display()))
+                .env("PATH", sbin_path()),
+            "mariadb-install-db",
+            "mariadb-server",
         );
         let install_time = started.elapsed();
 
