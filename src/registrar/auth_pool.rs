@@ -14,6 +14,7 @@
 
 use std::cell::Cell;
 use std::io;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -125,7 +126,13 @@ impl TriageThread {
                 Err(_) => break,
             }
         }
-        let prefetched = self.registrar.prefetch(&batch);
+        // The pipeline catches its own panics; this is the one other place a bug could take
+        // the thread — and with it every registration — down.
+        let prefetched =
+            panic::catch_unwind(AssertUnwindSafe(|| self.registrar.prefetch(&batch))).unwrap_or_else(|_| {
+                error!("registrar: internal error reading a batch of bindings; each REGISTER reads its own");
+                vec![None; batch.len()]
+            });
         for (req, stored) in batch.into_iter().zip(prefetched) {
             let Triage::NeedsAuthentication(req, stored) = self.registrar.triage(req, stored) else { continue };
             match self.auth.try_send((req, stored)) {
