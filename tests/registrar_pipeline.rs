@@ -1518,3 +1518,63 @@ fn a_redis_that_never_answers_costs_one_timeout_not_one_per_register() {
     drop(shutdown_tx);
     pool.join();
 }
+
+/// When every auth worker is busy and as many REGISTERs wait for one as the queue holds, the
+/// next one needing authentication gets 503 with Retry-After at once; every request gets
+/// exactly one answer, and the waiting ones are served when the worker is free again.
+#[test]
+fn a_full_auth_queue_answers_503_at_once_and_every_request_once() {
+    const QUEUE: usize = 4;
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    let registrar = Arc::new(Registrar::new(
+        base_settings(),
+        MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
+        redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+    ));
+    let users: Vec<String> = (0..QUEUE + 3).map(|i| format!("crowd{i}")).collect();
+    let authorized: Vec<Reg> = users
+        .iter()
+        .map(|u| {
+            fx.hook.set_password(u, PASSWORD);
+            fx.aors.lock().unwrap().push(fx.aor(u));
+            let nonce = nonce_of(&fx.send_to(&registrar, &fx.reg(u)));
+            fx.reg(u).authorized(PASSWORD, &nonce)
+        })
+        .collect();
+
+    let (queue_tx, queue_rx) = bounded::<IncomingRequest>(QUEUE);
+    let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
+    let pool = AuthPool::start(1, registrar, queue_rx, shutdown_rx).unwrap();
+    fx.hook.delay(Duration::from_millis(1500));
+    let mut answers = Vec::new();
+    // The first holds the only worker inside the webhook call.
+    let (req, rx) = incoming(&authorized[0]);
+    queue_tx.send(req).unwrap();
+    answers.push(rx);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while fx.hook.request_count() < 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The next ones wait for it; the auth queue holds QUEUE of them.
+    for reg in &authorized[1..] {
+        let (req, rx) = incoming(reg);
+        queue_tx.send(req).unwrap();
+        answers.push(rx);
+    }
+    let overflow = QUEUE + 1..answers.len();
+    for i in overflow.clone() {
+        let r = response_from(&answers[i]);
+        assert_eq!((r.status, r.header("Retry-After")), (503, Some("5")), "request {i}: {}", r.raw);
+    }
+    assert_eq!(fx.hook.request_count(), 1, "the refused ones were answered while the worker was still busy");
+    fx.hook.delay(Duration::ZERO);
+    for (i, rx) in answers.iter().enumerate() {
+        if !overflow.contains(&i) {
+            assert_eq!(response_from(rx).status, 200, "request {i}");
+        }
+        assert!(rx.try_recv().is_err(), "request {i} answered twice");
+    }
+    drop(shutdown_tx);
+    pool.join();
+}

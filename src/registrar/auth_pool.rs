@@ -51,7 +51,9 @@ impl AuthPool {
         shutdown: Receiver<()>,
     ) -> io::Result<AuthPool> {
         let n_workers = n_workers.max(1);
-        let (auth_tx, auth_rx) = bounded::<Deferred>((n_workers * 32).max(256));
+        // As long as the queue the reader fills (SBC_AUTH_QUEUE): the same bound on how many
+        // REGISTERs may wait for a thread.
+        let (auth_tx, auth_rx) = bounded::<Deferred>(queue.capacity().unwrap_or(1024).max(1));
         let mut threads = Vec::with_capacity(n_workers + 1);
         let triage = TriageThread {
             registrar: registrar.clone(),
