@@ -28,7 +28,7 @@ use sbc_sidecar::regbot::{
     StatusRequest,
 };
 use sbc_sidecar::store::mysql::{MysqlPool, MysqlSettings};
-use sbc_sidecar::store::redis::{pool, RedisPool, RedisSettings, RedisTarget};
+use sbc_sidecar::store::redis::{pool, RedisPool, RedisSettings};
 use support::db::{mysql_password, mysql_user, TestDb};
 use support::sipp;
 
@@ -85,16 +85,7 @@ fn settings(cluster: &str) -> RegbotSettings {
 }
 
 fn redis() -> RedisPool {
-    pool(&RedisSettings {
-        target: RedisTarget::Direct { host: "127.0.0.1".into(), port: 6379 },
-        username: None,
-        password: None,
-        db: 0,
-        timeout: Duration::from_secs(2),
-        max_connections: 8,
-        tls: None,
-    })
-    .unwrap()
+    pool(&RedisSettings::direct("127.0.0.1", 6379, Duration::from_secs(2), 8)).unwrap()
 }
 
 fn redis_query<T: redis::FromRedisValue>(cmd: &mut redis::Cmd) -> T {

@@ -30,7 +30,7 @@ use sbc_sidecar::registrar::{
 };
 use sbc_sidecar::sip::SipMessage;
 use sbc_sidecar::store::mysql::{MysqlPool, MysqlSettings};
-use sbc_sidecar::store::redis::{pool as redis_pool, RedisPool, RedisSettings, RedisTarget};
+use sbc_sidecar::store::redis::{pool as redis_pool, RedisPool, RedisSettings};
 
 use db::TestDb;
 use webhook::{digest_response, WebhookServer};
@@ -77,15 +77,7 @@ fn mysql_settings(database: &str, port: u16) -> MysqlSettings {
 }
 
 fn redis_settings(port: u16, timeout: Duration) -> RedisSettings {
-    RedisSettings {
-        target: RedisTarget::Direct { host: "127.0.0.1".into(), port },
-        username: None,
-        password: None,
-        db: 0,
-        timeout,
-        max_connections: 4,
-        tls: None,
-    }
+    RedisSettings::direct("127.0.0.1", port, timeout, 4)
 }
 
 fn redis_conn() -> redis::Connection {

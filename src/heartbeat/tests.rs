@@ -9,21 +9,12 @@ use super::*;
 use crate::drachtio::client::Outgoing;
 use crate::drachtio::{Responder, SipDelivery};
 use crate::sip::SipMessage;
-use crate::store::redis::{pool, RedisSettings, RedisTarget};
+use crate::store::redis::{pool, RedisSettings};
 
 const EXPIRES: Duration = Duration::from_secs(60);
 
 fn redis_at(port: u16, timeout: Duration) -> RedisPool {
-    pool(&RedisSettings {
-        target: RedisTarget::Direct { host: "127.0.0.1".to_string(), port },
-        username: None,
-        password: None,
-        db: 0,
-        timeout,
-        max_connections: 4,
-        tls: None,
-    })
-    .unwrap()
+    pool(&RedisSettings::direct("127.0.0.1", port, timeout, 4)).unwrap()
 }
 
 /// A cluster id of its own, with its sets deleted when the test ends.

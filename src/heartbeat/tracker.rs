@@ -341,20 +341,11 @@ fn tracked_servers_gauge(metrics: &Metrics, kind: ServerKind, tracked: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::redis::{pool, RedisSettings, RedisTarget};
+    use crate::store::redis::{pool, RedisSettings};
 
     #[test]
     fn a_failed_expiry_keeps_the_member_for_the_next_sweep() {
-        let unreachable = pool(&RedisSettings {
-            target: RedisTarget::Direct { host: "127.0.0.1".to_string(), port: 1 },
-            username: None,
-            password: None,
-            db: 0,
-            timeout: Duration::from_millis(200),
-            max_connections: 1,
-            tls: None,
-        })
-        .unwrap();
+        let unreachable = pool(&RedisSettings::direct("127.0.0.1", 1, Duration::from_millis(200), 1)).unwrap();
         let mut t = Tracker::new("test-unreachable", Duration::from_secs(60), unreachable);
         let t0 = Instant::now();
         t.fs.last_seen.insert("127.0.0.20:5070".to_string(), t0);

@@ -323,19 +323,10 @@ impl LeaderRole {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::redis::{pool, RedisSettings, RedisTarget};
+    use crate::store::redis::{pool, RedisSettings};
 
     fn redis() -> RedisPool {
-        pool(&RedisSettings {
-            target: RedisTarget::Direct { host: "127.0.0.1".into(), port: 6379 },
-            username: None,
-            password: None,
-            db: 0,
-            timeout: Duration::from_secs(2),
-            max_connections: 2,
-            tls: None,
-        })
-        .unwrap()
+        pool(&RedisSettings::direct("127.0.0.1", 6379, Duration::from_secs(2), 2)).unwrap()
     }
 
     #[test]

@@ -33,6 +33,21 @@ pub struct RedisSettings {
     pub tls: Option<TlsCertificates>,
 }
 
+impl RedisSettings {
+    /// One server in clear text, no login, database 0 (tests and tools).
+    pub fn direct(host: &str, port: u16, timeout: Duration, max_connections: u32) -> RedisSettings {
+        RedisSettings {
+            target: RedisTarget::Direct { host: host.to_string(), port },
+            username: None,
+            password: None,
+            db: 0,
+            timeout,
+            max_connections,
+            tls: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSettings")
@@ -267,16 +282,7 @@ mod tests {
     use super::*;
 
     fn local_pool() -> RedisPool {
-        pool(&RedisSettings {
-            target: RedisTarget::Direct { host: "127.0.0.1".into(), port: 6379 },
-            username: None,
-            password: None,
-            db: 0,
-            timeout: Duration::from_millis(500),
-            max_connections: 1,
-            tls: None,
-        })
-        .expect("pool")
+        pool(&RedisSettings::direct("127.0.0.1", 6379, Duration::from_millis(500), 1)).expect("pool")
     }
 
     #[test]
@@ -296,16 +302,7 @@ mod tests {
 
     #[test]
     fn an_unreachable_server_is_reported_as_unavailable() {
-        let pool = pool(&RedisSettings {
-            target: RedisTarget::Direct { host: "127.0.0.1".into(), port: 1 },
-            username: None,
-            password: None,
-            db: 0,
-            timeout: Duration::from_millis(200),
-            max_connections: 1,
-            tls: None,
-        })
-        .unwrap();
+        let pool = pool(&RedisSettings::direct("127.0.0.1", 1, Duration::from_millis(200), 1)).unwrap();
         let err = run(&pool, |c| Ok(redis::cmd("PING").query::<String>(&mut **c)?)).unwrap_err();
         assert!(err.is_unavailable(), "{err}");
     }

@@ -10,20 +10,11 @@ use sbc_sidecar::ctl::{CtlError, CtlServer, CtlSettings, RegbotStatus};
 use sbc_sidecar::drachtio::ConnectionEvent;
 use sbc_sidecar::heartbeat::ClusterSets;
 use sbc_sidecar::regbot::StatusRequest;
-use sbc_sidecar::store::redis::{pool, RedisPool, RedisSettings, RedisTarget};
+use sbc_sidecar::store::redis::{pool, RedisPool, RedisSettings};
 
 /// A pool to the Redis at 127.0.0.1:`port` (a closed port makes an unreachable Redis).
 pub fn redis_at(port: u16, timeout: Duration) -> RedisPool {
-    pool(&RedisSettings {
-        target: RedisTarget::Direct { host: "127.0.0.1".to_string(), port },
-        username: None,
-        password: None,
-        db: 0,
-        timeout,
-        max_connections: 4,
-        tls: None,
-    })
-    .expect("redis pool")
+    pool(&RedisSettings::direct("127.0.0.1", port, timeout, 4)).expect("redis pool")
 }
 
 pub fn temp_socket_path() -> PathBuf {
