@@ -73,6 +73,12 @@ pub const NEW_VARIABLES: &[(&str, &str, &str)] = &[
         "how long an account looked up by realm is reused by the registrar; 0 disables (ms)",
     ),
     ("SBC_NONCE_TTL_S", "300", "lifetime of a digest nonce; older ones are answered 401 with stale=true (s)"),
+    (
+        "SBC_WEBHOOK_AOR_CHECK",
+        "1",
+        "1: the Authorization username/realm must be the To user/host for webhook accounts too; \
+         0 for webhooks that map users to addresses of record themselves",
+    ),
     ("SBC_LOG_FACILITY", "daemon", "syslog facility with --log syslog: daemon, user, local0 … local7"),
     ("SBC_SYSLOG_SOCKET", "/dev/log", "the syslog socket used with --log syslog"),
     ("SBC_TIME_SERIES_PORT", "8086", "HTTP port of the InfluxDB at JAMBONES_TIME_SERIES_HOST"),
@@ -268,6 +274,8 @@ pub struct Config {
     pub auth_queue: usize,
     /// `SBC_NONCE_TTL_S`.
     pub nonce_ttl: Duration,
+    /// `SBC_WEBHOOK_AOR_CHECK`, default on.
+    pub webhook_aor_check: bool,
     /// `SBC_ACCOUNT_CACHE_MS`: how long the registrar reuses an account lookup (0 = never).
     pub account_cache_ttl: Duration,
 
@@ -879,6 +887,7 @@ fn parse_env(env: &Env<'_>, command_line: CommandLine) -> Result<Config, ConfigE
         // The queue is a bounded channel allocated up front: cap it.
         auth_queue: usize_from(env.count("SBC_AUTH_QUEUE", 1024, 1, 1_000_000)?),
         nonce_ttl: env.secs("SBC_NONCE_TTL_S", 300, 1)?,
+        webhook_aor_check: env.switch("SBC_WEBHOOK_AOR_CHECK", true)?,
         account_cache_ttl: env.millis("SBC_ACCOUNT_CACHE_MS", 5000, 0)?,
         warnings,
     })
@@ -1266,6 +1275,7 @@ mod tests {
         assert_eq!(c.auth_workers, 8);
         assert_eq!(c.auth_queue, 1024);
         assert_eq!(c.nonce_ttl, Duration::from_secs(300));
+        assert!(c.webhook_aor_check);
         assert!(c.warnings.is_empty());
     }
 

@@ -203,6 +203,7 @@ impl Fx {
             expires: Some("3600".into()),
             via_transport: "UDP",
             protocol: "udp",
+            address: "127.0.0.1".into(),
             port: 5070,
             authorization: None,
         }
@@ -273,13 +274,17 @@ struct Reg {
     via_transport: &'static str,
     /// Transport drachtio reports (`udp`, `tcp`, `tls`, `wss`).
     protocol: &'static str,
+    /// Source address drachtio reports.
+    address: String,
     port: u16,
     authorization: Option<String>,
 }
 
 impl Reg {
+    /// Answers the challenge as a phone does: the digest `uri` is the Request-URI.
     fn authorized(mut self, password: &str, nonce: &str) -> Reg {
-        self.authorization = Some(authorization(&self.user, &self.to_host, password, nonce));
+        let answer = digest_answer(&self.user, &self.to_host, &self.ruri, password, nonce, "00000001", "0a4f113b");
+        self.authorization = Some(answer);
         self
     }
 
@@ -312,9 +317,17 @@ impl Reg {
 }
 
 fn authorization(user: &str, realm: &str, password: &str, nonce: &str) -> String {
-    let uri = format!("sip:{realm}");
-    let (nc, cnonce) = ("00000001", "0a4f113b");
-    let response = digest_response(user, realm, password, "REGISTER", &uri, nonce, nc, cnonce, "auth");
+    authorization_with(user, realm, password, nonce, "00000001", "0a4f113b")
+}
+
+/// An answer to `qop="auth"` with the given count and client nonce, for `sip:<realm>`.
+fn authorization_with(user: &str, realm: &str, password: &str, nonce: &str, nc: &str, cnonce: &str) -> String {
+    digest_answer(user, realm, &format!("sip:{realm}"), password, nonce, nc, cnonce)
+}
+
+/// An answer to `qop="auth"` computed for `uri`.
+fn digest_answer(user: &str, realm: &str, uri: &str, password: &str, nonce: &str, nc: &str, cnonce: &str) -> String {
+    let response = digest_response(user, realm, password, "REGISTER", uri, nonce, nc, cnonce, "auth");
     format!(
         r#"Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", response="{response}", algorithm=MD5, cnonce="{cnonce}", qop=auth, nc={nc}"#
     )
@@ -330,7 +343,7 @@ fn incoming(reg: &Reg) -> (IncomingRequest, Receiver<Outgoing>) {
         source: "network".into(),
         bytes: bytes.len(),
         protocol: reg.protocol.into(),
-        address: "127.0.0.1".into(),
+        address: reg.address.clone(),
         port: reg.port,
         time: "10:00:00.000000".into(),
         transaction_id: txn.clone(),
@@ -388,12 +401,14 @@ fn nonce_of(challenge: &Resp) -> String {
     h[start..start + h[start..].find('"').unwrap()].to_string()
 }
 
-/// `Digest realm="<realm>", algorithm=MD5, qop="auth", nonce="<secs>.<32 hex>"[, stale=true]`
+/// `Digest realm="<realm>", algorithm=MD5, qop="auth", nonce="<secs>.<16 hex>.<32 hex>"[, stale=true]`
 fn assert_challenge(resp: &Resp, realm: &str, stale: bool) {
     assert_eq!(resp.status, 401, "{}", resp.raw);
     let nonce = nonce_of(resp);
-    let (ts, mac) = nonce.split_once('.').expect("nonce format");
+    let parts: Vec<&str> = nonce.split('.').collect();
+    let [ts, random, mac] = parts[..] else { panic!("nonce format: {nonce}") };
     assert!(ts.parse::<u64>().unwrap().abs_diff(now_secs()) < 60, "{nonce}");
+    assert!(random.len() == 16 && random.bytes().all(|b| b.is_ascii_hexdigit()), "{nonce}");
     assert!(mac.len() == 32 && mac.bytes().all(|b| b.is_ascii_hexdigit()), "{nonce}");
     let mut expected = format!(r#"Digest realm="{realm}", algorithm=MD5, qop="auth", nonce="{nonce}""#);
     if stale {
@@ -926,7 +941,11 @@ fn nonce_we_did_not_issue_gets_a_fresh_401() {
     let fx = Fx::new();
     fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
     fx.hook.set_password("lee", PASSWORD);
-    for forged in ["157590482938000", "1700000000.00112233445566778899aabbccddeeff"] {
+    for forged in [
+        "157590482938000",
+        "1700000000.00112233445566778899aabbccddeeff",
+        "1700000000.0011223344556677.00112233445566778899aabbccddeeff",
+    ] {
         let r = fx.send(&fx.reg("lee").authorized(PASSWORD, forged));
         assert_challenge(&r, &fx.realm, false);
     }
@@ -1569,4 +1588,290 @@ fn a_full_auth_queue_answers_503_at_once_and_every_request_once() {
     }
     drop(shutdown_tx);
     pool.join();
+}
+
+// ---------------------------------------------------------------------------------------------
+// A hostile network: replays, other people's addresses of record, guessing, answers that do
+// not fit the challenge.
+
+/// The REGISTER of `reg`, challenged and answered with `password`: (the authorized request,
+/// its response).
+fn register_and_keep(fx: &Fx, reg: &Reg, password: &str) -> (Reg, Resp) {
+    let challenge = fx.send(reg);
+    assert_eq!(challenge.status, 401, "{}", challenge.raw);
+    let authorized = reg.clone().authorized(password, &nonce_of(&challenge));
+    let resp = fx.send(&authorized);
+    (authorized, resp)
+}
+
+fn contact_of_binding(fx: &Fx, user: &str) -> String {
+    let json: Value = serde_json::from_str(&fx.binding(user).expect("binding")).unwrap();
+    json["contact"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_replayed_authorization_from_another_port_is_challenged_and_the_binding_stays() {
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    fx.hook.set_password("ann", PASSWORD);
+    let (captured, first) = register_and_keep(&fx, &fx.reg("ann"), PASSWORD);
+    assert_eq!(first.status, 200, "{}", first.raw);
+    assert_eq!(fx.hook.request_count(), 1);
+    assert_eq!(contact_of_binding(&fx, "ann"), "sip:ann@127.0.0.1:5070;transport=udp");
+
+    // the attacker sends the captured Authorization byte for byte, from elsewhere, for itself
+    let mut replay = captured.clone();
+    replay.port = 6666;
+    replay.contact = Some("<sip:ann@127.0.0.66:6666;transport=udp>;expires=3600".into());
+    let r = fx.send(&replay);
+    assert_challenge(&r, &fx.realm, false);
+    assert_eq!(contact_of_binding(&fx, "ann"), "sip:ann@127.0.0.1:5070;transport=udp");
+
+    // nor can it remove the victim's binding
+    let mut unregister = captured;
+    unregister.port = 6667;
+    unregister.contact = Some("<sip:ann@127.0.0.66:6667;transport=udp>;expires=0".into());
+    unregister.expires = Some("0".into());
+    assert_challenge(&fx.send(&unregister), &fx.realm, false);
+    assert!(fx.binding("ann").is_some());
+    // the customer's webhook never saw the replays
+    assert_eq!(fx.hook.request_count(), 1);
+}
+
+#[test]
+fn a_replay_is_refused_on_another_sbc_sharing_the_secret_too() {
+    let fx = Fx::with(|s| s.nonce_secret = Some("cluster".into()));
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    fx.hook.set_password("ava", PASSWORD);
+    let (captured, first) = register_and_keep(&fx, &fx.reg("ava"), PASSWORD);
+    assert_eq!(first.status, 200);
+    let mut settings = base_settings();
+    settings.nonce_secret = Some("cluster".into());
+    let other_sbc = Registrar::new(
+        settings,
+        MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
+        redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+    );
+    let mut replay = captured;
+    replay.port = 7777;
+    assert_eq!(fx.send_to(&other_sbc, &replay).status, 401);
+    assert_eq!(fx.hook.request_count(), 1);
+}
+
+#[test]
+fn the_same_nonce_with_a_new_count_and_cnonce_is_accepted() {
+    for with_webhook in [true, false] {
+        let fx = Fx::new();
+        let sid = fx.add_account(&fx.realm, true, with_webhook.then_some(("POST", "/auth")));
+        fx.hook.set_password("bea", "1234");
+        fx.add_client(&sid, "bea", CBC_1234, true);
+        let challenge = fx.send(&fx.reg("bea"));
+        let nonce = nonce_of(&challenge);
+        let answer = |nc: &str, cnonce: &str, port: u16| {
+            let mut reg = fx.reg("bea");
+            reg.port = port;
+            reg.authorization = Some(authorization_with("bea", &fx.realm, "1234", &nonce, nc, cnonce));
+            fx.send(&reg)
+        };
+        assert_eq!(answer("00000001", "c0ffee01", 5070).status, 200, "webhook={with_webhook}");
+        // a pre-emptive refresh (another port, so not from the cache window) reusing the nonce
+        assert_eq!(answer("00000002", "c0ffee02", 5071).status, 200, "webhook={with_webhook}");
+        // the second answer again: a replay
+        assert_eq!(answer("00000002", "c0ffee02", 5072).status, 401, "webhook={with_webhook}");
+    }
+}
+
+#[test]
+fn credentials_of_one_user_cannot_register_another_aor_with_the_clients_table() {
+    let fx = Fx::new();
+    let sid = fx.add_account(&fx.realm, true, None);
+    fx.add_client(&sid, "alice", CBC_1234, true);
+    fx.add_client(&sid, "bob", CBC_1234, true);
+    let mut as_bob = fx.reg("bob");
+    let nonce = nonce_of(&fx.send(&as_bob));
+    // alice's correct credentials, To: bob
+    as_bob.authorization = Some(authorization("alice", &fx.realm, "1234", &nonce));
+    let r = fx.send(&as_bob);
+    assert_eq!(r.status, 403, "{}", r.raw);
+    assert_eq!(r.header("X-Reason"), Some("Authorization user does not match the address of record"));
+    assert_eq!(fx.binding("bob"), None);
+    // a realm other than the To host is refused the same way
+    let mut other_realm = fx.reg("alice");
+    let nonce = nonce_of(&fx.send(&other_realm));
+    let r_uri = other_realm.ruri.clone();
+    other_realm.authorization = Some(digest_answer("alice", "elsewhere.example", &r_uri, "1234", &nonce, "1", "c1"));
+    assert_eq!(fx.send(&other_realm).status, 403);
+    assert_eq!(fx.binding("alice"), None);
+    // alice for alice still works
+    assert_eq!(fx.register_with_password(&fx.reg("alice"), "1234").status, 200);
+}
+
+#[test]
+fn credentials_of_one_user_cannot_register_another_aor_with_a_webhook_unless_switched_off() {
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    fx.hook.set_password("john", PASSWORD);
+    let mut as_jane = fx.reg("jane");
+    let nonce = nonce_of(&fx.send(&as_jane));
+    as_jane.authorization = Some(authorization("john", &fx.realm, PASSWORD, &nonce));
+    let r = fx.send(&as_jane);
+    assert_eq!(r.status, 403, "{}", r.raw);
+    assert_eq!(r.header("X-Reason"), Some("Authorization user does not match the address of record"));
+    assert_eq!(fx.binding("jane"), None);
+    assert_eq!(fx.hook.request_count(), 0, "refused before the webhook");
+
+    // SBC_WEBHOOK_AOR_CHECK=0: the webhook decides (this one only checks the password)
+    let lax = Fx::with(|s| s.webhook_aor_check = false);
+    lax.add_account(&lax.realm, true, Some(("POST", "/auth")));
+    lax.hook.set_password("john", PASSWORD);
+    let mut as_jane = lax.reg("jane");
+    let nonce = nonce_of(&lax.send(&as_jane));
+    as_jane.authorization = Some(authorization("john", &lax.realm, PASSWORD, &nonce));
+    assert_eq!(lax.send(&as_jane).status, 200);
+    assert_eq!(lax.hook.request_count(), 1);
+    assert!(lax.binding("jane").is_some());
+}
+
+#[test]
+fn answers_that_do_not_fit_the_challenge_are_refused_before_the_webhook() {
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    fx.hook.set_password("cy", PASSWORD);
+    let reg = fx.reg("cy");
+    let nonce = nonce_of(&fx.send(&reg));
+    let good = authorization("cy", &fx.realm, PASSWORD, &nonce);
+    let send_with = |auth: String| {
+        let mut r = reg.clone();
+        r.authorization = Some(auth);
+        fx.send(&r)
+    };
+    // computed for another Request-URI
+    let r = send_with(good.replace(&format!("uri=\"sip:{}\"", fx.realm), "uri=\"sip:other.example\""));
+    assert_eq!((r.status, r.header("X-Reason")), (400, Some("Digest uri does not match the Request-URI")));
+    // an algorithm we did not offer
+    let r = send_with(good.replace("algorithm=MD5", "algorithm=SHA-256"));
+    assert_eq!(r.status, 400);
+    assert_eq!(r.header("X-Reason"), Some("Unsupported digest algorithm (only MD5 is offered)"));
+    // an RFC 2069 answer (no qop, nc, cnonce) to a challenge that demands qop="auth"
+    let rfc2069_response =
+        digest_response("cy", &fx.realm, PASSWORD, "REGISTER", &format!("sip:{}", fx.realm), &nonce, "", "", "");
+    let r = send_with(format!(
+        r#"Digest username="cy", realm="{}", nonce="{nonce}", uri="sip:{}", response="{rfc2069_response}", algorithm=MD5"#,
+        fx.realm, fx.realm
+    ));
+    assert_challenge(&r, &fx.realm, false);
+    assert_eq!(fx.hook.request_count(), 0);
+    assert_eq!(fx.binding("cy"), None);
+    // the right answer still works: none of the refusals used the nonce up
+    assert_eq!(send_with(good).status, 200);
+}
+
+#[test]
+fn repeated_wrong_passwords_ban_the_source_without_touching_other_sources() {
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    fx.hook.set_password("dee", PASSWORD);
+    let mut attacker = fx.reg("dee");
+    attacker.address = "127.0.0.77".into();
+    for i in 1..=10 {
+        let r = fx.register_with_password(&attacker, "guess");
+        assert_eq!(r.status, 403, "attempt {i}: {}", r.raw);
+        assert_eq!(r.header("X-Reason"), Some("Invalid credentials"), "attempt {i}");
+    }
+    assert_eq!(fx.hook.request_count(), 10);
+    // the 11th is refused at once: no challenge, no webhook call
+    let r = fx.send(&attacker);
+    assert_eq!((r.status, r.header("X-Reason")), (403, Some("Too many failed authentications")));
+    let mut with_password = attacker.clone();
+    with_password.authorization = Some(authorization("dee", &fx.realm, PASSWORD, "1.2.3"));
+    assert_eq!(fx.send(&with_password).status, 403);
+    assert_eq!(fx.hook.request_count(), 10);
+
+    // another source registers the same user normally
+    let mut phone = fx.reg("dee");
+    phone.address = "127.0.0.78".into();
+    assert_eq!(fx.register_with_password(&phone, PASSWORD).status, 200);
+
+    // the ban is listed, and lifting it lets the source in again
+    let bans = fx.registrar.bans().list(Instant::now());
+    assert_eq!(bans.len(), 1, "{bans:?}");
+    assert_eq!(bans[0].ip.to_string(), "127.0.0.77");
+    assert!(fx.registrar.bans().clear("127.0.0.77".parse().unwrap()));
+    assert_eq!(fx.register_with_password(&attacker, PASSWORD).status, 200);
+}
+
+#[test]
+fn forged_nonces_and_other_peoples_aors_count_as_failed_authentications() {
+    let fx = Fx::new();
+    let sid = fx.add_account(&fx.realm, true, None);
+    fx.add_client(&sid, "eve", CBC_1234, true);
+    let mut scanner = fx.reg("eve");
+    scanner.address = "127.0.0.79".into();
+    for i in 0..5 {
+        scanner.authorization = Some(authorization("eve", &fx.realm, "x", &format!("1700000000.{i:016x}.{:032x}", i)));
+        assert_eq!(fx.send(&scanner).status, 401);
+    }
+    let mut as_other = fx.reg("frank");
+    as_other.address = "127.0.0.79".into();
+    for _ in 0..5 {
+        as_other.authorization = None;
+        let nonce = nonce_of(&fx.send(&as_other));
+        as_other.authorization = Some(authorization("eve", &fx.realm, "1234", &nonce));
+        assert_eq!(fx.send(&as_other).status, 403);
+    }
+    let r = fx.send(&fx.reg("eve").clone_from_address("127.0.0.79"));
+    assert_eq!((r.status, r.header("X-Reason")), (403, Some("Too many failed authentications")));
+}
+
+impl Reg {
+    fn clone_from_address(&self, address: &str) -> Reg {
+        let mut r = self.clone();
+        r.address = address.into();
+        r
+    }
+}
+
+#[test]
+fn sub_domains_falling_back_to_an_account_count_against_its_device_limit() {
+    let fx = hosting();
+    let sid = fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    fx.add_capacity(&sid, &[("voice_call_session", 0), ("device", 2)]);
+    for user in ["gus", "hal", "ike"] {
+        fx.hook.set_password(user, PASSWORD);
+    }
+    let sub_reg = |user: &str, sub: &str| {
+        let host = format!("{sub}.{}", fx.realm);
+        let mut r = fx.reg(user);
+        r.ruri = format!("sip:{host}");
+        r.to = format!("<sip:{user}@{host}>");
+        r.to_host = host;
+        r
+    };
+    assert_eq!(fx.register_with_password(&fx.reg("gus"), PASSWORD).status, 200);
+    assert_eq!(fx.register_with_password(&sub_reg("hal", "x"), PASSWORD).status, 200);
+    // the account has its 2 devices; a third under yet another sub-domain is refused
+    assert_max_devices(&fx.send(&sub_reg("ike", "y")));
+    assert_max_devices(&fx.send(&fx.reg("ike")));
+}
+
+#[test]
+fn the_device_limit_alert_is_raised_once_per_account_not_per_register() {
+    let db_fx = hosting();
+    let (alerts, alert_rx) = sbc_sidecar::telemetry::AlertSender::in_memory(16);
+    let mut settings = base_settings();
+    settings.hosting = true;
+    let registrar = Registrar::new(
+        settings,
+        MysqlPool::new(&mysql_settings(&db_fx.db.name, 3306)).unwrap(),
+        redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+    )
+    .with_telemetry(alerts, sbc_sidecar::telemetry::Metrics::disabled());
+    db_fx.add_account(&db_fx.realm, true, Some(("POST", "/auth")));
+    for _ in 0..5 {
+        let r = db_fx.send_to(&registrar, &db_fx.reg("jo"));
+        assert_max_devices(&r);
+    }
+    let raised: Vec<_> = alert_rx.try_iter().collect();
+    assert_eq!(raised.len(), 1, "{raised:?}");
+    assert_eq!(raised[0].alert_type().map(|t| t.as_str()), Some("account-device-limit"));
 }

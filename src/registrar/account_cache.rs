@@ -1,10 +1,12 @@
-//! A short-lived cache of account lookups by realm.
+//! A short-lived cache of MySQL lookups: accounts by realm, device limits by account.
 //!
 //! Every REGISTER needs the account of its realm, twice per registration (challenge, then the
-//! authenticated retry). Without a cache that is two MySQL round trips per device for data
-//! that changes a few times a year; with it, a busy SBC asks MySQL about each realm at most
-//! once per `ttl`. Unknown realms are cached too (a scanner hammering random realms must not
-//! reach MySQL on every packet). The price: deactivating an account takes effect within `ttl`.
+//! authenticated retry), and in hosting mode the account's device limit. Without a cache that
+//! is MySQL round trips per device for data that changes a few times a year; with it, a busy
+//! SBC asks MySQL about each realm (and each account's capacities) at most once per `ttl`.
+//! Unknown realms are cached too (a scanner hammering random realms must not reach MySQL on
+//! every packet). The price: deactivating an account or changing its plan takes effect
+//! within `ttl`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,25 +14,28 @@ use std::time::{Duration, Instant};
 
 use super::accounts::Account;
 
+/// Accounts by realm (`None`: no account has that realm).
+pub type AccountCache = TtlCache<Option<Account>>;
+
 /// At most this many realms are remembered; when full, expired entries are dropped, and if
 /// none has expired the whole cache is cleared (a flood of random realms cannot grow memory).
 const MAX_ENTRIES: usize = 10_000;
 
 /// Shared by the auth workers: a `Mutex` held only for a map lookup or insert, never across
 /// MySQL.
-pub struct AccountCache {
+pub struct TtlCache<V> {
     ttl: Duration,
-    entries: Mutex<HashMap<String, (Instant, Option<Account>)>>,
+    entries: Mutex<HashMap<String, (Instant, V)>>,
 }
 
-impl AccountCache {
+impl<V: Clone> TtlCache<V> {
     /// A zero `ttl` disables the cache.
-    pub fn new(ttl: Duration) -> AccountCache {
-        AccountCache { ttl, entries: Mutex::new(HashMap::new()) }
+    pub fn new(ttl: Duration) -> TtlCache<V> {
+        TtlCache { ttl, entries: Mutex::new(HashMap::new()) }
     }
 
-    /// `Some(lookup)` when a fresh answer is cached (which may be "no such account").
-    pub fn get(&self, realm: &str) -> Option<Option<Account>> {
+    /// `Some(value)` when a fresh answer is cached (for accounts, possibly "no such account").
+    pub fn get(&self, realm: &str) -> Option<V> {
         if self.ttl.is_zero() {
             return None;
         }
@@ -38,7 +43,7 @@ impl AccountCache {
         entries.get(realm).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, a)| a.clone())
     }
 
-    pub fn put(&self, realm: &str, account: Option<Account>) {
+    pub fn put(&self, realm: &str, value: V) {
         if self.ttl.is_zero() {
             return;
         }
@@ -50,7 +55,7 @@ impl AccountCache {
                 entries.clear();
             }
         }
-        entries.insert(realm.to_string(), (Instant::now(), account));
+        entries.insert(realm.to_string(), (Instant::now(), value));
     }
 }
 
@@ -59,7 +64,14 @@ mod tests {
     use super::*;
 
     fn account(sid: &str) -> Account {
-        Account { account_sid: sid.into(), is_active: true, webhook_secret: None, device_to_call_ratio: 5, hook: None }
+        Account {
+            account_sid: sid.into(),
+            sip_realm: "a.example.com".into(),
+            is_active: true,
+            webhook_secret: None,
+            device_to_call_ratio: 5,
+            hook: None,
+        }
     }
 
     #[test]
@@ -78,7 +90,7 @@ mod tests {
         c.put("a.example.com", Some(account("s1")));
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(c.get("a.example.com"), None);
-        let off = AccountCache::new(Duration::ZERO);
+        let off: AccountCache = TtlCache::new(Duration::ZERO);
         off.put("a.example.com", Some(account("s1")));
         assert_eq!(off.get("a.example.com"), None);
     }

@@ -10,7 +10,7 @@ use crate::store::StoreError;
 /// The same join as the Node `lookupAccountBySipRealm` (`SELECT * FROM accounts acc LEFT JOIN
 /// webhooks rh ON acc.registration_hook_sid = rh.webhook_sid WHERE acc.sip_realm = ?`), with
 /// the columns we read named so that schema additions cannot change what we get.
-const ACCOUNT_BY_REALM: &str = "SELECT acc.account_sid, acc.is_active, acc.webhook_secret, \
+const ACCOUNT_BY_REALM: &str = "SELECT acc.account_sid, acc.sip_realm, acc.is_active, acc.webhook_secret, \
      acc.device_to_call_ratio, rh.url, rh.method, rh.username, rh.password \
      FROM accounts acc LEFT JOIN webhooks rh ON acc.registration_hook_sid = rh.webhook_sid \
      WHERE acc.sip_realm = ?";
@@ -28,6 +28,8 @@ const CLIENT: &str = "SELECT is_active, password, allow_direct_app_calling, allo
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
     pub account_sid: String,
+    /// The realm the account was found by: the REGISTER's own, or its parent domain.
+    pub sip_realm: String,
     pub is_active: bool,
     pub webhook_secret: Option<String>,
     pub device_to_call_ratio: i64,
@@ -66,6 +68,7 @@ fn account_exact(conn: &mut PooledConn, realm: &str) -> Result<Option<Account>, 
     let password: Option<String> = column(&mut row, "webhooks", "password")?;
     Ok(Some(Account {
         account_sid: column(&mut row, "accounts", "account_sid")?,
+        sip_realm: column::<Option<String>>(&mut row, "accounts", "sip_realm")?.unwrap_or_else(|| realm.to_string()),
         is_active: column::<Option<i64>>(&mut row, "accounts", "is_active")?.unwrap_or(0) != 0,
         webhook_secret: column(&mut row, "accounts", "webhook_secret")?,
         device_to_call_ratio: column::<Option<i64>>(&mut row, "accounts", "device_to_call_ratio")?.unwrap_or(0),

@@ -1,8 +1,14 @@
 //! Alerts the registrar raises (spec 10.2): logged at warn, and sent to InfluxDB through the
 //! telemetry writer when the daemon plugged one in.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use log::warn;
 
+use super::accounts::Account;
 use super::webhook::url_for_logs;
 use super::Registrar;
 use crate::telemetry;
@@ -17,6 +23,9 @@ pub enum Alert {
     WebhookFailure { account_sid: String, url: String, status: u16 },
     /// The registration webhook could not be reached (refused, DNS, TLS, timeout).
     WebhookConnectionFailure { account_sid: String, url: String },
+    /// Not in the Node sidecar: a source failed to authenticate too often and is refused for
+    /// a while (no account: the source may have tried any realm).
+    SourceBanned { ip: IpAddr, failures: u32, window_secs: u64, ban_secs: u64 },
 }
 
 impl Alert {
@@ -25,6 +34,7 @@ impl Alert {
             Alert::AccountDeviceLimit { .. } => "account-device-limit",
             Alert::WebhookFailure { .. } => "webhook-failure",
             Alert::WebhookConnectionFailure { .. } => "webhook-connection-failure",
+            Alert::SourceBanned { .. } => "registration-source-banned",
         }
     }
 
@@ -33,17 +43,23 @@ impl Alert {
             Alert::AccountDeviceLimit { account_sid, .. }
             | Alert::WebhookFailure { account_sid, .. }
             | Alert::WebhookConnectionFailure { account_sid, .. } => account_sid,
+            Alert::SourceBanned { .. } => "",
         }
     }
 
-    /// The `message` field, worded exactly as the Node sidecar's (the portal shows it).
+    /// The `message` field, worded as the Node sidecar's (the portal shows it), except that
+    /// a webhook URL is shown without credentials, query or fragment: alerts are read by
+    /// people who must not learn the webhook's password or token.
     pub fn message(&self) -> String {
         match self {
             Alert::AccountDeviceLimit { count, .. } => format!(
                 "you have exceeded your account limit of {count} registered devices; please consider upgrading your plan"
             ),
-            Alert::WebhookFailure { url, status, .. } => format!("{url} returned {status}"),
-            Alert::WebhookConnectionFailure { url, .. } => format!("failed to connect to {url}"),
+            Alert::WebhookFailure { url, status, .. } => format!("{} returned {status}", url_for_logs(url)),
+            Alert::WebhookConnectionFailure { url, .. } => format!("failed to connect to {}", url_for_logs(url)),
+            Alert::SourceBanned { ip, failures, window_secs, ban_secs } => format!(
+                "registrations from {ip} refused for {ban_secs} s after {failures} failed authentications within {window_secs} s"
+            ),
         }
     }
 }
@@ -56,11 +72,12 @@ impl Alert {
                 telemetry::Alert::account_device_limit(account_sid, *count)
             }
             Alert::WebhookFailure { account_sid, url, status } => {
-                telemetry::Alert::webhook_failure(account_sid, url, *status)
+                telemetry::Alert::webhook_failure(account_sid, &url_for_logs(url), *status)
             }
             Alert::WebhookConnectionFailure { account_sid, url } => {
-                telemetry::Alert::webhook_connection_failure(account_sid, url)
+                telemetry::Alert::webhook_connection_failure(account_sid, &url_for_logs(url))
             }
+            Alert::SourceBanned { .. } => telemetry::Alert::without_type(None, None, self.message()),
         }
     }
 }
@@ -74,6 +91,7 @@ impl Registrar {
             Alert::AccountDeviceLimit { count, .. } => format!("limit={count}"),
             Alert::WebhookFailure { url, status, .. } => format!("url={} status={status}", url_for_logs(url)),
             Alert::WebhookConnectionFailure { url, .. } => format!("url={}", url_for_logs(url)),
+            Alert::SourceBanned { ip, .. } => format!("source={ip}"),
         };
         warn!("alert alert_type={} account_sid={} {detail}", alert.alert_type(), alert.account_sid());
         if let Some(sender) = &self.alerts {
@@ -81,6 +99,52 @@ impl Registrar {
         }
     }
 }
+
+/// At most one `account-device-limit` alert per account per interval: a device retrying
+/// every few seconds must not write an InfluxDB point (and a warn line) each time.
+pub struct AlertLimiter {
+    interval: Duration,
+    last: Mutex<HashMap<String, Instant>>,
+}
+
+/// Accounts remembered by [`AlertLimiter`]; when full, the expired ones are forgotten, and if
+/// none has expired, all of them (one extra alert each is the worst outcome).
+const LIMITER_ENTRIES: usize = 10_000;
+
+impl AlertLimiter {
+    pub fn new(interval: Duration) -> AlertLimiter {
+        AlertLimiter { interval, last: Mutex::new(HashMap::new()) }
+    }
+
+    /// Whether an alert for `key` may go out at `now` (and if so, notes it).
+    pub fn admit(&self, key: &str, now: Instant) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.get(key).is_some_and(|at| now.saturating_duration_since(*at) < self.interval) {
+            return false;
+        }
+        if last.len() >= LIMITER_ENTRIES && !last.contains_key(key) {
+            let interval = self.interval;
+            last.retain(|_, at| now.saturating_duration_since(*at) < interval);
+            if last.len() >= LIMITER_ENTRIES {
+                last.clear();
+            }
+        }
+        last.insert(key.to_string(), now);
+        true
+    }
+}
+
+impl Registrar {
+    /// `account-device-limit`, at most once per account per [`DEVICE_LIMIT_ALERT_INTERVAL`].
+    pub(crate) fn raise_device_limit_alert(&self, account: &Account, limit: u64) {
+        if self.device_limit_alerts.admit(&account.account_sid, Instant::now()) {
+            self.raise_alert(&Alert::AccountDeviceLimit { account_sid: account.account_sid.clone(), count: limit });
+        }
+    }
+}
+
+/// How often one account's `account-device-limit` alert may be raised.
+pub const DEVICE_LIMIT_ALERT_INTERVAL: Duration = Duration::from_secs(300);
 
 #[cfg(test)]
 mod tests {
@@ -113,5 +177,43 @@ mod tests {
         let c = Alert::WebhookConnectionFailure { account_sid: "a1".into(), url: "https://h/reg".into() };
         assert_eq!(c.message(), "failed to connect to https://h/reg");
         assert_eq!(c.account_sid(), "a1");
+    }
+
+    #[test]
+    fn webhook_credentials_and_tokens_never_reach_an_alert() {
+        let url = "https://user:pa55word@h.example/reg?token=t0ken#frag";
+        for a in [
+            Alert::WebhookFailure { account_sid: "a1".into(), url: url.into(), status: 500 },
+            Alert::WebhookConnectionFailure { account_sid: "a1".into(), url: url.into() },
+        ] {
+            for text in [a.message(), a.to_telemetry().message().to_string()] {
+                assert!(text.contains("https://h.example/reg"), "{text}");
+                assert!(!text.contains("pa55word") && !text.contains("user:") && !text.contains("t0ken"), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_ban_alert_names_the_source_and_the_numbers() {
+        let a = Alert::SourceBanned { ip: "127.0.0.9".parse().unwrap(), failures: 10, window_secs: 60, ban_secs: 300 };
+        assert_eq!(
+            a.message(),
+            "registrations from 127.0.0.9 refused for 300 s after 10 failed authentications within 60 s"
+        );
+        assert_eq!(a.to_telemetry().message(), a.message());
+    }
+
+    #[test]
+    fn the_limiter_admits_one_alert_per_key_and_interval() {
+        let l = AlertLimiter::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert!(l.admit("a", t0));
+        assert!(!l.admit("a", t0 + Duration::from_secs(59)));
+        assert!(l.admit("b", t0 + Duration::from_secs(1)));
+        assert!(l.admit("a", t0 + Duration::from_secs(60)));
+        for i in 0..(LIMITER_ENTRIES + 5) {
+            l.admit(&format!("k{i}"), t0);
+        }
+        assert!(l.last.lock().unwrap().len() <= LIMITER_ENTRIES);
     }
 }

@@ -5,8 +5,8 @@
 //! their stored bindings with one `MGET`, and answers whatever needs no authentication call:
 //! refreshes from the cache window, challenges, malformed requests, unknown realms. A request
 //! whose credentials must be checked — by the account's webhook or against the `clients`
-//! table — goes on to the **auth workers** through a second bounded queue, with the binding
-//! already read.
+//! table — goes on to the **auth workers** through a second bounded queue, already parsed
+//! and checked ([`Checked`]): a worker only authenticates, stores and answers.
 //!
 //! So a slow or hanging webhook holds auth workers only: the cache-window refreshes of every
 //! other device keep being answered. When the auth queue is full the triage thread answers
@@ -22,15 +22,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
 use log::{debug, error, warn};
 
-use super::bindings::StoredBinding;
-use super::{Registrar, Triage};
+use super::{Checked, Registrar, Triage};
 use crate::drachtio::IncomingRequest;
 
 /// The most REGISTERs the triage thread takes from the queue at once.
 pub const MAX_BATCH: usize = 32;
-
-/// A request for an auth worker, with its stored binding as the triage thread read it.
-type Deferred = (IncomingRequest, Option<Option<StoredBinding>>);
 
 pub struct AuthPool {
     threads: Vec<JoinHandle<()>>,
@@ -53,7 +49,7 @@ impl AuthPool {
         let n_workers = n_workers.max(1);
         // As long as the queue the reader fills (SBC_AUTH_QUEUE): the same bound on how many
         // REGISTERs may wait for a thread.
-        let (auth_tx, auth_rx) = bounded::<Deferred>(queue.capacity().unwrap_or(1024).max(1));
+        let (auth_tx, auth_rx) = bounded::<Checked>(queue.capacity().unwrap_or(1024).max(1));
         let mut threads = Vec::with_capacity(n_workers + 1);
         let triage = TriageThread {
             registrar: registrar.clone(),
@@ -85,7 +81,7 @@ impl AuthPool {
 struct TriageThread {
     registrar: Arc<Registrar>,
     queue: Receiver<IncomingRequest>,
-    auth: Sender<Deferred>,
+    auth: Sender<Checked>,
     shutdown: Receiver<()>,
     /// REGISTERs refused because the auth queue was full, and when that was last logged:
     /// one warning per [`WARN_EVERY`] at most, not one per request of an overload.
@@ -136,19 +132,20 @@ impl TriageThread {
                 vec![None; batch.len()]
             });
         for (req, stored) in batch.into_iter().zip(prefetched) {
-            let Triage::NeedsAuthentication(req, stored) = self.registrar.triage(req, stored) else { continue };
-            match self.auth.try_send((req, stored)) {
+            let Triage::NeedsAuthentication(checked) = self.registrar.triage(req, stored) else { continue };
+            match self.auth.try_send(checked) {
                 Ok(()) => {}
-                Err(TrySendError::Full((req, _))) => {
+                Err(TrySendError::Full(checked)) => {
+                    let req = checked.request();
                     debug!(
                         "registrar: auth queue full; REGISTER from {}:{} answered 503",
                         req.meta.address, req.meta.port
                     );
-                    self.registrar.answer_unavailable(req);
+                    self.registrar.answer_unavailable(checked.into_request());
                     self.note_refusal();
                 }
-                // No worker left (shutting down): answer here rather than drop it.
-                Err(TrySendError::Disconnected((req, stored))) => self.registrar.handle_prefetched(req, stored),
+                // No worker left (shutting down): finish it here rather than drop it.
+                Err(TrySendError::Disconnected(checked)) => self.registrar.complete(checked),
             }
         }
     }
@@ -173,7 +170,7 @@ impl TriageThread {
 
 struct Worker {
     registrar: Arc<Registrar>,
-    auth: Receiver<Deferred>,
+    auth: Receiver<Checked>,
     shutdown: Receiver<()>,
 }
 
@@ -182,13 +179,13 @@ impl Worker {
         loop {
             select! {
                 recv(self.auth) -> msg => match msg {
-                    Ok((req, stored)) => self.registrar.handle_prefetched(req, stored),
+                    Ok(checked) => self.registrar.complete(checked),
                     // The triage thread has stopped and everything it passed on is done.
                     Err(_) => break,
                 },
                 recv(self.shutdown) -> _ => {
-                    while let Ok((req, _)) = self.auth.try_recv() {
-                        self.registrar.answer_unavailable(req);
+                    while let Ok(checked) = self.auth.try_recv() {
+                        self.registrar.answer_unavailable(checked.into_request());
                     }
                     break;
                 }

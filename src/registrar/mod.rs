@@ -7,23 +7,30 @@
 //! response.
 //!
 //! Where we deliberately differ from the Node sidecar (spec 14): nonces are signed,
-//! time-limited and verified (`nonce.rs`); webhook calls have a timeout; a malformed
+//! time-limited, unique per challenge and verified (`nonce.rs`), and each answer to one is
+//! accepted once cluster-wide (`replay.rs`); an Authorization must answer our challenge as
+//! offered and prove the identity of the address being registered (`credentials.rs`);
+//! sources that keep failing to authenticate are refused for a while (`bans.rs`); webhook
+//! calls have a timeout; a malformed
 //! Authorization is `400`; a binding that cannot be stored is `500`, an unreachable MySQL or
 //! Redis is `503` with `Retry-After`, instead of a false `200`; device limits are exactly
 //! `limit` devices, counted without a keyspace scan per REGISTER (`device_count.rs`); TLS
 //! clients are stored with `protocol: "tls"`.
 //!
-//! Files, one idea each: `pipeline` (the steps), `request` (what the message says), `accounts`
-//! (MySQL reads), `webhook` + `hook_transport` (the HTTP hook), `clients` + `crypto` (the
-//! `clients` table), `nonce`, `bindings` (Redis), `device_count`, `grant`, `reply`, `alerts`,
-//! `health`, `auth_pool` (the worker threads), `settings`.
+//! Files, one idea each: `pipeline` (the steps), `request` (what the message says),
+//! `credentials` (what an Authorization must say), `accounts` (MySQL reads), `webhook` +
+//! `hook_transport` (the HTTP hook), `clients` + `crypto` (the `clients` table), `nonce`,
+//! `replay`, `bans`, `bindings` (Redis), `device_count`, `grant`, `reply`, `alerts`, `health`,
+//! `auth_pool` (the worker threads), `settings`.
 
 mod account_cache;
 pub mod accounts;
 pub mod alerts;
 pub mod auth_pool;
+pub mod bans;
 pub mod bindings;
 pub mod clients;
+pub mod credentials;
 pub mod crypto;
 pub mod device_count;
 pub mod grant;
@@ -33,20 +40,24 @@ pub mod hook_resolver;
 pub mod hook_transport;
 pub mod nonce;
 mod pipeline;
+pub mod replay;
 pub mod reply;
 pub mod request;
 pub mod settings;
 pub mod webhook;
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use alerts::Alert;
 pub use auth_pool::AuthPool;
-pub use pipeline::Triage;
+pub use bans::{BanSettings, Bans};
+pub use pipeline::{Checked, Triage};
 pub use settings::RegistrarSettings;
 pub use webhook::{HookError, HookRequest, HookResponse, HookTransport};
 
-use account_cache::AccountCache;
+use account_cache::{AccountCache, TtlCache};
+use alerts::{AlertLimiter, DEVICE_LIMIT_ALERT_INTERVAL};
 use crypto::PasswordKey;
 use device_count::DeviceCounter;
 use health::{HookHealth, StoreHealth};
@@ -70,6 +81,11 @@ pub struct Registrar {
     hook: Box<dyn HookTransport>,
     devices: DeviceCounter,
     accounts: AccountCache,
+    /// Device limits by account sid (hosting mode), cached as long as accounts.
+    limits: TtlCache<u64>,
+    /// Sources refused after repeated failed authentications; shared with the CLI server.
+    bans: Arc<Bans>,
+    device_limit_alerts: AlertLimiter,
     mysql_health: StoreHealth,
     redis_health: StoreHealth,
     hook_health: HookHealth,
@@ -107,6 +123,9 @@ impl Registrar {
             password_key: PasswordKey::derive(&settings.encryption_secret, settings.legacy_crypto),
             devices: DeviceCounter::new(settings.device_count_max_age),
             accounts: AccountCache::new(settings.account_cache_ttl),
+            limits: TtlCache::new(settings.account_cache_ttl),
+            bans: Arc::new(Bans::new(BanSettings::default())),
+            device_limit_alerts: AlertLimiter::new(DEVICE_LIMIT_ALERT_INTERVAL),
             nonces,
             settings,
             mysql,
@@ -126,6 +145,17 @@ impl Registrar {
         self.alerts = Some(alerts);
         self.metrics = metrics;
         self
+    }
+
+    /// Counts failed authentications in `bans` (the daemon shares it with the CLI server)
+    /// instead of a table of the registrar's own with the default settings.
+    pub fn with_bans(mut self, bans: Arc<Bans>) -> Registrar {
+        self.bans = bans;
+        self
+    }
+
+    pub fn bans(&self) -> &Arc<Bans> {
+        &self.bans
     }
 
     pub fn settings(&self) -> &RegistrarSettings {

@@ -1,11 +1,13 @@
-//! Stateless, signed, time-limited challenge nonces.
+//! Stateless, signed, time-limited challenge nonces, unique per challenge.
 //!
 //! The Node sidecar issued a counter-based nonce and never checked it, so a captured
 //! Authorization could be replayed for as long as the webhook accepted it. Here a nonce is
-//! `<unix seconds>.<hex MAC>` where the MAC is HMAC-SHA256(key, realm + "\n" + seconds),
-//! truncated to 128 bits. Nothing is stored: any worker thread (or, with a shared
-//! `nonce_secret`, any SBC of the cluster) can verify a nonce another one issued, and it
-//! expires by itself.
+//! `<unix seconds>.<16 hex random>.<32 hex MAC>` where the MAC is HMAC-SHA256(key, realm +
+//! "\n" + seconds + "\n" + random), truncated to 128 bits. The random part makes every
+//! challenge's nonce different (two devices challenged in the same second no longer share
+//! one), and nothing is stored: any worker thread (or, with a shared `nonce_secret`, any SBC
+//! of the cluster) can verify a nonce another one issued, and it expires by itself. That a
+//! nonce is answered only once per `nc`/`cnonce` is checked separately (`replay.rs`).
 
 use std::time::Duration;
 
@@ -17,8 +19,13 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// Bytes of the MAC kept in the nonce (hex-encoded, so twice as many characters).
 const MAC_BYTES: usize = 16;
+/// Random bytes per nonce (hex-encoded).
+pub const RANDOM_BYTES: usize = 8;
 /// A nonce stamped this far in the future still counts: clocks of SBCs sharing a secret drift.
-const FUTURE_SKEW_SECS: u64 = 60;
+pub(crate) const FUTURE_SKEW_SECS: u64 = 60;
+/// Longest text that can be one of our nonces (20 digits of seconds); anything longer is
+/// refused before any parsing or MAC work.
+pub const MAX_NONCE_LEN: usize = 20 + 1 + 2 * RANDOM_BYTES + 1 + 2 * MAC_BYTES;
 
 /// What a nonce from an Authorization header turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,9 +64,18 @@ impl NonceSigner {
         self.issue_at(realm, super::unix_secs())
     }
 
+    /// A nonce stamped `unix_secs` (tests make old ones).
     pub fn issue_at(&self, realm: &str, unix_secs: u64) -> String {
-        let mac = self.mac(realm, unix_secs);
-        format!("{unix_secs}.{}", hex::encode(&mac[..MAC_BYTES]))
+        let mut random = [0u8; RANDOM_BYTES];
+        rand::thread_rng().fill_bytes(&mut random);
+        self.issue_with(realm, unix_secs, &random)
+    }
+
+    /// The nonce for `realm` stamped `unix_secs` with the given random part (tests pin both).
+    pub fn issue_with(&self, realm: &str, unix_secs: u64, random: &[u8; RANDOM_BYTES]) -> String {
+        let random_hex = hex::encode(random);
+        let mac = self.mac(realm, unix_secs, &random_hex);
+        format!("{unix_secs}.{random_hex}.{}", hex::encode(&mac[..MAC_BYTES]))
     }
 
     pub fn check(&self, realm: &str, nonce: &str) -> NonceCheck {
@@ -67,43 +83,57 @@ impl NonceSigner {
     }
 
     pub fn check_at(&self, realm: &str, nonce: &str, now_secs: u64) -> NonceCheck {
-        let Some((ts_text, mac_hex)) = nonce.split_once('.') else {
+        if nonce.len() > MAX_NONCE_LEN {
+            return NonceCheck::Forged;
+        }
+        let mut parts = nonce.split('.');
+        let (Some(ts_text), Some(random_hex), Some(mac_hex), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return NonceCheck::Forged;
         };
         if ts_text.is_empty() || !ts_text.bytes().all(|b| b.is_ascii_digit()) {
             return NonceCheck::Forged;
         }
+        // Lower-case hex only, so that one nonce has one spelling (the replay record is keyed
+        // by the text).
+        let lower_hex =
+            |s: &str, len: usize| s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !lower_hex(random_hex, 2 * RANDOM_BYTES) || !lower_hex(mac_hex, 2 * MAC_BYTES) {
+            return NonceCheck::Forged;
+        }
         let (Ok(ts), Ok(mac)) = (ts_text.parse::<u64>(), hex::decode(mac_hex)) else {
             return NonceCheck::Forged;
         };
-        // `verify_truncated_left` compares in constant time; the length check keeps a
-        // one-byte "MAC" from passing as a truncation.
-        if mac.len() != MAC_BYTES || self.hmac(realm, ts).verify_truncated_left(&mac).is_err() {
+        // `verify_truncated_left` compares in constant time.
+        if self.hmac(realm, ts, random_hex).verify_truncated_left(&mac).is_err() {
             return NonceCheck::Forged;
         }
         // Re-serialising must give the same text, so `0012.…` cannot stand in for `12.…`.
         if ts.to_string() != ts_text {
             return NonceCheck::Forged;
         }
-        if ts > now_secs + FUTURE_SKEW_SECS || now_secs.saturating_sub(ts) > self.ttl.as_secs() {
+        if ts > now_secs.saturating_add(FUTURE_SKEW_SECS) || now_secs.saturating_sub(ts) > self.ttl.as_secs() {
             return NonceCheck::Stale;
         }
         NonceCheck::Valid
     }
 
-    fn hmac(&self, realm: &str, unix_secs: u64) -> HmacSha256 {
+    fn hmac(&self, realm: &str, unix_secs: u64, random_hex: &str) -> HmacSha256 {
         // A key of any length is accepted by HMAC, so this cannot fail.
         let mut m = <HmacSha256 as Mac>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!());
-        // The realm is case-insensitive (a host name); the separator keeps `a1`+`23` apart
+        // The realm is case-insensitive (a host name); the separators keep `a1`+`23` apart
         // from `a`+`123`.
         m.update(realm.to_ascii_lowercase().as_bytes());
         m.update(b"\n");
         m.update(unix_secs.to_string().as_bytes());
+        m.update(b"\n");
+        m.update(random_hex.as_bytes());
         m
     }
 
-    fn mac(&self, realm: &str, unix_secs: u64) -> [u8; 32] {
-        self.hmac(realm, unix_secs).finalize().into_bytes().into()
+    fn mac(&self, realm: &str, unix_secs: u64, random_hex: &str) -> [u8; 32] {
+        self.hmac(realm, unix_secs, random_hex).finalize().into_bytes().into()
     }
 }
 
@@ -112,22 +142,35 @@ mod tests {
     use super::*;
 
     const TTL: Duration = Duration::from_secs(300);
+    const R1: [u8; RANDOM_BYTES] = [1, 2, 3, 4, 5, 6, 7, 8];
 
     #[test]
     fn a_fresh_nonce_verifies_for_its_realm_only() {
         let s = NonceSigner::random(TTL);
-        let n = s.issue_at("jambonz.org", 1_700_000_000);
-        assert!(n.starts_with("1700000000."), "{n}");
-        assert_eq!(n.len(), "1700000000.".len() + 2 * MAC_BYTES);
+        let n = s.issue_with("jambonz.org", 1_700_000_000, &R1);
+        assert!(n.starts_with("1700000000.0102030405060708."), "{n}");
+        assert_eq!(n.len(), "1700000000.".len() + 2 * RANDOM_BYTES + 1 + 2 * MAC_BYTES);
+        assert!(n.len() <= MAX_NONCE_LEN);
         assert_eq!(s.check_at("jambonz.org", &n, 1_700_000_010), NonceCheck::Valid);
         assert_eq!(s.check_at("JAMBONZ.org", &n, 1_700_000_010), NonceCheck::Valid);
         assert_eq!(s.check_at("other.org", &n, 1_700_000_010), NonceCheck::Forged);
     }
 
     #[test]
+    fn two_challenges_in_the_same_second_get_different_nonces() {
+        let s = NonceSigner::random(TTL);
+        let a = s.issue("r.org");
+        let b = s.issue("r.org");
+        assert_ne!(a, b);
+        assert_eq!(a.split('.').next(), b.split('.').next(), "same second expected: {a} {b}");
+        assert_eq!(s.check("r.org", &a), NonceCheck::Valid);
+        assert_eq!(s.check("r.org", &b), NonceCheck::Valid);
+    }
+
+    #[test]
     fn an_old_nonce_is_stale() {
         let s = NonceSigner::random(TTL);
-        let n = s.issue_at("r.org", 1_000);
+        let n = s.issue_with("r.org", 1_000, &R1);
         assert_eq!(s.check_at("r.org", &n, 1_300), NonceCheck::Valid);
         assert_eq!(s.check_at("r.org", &n, 1_301), NonceCheck::Stale);
         // far in the future: our clock went backwards, or another SBC's is way off
@@ -138,17 +181,33 @@ mod tests {
     #[test]
     fn tampered_or_foreign_nonces_are_forged() {
         let s = NonceSigner::random(TTL);
-        let n = s.issue_at("r.org", 5_000);
-        let (ts, mac) = n.split_once('.').unwrap();
-        let other_ts = format!("5001.{mac}");
-        let short = format!("{ts}.{}", &mac[..8]);
-        let padded = format!("0{ts}.{mac}");
-        let upper = format!("{ts}.{}", mac.to_uppercase());
-        for bad in ["", "157590482938000", "abc.def", ".00", other_ts.as_str(), short.as_str(), padded.as_str()] {
+        let n = s.issue_with("r.org", 5_000, &R1);
+        let mut parts = n.split('.');
+        let (ts, random, mac) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+        let other_ts = format!("5001.{random}.{mac}");
+        let other_random = format!("{ts}.0102030405060709.{mac}");
+        let short = format!("{ts}.{random}.{}", &mac[..8]);
+        let padded = format!("0{ts}.{random}.{mac}");
+        let upper = format!("{ts}.{random}.{}", mac.to_uppercase());
+        let old_format = format!("{ts}.{mac}");
+        let extra = format!("{n}.00");
+        let long = format!("{n}{}", "0".repeat(MAX_NONCE_LEN));
+        for bad in [
+            "",
+            "157590482938000",
+            "abc.def.012",
+            "..",
+            other_ts.as_str(),
+            other_random.as_str(),
+            short.as_str(),
+            padded.as_str(),
+            upper.as_str(),
+            old_format.as_str(),
+            extra.as_str(),
+            long.as_str(),
+        ] {
             assert_eq!(s.check_at("r.org", bad, 5_000), NonceCheck::Forged, "{bad:?}");
         }
-        // hex is case-insensitive: still ours
-        assert_eq!(s.check_at("r.org", &upper, 5_000), NonceCheck::Valid);
         let stranger = NonceSigner::random(TTL);
         assert_eq!(stranger.check_at("r.org", &n, 5_000), NonceCheck::Forged);
     }
@@ -158,7 +217,7 @@ mod tests {
         let a = NonceSigner::from_secret("cluster secret", TTL);
         let b = NonceSigner::from_secret("cluster secret", TTL);
         let c = NonceSigner::from_secret("another secret", TTL);
-        let n = a.issue_at("r.org", 42);
+        let n = a.issue_with("r.org", 42, &R1);
         assert_eq!(b.check_at("r.org", &n, 50), NonceCheck::Valid);
         assert_eq!(c.check_at("r.org", &n, 50), NonceCheck::Forged);
     }

@@ -1,6 +1,15 @@
-//! The REGISTER pipeline of spec 4.1, step by step. Each step returns `Result<_, Reply>`;
-//! the first final response stops the chain.
+//! The REGISTER pipeline of spec 4.1, in one pass.
+//!
+//! The triage thread runs [`Registrar::triage`]: every check that needs no authentication
+//! call — source ban, Request-URI, Contact and expires, address of record, cache window,
+//! account and device limit, challenge, the form of the Authorization, nonce, digest `uri`,
+//! identity — and answers whatever ends there. A request that passes them all becomes a
+//! [`Checked`] request: owned, parsed once, with its account. An auth worker then runs
+//! [`Registrar::complete`]: one-time use of the nonce, the webhook or `clients` table, and
+//! the binding. Each step returns `Result<_, Reply>`; the first final response stops the
+//! chain.
 
+use std::net::IpAddr;
 use std::panic::{self, AssertUnwindSafe};
 use std::time::Instant;
 
@@ -11,17 +20,19 @@ use super::accounts::{self, Account};
 use super::alerts::Alert;
 use super::bindings::{self, NewBinding, StoredBinding};
 use super::clients;
+use super::credentials::{self, FormProblem, NonceUse};
 use super::grant::{AuthVerdict, Denial, Grant};
 use super::health::StoreHealth;
 use super::hook_breaker::{Admission, Transition};
 use super::nonce::NonceCheck;
+use super::replay;
 use super::reply::Reply;
 use super::request::{self, Aor, Kind, Registration};
 use super::webhook::{self, HookError, RegistrationHook};
 use super::{unix_millis, unix_secs, Registrar};
 use crate::drachtio::IncomingRequest;
 use crate::sip::digest::DigestCredentials;
-use crate::sip::{parse_authorization, replace_first_expires, www_authenticate};
+use crate::sip::{parse_authorization, replace_first_expires, www_authenticate, SipError};
 use crate::store::redis::{self as redis_store, RedisConn};
 use crate::store::StoreError;
 
@@ -33,6 +44,8 @@ pub const DEACTIVATED_REASON: &str = "Account has been deactivated";
 pub const UNKNOWN_REALM_REASON: &str = "Unknown or invalid realm";
 pub const INVALID_CREDENTIALS_REASON: &str = "Invalid credentials";
 pub const MAX_DEVICES_PHRASE: &str = "Max Devices Registered";
+/// `X-Reason` of the `403` sent to a source banned after repeated failed authentications.
+pub const BANNED_REASON: &str = "Too many failed authentications";
 
 /// What [`Registrar::triage`] did with a request.
 // Returned once per request and moved on at once; boxing the request would cost an allocation.
@@ -41,72 +54,80 @@ pub enum Triage {
     /// Answered (or refused) without an authentication call.
     Answered,
     /// Its credentials must be checked by the webhook or against the `clients` table: for an
-    /// auth worker, with the stored binding already read.
-    NeedsAuthentication(IncomingRequest, Option<Option<StoredBinding>>),
+    /// auth worker's [`Registrar::complete`].
+    NeedsAuthentication(Checked),
 }
 
-/// How far the pipeline runs: the triage thread stops before the authentication call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    Triage,
-    Full,
+/// A REGISTER that passed every check of the triage thread, with what it found out: all an
+/// auth worker needs to authenticate, store and answer it.
+pub struct Checked {
+    req: IncomingRequest,
+    ctx: Ctx,
+    account: Account,
+    credentials: DigestCredentials,
+    nonce_use: NonceUse,
+    /// When the triage thread took the request (response-time metrics cover the whole path).
+    started: Instant,
 }
 
-/// Why the pipeline stopped before the end.
-enum Stop {
-    /// A final response.
-    Reply(Reply),
-    /// The triage stage reached the authentication call (with the stored binding it read).
-    Authenticate(Option<StoredBinding>),
-}
+impl Checked {
+    pub fn request(&self) -> &IncomingRequest {
+        &self.req
+    }
 
-impl From<Reply> for Stop {
-    fn from(reply: Reply) -> Stop {
-        Stop::Reply(reply)
+    /// The request alone, to be answered without authentication (`503` when no worker can
+    /// take it).
+    pub fn into_request(self) -> IncomingRequest {
+        self.req
     }
 }
 
 /// The request facts every step needs, computed once.
-struct Ctx<'a> {
-    req: &'a IncomingRequest,
+struct Ctx {
     reg: Registration,
     aor: Aor,
     aor_key: String,
     /// `sip:<source ip>:<source port>`.
     proxy: String,
+    /// The source address, when drachtio gave a parseable one (for bans).
+    source_ip: Option<IpAddr>,
 }
 
 impl Registrar {
-    /// Runs the pipeline and sends the one final response. A panic in the pipeline (a bug)
-    /// still answers `500`, so the device is not left retransmitting into the void.
+    /// The whole pipeline in the calling thread: [`triage`](Self::triage), then
+    /// [`complete`](Self::complete) if the request needs authentication. For requests that
+    /// cannot go to an auth worker (none left at shutdown), and for tests.
     pub fn handle(&self, req: IncomingRequest) {
-        self.handle_prefetched(req, None);
+        if let Triage::NeedsAuthentication(checked) = self.triage(req, None) {
+            self.complete(checked);
+        }
     }
 
-    /// [`Registrar::handle`] with the stored binding already read (by [`Registrar::prefetch`])
-    /// when `prefetched` is `Some`.
-    pub fn handle_prefetched(&self, req: IncomingRequest, prefetched: Option<Option<StoredBinding>>) {
-        let started = Instant::now();
-        let reply = match panic::catch_unwind(AssertUnwindSafe(|| self.decide(&req, prefetched))) {
-            Ok(reply) => reply,
-            Err(_) => self.internal_error(&req),
-        };
-        self.answer(req, reply, started);
-    }
-
-    /// Runs the pipeline up to the authentication call and answers the request if it ends
-    /// before (cache window, challenge, rejections). A request whose credentials must be
-    /// checked — webhook or `clients` table — comes back, with its stored binding, for an
-    /// auth worker to [`handle_prefetched`](Self::handle_prefetched).
+    /// Runs every check that needs no authentication call and answers the request if it ends
+    /// there (cache window, challenge, rejections). `prefetched` is the stored binding when
+    /// [`prefetch`](Self::prefetch) already read it. A panic (a bug) still answers `500`, so
+    /// the device is not left retransmitting into the void.
     pub fn triage(&self, req: IncomingRequest, prefetched: Option<Option<StoredBinding>>) -> Triage {
         let started = Instant::now();
-        let reply = match panic::catch_unwind(AssertUnwindSafe(|| self.pipeline(&req, prefetched, Stage::Triage))) {
-            Ok(Err(Stop::Authenticate(existing))) => return Triage::NeedsAuthentication(req, Some(existing)),
-            Ok(Ok(reply)) | Ok(Err(Stop::Reply(reply))) => reply,
+        let reply = match panic::catch_unwind(AssertUnwindSafe(|| self.check(&req, prefetched))) {
+            Ok(Ok((ctx, account, credentials, nonce_use))) => {
+                return Triage::NeedsAuthentication(Checked { req, ctx, account, credentials, nonce_use, started })
+            }
+            Ok(Err(reply)) => reply,
             Err(_) => self.internal_error(&req),
         };
         self.answer(req, reply, started);
         Triage::Answered
+    }
+
+    /// Authenticates a checked request (webhook or `clients` table), stores or removes its
+    /// binding and sends the one final response.
+    pub fn complete(&self, checked: Checked) {
+        let reply = match panic::catch_unwind(AssertUnwindSafe(|| self.authenticate_and_store(&checked))) {
+            Ok(Ok(reply)) | Ok(Err(reply)) => reply,
+            Err(_) => self.internal_error(&checked.req),
+        };
+        self.answer(checked.req, reply, checked.started);
     }
 
     /// A panic in the pipeline (a bug) still answers `500`, so the device is not left
@@ -175,43 +196,45 @@ impl Registrar {
         aors.iter().map(|a| a.as_ref().map(|_| found.next().flatten())).collect()
     }
 
-    fn decide(&self, req: &IncomingRequest, prefetched: Option<Option<StoredBinding>>) -> Reply {
-        match self.pipeline(req, prefetched, Stage::Full) {
-            Ok(reply) | Err(Stop::Reply(reply)) => reply,
-            // Only the triage stage stops there.
-            Err(Stop::Authenticate(_)) => Reply::internal_error(),
-        }
-    }
-
-    fn pipeline(
+    /// The triage thread's part, in spec order.
+    fn check(
         &self,
         req: &IncomingRequest,
         prefetched: Option<Option<StoredBinding>>,
-        stage: Stage,
-    ) -> Result<Reply, Stop> {
+    ) -> Result<(Ctx, Account, DigestCredentials, NonceUse), Reply> {
+        let source_ip = req.meta.address.trim_matches(['[', ']']).parse::<IpAddr>().ok();
+        if let Some(ban) = source_ip.and_then(|ip| self.bans.banned(ip, Instant::now())) {
+            debug!("registrar: REGISTER from banned source={} ({} s left): 403", ban.ip, ban.remaining.as_secs());
+            return Err(Reply::with_reason(403, BANNED_REASON));
+        }
         // rejectIpv4, regParser, then the AOR half of checkCache.
         request::check_request_uri(&req.message)?;
         let reg = request::parse_registration(&req.message)?;
         let aor = request::parse_aor(&req.message)?;
-        let ctx =
-            Ctx { aor_key: aor.key(), proxy: bindings::proxy_uri(&req.meta.address, req.meta.port), req, reg, aor };
+        let ctx = Ctx {
+            aor_key: aor.key(),
+            proxy: bindings::proxy_uri(&req.meta.address, req.meta.port),
+            reg,
+            aor,
+            source_ip,
+        };
 
         let existing = match ctx.reg.kind {
             Kind::Register => self.check_cache(&ctx, prefetched)?,
             Kind::Unregister => None,
         };
-
         let account = self.check_account(&ctx, existing.is_some())?;
-        let credentials = self.check_challenge(&ctx)?;
-        if stage == Stage::Triage {
-            return Err(Stop::Authenticate(existing));
-        }
-        let grant = self.authenticate(&ctx, &account, &credentials)?;
+        let (credentials, nonce_use) = self.check_challenge(req, &ctx, &account)?;
+        Ok((ctx, account, credentials, nonce_use))
+    }
 
-        Ok(match ctx.reg.kind {
-            Kind::Register => self.register(&ctx, &grant)?,
-            Kind::Unregister => self.unregister(&ctx)?,
-        })
+    /// An auth worker's part: the credentials proven once, then the binding.
+    fn authenticate_and_store(&self, c: &Checked) -> Result<Reply, Reply> {
+        let grant = self.authenticate(c)?;
+        match c.ctx.reg.kind {
+            Kind::Register => self.register(&c.req, &c.ctx, &grant),
+            Kind::Unregister => self.unregister(&c.ctx),
+        }
     }
 
     /// checkCache: a device re-registering from the same ip:port while its binding has more
@@ -219,7 +242,7 @@ impl Registrar {
     /// Returns the stored binding otherwise (the device-limit check uses it).
     fn check_cache(
         &self,
-        ctx: &Ctx<'_>,
+        ctx: &Ctx,
         prefetched: Option<Option<StoredBinding>>,
     ) -> Result<Option<StoredBinding>, Reply> {
         let stored = match prefetched {
@@ -240,20 +263,21 @@ impl Registrar {
         Ok(stored)
     }
 
+    /// The account of a realm, from the cache or MySQL.
+    fn account_of(&self, realm: &str) -> Result<Option<Account>, Reply> {
+        if let Some(cached) = self.accounts.get(realm) {
+            return Ok(cached);
+        }
+        let found =
+            self.mysql("looking up the account of the realm", |conn| accounts::account_by_realm(conn, realm))?;
+        self.accounts.put(realm, found.clone());
+        Ok(found)
+    }
+
     /// checkAccountLimits and the realm half of digestChallenge: the account of the realm
     /// must exist and be active; in hosting mode a new device must fit the account's limit.
-    fn check_account(&self, ctx: &Ctx<'_>, already_registered: bool) -> Result<Account, Reply> {
-        let realm = ctx.aor.realm();
-        let account = match self.accounts.get(realm) {
-            Some(cached) => cached,
-            None => {
-                let found =
-                    self.mysql("looking up the account of the realm", |conn| accounts::account_by_realm(conn, realm))?;
-                self.accounts.put(realm, found.clone());
-                found
-            }
-        };
-        match account {
+    fn check_account(&self, ctx: &Ctx, already_registered: bool) -> Result<Account, Reply> {
+        match self.account_of(ctx.aor.realm())? {
             Some(a) if !a.is_active => {
                 info!(
                     "registrar: rejecting REGISTER for deactivated account aor={} account_sid={}",
@@ -278,73 +302,191 @@ impl Registrar {
         }
     }
 
-    /// Hosting mode: at most `limit` distinct devices per realm. A device already registered
-    /// may always refresh (the Node check let `limit + 2` through and then counted the
-    /// refreshing device against itself).
-    fn check_device_limit(&self, ctx: &Ctx<'_>, account: &Account, already_registered: bool) -> Result<(), Reply> {
+    /// The account's device limit, from the cache or MySQL.
+    fn device_limit(&self, account: &Account) -> Result<u64, Reply> {
+        if let Some(limit) = self.limits.get(&account.account_sid) {
+            return Ok(limit);
+        }
         let limit = self.mysql("reading the account's capacities", |conn| accounts::device_limit(conn, account))?;
+        self.limits.put(&account.account_sid, limit);
+        Ok(limit)
+    }
+
+    /// Hosting mode: at most `limit` distinct devices per account — its realm and the
+    /// sub-domains that fall back to it together. A device already registered may always
+    /// refresh (the Node check let `limit + 2` through and then counted the refreshing device
+    /// against itself).
+    fn check_device_limit(&self, ctx: &Ctx, account: &Account, already_registered: bool) -> Result<(), Reply> {
+        let limit = self.device_limit(account)?;
         let max_devices = || {
             let mut r = Reply::new(503);
             r.reason = Some(MAX_DEVICES_PHRASE);
             r
         };
         if limit == 0 {
-            self.raise_alert(&Alert::AccountDeviceLimit { account_sid: account.account_sid.clone(), count: 0 });
+            self.raise_device_limit_alert(account, 0);
             return Err(max_devices());
         }
         if already_registered {
             return Ok(());
         }
-        let realm = ctx.aor.realm();
-        let counted = self.devices.count(&self.redis, realm, ctx.aor.user_part(), unix_millis());
-        let count = self.store_outcome(&self.redis_health, "counting the realm's devices", counted)?;
-        if !count.includes_user && count.devices as u64 >= limit {
+        let asking = (ctx.aor.realm(), ctx.aor.user_part());
+        let counted = self.devices.count_under(&self.redis, &account.sip_realm, asking, unix_millis());
+        let realms = self.store_outcome(&self.redis_health, "counting the account's devices", counted)?;
+        let mut devices = 0usize;
+        let mut includes_user = false;
+        for (i, realm) in realms.iter().enumerate() {
+            // The first is the account's own realm; a sub-domain counts when it has no
+            // account of its own.
+            let belongs =
+                i == 0 || self.account_of(&realm.realm)?.is_some_and(|owner| owner.account_sid == account.account_sid);
+            if belongs {
+                devices += realm.devices;
+                includes_user |= realm.includes_user;
+            }
+        }
+        if !includes_user && devices as u64 >= limit {
             info!(
-                "registrar: device limit reached aor={} account_sid={} devices={} limit={limit}",
-                ctx.aor_key, account.account_sid, count.devices
+                "registrar: device limit reached aor={} account_sid={} devices={devices} limit={limit}",
+                ctx.aor_key, account.account_sid
             );
-            self.raise_alert(&Alert::AccountDeviceLimit { account_sid: account.account_sid.clone(), count: limit });
+            self.raise_device_limit_alert(account, limit);
             return Err(max_devices());
         }
         Ok(())
     }
 
-    /// digestChallenge: no Authorization → `401` with a fresh nonce; incomplete credentials →
-    /// `400`; a nonce we did not issue → fresh `401`; an expired one → `401` `stale=true`.
-    /// All of this before any webhook call.
-    fn check_challenge(&self, ctx: &Ctx<'_>) -> Result<DigestCredentials, Reply> {
+    fn challenge(&self, realm: &str, stale: bool) -> Reply {
+        Reply::new(401).header("WWW-Authenticate", www_authenticate(realm, &self.nonces.issue(realm), stale))
+    }
+
+    /// digestChallenge, and what the Authorization must say before anyone checks its
+    /// response: no Authorization → `401` with a fresh nonce; incomplete credentials → `400`;
+    /// an algorithm other than MD5 → `400`; no `qop=auth` with `nc` and `cnonce` → `401`; a
+    /// nonce we did not issue → fresh `401`; an expired one → `401` `stale=true`; a digest
+    /// `uri` other than the Request-URI → `400`; the credentials of another identity than the
+    /// To URI → `403`. All of this before any webhook call.
+    fn check_challenge(
+        &self,
+        req: &IncomingRequest,
+        ctx: &Ctx,
+        account: &Account,
+    ) -> Result<(DigestCredentials, NonceUse), Reply> {
         let realm = ctx.aor.realm();
-        let challenge = |stale: bool| {
-            Reply::new(401).header("WWW-Authenticate", www_authenticate(realm, &self.nonces.issue(realm), stale))
-        };
-        let Some(header) = ctx.req.message.header("Authorization") else {
-            return Err(challenge(false));
+        let Some(header) = req.message.header("Authorization") else {
+            return Err(self.challenge(realm, false));
         };
         let credentials = parse_authorization(header).and_then(|c| c.require_complete().map(|_| c)).map_err(|e| {
-            info!("registrar: malformed Authorization aor={} source={}: {e}", ctx.aor_key, ctx.proxy);
+            // Never the value: a `Basic` header is a password in base64.
+            let what = match e {
+                SipError::MissingCredential(field) => format!("no {field}"),
+                _ => "not a digest answer".to_string(),
+            };
+            info!("registrar: malformed Authorization aor={} source={}: {what}", ctx.aor_key, ctx.proxy);
             Reply::new(400)
         })?;
+        let nonce_use = credentials::check_form(&credentials).map_err(|problem| match problem {
+            FormProblem::UnsupportedAlgorithm => {
+                info!("registrar: digest algorithm not offered aor={} source={}: 400", ctx.aor_key, ctx.proxy);
+                Reply::with_reason(400, credentials::UNSUPPORTED_ALGORITHM_REASON)
+            }
+            FormProblem::NoQopAuth => {
+                info!(
+                    "registrar: Authorization without qop=auth, nc and cnonce aor={} source={}: challenged again",
+                    ctx.aor_key, ctx.proxy
+                );
+                self.challenge(realm, false)
+            }
+        })?;
         match self.nonces.check(realm, credentials.nonce.as_deref().unwrap_or("")) {
-            NonceCheck::Valid => Ok(credentials),
+            NonceCheck::Valid => {}
             NonceCheck::Stale => {
                 debug!("registrar: stale nonce aor={} source={}", ctx.aor_key, ctx.proxy);
-                Err(challenge(true))
+                return Err(self.challenge(realm, true));
             }
             NonceCheck::Forged => {
                 info!("registrar: nonce not issued by us aor={} source={}", ctx.aor_key, ctx.proxy);
-                Err(challenge(false))
+                self.authentication_failed(ctx, "forged nonce");
+                return Err(self.challenge(realm, false));
             }
+        }
+        let request_uri = req.message.request_uri().unwrap_or("");
+        if !credentials::uri_matches(credentials.uri.as_deref().unwrap_or(""), request_uri) {
+            info!("registrar: digest uri is not the Request-URI aor={} source={}: 400", ctx.aor_key, ctx.proxy);
+            return Err(Reply::with_reason(400, credentials::URI_MISMATCH_REASON));
+        }
+        let check_identity = account.hook.is_none() || self.settings.webhook_aor_check;
+        if check_identity && !credentials::identity_matches(&credentials, &ctx.aor) {
+            info!(
+                "registrar: Authorization of username={} realm={} for another address of record aor={} source={}: 403",
+                credentials.username.as_deref().unwrap_or(""),
+                credentials.realm.as_deref().unwrap_or(""),
+                ctx.aor_key,
+                ctx.proxy
+            );
+            self.authentication_failed(ctx, "credentials of another address of record");
+            return Err(Reply::with_reason(403, credentials::AOR_MISMATCH_REASON));
+        }
+        Ok((credentials, nonce_use))
+    }
+
+    /// Records the answer to a challenge as used, cluster-wide; a second use of the same
+    /// nonce, `nc` and `cnonce` is a replay and gets a fresh `401`.
+    fn claim_nonce(&self, c: &Checked) -> Result<(), Reply> {
+        let nonce = c.credentials.nonce.as_deref().unwrap_or("");
+        let key = replay::key(nonce, &c.nonce_use);
+        let ttl = self.settings.nonce_ttl.as_secs().saturating_add(super::nonce::FUTURE_SKEW_SECS);
+        if self.redis("recording the use of the nonce", |conn| replay::claim(conn, &key, ttl))? {
+            return Ok(());
+        }
+        info!(
+            "registrar: replayed Authorization (nonce, nc and cnonce already used) aor={} source={}: challenged again",
+            c.ctx.aor_key, c.ctx.proxy
+        );
+        self.authentication_failed(&c.ctx, "replayed Authorization");
+        Err(self.challenge(c.ctx.aor.realm(), false))
+    }
+
+    /// Counts a failed authentication against the source; the failure that starts a ban is
+    /// logged and alerted once.
+    fn authentication_failed(&self, ctx: &Ctx, what: &str) {
+        let Some(ip) = ctx.source_ip else { return };
+        if let Some(ban) = self.bans.record_failure(ip, Instant::now()) {
+            let settings = self.bans.settings();
+            warn!(
+                "registrar: source={ip} banned for {} s after {} failed authentications within {} s (last: {what}, aor={}); \
+                 its REGISTERs get 403 without a webhook or MySQL call",
+                ban.remaining.as_secs(),
+                ban.failures,
+                settings.window.as_secs(),
+                ctx.aor_key
+            );
+            self.raise_alert(&Alert::SourceBanned {
+                ip,
+                failures: ban.failures,
+                window_secs: settings.window.as_secs(),
+                ban_secs: ban.remaining.as_secs(),
+            });
         }
     }
 
     /// The account's webhook if it has one, else the `clients` table; a denial is `403`.
-    fn authenticate(&self, ctx: &Ctx<'_>, account: &Account, credentials: &DigestCredentials) -> Result<Grant, Reply> {
+    /// The nonce is claimed before the webhook call (a replay never reaches the customer),
+    /// and after a `clients` check that succeeded (a wrong guess costs Redis nothing).
+    fn authenticate(&self, c: &Checked) -> Result<Grant, Reply> {
+        let (ctx, account, credentials) = (&c.ctx, &c.account, &c.credentials);
         let verdict = match &account.hook {
-            Some(hook) => self.webhook_auth(ctx, account, hook, credentials)?,
+            Some(hook) => {
+                self.claim_nonce(c)?;
+                self.webhook_auth(&c.req, ctx, account, hook, credentials)?
+            }
             None => {
                 let started = Instant::now();
                 let verdict = self.clients_auth(account, credentials)?;
                 self.metrics.hook_response_time(verdict.status(), started.elapsed());
+                if matches!(verdict, AuthVerdict::Granted(_)) {
+                    self.claim_nonce(c)?;
+                }
                 verdict
             }
         };
@@ -358,14 +500,15 @@ impl Registrar {
                     ctx.proxy,
                     denial.blacklist
                 );
-                Err(self.denied(ctx, denial))
+                self.authentication_failed(ctx, "invalid credentials");
+                Err(self.denied(&c.req, denial))
             }
         }
     }
 
-    fn denied(&self, ctx: &Ctx<'_>, denial: Denial) -> Reply {
+    fn denied(&self, req: &IncomingRequest, denial: Denial) -> Reply {
         let x_reason = if denial.blacklist {
-            format!("detected potential spammer from {}:{}", ctx.req.meta.address, ctx.req.meta.port)
+            format!("detected potential spammer from {}:{}", req.meta.address, req.meta.port)
         } else {
             INVALID_CREDENTIALS_REASON.to_string()
         };
@@ -376,7 +519,8 @@ impl Registrar {
 
     fn webhook_auth(
         &self,
-        ctx: &Ctx<'_>,
+        req: &IncomingRequest,
+        ctx: &Ctx,
         account: &Account,
         hook: &RegistrationHook,
         credentials: &DigestCredentials,
@@ -390,9 +534,8 @@ impl Registrar {
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             return Err(Reply::unavailable(u32::try_from(secs.max(1)).unwrap_or(u32::MAX)));
         }
-        let meta = &ctx.req.meta;
-        let data =
-            webhook::payload(&meta.address, meta.port, &ctx.req.message, hook.method, ctx.reg.expires, credentials);
+        let meta = &req.meta;
+        let data = webhook::payload(&meta.address, meta.port, &req.message, hook.method, ctx.reg.expires, credentials);
         let request = webhook::build_request(hook, account.webhook_secret.as_deref(), &data, unix_secs());
         let result = self.hook.send(&request).and_then(|response| webhook::interpret(&response));
         let timed_out = matches!(result, Err(HookError::Timeout));
@@ -471,20 +614,16 @@ impl Registrar {
     /// Stores the binding for the granted interval and answers 200. UDP devices are told 30 s
     /// when the grant is longer (every UDP client is assumed to be behind NAT); Redis keeps
     /// the full grant. If the binding cannot be stored the device is told so (500/503).
-    fn register(&self, ctx: &Ctx<'_>, grant: &Grant) -> Result<Reply, Reply> {
+    fn register(&self, req: &IncomingRequest, ctx: &Ctx, grant: &Grant) -> Result<Reply, Reply> {
         let granted = grant.granted_expires(ctx.reg.expires);
-        let over_udp = ctx.req.meta.protocol.eq_ignore_ascii_case("udp");
+        let over_udp = req.meta.protocol.eq_ignore_ascii_case("udp");
         let response_expires = if over_udp && granted > NAT_EXPIRES { NAT_EXPIRES } else { granted };
         let expiry_time_ms = unix_millis() + u64::from(granted) * 1000;
         let binding = NewBinding {
             contact: ctx.reg.contact_uri.as_deref(),
-            sbc_address: &ctx.req.server_hostport,
-            private_sbc_address: ctx
-                .req
-                .private_sip_address
-                .as_deref()
-                .or(self.settings.private_sbc_address.as_deref()),
-            protocol: bindings::via_protocol(&ctx.req.message),
+            sbc_address: &req.server_hostport,
+            private_sbc_address: req.private_sip_address.as_deref().or(self.settings.private_sbc_address.as_deref()),
+            protocol: bindings::via_protocol(&req.message),
             proxy: &ctx.proxy,
             grant,
         };
@@ -501,7 +640,7 @@ impl Registrar {
             .header("Expires", response_expires.to_string()))
     }
 
-    fn unregister(&self, ctx: &Ctx<'_>) -> Result<Reply, Reply> {
+    fn unregister(&self, ctx: &Ctx) -> Result<Reply, Reply> {
         self.redis("removing the registration", |conn| bindings::remove(conn, &ctx.aor_key))?;
         debug!("registrar: unregistered aor={} source={}", ctx.aor_key, ctx.proxy);
         Ok(Reply::new(200).header("Contact", ctx.reg.raw_contact.clone()).header("Expires", "0"))

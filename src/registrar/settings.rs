@@ -52,6 +52,11 @@ pub struct RegistrarSettings {
     /// When an account's webhook has timed out too often in a row, its REGISTERs get `503`
     /// without calling it for a while (see `hook_breaker`). Default: 3 timeouts, 10 s.
     pub webhook_breaker: BreakerSettings,
+    /// `SBC_WEBHOOK_AOR_CHECK`: the Authorization `username`/`realm` of a REGISTER for an
+    /// account with a registration webhook must be the To user/host, as for `clients`-table
+    /// accounts (always). Off for webhooks that map users to addresses of record themselves.
+    /// Default on.
+    pub webhook_aor_check: bool,
 }
 
 impl Default for RegistrarSettings {
@@ -70,6 +75,7 @@ impl Default for RegistrarSettings {
             account_cache_ttl: Duration::from_secs(5),
             webhook_idle_connections: 8,
             webhook_breaker: BreakerSettings::default(),
+            webhook_aor_check: true,
         }
     }
 }
@@ -92,6 +98,7 @@ impl fmt::Debug for RegistrarSettings {
             .field("account_cache_ttl", &self.account_cache_ttl)
             .field("webhook_idle_connections", &self.webhook_idle_connections)
             .field("webhook_breaker", &self.webhook_breaker)
+            .field("webhook_aor_check", &self.webhook_aor_check)
             .finish()
     }
 }
