@@ -22,6 +22,7 @@ mod account_cache;
 pub mod accounts;
 pub mod alerts;
 pub mod auth_pool;
+pub mod bans;
 pub mod bindings;
 pub mod clients;
 pub mod crypto;
