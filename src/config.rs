@@ -24,6 +24,7 @@ use getopts::Options;
 use log::LevelFilter;
 
 use crate::logging::{self, LogFacility, LogTarget};
+use crate::registrar::bans::BanSettings;
 
 /// The program name used in usage and version texts.
 pub const PROGRAM: &str = "sbc-sidecar";
@@ -78,6 +79,18 @@ pub const NEW_VARIABLES: &[(&str, &str, &str)] = &[
         "1",
         "1: the Authorization username/realm must be the To user/host for webhook accounts too; \
          0 for webhooks that map users to addresses of record themselves",
+    ),
+    (
+        "SBC_AUTH_BAN_FAILURES",
+        "10",
+        "failed authentications from one source IP within SBC_AUTH_BAN_WINDOW_S that ban it; 0 disables the ban",
+    ),
+    ("SBC_AUTH_BAN_WINDOW_S", "60", "how long failures from one source are counted from its first one (s)"),
+    ("SBC_AUTH_BAN_TIME_S", "300", "how long a banned source's REGISTERs are answered 403 without authentication (s)"),
+    (
+        "SBC_AUTH_BAN_TABLE_SIZE",
+        "65536",
+        "most source IPs the ban table tracks; when full, the least recently failed unbanned one is forgotten",
     ),
     ("SBC_LOG_FACILITY", "daemon", "syslog facility with --log syslog: daemon, user, local0 … local7"),
     ("SBC_SYSLOG_SOCKET", "/dev/log", "the syslog socket used with --log syslog"),
@@ -278,6 +291,9 @@ pub struct Config {
     pub webhook_aor_check: bool,
     /// `SBC_ACCOUNT_CACHE_MS`: how long the registrar reuses an account lookup (0 = never).
     pub account_cache_ttl: Duration,
+    /// `SBC_AUTH_BAN_FAILURES`, `SBC_AUTH_BAN_WINDOW_S`, `SBC_AUTH_BAN_TIME_S`,
+    /// `SBC_AUTH_BAN_TABLE_SIZE`: the brute-force defence (`max_failures` 0 = off).
+    pub ban: BanSettings,
 
     /// Things an operator should know that did not stop the start; log them once the
     /// logger is up.
@@ -889,6 +905,7 @@ fn parse_env(env: &Env<'_>, command_line: CommandLine) -> Result<Config, ConfigE
         nonce_ttl: env.secs("SBC_NONCE_TTL_S", 300, 1)?,
         webhook_aor_check: env.switch("SBC_WEBHOOK_AOR_CHECK", true)?,
         account_cache_ttl: env.millis("SBC_ACCOUNT_CACHE_MS", 5000, 0)?,
+        ban: ban(env)?,
         warnings,
     })
 }
@@ -1017,6 +1034,17 @@ fn regbot(env: &Env<'_>) -> Result<RegbotConfig, ConfigError> {
         ));
     }
     Ok(regbot)
+}
+
+/// The brute-force defence. The table size is capped because each tracked source costs
+/// about 100 bytes; a million is some 100 MB.
+fn ban(env: &Env<'_>) -> Result<BanSettings, ConfigError> {
+    Ok(BanSettings {
+        max_failures: u32_from(env.count("SBC_AUTH_BAN_FAILURES", 10, 0, 1_000_000)?),
+        window: env.secs("SBC_AUTH_BAN_WINDOW_S", 60, 1)?,
+        ban: env.secs("SBC_AUTH_BAN_TIME_S", 300, 1)?,
+        capacity: usize_from(env.count("SBC_AUTH_BAN_TABLE_SIZE", 65536, 1, 1_000_000)?),
+    })
 }
 
 /// The range checks above keep these far below the target types' limits; saturate rather
@@ -1276,6 +1304,16 @@ mod tests {
         assert_eq!(c.auth_queue, 1024);
         assert_eq!(c.nonce_ttl, Duration::from_secs(300));
         assert!(c.webhook_aor_check);
+        assert_eq!(
+            c.ban,
+            BanSettings {
+                max_failures: 10,
+                window: Duration::from_secs(60),
+                ban: Duration::from_secs(300),
+                capacity: 65536
+            }
+        );
+        assert_eq!(c.ban, BanSettings::default());
         assert!(c.warnings.is_empty());
     }
 
@@ -1293,6 +1331,52 @@ mod tests {
             let result = parse(&with(minimal_env(), &[(name, "bogus")]), &[]);
             assert!(result.is_err(), "{name} is not read");
         }
+    }
+
+    #[test]
+    fn auth_ban_settings_and_their_errors() {
+        let env = with(
+            minimal_env(),
+            &[
+                ("SBC_AUTH_BAN_FAILURES", "5"),
+                ("SBC_AUTH_BAN_WINDOW_S", "30"),
+                ("SBC_AUTH_BAN_TIME_S", "3600"),
+                ("SBC_AUTH_BAN_TABLE_SIZE", "1000"),
+            ],
+        );
+        assert_eq!(
+            run(&env, &[]).ban,
+            BanSettings {
+                max_failures: 5,
+                window: Duration::from_secs(30),
+                ban: Duration::from_secs(3600),
+                capacity: 1000
+            }
+        );
+        // 0 failures switches the defence off; the other settings stay as they are.
+        let off = run(&with(minimal_env(), &[("SBC_AUTH_BAN_FAILURES", "0")]), &[]).ban;
+        assert_eq!(off, BanSettings { max_failures: 0, ..BanSettings::default() });
+
+        assert_eq!(
+            env_error(&[("SBC_AUTH_BAN_FAILURES", "-1")]),
+            "invalid SBC_AUTH_BAN_FAILURES=\"-1\": expected a whole number from 0 to 1000000"
+        );
+        assert_eq!(
+            env_error(&[("SBC_AUTH_BAN_WINDOW_S", "0")]),
+            "invalid SBC_AUTH_BAN_WINDOW_S=\"0\": expected a whole number of seconds from 1 to 31536000"
+        );
+        assert_eq!(
+            env_error(&[("SBC_AUTH_BAN_TIME_S", "5m")]),
+            "invalid SBC_AUTH_BAN_TIME_S=\"5m\": expected a whole number of seconds from 1 to 31536000"
+        );
+        assert_eq!(
+            env_error(&[("SBC_AUTH_BAN_TABLE_SIZE", "0")]),
+            "invalid SBC_AUTH_BAN_TABLE_SIZE=\"0\": expected a whole number from 1 to 1000000"
+        );
+        assert_eq!(
+            env_error(&[("SBC_AUTH_BAN_TABLE_SIZE", "1000001")]),
+            "invalid SBC_AUTH_BAN_TABLE_SIZE=\"1000001\": expected a whole number from 1 to 1000000"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::ctl::{CtlServer, CtlSettings};
 use crate::drachtio::{self, ConnectionEvent, DrachtioClient, Route};
 use crate::heartbeat::{HeartbeatRole, HeartbeatSettings};
 use crate::regbot;
+use crate::registrar::bans::Bans;
 use crate::registrar::{AuthPool, Registrar, RegistrarSettings};
 use crate::store::mysql::{MysqlPool, MysqlSettings};
 use crate::store::redis::{self as redis_store, RedisPool, RedisSettings, RedisTarget};
@@ -218,9 +219,24 @@ fn start_and_wait(config: &Config, stores: &StoreSettings) -> Result<(), String>
     .with_metrics(metrics.clone());
     roles.push(spawn_role("heartbeat", move || heartbeat.run())?);
 
+    // The brute-force defence: failed authentications per source IP, and the bans they lead
+    // to; counted by the registrar, listed and lifted over the CLI socket.
+    let bans = Arc::new(Bans::new(config.ban));
+    if config.ban.max_failures == 0 {
+        info!("brute-force defence off (SBC_AUTH_BAN_FAILURES=0)");
+    } else {
+        info!(
+            "brute-force defence: {} failed authentications within {} s ban a source for {} s (table of {})",
+            config.ban.max_failures,
+            config.ban.window.as_secs(),
+            config.ban.ban.as_secs(),
+            config.ban.capacity
+        );
+    }
     let registrar = Arc::new(
         Registrar::new(registrar_settings(config), pools.mysql.clone(), pools.redis.clone())
-            .with_telemetry(alert_writer.sender(), metrics.clone()),
+            .with_telemetry(alert_writer.sender(), metrics.clone())
+            .with_bans(Arc::clone(&bans)),
     );
     let (register_tx, register_rx) = bounded(config.auth_queue);
     let auth_pool = AuthPool::start(config.auth_workers, registrar.clone(), register_rx, shutdown_rx.clone())
@@ -238,7 +254,8 @@ fn start_and_wait(config: &Config, stores: &StoreSettings) -> Result<(), String>
         ctl_events_rx,
         None,
     )
-    .map_err(|e| format!("CLI socket {}: {e}", config.socket_path.display()))?;
+    .map_err(|e| format!("CLI socket {}: {e}", config.socket_path.display()))?
+    .with_bans(Arc::clone(&bans));
     let routes = vec![
         Route { method: "REGISTER".into(), queue: register_tx },
         Route { method: "OPTIONS".into(), queue: options_tx },

@@ -614,3 +614,86 @@ fn regbot_list_without_a_regbot_role() {
     let status: serde_json::Value = serde_json::from_str(&server.ask(r#"{"action":"status"}"#)).unwrap();
     assert!(status.get("regbot_error").is_none(), "{status}");
 }
+
+/// Three failures from `ip` through the shared table, as the registrar would record them.
+fn ban(server: &Server, ip: &str) {
+    let bans = server.bans.as_ref().expect("the server has a ban table");
+    let now = Instant::now();
+    let started: Vec<_> = (0..3).filter_map(|_| bans.record_failure(ip.parse().unwrap(), now)).collect();
+    assert_eq!(started.len(), 1, "the third failure starts the ban");
+}
+
+#[test]
+fn bans_lists_the_bans_recorded_by_the_registrar_and_bans_clear_lifts_them() {
+    let server = Server::start();
+    let mut c = server.client();
+    assert_eq!(c.ask(r#"{"action":"bans"}"#), r#"{"success":true,"bans":[]}"#);
+
+    ban(&server, "127.0.20.1");
+    // one more failure during the ban: counted, not extended
+    let bans = server.bans.as_ref().unwrap();
+    assert_eq!(bans.record_failure("::ffff:127.0.20.1".parse().unwrap(), Instant::now()), None);
+    std::thread::sleep(Duration::from_millis(20));
+    ban(&server, "2001:db8::20");
+    // a source still counting is not listed
+    assert_eq!(bans.record_failure("127.0.20.3".parse().unwrap(), Instant::now()), None);
+
+    let reply: serde_json::Value = serde_json::from_str(&c.ask(r#"{"action":"bans"}"#)).unwrap();
+    assert_eq!(reply["success"], true);
+    let list = reply["bans"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{reply}");
+    // longest remaining first; remaining rounded up, so a fresh 300 s ban shows 300
+    assert_eq!(list[0]["ip"], "2001:db8::20");
+    assert_eq!(list[0]["failures"], 3);
+    assert_eq!(list[0]["remaining_s"], 300);
+    assert_eq!(list[1]["ip"], "127.0.20.1");
+    assert_eq!(list[1]["failures"], 4);
+    let remaining = list[1]["remaining_s"].as_u64().unwrap();
+    assert!((299..=300).contains(&remaining), "{remaining}");
+    assert_eq!(
+        list[1].as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["ip", "failures", "remaining_s"],
+        "field order"
+    );
+
+    // an IPv4-mapped address names the IPv4 source
+    assert_eq!(c.ask(r#"{"action":"bans-clear","ip":"::ffff:127.0.20.1"}"#), r#"{"success":true}"#);
+    assert_eq!(bans.banned("127.0.20.1".parse().unwrap(), Instant::now()), None);
+    assert_eq!(
+        c.ask(r#"{"action":"bans-clear","ip":"127.0.20.1"}"#),
+        r#"{"success":false,"error":"No ban on 127.0.20.1"}"#
+    );
+    assert_eq!(
+        c.ask(r#"{"action":"bans-clear","ip":"127.0.20.3"}"#),
+        r#"{"success":false,"error":"No ban on 127.0.20.3"}"#,
+        "counting is not a ban"
+    );
+    assert_eq!(c.ask(r#"{"action":"bans-clear","ip":"2001:DB8::20"}"#), r#"{"success":true}"#);
+    assert_eq!(c.ask(r#"{"action":"bans"}"#), r#"{"success":true,"bans":[]}"#);
+}
+
+#[test]
+fn bans_clear_validates_the_address() {
+    let server = Server::start();
+    let mut c = server.client();
+    for (request, error) in [
+        (r#"{"action":"bans-clear","ip":"127.0.20.256"}"#, "Invalid IP address: 127.0.20.256"),
+        (r#"{"action":"bans-clear","ip":"127.0.20.1:5060"}"#, "Invalid IP address: 127.0.20.1:5060"),
+        (r#"{"action":"bans-clear","ip":"phone.example.com"}"#, "Invalid IP address: phone.example.com"),
+        (r#"{"action":"bans-clear"}"#, "Invalid IP address: undefined"),
+        (r#"{"action":"bans-clear","ip":7}"#, "Invalid IP address: 7"),
+    ] {
+        assert_eq!(c.ask(request), format!(r#"{{"success":false,"error":"{error}"}}"#));
+    }
+}
+
+#[test]
+fn bans_without_a_ban_table() {
+    let server = Server::launch_with(redis_at(6379, Duration::from_secs(2)), None, None);
+    let mut c = server.client();
+    assert_eq!(c.ask(r#"{"action":"bans"}"#), r#"{"success":false,"error":"Ban table not available"}"#);
+    assert_eq!(
+        c.ask(r#"{"action":"bans-clear","ip":"127.0.20.1"}"#),
+        r#"{"success":false,"error":"Ban table not available"}"#
+    );
+}

@@ -161,3 +161,18 @@ fn sbcctl_status_reports_the_drachtio_connection() {
     assert_eq!(v["drachtio"]["connected"], true, "{v}");
     assert_eq!(v["drachtio"]["hostports"], rig.double.hostports(), "{v}");
 }
+
+#[test]
+fn sbcctl_bans_reaches_the_daemons_ban_table() {
+    let rig = Rig::start(&[("SBC_AUTH_BAN_FAILURES", "4"), ("SBC_AUTH_BAN_TIME_S", "90")]);
+    assert!(
+        rig.daemon.log().contains("brute-force defence: 4 failed authentications within 60 s ban a source for 90 s"),
+        "{}",
+        rig.daemon.log()
+    );
+    assert_eq!(rig.sbcctl(&["bans"]), (0, "No sources are banned\n".to_string(), String::new()));
+    assert_eq!(
+        rig.sbcctl(&["bans", "clear", "127.0.0.9"]),
+        (1, String::new(), "Error: No ban on 127.0.0.9\n".to_string())
+    );
+}

@@ -36,6 +36,10 @@ Status Commands:
 Regbot Commands:
   sbcctl regbot list        Show outbound registrations and their state
 
+Brute-force Defence Commands:
+  sbcctl bans               Show sources banned after failed authentications
+  sbcctl bans clear <ip>    Lift the ban on a source
+
 Options:
   --socket PATH             CLI socket (default: $SBC_SOCKET_PATH, else
                             /run/sbc-sidecar/sbc-sidecar.sock if it exists,
@@ -529,4 +533,60 @@ fn status_says_when_the_regbot_did_not_answer() {
         "",
     );
     let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn bans_prints_a_table_and_bans_clear_lifts_one() {
+    let server = Server::start();
+    assert_run(&server.sbcctl(&["bans"]), 0, "No sources are banned\n", "");
+
+    let bans = server.bans.as_ref().unwrap();
+    let now = Instant::now();
+    for _ in 0..3 {
+        bans.record_failure("2001:db8::21".parse().unwrap(), now);
+    }
+    for _ in 0..4 {
+        bans.record_failure("127.0.21.1".parse().unwrap(), now - Duration::from_secs(10));
+    }
+    let run = server.sbcctl(&["bans"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{run:?}");
+    assert_eq!(lines[0], "IP            FAILURES  REMAINING");
+    assert_eq!(lines[1], "2001:db8::21  3         300s");
+    let row: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(row[..2], ["127.0.21.1", "4"]);
+    assert!(["290s", "289s"].contains(&row[2]), "{run:?}");
+    assert_eq!(server.sbcctl(&["bans", "list"]).stdout, run.stdout);
+
+    assert_run(&server.sbcctl(&["bans", "clear", "127.0.21.1"]), 0, "✓ Lifted the ban on 127.0.21.1\n", "");
+    assert_run(&server.sbcctl(&["bans", "clear", "127.0.21.1"]), 1, "", "Error: No ban on 127.0.21.1\n");
+    assert_run(
+        &server.sbcctl(&["--json", "bans", "clear", "::ffff:127.0.21.1"]),
+        1,
+        "{\"success\":false,\"error\":\"No ban on 127.0.21.1\"}\n",
+        "",
+    );
+    assert_run(&server.sbcctl(&["--json", "bans", "clear", "2001:db8::21"]), 0, "{\"success\":true}\n", "");
+    assert_run(&server.sbcctl(&["--json", "bans"]), 0, "{\"success\":true,\"bans\":[]}\n", "");
+}
+
+#[test]
+fn bans_usage_and_address_errors() {
+    // none of these reach the socket
+    let nowhere = temp_socket_path();
+    let socket = nowhere.to_str().unwrap();
+    for (args, code, message) in [
+        (vec!["bans", "clear"], 2, "clear requires an IP address"),
+        (vec!["bans", "lift", "127.0.21.1"], 2, "Unknown bans command: lift. Use: list, clear"),
+        (vec!["bans", "clear", "127.0.21.300"], 1, "Invalid IP address: 127.0.21.300"),
+        (vec!["bans", "clear", "127.0.21.1:5060"], 1, "Invalid IP address: 127.0.21.1:5060"),
+    ] {
+        let mut all = vec!["--socket", socket];
+        all.extend(args);
+        assert_run(&sbcctl(&all), code, "", &format!("Error: {message}\n"));
+    }
+    // a daemon without a ban table
+    let server = Server::launch_with(redis_at(6379, Duration::from_secs(2)), None, None);
+    assert_run(&server.sbcctl(&["bans"]), 1, "", "Error: Ban table not available\n");
 }

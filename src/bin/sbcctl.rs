@@ -14,7 +14,7 @@ use getopts::Options;
 use serde_json::{Map, Value};
 
 use sbc_sidecar::ctl::protocol::{
-    action, request_line, validate_server, DEFAULT_SOCKET_PATH, PACKAGE_SOCKET_PATH, SOCKET_PATH_ENV,
+    action, parse_ban_ip, request_line, validate_server, DEFAULT_SOCKET_PATH, PACKAGE_SOCKET_PATH, SOCKET_PATH_ENV,
 };
 
 const HELP: &str = "\
@@ -40,6 +40,10 @@ Status Commands:
 
 Regbot Commands:
   sbcctl regbot list        Show outbound registrations and their state
+
+Brute-force Defence Commands:
+  sbcctl bans               Show sources banned after failed authentications
+  sbcctl bans clear <ip>    Lift the ban on a source
 
 Options:
   --socket PATH             CLI socket (default: $SBC_SOCKET_PATH, else
@@ -177,6 +181,14 @@ fn run(client: &Client, args: &[String]) -> Result<(), Failure> {
             None => Err(usage("regbot command requires an action. Use: list")),
             Some("list") => regbot_list(client),
             Some(other) => Err(usage(format!("Unknown regbot command: {other}. Use: list"))),
+        },
+        "bans" => match arg(1) {
+            None | Some("list") => bans_list(client),
+            Some("clear") => match arg(2) {
+                Some(ip) => bans_clear(client, ip),
+                None => Err(usage("clear requires an IP address")),
+            },
+            Some(other) => Err(usage(format!("Unknown bans command: {other}. Use: list, clear"))),
         },
         other => Err(usage(format!("Unknown command: {other}. Run without arguments for help."))),
     }
@@ -377,6 +389,45 @@ fn regbot_row(entry: &Value) -> Option<[String; 8]> {
         entry.get("failures")?.as_u64()?.to_string(),
         next_refresh,
     ])
+}
+
+/// Column headers of `bans`.
+const BAN_COLUMNS: [&str; 3] = ["IP", "FAILURES", "REMAINING"];
+
+fn bans_list(client: &Client) -> Result<(), Failure> {
+    let Some(reply) = client.call(action::BANS, Map::new(), "Failed to list bans")? else {
+        return Ok(());
+    };
+    let bans = reply.get("bans").and_then(Value::as_array).ok_or_else(invalid_response)?;
+    if bans.is_empty() {
+        println!("No sources are banned");
+        return Ok(());
+    }
+    let mut rows = vec![BAN_COLUMNS.map(str::to_string)];
+    for entry in bans {
+        rows.push(ban_row(entry).ok_or_else(invalid_response)?);
+    }
+    print!("{}", aligned(&rows));
+    Ok(())
+}
+
+/// One `bans` entry as table cells.
+fn ban_row(entry: &Value) -> Option<[String; 3]> {
+    Some([
+        entry.get("ip")?.as_str()?.to_string(),
+        entry.get("failures")?.as_u64()?.to_string(),
+        format!("{}s", entry.get("remaining_s")?.as_u64()?),
+    ])
+}
+
+fn bans_clear(client: &Client, ip: &str) -> Result<(), Failure> {
+    // Checked here too, so that a typo is reported even when the daemon is down.
+    let addr = parse_ban_ip(ip).map_err(failed)?;
+    let request = fields([("ip", Value::from(addr.to_string()))]);
+    if client.call(action::BANS_CLEAR, request, "Failed to lift the ban")?.is_some() {
+        println!("✓ Lifted the ban on {addr}");
+    }
+    Ok(())
 }
 
 /// Left-aligned columns two spaces apart, without trailing blanks. Widths count characters,

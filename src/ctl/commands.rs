@@ -1,20 +1,22 @@
-//! What each CLI action does (spec 9.1 plus `status` and `regbot-list`). The state here belongs to the server
+//! What each CLI action does (spec 9.1 plus `status`, `regbot-list`, `bans` and `bans-clear`). The state here belongs to the server
 //! thread alone, so the runtime config map needs no lock: the Node sidecar's FIFO queue of
 //! config operations is simply the order in which this one thread handles lines.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
 use log::{info, warn};
 use serde_json::{Map, Value};
 
-use super::protocol::{action, error, failure, success, validate_server};
+use super::protocol::{action, error, failure, parse_ban_ip, success, validate_server};
 use super::regbot_link::{self, QUERY_TIMEOUT};
 use super::RegbotStatus;
 use crate::drachtio::{ConnectionEvent, ConnectionInfo};
 use crate::heartbeat::keys::ACTIVE_USER;
 use crate::heartbeat::{ClusterSets, DrainedServers};
 use crate::regbot::{RegbotRole, StatusRequest};
+use crate::registrar::bans::Bans;
 use crate::store::redis::{checkout, RedisConn, RedisPool};
 
 pub(crate) struct Commands {
@@ -33,6 +35,8 @@ pub(crate) struct Commands {
     regbot_queries: Option<Sender<StatusRequest>>,
     conn_events: Receiver<ConnectionEvent>,
     regbot_pushes: Option<Receiver<RegbotStatus>>,
+    /// The registrar's brute-force ban table; `None` when this daemon has none.
+    bans: Option<Arc<Bans>>,
 }
 
 impl Commands {
@@ -52,7 +56,12 @@ impl Commands {
             drachtio: None,
             regbot: RegbotStatus::default(),
             regbot_queries: None,
+            bans: None,
         }
+    }
+
+    pub(crate) fn set_bans(&mut self, bans: Arc<Bans>) {
+        self.bans = Some(bans);
     }
 
     pub(crate) fn set_regbot_queries(&mut self, queries: Sender<StatusRequest>) {
@@ -103,6 +112,8 @@ impl Commands {
             Some(action::FS_AVAILABLE) => self.fs_available(),
             Some(action::STATUS) => self.status(),
             Some(action::REGBOT_LIST) => self.regbot_list(),
+            Some(action::BANS) => self.bans(),
+            Some(action::BANS_CLEAR) => self.bans_clear(&cmd),
             _ => failure(error::UNKNOWN_ACTION),
         }
     }
@@ -378,6 +389,49 @@ impl Commands {
         }
     }
 
+    /// `bans`: the bans in force, longest remaining first.
+    fn bans(&self) -> Value {
+        let Some(bans) = &self.bans else {
+            return failure(error::BANS_NOT_AVAILABLE);
+        };
+        let list: Vec<Value> = bans
+            .list(Instant::now())
+            .into_iter()
+            .map(|ban| {
+                let mut entry = Map::new();
+                entry.insert("ip".into(), Value::String(ban.ip.to_string()));
+                entry.insert("failures".into(), Value::from(ban.failures));
+                entry.insert("remaining_s".into(), Value::from(secs_rounded_up(ban.remaining)));
+                Value::Object(entry)
+            })
+            .collect();
+        let mut reply = Map::new();
+        reply.insert("bans".into(), Value::Array(list));
+        success(reply)
+    }
+
+    /// `bans-clear`: lifts the ban on `ip`.
+    fn bans_clear(&self, cmd: &Map<String, Value>) -> Value {
+        let ip = match cmd.get("ip") {
+            Some(Value::String(s)) => parse_ban_ip(s),
+            None => Err(error::invalid_ip("undefined")),
+            Some(other) => Err(error::invalid_ip(&other.to_string())),
+        };
+        let ip = match ip {
+            Ok(ip) => ip,
+            Err(message) => return failure(&message),
+        };
+        let Some(bans) = &self.bans else {
+            return failure(error::BANS_NOT_AVAILABLE);
+        };
+        if bans.clear(ip) {
+            info!("cli bans-clear: ban lifted ip={ip}");
+            success(Map::new())
+        } else {
+            failure(&error::no_ban(&ip.to_string()))
+        }
+    }
+
     /// Registered users (unexpired members of `active-user`), feature servers, RTP servers.
     fn counts(&mut self) -> Option<(i64, i64, i64)> {
         let mut conn = self.connection()?;
@@ -444,6 +498,11 @@ fn validate_server_field(server: Option<&Value>) -> Result<String, String> {
     }
 }
 
+/// Whole seconds, a started second counting as one (a ban with 0.2 s left shows 1).
+fn secs_rounded_up(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
 fn strings(list: Vec<String>) -> Value {
     Value::Array(list.into_iter().map(Value::String).collect())
 }
@@ -463,6 +522,14 @@ mod tests {
         assert_eq!(as_list(Some(&json!(["x", 1]))), vec![json!("x"), json!(1)]);
         assert_eq!(as_list(Some(&json!(5))), Vec::<Value>::new());
         assert_eq!(as_list(None), Vec::<Value>::new());
+    }
+
+    #[test]
+    fn remaining_seconds_are_rounded_up() {
+        assert_eq!(secs_rounded_up(Duration::from_secs(300)), 300);
+        assert_eq!(secs_rounded_up(Duration::from_millis(299_001)), 300);
+        assert_eq!(secs_rounded_up(Duration::from_nanos(1)), 1);
+        assert_eq!(secs_rounded_up(Duration::ZERO), 0);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The CLI socket (spec 9): a Unix stream socket where `sbcctl` drains and undrains feature
-//! servers, reads a small runtime key/value map, asks for the daemon's status and lists the
-//! outbound registrations of the regbot role.
+//! servers, reads a small runtime key/value map, asks for the daemon's status, lists the
+//! outbound registrations of the regbot role and lists or lifts the registrar's bans of sources
+//! whose authentications keep failing.
 //!
 //! [`protocol`] is shared by the server and the `sbcctl` binary; [`CtlServer`] is the role.
 

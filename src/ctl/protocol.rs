@@ -4,6 +4,8 @@
 //! `{"success":true, …fields}` or `{"success":false,"error":"<message>"}`. Field order follows
 //! the spec (serde_json is built with `preserve_order`).
 
+use std::net::IpAddr;
+
 use serde_json::{Map, Value};
 
 use crate::heartbeat::FsEndpoint;
@@ -45,6 +47,18 @@ pub mod action {
     /// the daemon has no regbot role, or [`super::error::regbot_query_failed`] when the role
     /// does not answer within half a second.
     pub const REGBOT_LIST: &str = "regbot-list";
+    /// Not in the Node sidecar: the sources banned after failed authentications
+    /// (`SBC_AUTH_BAN_*`). Reply: `{"success":true,"bans":[{"ip":"<address>","failures":<n>,
+    /// "remaining_s":<seconds, rounded up>},…]}`, longest remaining first; empty when nobody is
+    /// banned or the defence is off. Fails with [`super::error::BANS_NOT_AVAILABLE`] when the
+    /// daemon's CLI server has no ban table.
+    pub const BANS: &str = "bans";
+    /// Not in the Node sidecar: `{"action":"bans-clear","ip":"<address>"}` lifts the ban on one
+    /// source and forgets its failures (an IPv4-mapped IPv6 address is the IPv4 one). Reply
+    /// `{"success":true}`; fails with [`super::error::no_ban`] when no ban was in force on it,
+    /// [`super::error::invalid_ip`] when `ip` is not an IP address (`undefined` when missing),
+    /// [`super::error::BANS_NOT_AVAILABLE`] without a ban table.
+    pub const BANS_CLEAR: &str = "bans-clear";
 }
 
 /// Error texts of spec 9.1, word for word.
@@ -62,6 +76,14 @@ pub mod error {
 
     /// Not in spec 9.1: `regbot-list` on a daemon whose CLI server has no regbot role linked.
     pub const REGBOT_NOT_RUNNING: &str = "Regbot not running";
+
+    /// Not in spec 9.1: `bans` or `bans-clear` on a daemon whose CLI server has no ban table.
+    pub const BANS_NOT_AVAILABLE: &str = "Ban table not available";
+
+    /// Not in spec 9.1: `No ban on <ip>`, `bans-clear` of a source that is not banned.
+    pub fn no_ban(ip: &str) -> String {
+        format!("No ban on {ip}")
+    }
 
     /// `Invalid IP address: <server>`.
     pub fn invalid_ip(server: &str) -> String {
@@ -84,6 +106,13 @@ pub fn validate_server(server: &str) -> Result<String, String> {
         Some(endpoint) => Ok(endpoint.to_string()),
         None => Err(error::invalid_ip(server)),
     }
+}
+
+/// Parses the `ip` of `bans-clear`: one IPv4 or IPv6 address, no port. An IPv4-mapped IPv6
+/// address is returned as the IPv4 address, as the ban table counts it. Otherwise the error
+/// text `Invalid IP address: <ip>`.
+pub fn parse_ban_ip(ip: &str) -> Result<IpAddr, String> {
+    ip.parse::<IpAddr>().map(|addr| addr.to_canonical()).map_err(|_| error::invalid_ip(ip))
 }
 
 /// `{"success":true, …fields}`.
@@ -141,5 +170,16 @@ mod tests {
         assert_eq!(validate_server("[fd00::5]:5070"), Ok("[fd00::5]:5070".to_string()));
         assert_eq!(validate_server("not-an-ip"), Err("Invalid IP address: not-an-ip".to_string()));
         assert_eq!(validate_server("300.1.1.1"), Err("Invalid IP address: 300.1.1.1".to_string()));
+    }
+
+    #[test]
+    fn ban_addresses_are_plain_ips_with_mapped_ipv4_unwrapped() {
+        assert_eq!(parse_ban_ip("192.0.2.7"), Ok(IpAddr::from([192, 0, 2, 7])));
+        assert_eq!(parse_ban_ip("::ffff:192.0.2.7"), Ok(IpAddr::from([192, 0, 2, 7])));
+        assert_eq!(parse_ban_ip("2001:DB8::1").map(|ip| ip.to_string()), Ok("2001:db8::1".to_string()));
+        for bad in ["192.0.2.7:5060", "[2001:db8::1]", "host.example", "300.1.1.1", " 192.0.2.7", ""] {
+            assert_eq!(parse_ban_ip(bad), Err(format!("Invalid IP address: {bad}")), "{bad:?}");
+        }
+        assert_eq!(error::no_ban("192.0.2.7"), "No ban on 192.0.2.7");
     }
 }

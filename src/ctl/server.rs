@@ -6,7 +6,8 @@
 //! sends nothing costs a map entry instead of a blocked thread, and the number of clients is
 //! bounded by [`MAX_CONNECTIONS`] without a thread budget. Commands that touch Redis run inline;
 //! they are bounded by the pool's timeout, and this is an operator socket, not a data path.
-//! So do regbot snapshot queries (`status`, `regbot-list`), each bounded by 500 ms.
+//! So do regbot snapshot queries (`status`, `regbot-list`), each bounded by 500 ms. `bans` and
+//! `bans-clear` take the ban table's mutex for a moment, as every authentication does.
 //!
 //! The loop wakes at least every [`POLL_INTERVAL`] to pick up drachtio connection events,
 //! regbot status and the shutdown signal from their crossbeam channels, so a shutdown
@@ -17,6 +18,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -31,6 +33,7 @@ use super::protocol::{error, failure, MAX_LINE_BYTES};
 use super::{CtlError, RegbotStatus};
 use crate::drachtio::ConnectionEvent;
 use crate::regbot::StatusRequest;
+use crate::registrar::bans::Bans;
 use crate::store::redis::RedisPool;
 
 const LISTENER: Token = Token(0);
@@ -101,6 +104,14 @@ impl CtlServer {
     /// `Regbot not running` and `status` shows the pushed regbot status.
     pub fn with_regbot(mut self, queries: Sender<StatusRequest>) -> CtlServer {
         self.commands.set_regbot_queries(queries);
+        self
+    }
+
+    /// Links `bans` and `bans-clear` to the registrar's ban table (the same `Arc` the
+    /// registrar records failed authentications in). Without it both fail with
+    /// `Ban table not available`.
+    pub fn with_bans(mut self, bans: Arc<Bans>) -> CtlServer {
+        self.commands.set_bans(bans);
         self
     }
 

@@ -2,6 +2,7 @@
 //! own thread, socket path and cluster id, against the real Redis; its keys removed on drop.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,7 @@ use sbc_sidecar::ctl::{CtlError, CtlServer, CtlSettings, RegbotStatus};
 use sbc_sidecar::drachtio::ConnectionEvent;
 use sbc_sidecar::heartbeat::ClusterSets;
 use sbc_sidecar::regbot::StatusRequest;
+use sbc_sidecar::registrar::bans::{BanSettings, Bans};
 use sbc_sidecar::store::redis::{pool, RedisPool, RedisSettings};
 
 /// A pool to the Redis at 127.0.0.1:`port` (a closed port makes an unreachable Redis).
@@ -29,14 +31,30 @@ pub struct Server {
     pub conn_events: Sender<ConnectionEvent>,
     /// Regbot status pushed to the server.
     pub regbot: Sender<RegbotStatus>,
+    /// The ban table `bans` and `bans-clear` act on, when the server has one; failures
+    /// recorded here are what the registrar would record.
+    pub bans: Option<Arc<Bans>>,
     stop: Option<Sender<()>>,
     thread: Option<JoinHandle<Result<(), CtlError>>>,
 }
 
 impl Server {
-    /// Binds and starts a server; with `regbot_queries`, `status` and `regbot-list` ask that
-    /// channel for regbot snapshots.
+    /// The ban settings of [`Server::launch`]: three failures ban for five minutes.
+    pub const BANS: BanSettings =
+        BanSettings { max_failures: 3, window: Duration::from_secs(60), ban: Duration::from_secs(300), capacity: 100 };
+
+    /// Binds and starts a server with a ban table of [`Server::BANS`]; with `regbot_queries`,
+    /// `status` and `regbot-list` ask that channel for regbot snapshots.
     pub fn launch(redis: RedisPool, regbot_queries: Option<Sender<StatusRequest>>) -> Server {
+        Server::launch_with(redis, regbot_queries, Some(Arc::new(Bans::new(Server::BANS))))
+    }
+
+    /// [`Server::launch`] with the given ban table, or none.
+    pub fn launch_with(
+        redis: RedisPool,
+        regbot_queries: Option<Sender<StatusRequest>>,
+        bans: Option<Arc<Bans>>,
+    ) -> Server {
         let path = temp_socket_path();
         let cluster_id = format!("test-{}", uuid::Uuid::new_v4().simple());
         let (conn_tx, conn_rx) = unbounded();
@@ -53,6 +71,10 @@ impl Server {
             Some(queries) => server.with_regbot(queries),
             None => server,
         };
+        let server = match &bans {
+            Some(bans) => server.with_bans(Arc::clone(bans)),
+            None => server,
+        };
         let (stop_tx, stop_rx) = unbounded();
         let thread = std::thread::spawn(move || server.run(stop_rx));
         Server {
@@ -61,6 +83,7 @@ impl Server {
             redis,
             conn_events: conn_tx,
             regbot: regbot_tx,
+            bans,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
