@@ -210,6 +210,7 @@ fn start_and_wait(config: &Config, stores: &StoreSettings) -> Result<(), String>
             cluster_id: config.cluster_id.clone(),
             check_interval: config.check_expires_interval,
             expires_interval: config.expires_interval,
+            allowed_sources: config.heartbeat_cidrs.clone(),
         },
         pools.redis.clone(),
         options_rx,
