@@ -1004,3 +1004,34 @@ fn a_reg_trunk_on_a_dns_name_writes_ephemeral_gateways_from_the_srv_of_its_trans
     drop(sidecar);
     let _: () = redis_query(redis::cmd("DEL").arg("eph-gw-ip:127.0.0.165"));
 }
+
+#[test]
+fn a_200_with_an_absurd_expires_is_capped_and_the_regbot_keeps_registering() {
+    // Before the cap this panicked the scheduler thread (`Instant + u64::MAX seconds`).
+    let db = TestDb::create();
+    let double = start_double(Duration::from_secs(5));
+    let huge = "99999999999999999999";
+    let registrar =
+        Peer::start("regbot_reply.xml", "127.0.0.167", &[("status", "200"), ("reason", "OK"), ("expires", huge)]);
+    let carrier = add_carrier(&db, CarrierRow::default());
+    add_gateway(&db, &carrier, "127.0.0.167", Some(registrar.port), "udp", false);
+    let mut s = settings(&cluster());
+    // we ask for 4 s: the refresh is due 1.8–2 s after each 200
+    s.default_expires = Duration::from_secs(4);
+    let sidecar = Instance::start(&double, &db, s);
+
+    let status = wait_for_status(&db, &carrier, "registered", |s| s["status"] == "ok");
+    assert_eq!(status["expires"], 4, "granted = what we asked for, not {huge}: {status}");
+    let snap = sidecar.wait_for("registered", |s| s.registered == 1);
+    let next = snap.regbots[0].next_request_in.expect("a refresh is scheduled");
+    assert!(next <= Duration::from_secs(2), "refresh at the capped interval: {next:?}");
+
+    // and it keeps registering: two refreshes, each answered with the same absurd value
+    let regs = registrar.wait_for_requests("REGISTER", 3, WAIT);
+    assert!(regs.len() >= 3, "{regs:#?}");
+    let gap = regs[2].at - regs[1].at;
+    assert!((1.6..=2.5).contains(&gap), "refresh gap {gap:.3}s");
+    let snap = sidecar.snapshot();
+    assert_eq!(snap.registered, 1, "{snap:#?}");
+    assert_eq!(register_status(&db, &carrier).unwrap()["status"], "ok");
+}
