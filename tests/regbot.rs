@@ -1035,3 +1035,39 @@ fn a_200_with_an_absurd_expires_is_capped_and_the_regbot_keeps_registering() {
     assert_eq!(snap.registered, 1, "{snap:#?}");
     assert_eq!(register_status(&db, &carrier).unwrap()["status"], "ok");
 }
+
+#[test]
+fn a_leader_whose_scheduler_is_gone_gives_up_the_role_at_once() {
+    use sbc_sidecar::drachtio::{ConnectionEvent, ConnectionInfo};
+    use sbc_sidecar::regbot::leader::{new_token, LeaderElection, LeaderRole};
+
+    let db = TestDb::create();
+    let cluster = cluster();
+    let mut s = settings(&cluster);
+    // a long TTL: the key can only disappear because the leader deleted it
+    s.token_ttl = Duration::from_secs(60);
+    let election = LeaderElection::new(redis(), &cluster, new_token(), s.token_ttl);
+    let key = election.key().to_string();
+    let (events_tx, events_rx) = unbounded();
+    let (commands_tx, _commands_rx) = unbounded();
+    let (_shutdown_tx, shutdown_rx) = bounded::<()>(0);
+    let (scheduler_alive, liveness) = bounded::<()>(0);
+    let role = LeaderRole::new(s, election, mysql_pool(&db.name), events_rx, commands_tx, shutdown_rx)
+        .watch_scheduler(liveness);
+    let leader = thread::spawn(move || role.run());
+    let info = ConnectionInfo {
+        hostports: "udp/127.0.0.1:5060".into(),
+        version: "v0.9.10".into(),
+        local_hostports: "udp/127.0.0.1:5060".into(),
+    };
+    events_tx.send(ConnectionEvent::Connected(info)).unwrap();
+    let holder = || -> Option<String> { redis_query(redis::cmd("GET").arg(&key)) };
+    assert!(wait_until(WAIT, || holder().is_some()), "the leader claimed the role");
+
+    let gone = Instant::now();
+    drop(scheduler_alive);
+    assert!(wait_until(WAIT, || holder().is_none()), "the role key was deleted");
+    assert!(gone.elapsed() < Duration::from_secs(2), "at once, not after the TTL: {:?}", gone.elapsed());
+    assert!(wait_until(WAIT, || leader.is_finished()), "the leader thread ended");
+    drop(events_tx);
+}
