@@ -37,6 +37,11 @@ pub const EX_CONFIG: i32 = 78;
 pub const DEFAULT_SOCKET_PATH: &str = "/tmp/sbc-sip-sidecar.sock";
 /// Exactly the Node default, narrow `/24` and `/16` included (spec 14, item 22).
 pub const DEFAULT_NETWORK_CIDR: &str = "192.168.0.0/24,172.16.0.0/16,10.0.0.0/8";
+/// Where feature servers and RTP servers live unless `SBC_HEARTBEAT_CIDRS` says otherwise:
+/// loopback, RFC 1918, RFC 6598 (carrier-grade NAT, used by some clouds), IPv6 unique-local
+/// and link-local. Heartbeats from anywhere else are refused.
+pub const DEFAULT_HEARTBEAT_CIDRS: &str =
+    "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7,fe80::/10";
 /// `Jambonz ` + the version of the Node package we replace: carriers may match on it.
 pub const DEFAULT_REGBOT_USER_AGENT: &str = "Jambonz 0.9.6";
 pub const DEFAULT_SENTINEL_PORT: u16 = 26379;
@@ -110,6 +115,12 @@ pub const NEW_VARIABLES: &[(&str, &str, &str)] = &[
         "SBC_REGBOT_CLAIM_JITTER_MS",
         "15000",
         "random delay, 0 up to this, before first trying to claim the regbot role (ms)",
+    ),
+    (
+        "SBC_HEARTBEAT_CIDRS",
+        DEFAULT_HEARTBEAT_CIDRS,
+        "OPTIONS with X-FS-Status or X-RTP-Status are accepted only from these networks (comma list); \
+         others get 403 and change nothing",
     ),
 ];
 
@@ -254,6 +265,9 @@ pub struct Config {
     pub cluster_id: String,
     /// `JAMBONES_NETWORK_CIDR`: used to pick the private TCP SIP address.
     pub network_cidrs: Vec<Cidr>,
+    /// `SBC_HEARTBEAT_CIDRS`, default [`DEFAULT_HEARTBEAT_CIDRS`]: the only sources whose
+    /// feature/RTP-server heartbeats are accepted.
+    pub heartbeat_cidrs: Vec<Cidr>,
     /// `SBC_PUBLIC_ADDRESS_KEEP_ALIVE_IN_MILISECOND` (sic), default 900 000 ms.
     pub sbc_public_address_keep_alive: Duration,
     /// `DEAD_SBC_IN_SECOND`, default 3600 s: `sbc_addresses` rows older than this are deleted.
@@ -862,6 +876,15 @@ fn parse_env(env: &Env<'_>, command_line: CommandLine) -> Result<Config, ConfigE
     let (mysql, mysql_write) = mysql_pools(env, &mut warnings)?;
     let network_cidrs =
         parse_cidrs("JAMBONES_NETWORK_CIDR", env.get("JAMBONES_NETWORK_CIDR").unwrap_or(DEFAULT_NETWORK_CIDR))?;
+    let heartbeat_cidrs =
+        parse_cidrs("SBC_HEARTBEAT_CIDRS", env.get("SBC_HEARTBEAT_CIDRS").unwrap_or(DEFAULT_HEARTBEAT_CIDRS))?;
+    if heartbeat_cidrs.is_empty() {
+        return Err(invalid(
+            "SBC_HEARTBEAT_CIDRS",
+            env.get("SBC_HEARTBEAT_CIDRS").unwrap_or(""),
+            "at least one CIDR block such as 10.0.0.0/8".into(),
+        ));
+    }
 
     Ok(Config {
         run_mode: command_line.run_mode,
@@ -886,6 +909,7 @@ fn parse_env(env: &Env<'_>, command_line: CommandLine) -> Result<Config, ConfigE
         hosting: env.truthy("JAMBONES_HOSTING"),
         cluster_id: env.string("JAMBONES_CLUSTER_ID", "default"),
         network_cidrs,
+        heartbeat_cidrs,
         sbc_public_address_keep_alive: env.millis("SBC_PUBLIC_ADDRESS_KEEP_ALIVE_IN_MILISECOND", 900_000, 1)?,
         dead_sbc_age: env.secs("DEAD_SBC_IN_SECOND", 3600, 1)?,
         check_expires_interval: env.millis("CHECK_EXPIRES_INTERVAL", 20_000, 1)?,
@@ -1315,6 +1339,41 @@ mod tests {
         );
         assert_eq!(c.ban, BanSettings::default());
         assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn heartbeat_cidrs_default_to_loopback_and_private_networks() {
+        let c = run(&minimal_env(), &[]);
+        let cidrs: Vec<String> = c.heartbeat_cidrs.iter().map(Cidr::to_string).collect();
+        assert_eq!(
+            cidrs,
+            [
+                "127.0.0.0/8",
+                "::1/128",
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "100.64.0.0/10",
+                "fc00::/7",
+                "fe80::/10"
+            ]
+        );
+        let c = run(&with(minimal_env(), &[("SBC_HEARTBEAT_CIDRS", " 100.64.0.0/10 , 10.1.2.3 ")]), &[]);
+        let cidrs: Vec<String> = c.heartbeat_cidrs.iter().map(Cidr::to_string).collect();
+        assert_eq!(cidrs, ["100.64.0.0/10", "10.1.2.3/32"]);
+    }
+
+    #[test]
+    fn heartbeat_cidrs_errors_name_the_variable() {
+        assert_eq!(
+            error(&with(minimal_env(), &[("SBC_HEARTBEAT_CIDRS", "10.0.0.0/8,10.0.0.0/33")]), &[]).to_string(),
+            "invalid SBC_HEARTBEAT_CIDRS=\"10.0.0.0/33\": expected a comma list of CIDR blocks such as 10.0.0.0/8 \
+             or fd00::/8"
+        );
+        assert_eq!(
+            error(&with(minimal_env(), &[("SBC_HEARTBEAT_CIDRS", " , ")]), &[]).to_string(),
+            "invalid SBC_HEARTBEAT_CIDRS=\" , \": expected at least one CIDR block such as 10.0.0.0/8"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! connection. Roles learn about the stop when the shutdown channel's sender is dropped.
 
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
@@ -21,6 +21,7 @@ use crate::registrar::{AuthPool, Registrar, RegistrarSettings};
 use crate::store::mysql::{MysqlPool, MysqlSettings};
 use crate::store::redis::{self as redis_store, RedisPool, RedisSettings, RedisTarget};
 use crate::store::tls::{self, TlsFileError};
+use crate::supervise::{self, RoleEnded};
 use crate::telemetry::{AlertSettings, AlertWriter, Metrics, MetricsSettings};
 use crate::{logging, signals};
 
@@ -28,6 +29,9 @@ use crate::{logging, signals};
 pub const EXIT_OK: i32 = 0;
 /// The daemon could not start (a thread, a socket, the pools, logging).
 pub const EXIT_START_FAILED: i32 = 70;
+/// A role thread ended or panicked while the daemon was running; the log names it. Not in
+/// the unit's `RestartPreventExitStatus`, so systemd restarts the daemon.
+pub const EXIT_ROLE_FAILED: i32 = 71;
 
 /// How often expired registrations are pruned from `active-user`.
 const ACTIVE_USER_PRUNE_INTERVAL: Duration = Duration::from_secs(600);
@@ -139,7 +143,7 @@ struct RoleThread {
 }
 
 fn spawn_role(name: &'static str, f: impl FnOnce() + Send + 'static) -> Result<RoleThread, String> {
-    let handle = thread::Builder::new().name(name.into()).spawn(f).map_err(|e| format!("thread {name}: {e}"))?;
+    let handle = supervise::spawn(name, f).map_err(|e| format!("thread {name}: {e}"))?;
     Ok(RoleThread { name, handle })
 }
 
@@ -179,7 +183,8 @@ pub fn run(config: Config) -> i32 {
         warn!("{w}");
     }
     match start_and_wait(&config, &stores) {
-        Ok(()) => EXIT_OK,
+        Ok(Stop::Requested) => EXIT_OK,
+        Ok(Stop::RoleFailed) => EXIT_ROLE_FAILED,
         Err(e) => {
             error!("sbc-sidecar could not start: {e}");
             EXIT_START_FAILED
@@ -187,9 +192,20 @@ pub fn run(config: Config) -> i32 {
     }
 }
 
-fn start_and_wait(config: &Config, stores: &StoreSettings) -> Result<(), String> {
+/// Why the daemon stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// SIGTERM or SIGINT.
+    Requested,
+    /// A role thread ended while the daemon was running.
+    RoleFailed,
+}
+
+fn start_and_wait(config: &Config, stores: &StoreSettings) -> Result<Stop, String> {
     info!("sbc-sidecar {} starting", env!("CARGO_PKG_VERSION"));
     let signals = signals::listen().map_err(|e| format!("signal handlers: {e}"))?;
+    // Before the first role starts: every role thread reports its end here.
+    let role_ended = supervise::watch().unwrap_or_else(crossbeam_channel::never);
     log_store_tls(config);
     let pools = build_pools(stores)?;
     let alert_writer = AlertWriter::start(AlertSettings::from_config(config)).map_err(|e| format!("alerts: {e}"))?;
@@ -211,6 +227,7 @@ fn start_and_wait(config: &Config, stores: &StoreSettings) -> Result<(), String>
             cluster_id: config.cluster_id.clone(),
             check_interval: config.check_expires_interval,
             expires_interval: config.expires_interval,
+            allowed_sources: config.heartbeat_cidrs.clone(),
         },
         pools.redis.clone(),
         options_rx,
@@ -288,8 +305,11 @@ fn start_and_wait(config: &Config, stores: &StoreSettings) -> Result<(), String>
         }
     })?);
 
-    let stop_reason = wait_for_stop(config, &signals, &events_rx, &registrar, &metrics);
-    info!("{stop_reason}: stopping");
+    let (stop, stop_reason) = wait_for_stop(config, &signals, &events_rx, &role_ended, &registrar, &metrics);
+    match stop {
+        Stop::Requested => info!("{stop_reason}: stopping"),
+        Stop::RoleFailed => error!("{stop_reason}: stopping (exit status {EXIT_ROLE_FAILED}, to be restarted)"),
+    }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
 
     client.stop_reading();
@@ -308,7 +328,7 @@ fn start_and_wait(config: &Config, stores: &StoreSettings) -> Result<(), String>
         warn!("{} alerts could not be written to InfluxDB", stats.dropped());
     }
     info!("sbc-sidecar stopped");
-    Ok(())
+    Ok(stop)
 }
 
 fn registrar_settings(config: &Config) -> RegistrarSettings {
@@ -369,15 +389,22 @@ fn reload_log_level(config: &Config) {
     }
 }
 
-/// Blocks until SIGTERM/SIGINT; meanwhile tells systemd when we are ready, pets its watchdog,
-/// and re-applies the log level on SIGHUP.
+/// What a role's end is called in the log.
+fn describe(ended: &RoleEnded) -> String {
+    let how = if ended.panicked { "panicked" } else { "ended unexpectedly" };
+    format!("role {} {how}", ended.role)
+}
+
+/// Blocks until SIGTERM/SIGINT or until a role thread ends; meanwhile tells systemd when we
+/// are ready, pets its watchdog, and re-applies the log level on SIGHUP.
 fn wait_for_stop(
     config: &Config,
     signals: &Receiver<signals::Signal>,
     events: &Receiver<ConnectionEvent>,
+    role_ended: &Receiver<RoleEnded>,
     registrar: &Registrar,
     metrics: &Metrics,
-) -> String {
+) -> (Stop, String) {
     let users_gauge =
         if metrics.is_enabled() { crossbeam_channel::tick(USERS_GAUGE_INTERVAL) } else { crossbeam_channel::never() };
     // Expired members of `active-user` are pruned every 10 minutes, as the Node registrar did.
@@ -390,10 +417,14 @@ fn wait_for_stop(
     loop {
         select! {
             recv(signals) -> sig => match sig {
-                Ok(signals::Signal::Terminate) => return "SIGTERM received".into(),
-                Ok(signals::Signal::Interrupt) => return "SIGINT received".into(),
+                Ok(signals::Signal::Terminate) => return (Stop::Requested, "SIGTERM received".into()),
+                Ok(signals::Signal::Interrupt) => return (Stop::Requested, "SIGINT received".into()),
                 Ok(signals::Signal::Hangup) => reload_log_level(config),
-                Err(_) => return "signal listener ended".into(),
+                // Nothing would stop us any more: a failure, so that systemd restarts us.
+                Err(_) => return (Stop::RoleFailed, "signal listener ended".into()),
+            },
+            recv(role_ended) -> ended => if let Ok(ended) = ended {
+                return (Stop::RoleFailed, describe(&ended));
             },
             recv(events) -> ev => match ev {
                 Ok(ConnectionEvent::Connected(_)) if !ready => {
@@ -401,7 +432,15 @@ fn wait_for_stop(
                     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
                 }
                 Ok(_) => {}
-                Err(_) => return "drachtio client ended".into(),
+                // The reader dropped its subscribers: it is gone. Its own notification names it
+                // (and says whether it panicked) when it arrives in time.
+                Err(_) => {
+                    let reason = match role_ended.recv_timeout(Duration::from_millis(500)) {
+                        Ok(ended) => describe(&ended),
+                        Err(_) => "role drachtio-reader ended unexpectedly".into(),
+                    };
+                    return (Stop::RoleFailed, reason);
+                }
             },
             recv(prune) -> _ => match registrar.prune_expired() {
                 Ok(n) => debug!("pruned {n} expired members of active-user"),

@@ -12,4 +12,5 @@ pub mod registrar;
 pub mod signals;
 pub mod sip;
 pub mod store;
+pub mod supervise;
 pub mod telemetry;

@@ -197,3 +197,45 @@ fn a_missing_tls_file_is_one_line_naming_the_variable_and_exit_78() {
         assert!(log.starts_with(&format!("sbc-sidecar: {var}={missing}: cannot read the file")), "{log}");
     }
 }
+
+/// `EXIT_ROLE_FAILED`: a role thread ended while the daemon was running.
+const EXIT_ROLE_FAILED: i32 = 71;
+
+#[test]
+fn a_role_thread_that_panics_makes_the_daemon_exit_71_naming_the_role() {
+    // SBC_DEBUG_PANIC_ROLE (debug builds only) makes the named thread panic 300 ms after it
+    // starts, as a bug would.
+    let db = TestDb::create();
+    let double = start_double(0);
+    for role in ["heartbeat", "drachtio-reader", "ctl", "auth-worker-0", "regbot"] {
+        let cluster = format!("panic-{:08x}", rand::random::<u32>());
+        let mut env = base_env(double.admin_addr().port(), &db.name);
+        env.insert("SBC_DEBUG_PANIC_ROLE".into(), role.into());
+        env.insert("JAMBONES_CLUSTER_ID".into(), cluster.clone());
+        env.insert("SBC_REGBOT_CLAIM_JITTER_MS".into(), "0".into());
+        let mut daemon = Daemon::start(env, &[]);
+        let status = daemon.wait_exit(WAIT);
+        let log = daemon.log();
+        assert_eq!(status.and_then(|s| s.code()), Some(EXIT_ROLE_FAILED), "{role}: exit status; log:\n{log}");
+        assert!(log.contains(&format!("role {role} panicked: stopping")), "{role}: the log names it:\n{log}");
+        assert!(log.contains("sbc-sidecar stopped"), "{role}: stopped in order:\n{log}");
+        // the regbot role is never left held by a daemon that is gone
+        let mut redis = redis::Client::open("redis://127.0.0.1:6379/").unwrap().get_connection().unwrap();
+        let holder: Option<String> =
+            redis::cmd("GET").arg(format!("{cluster}:regbot-token")).query(&mut redis).unwrap();
+        assert_eq!(holder, None, "{role}: regbot-token left behind");
+    }
+}
+
+#[test]
+fn without_a_failing_role_the_daemon_keeps_running_and_sigterm_exits_0() {
+    let db = TestDb::create();
+    let double = start_double(0);
+    let mut daemon = Daemon::start(base_env(double.admin_addr().port(), &db.name), &[]);
+    assert!(double.wait_for_route("options", WAIT), "log:\n{}", daemon.log());
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(daemon.is_running(), "log:\n{}", daemon.log());
+    let status = daemon.stop(WAIT);
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "log:\n{}", daemon.log());
+    assert!(!daemon.log().contains("panicked"), "{}", daemon.log());
+}

@@ -67,3 +67,23 @@ fn readme_states_the_defaults_of_our_own_variables() {
         assert!(line.contains(default), "README row of {name} does not state its default {default}: {line}");
     }
 }
+
+#[test]
+fn the_unit_restarts_after_a_role_failure_and_the_man_page_documents_it() {
+    let unit = read("packaging/sbc-sidecar.service");
+    let setting = |name: &str| {
+        unit.lines()
+            .find_map(|l| l.trim().strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("the unit has no {name}="))
+            .to_string()
+    };
+    assert_eq!(setting("Restart"), "on-failure");
+    let prevented: Vec<String> = setting("RestartPreventExitStatus").split_whitespace().map(String::from).collect();
+    assert_eq!(prevented, ["64", "78"]);
+    let code = sbc_sidecar::daemon::EXIT_ROLE_FAILED.to_string();
+    assert!(!prevented.contains(&code), "exit status {code} must be restarted");
+    let man = read("man/sbc-sidecar.8");
+    let exit_status = man.split(".SH \"EXIT STATUS\"").nth(1).expect("man page has EXIT STATUS");
+    assert!(exit_status.contains(&format!(".B {code}\n")), "EXIT STATUS documents {code}");
+}

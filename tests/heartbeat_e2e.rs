@@ -54,6 +54,15 @@ impl Rig {
         run
     }
 
+    /// One heartbeat from `ip:port` that must be answered 403.
+    fn refused_ping(&self, ip: &str, port: u16, kind: &str, status: &str) -> sipp::SippRun {
+        let keys = [("kind", kind), ("status", status), ("service_url", "http://203.0.113.66:3000")];
+        let mut sipp =
+            sipp::Sipp::new("options_heartbeat_forbidden.xml", &self.double.sip_addr().to_string(), ip, port);
+        sipp.keys = &keys;
+        sipp.run()
+    }
+
     fn set(&mut self, name: &str) -> Vec<String> {
         let mut v: Vec<String> = self.redis.smembers(format!("{}:{name}", self.cluster)).unwrap();
         v.sort();
@@ -175,4 +184,32 @@ fn sbcctl_bans_reaches_the_daemons_ban_table() {
         rig.sbcctl(&["bans", "clear", "127.0.0.9"]),
         (1, String::new(), "Error: No ban on 127.0.0.9\n".to_string())
     );
+}
+
+#[test]
+fn heartbeats_from_outside_sbc_heartbeat_cidrs_get_403_and_change_nothing() {
+    // 127.0.0.48 is inside the list, 127.0.0.47 (like any other loopback address) is not.
+    let mut rig = Rig::start(&[("SBC_HEARTBEAT_CIDRS", "100.64.0.0/10,127.0.0.48/32")]);
+    let _: () = rig.redis.sadd(format!("{}:active-fs", rig.cluster), "127.0.10.9:5060").unwrap();
+    let _: () = rig.redis.sadd(format!("{}:active-rtp", rig.cluster), "127.0.10.10").unwrap();
+    let outside = sipp::free_port("127.0.0.47");
+    assert_ok(&rig.refused_ping("127.0.0.47", outside, "FS", "open"), &rig, "FS open from outside");
+    assert_ok(&rig.refused_ping("127.0.0.47", outside, "RTP", "closed"), &rig, "RTP closed from outside");
+    assert_eq!(rig.set("active-fs"), vec!["127.0.10.9:5060".to_string()]);
+    assert_eq!(rig.set("active-rtp"), vec!["127.0.10.10".to_string()]);
+    assert!(rig.set("fs-service-url").is_empty());
+    let log = rig.daemon.log();
+    let refusals: Vec<&str> = log.lines().filter(|l| l.contains("heartbeat refused with 403")).collect();
+    assert_eq!(refusals.len(), 1, "one warning per 10 s, not one per request:\n{log}");
+    assert!(refusals[0].contains("source=127.0.0.47"), "{}", refusals[0]);
+
+    // a plain OPTIONS from the same address is answered as before
+    let plain = sipp::Sipp::new("options_plain.xml", &rig.double.sip_addr().to_string(), "127.0.0.47", outside).run();
+    assert_ok(&plain, &rig, "plain OPTIONS from outside");
+
+    // and a heartbeat from inside the list still works
+    let inside = sipp::free_port("127.0.0.48");
+    assert_ok(&rig.ping("127.0.0.48", inside, "FS", "open", 2), &rig, "FS open from inside");
+    assert_eq!(rig.set("active-fs"), vec!["127.0.10.9:5060".to_string(), format!("127.0.0.48:{inside}")]);
+    assert_eq!(rig.set("fs-service-url"), vec!["http://127.0.0.48:3000".to_string()]);
 }

@@ -1004,3 +1004,70 @@ fn a_reg_trunk_on_a_dns_name_writes_ephemeral_gateways_from_the_srv_of_its_trans
     drop(sidecar);
     let _: () = redis_query(redis::cmd("DEL").arg("eph-gw-ip:127.0.0.165"));
 }
+
+#[test]
+fn a_200_with_an_absurd_expires_is_capped_and_the_regbot_keeps_registering() {
+    // Before the cap this panicked the scheduler thread (`Instant + u64::MAX seconds`).
+    let db = TestDb::create();
+    let double = start_double(Duration::from_secs(5));
+    let huge = "99999999999999999999";
+    let registrar =
+        Peer::start("regbot_reply.xml", "127.0.0.167", &[("status", "200"), ("reason", "OK"), ("expires", huge)]);
+    let carrier = add_carrier(&db, CarrierRow::default());
+    add_gateway(&db, &carrier, "127.0.0.167", Some(registrar.port), "udp", false);
+    let mut s = settings(&cluster());
+    // we ask for 4 s: the refresh is due 1.8–2 s after each 200
+    s.default_expires = Duration::from_secs(4);
+    let sidecar = Instance::start(&double, &db, s);
+
+    let status = wait_for_status(&db, &carrier, "registered", |s| s["status"] == "ok");
+    assert_eq!(status["expires"], 4, "granted = what we asked for, not {huge}: {status}");
+    let snap = sidecar.wait_for("registered", |s| s.registered == 1);
+    let next = snap.regbots[0].next_request_in.expect("a refresh is scheduled");
+    assert!(next <= Duration::from_secs(2), "refresh at the capped interval: {next:?}");
+
+    // and it keeps registering: two refreshes, each answered with the same absurd value
+    let regs = registrar.wait_for_requests("REGISTER", 3, WAIT);
+    assert!(regs.len() >= 3, "{regs:#?}");
+    let gap = regs[2].at - regs[1].at;
+    assert!((1.6..=2.5).contains(&gap), "refresh gap {gap:.3}s");
+    let snap = sidecar.snapshot();
+    assert_eq!(snap.registered, 1, "{snap:#?}");
+    assert_eq!(register_status(&db, &carrier).unwrap()["status"], "ok");
+}
+
+#[test]
+fn a_leader_whose_scheduler_is_gone_gives_up_the_role_at_once() {
+    use sbc_sidecar::drachtio::{ConnectionEvent, ConnectionInfo};
+    use sbc_sidecar::regbot::leader::{new_token, LeaderElection, LeaderRole};
+
+    let db = TestDb::create();
+    let cluster = cluster();
+    let mut s = settings(&cluster);
+    // a long TTL: the key can only disappear because the leader deleted it
+    s.token_ttl = Duration::from_secs(60);
+    let election = LeaderElection::new(redis(), &cluster, new_token(), s.token_ttl);
+    let key = election.key().to_string();
+    let (events_tx, events_rx) = unbounded();
+    let (commands_tx, _commands_rx) = unbounded();
+    let (_shutdown_tx, shutdown_rx) = bounded::<()>(0);
+    let (scheduler_alive, liveness) = bounded::<()>(0);
+    let role = LeaderRole::new(s, election, mysql_pool(&db.name), events_rx, commands_tx, shutdown_rx)
+        .watch_scheduler(liveness);
+    let leader = thread::spawn(move || role.run());
+    let info = ConnectionInfo {
+        hostports: "udp/127.0.0.1:5060".into(),
+        version: "v0.9.10".into(),
+        local_hostports: "udp/127.0.0.1:5060".into(),
+    };
+    events_tx.send(ConnectionEvent::Connected(info)).unwrap();
+    let holder = || -> Option<String> { redis_query(redis::cmd("GET").arg(&key)) };
+    assert!(wait_until(WAIT, || holder().is_some()), "the leader claimed the role");
+
+    let gone = Instant::now();
+    drop(scheduler_alive);
+    assert!(wait_until(WAIT, || holder().is_none()), "the role key was deleted");
+    assert!(gone.elapsed() < Duration::from_secs(2), "at once, not after the TTL: {:?}", gone.elapsed());
+    assert!(wait_until(WAIT, || leader.is_finished()), "the leader thread ended");
+    drop(events_tx);
+}

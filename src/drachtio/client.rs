@@ -159,7 +159,7 @@ impl DrachtioClient {
 
         let writer = {
             let waker = waker.clone();
-            thread::Builder::new().name("drachtio-writer".into()).spawn(move || {
+            crate::supervise::spawn("drachtio-writer", move || {
                 Writer {
                     input: writer_rx,
                     pending: pending_tx,
@@ -186,7 +186,7 @@ impl DrachtioClient {
             transactions: HashMap::new(),
             last_failure: None,
         };
-        let reader = thread::Builder::new().name("drachtio-reader".into()).spawn(move || reader_state.run())?;
+        let reader = crate::supervise::spawn("drachtio-reader", move || reader_state.run())?;
         Ok(DrachtioClient { reader, writer, waker, stop, handle: DrachtioHandle { writer: writer_tx } })
     }
 

@@ -7,6 +7,7 @@
 //! Redis without threads.
 
 pub mod drain;
+pub mod guard;
 pub mod keys;
 pub mod tracker;
 
@@ -15,10 +16,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{never, select, tick, Receiver};
 use log::{debug, info, warn};
 
+use crate::config::Cidr;
 use crate::drachtio::IncomingRequest;
 use crate::store::redis::RedisPool;
 use crate::telemetry::Metrics;
 pub use drain::{fs_member_key, DrainedServers, FsEndpoint};
+pub use guard::{valid_service_url, HeartbeatGuard};
 pub use keys::ClusterSets;
 pub use tracker::{classify, Ping, ServerKind, Tracker};
 
@@ -30,6 +33,8 @@ pub struct HeartbeatSettings {
     pub check_interval: Duration,
     /// `EXPIRES_INTERVAL`: a member silent for longer than this is expired (Node default 60 s).
     pub expires_interval: Duration,
+    /// `SBC_HEARTBEAT_CIDRS`: the only sources whose heartbeats change the server sets.
+    pub allowed_sources: Vec<Cidr>,
 }
 
 /// The sweep never runs more often than this, whatever the configuration says: a zero
@@ -51,7 +56,8 @@ impl HeartbeatRole {
         requests: Receiver<IncomingRequest>,
         shutdown: Receiver<()>,
     ) -> HeartbeatRole {
-        let tracker = Tracker::new(&settings.cluster_id, settings.expires_interval, redis);
+        let mut tracker = Tracker::new(&settings.cluster_id, settings.expires_interval, redis);
+        tracker.set_allowed_sources(settings.allowed_sources.clone());
         HeartbeatRole { settings, tracker, requests, shutdown }
     }
 

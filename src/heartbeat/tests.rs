@@ -318,6 +318,7 @@ fn role_answers_options_expires_members_and_stops_on_shutdown() {
         cluster_id: c.id.clone(),
         check_interval: Duration::from_millis(100),
         expires_interval: Duration::from_millis(300),
+        allowed_sources: vec!["127.0.0.0/8".parse().unwrap()],
     };
     let role = HeartbeatRole::new(settings, c.redis.clone(), req_rx, stop_rx);
     let thread = std::thread::spawn(move || role.run());
@@ -368,4 +369,46 @@ fn a_steady_check_in_refreshes_last_seen_and_restores_a_missing_url() {
         (200, Some("1".into()))
     );
     assert_eq!(c.members(&c.sets.active_fs), vec!["127.0.0.20:5070"]);
+}
+
+#[test]
+fn heartbeats_from_outside_the_allowed_networks_get_403_and_change_nothing() {
+    let c = Cluster::new();
+    c.add(&c.sets.active_fs, "10.0.0.5:5070");
+    c.add(&c.sets.active_rtp, "10.0.0.6");
+    let mut t = c.tracker();
+    t.set_allowed_sources(vec!["10.0.0.0/8".parse().unwrap()]);
+    let now = Instant::now();
+    let url = ("X-FS-ServiceUrl", "http://203.0.113.9:3000");
+    assert_eq!(ping(&mut t, "203.0.113.9", 5070, &[("X-FS-Status", "open"), url], now), (403, None));
+    // nor can an outsider take a real server out
+    assert_eq!(ping(&mut t, "203.0.113.9", 5070, &[("X-RTP-Status", "closed")], now), (403, None));
+    assert_eq!(ping(&mut t, "not-an-address", 5070, &[("X-FS-Status", "closed")], now), (403, None));
+    assert_eq!(c.members(&c.sets.active_fs), vec!["10.0.0.5:5070"]);
+    assert_eq!(c.members(&c.sets.active_rtp), vec!["10.0.0.6"]);
+    assert!(c.members(&c.sets.fs_service_url).is_empty());
+    assert_eq!(t.tracked(ServerKind::Feature), 0);
+    // a plain OPTIONS from the same source is still answered 200
+    assert_eq!(ping(&mut t, "203.0.113.9", 5070, &[("User-Agent", "carrier")], now), (200, None));
+    // and a heartbeat from inside still counts
+    assert_eq!(ping(&mut t, "10.0.0.7", 5070, &[("X-FS-Status", "open")], now), (200, Some("2".into())));
+}
+
+#[test]
+fn an_invalid_service_url_is_ignored_but_the_heartbeat_counts() {
+    let c = Cluster::new();
+    let mut t = c.tracker();
+    let now = Instant::now();
+    for bad in ["ftp://127.0.0.20/x", "127.0.0.20:3000", "http://", "http://a b"] {
+        let headers = [("X-FS-Status", "open"), ("X-FS-ServiceUrl", bad)];
+        assert_eq!(ping(&mut t, "127.0.0.20", 5070, &headers, now), (200, Some("1".into())), "{bad}");
+    }
+    let long = format!("http://{}", "a".repeat(600));
+    let headers = [("X-FS-Status", "open"), ("X-FS-ServiceUrl", long.as_str())];
+    assert_eq!(ping(&mut t, "127.0.0.20", 5070, &headers, now), (200, Some("1".into())));
+    assert_eq!(c.members(&c.sets.active_fs), vec!["127.0.0.20:5070"]);
+    assert!(c.members(&c.sets.fs_service_url).is_empty());
+    let good = [("X-FS-Status", "open"), ("X-FS-ServiceUrl", "http://127.0.0.20:3000")];
+    assert_eq!(ping(&mut t, "127.0.0.20", 5070, &good, now), (200, Some("1".into())));
+    assert_eq!(c.members(&c.sets.fs_service_url), vec!["http://127.0.0.20:3000"]);
 }

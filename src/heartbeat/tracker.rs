@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 
 use super::drain::{fs_member_key, DrainedServers};
+use super::guard::HeartbeatGuard;
 use super::keys::ClusterSets;
+use crate::config::Cidr;
 use crate::drachtio::IncomingRequest;
 use crate::sip::{ResponseBuilder, SipMessage};
 use crate::store::redis::{checkout, retry_on_lost_connection, RedisPool};
@@ -113,6 +115,8 @@ pub struct Tracker {
     /// per heartbeat.
     redis_ok: bool,
     metrics: Metrics,
+    /// Which sources may send heartbeats, which service URLs are stored.
+    guard: HeartbeatGuard,
 }
 
 impl Tracker {
@@ -127,7 +131,14 @@ impl Tracker {
             expires,
             redis_ok: true,
             metrics: Metrics::disabled(),
+            guard: HeartbeatGuard::default(),
         }
+    }
+
+    /// Heartbeats are accepted only from these networks (`SBC_HEARTBEAT_CIDRS`); without
+    /// this call, from the default list (loopback and private networks).
+    pub fn set_allowed_sources(&mut self, allowed: Vec<Cidr>) {
+        self.guard = HeartbeatGuard::new(allowed);
     }
 
     /// Sends the `featureservers` / `rtpservers` gauges to `metrics`.
@@ -164,12 +175,20 @@ impl Tracker {
     }
 
     /// Answers one OPTIONS request: plain `200` for external pings; for heartbeats `200` with
-    /// `X-Members: <count of the FS or RTP set>`, or `503` when Redis failed.
+    /// `X-Members: <count of the FS or RTP set>`, `503` when Redis failed, or `403` (and no
+    /// change) when the source is outside `SBC_HEARTBEAT_CIDRS`. An invalid `X-FS-ServiceUrl`
+    /// is ignored; the heartbeat itself still counts.
     pub fn answer(&mut self, request: &IncomingRequest, now: Instant) -> ResponseBuilder {
         match classify(&request.message) {
             Ping::External => request.response(200),
             Ping::Internal { kind, status, service_url } => {
                 let source = (request.meta.address.as_str(), request.meta.port);
+                if !self.guard.allows_source(source.0) {
+                    self.guard.note_refused(kind, source.0, source.1, now);
+                    return request.response(403);
+                }
+                let guard = &mut self.guard;
+                let service_url = service_url.filter(|url| guard.check_service_url(url, source.0, now));
                 match self.heartbeat(kind, source, status, service_url, now) {
                     Ok(members) => request.response(200).header("X-Members", &members.to_string()),
                     Err(_) => request.response(503),

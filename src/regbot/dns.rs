@@ -167,7 +167,7 @@ fn exchange_with(server: SocketAddr, id: u16, query: &[u8], timeout: Duration) -
     };
     let socket = UdpSocket::bind(local).map_err(io)?;
     socket.send_to(query, server).map_err(io)?;
-    let deadline = Instant::now() + timeout;
+    let deadline = super::timing::after(Instant::now(), timeout);
     let mut buf = [0u8; 4096];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -202,7 +202,7 @@ const MAX_TCP_ANSWER: usize = 65535;
 /// Connect, write and read all end by `timeout`.
 fn exchange_tcp(server: SocketAddr, id: u16, query: &[u8], timeout: Duration) -> Result<Vec<u8>, DnsError> {
     let io = |e: std::io::Error| DnsError::Io(e.to_string());
-    let deadline = Instant::now() + timeout;
+    let deadline = super::timing::after(Instant::now(), timeout);
     let left = || {
         let d = deadline.saturating_duration_since(Instant::now());
         if d.is_zero() {

@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{never, select, tick, Receiver, Sender};
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use rand::Rng;
 
 use super::reconcile::{wanted, Inventory};
@@ -117,6 +117,8 @@ pub struct LeaderRole {
     events: Receiver<ConnectionEvent>,
     scheduler: Sender<SchedulerCmd>,
     shutdown: Receiver<()>,
+    /// Disconnected when the scheduler thread is gone (nothing is ever sent on it).
+    scheduler_alive: Receiver<()>,
     leader: bool,
     /// When the key was last confirmed ours.
     confirmed_at: Instant,
@@ -142,12 +144,21 @@ impl LeaderRole {
             events,
             scheduler,
             shutdown,
+            scheduler_alive: never(),
             leader: false,
             confirmed_at: Instant::now(),
             last_fingerprint: None,
             redis_ok: true,
             mysql_ok: true,
         }
+    }
+
+    /// Watches the scheduler: when `alive` is disconnected (the scheduler thread ended or
+    /// panicked), the role is given up at once — the key deleted if it still holds our token
+    /// — and this thread ends, instead of renewing a role whose regbots nobody runs.
+    pub fn watch_scheduler(mut self, alive: Receiver<()>) -> LeaderRole {
+        self.scheduler_alive = alive;
+        self
     }
 
     pub fn run(mut self) {
@@ -167,6 +178,7 @@ impl LeaderRole {
         );
         select! {
             recv(self.shutdown) -> _ => return,
+            recv(self.scheduler_alive) -> _ => return self.scheduler_gone(),
             default(jitter) => {}
         }
         let ticker = tick(self.settings.status_interval.max(Duration::from_millis(50)));
@@ -178,6 +190,7 @@ impl LeaderRole {
                 // Later connection events do not concern the election; drain them.
                 recv(events) -> ev => if ev.is_err() { events = never() },
                 recv(self.shutdown) -> _ => break,
+                recv(self.scheduler_alive) -> _ => return self.scheduler_gone(),
             }
         }
         if self.leader {
@@ -199,7 +212,23 @@ impl LeaderRole {
                     Err(_) => return false,
                 },
                 recv(self.shutdown) -> _ => return false,
+                recv(self.scheduler_alive) -> _ => {
+                    self.scheduler_gone();
+                    return false;
+                }
             }
+        }
+    }
+
+    /// The scheduler thread is gone: give the role up now (compare-and-delete, so a key
+    /// another SBC holds is left alone) so another SBC takes over at its next check.
+    fn scheduler_gone(&mut self) {
+        error!("the regbot scheduler thread is gone: giving up the regbot role");
+        self.leader = false;
+        match self.election.release() {
+            Ok(true) => info!("released the regbot role ({})", self.election.key()),
+            Ok(false) => {}
+            Err(e) => warn!("could not release the regbot role: {e}"),
         }
     }
 

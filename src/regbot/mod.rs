@@ -40,7 +40,7 @@ pub mod timing;
 
 use std::fmt;
 use std::path::Path;
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
@@ -207,6 +207,8 @@ fn start_roles(
     let (commands_tx, commands) = unbounded();
     let (store_tx, store_rx) = bounded(STORE_QUEUE);
     let (status_tx, status_rx) = bounded(STATUS_QUEUE);
+    // Nothing is ever sent: the leader sees it disconnected when the scheduler thread is gone.
+    let (scheduler_alive, scheduler_liveness) = bounded::<()>(0);
 
     let election =
         leader::LeaderElection::new(redis.clone(), &settings.cluster_id, leader::new_token(), settings.token_ttl);
@@ -217,7 +219,8 @@ fn start_roles(
         leader_events,
         commands_tx,
         shutdown.clone(),
-    );
+    )
+    .watch_scheduler(scheduler_liveness);
     let scheduler = scheduler::Scheduler::new(
         settings.clone(),
         drachtio.clone(),
@@ -260,16 +263,21 @@ fn start_roles(
 
     let mut threads = Vec::new();
     let mut spawn = |name: &'static str, f: Box<dyn FnOnce() + Send>| -> Result<(), RegbotError> {
-        let handle = thread::Builder::new()
-            .name(name.into())
-            .spawn(f)
-            .map_err(|e| RegbotError::Spawn { thread: name, error: e.to_string() })?;
+        let handle =
+            crate::supervise::spawn(name, f).map_err(|e| RegbotError::Spawn { thread: name, error: e.to_string() })?;
         threads.push((name, handle));
         Ok(())
     };
     // Consumers first, so no event is sent to a thread that does not exist yet.
     spawn("regbot-store", Box::new(move || writer.run()))?;
-    spawn("regbot", Box::new(move || scheduler.run()))?;
+    spawn(
+        "regbot",
+        Box::new(move || {
+            // Dropped when the scheduler ends or panics: the leader then gives up the role.
+            let _alive = scheduler_alive;
+            scheduler.run()
+        }),
+    )?;
     spawn("regbot-leader", Box::new(move || leader_role.run()))?;
     spawn("gw-pinger", Box::new(move || pinger.run()))?;
     spawn("sbc-addresses", Box::new(move || publisher.run()))?;

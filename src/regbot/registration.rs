@@ -19,7 +19,7 @@ use super::register_status::RegisterStatus;
 use super::request::{build_register, AuthHeader, RegbotSpec, RegisterParams};
 use super::status::{RegbotInfo, RegbotState};
 use super::store::StoreJob;
-use super::timing::{failure_delay, initial_cseq, refresh_delay};
+use super::timing::{after, failure_delay, initial_cseq, refresh_delay};
 use super::RegbotSettings;
 use crate::drachtio::{SipDelivery, UacError, UacEvent};
 use crate::sip::{authorization_header, parse_challenge, parse_contacts, Challenge, Contacts, SipMessage};
@@ -407,7 +407,7 @@ impl Regbot {
             if let Outcome::Final { status, message, .. } = &outcome {
                 if (200..300).contains(status) {
                     let granted = self.granted_expires(message, &flight, ctx);
-                    self.registered_until = Some(ctx.now + granted);
+                    self.registered_until = Some(after(ctx.now, granted));
                 }
             }
             return self.resolve(pending, ctx);
@@ -428,7 +428,7 @@ impl Regbot {
                     debug!("regbot refreshed aor={} granted={}s", self.spec.aor(), granted.as_secs());
                 }
                 self.health = Health::Registered;
-                self.registered_until = Some(ctx.now + granted);
+                self.registered_until = Some(after(ctx.now, granted));
                 self.consecutive_failures = 0;
                 self.backoff_attempt = 0;
                 self.last_status = Some(reason.clone());
@@ -437,7 +437,7 @@ impl Regbot {
                     actions.push(self.eph_refresh(granted.as_secs()));
                 }
                 let delay = refresh_delay(granted, rand::thread_rng().gen());
-                actions.push(self.wake_at(ctx.now + delay));
+                actions.push(self.wake_at(after(ctx.now, delay)));
                 actions
             }
             Outcome::Final { status, reason, .. } => {
@@ -512,7 +512,7 @@ impl Regbot {
     fn retry_later(&mut self, ctx: &Ctx<'_>) -> Action {
         let delay = failure_delay(self.backoff_attempt, ctx.settings.failure_retry_interval, rand::thread_rng().gen());
         self.backoff_attempt = self.backoff_attempt.saturating_add(1);
-        self.wake_at(ctx.now + delay)
+        self.wake_at(after(ctx.now, delay))
     }
 
     fn status_job(&self, ok: bool, reason: String, cseq: String, expires: u64, ctx: &Ctx<'_>) -> Action {
@@ -573,6 +573,10 @@ fn usable_challenge(message: &SipMessage, header: &str) -> Option<Challenge> {
 /// The expires a 200 grants (spec 6.4): what we asked for, overridden by an `Expires` header,
 /// overridden by the `expires` parameter of the Contact (ours when the registrar lists several
 /// bindings, else the first — Node always took the first); unparsable or below `min` → `min`.
+///
+/// Never above what we asked for (`default`): a registrar may shorten a registration, not
+/// lengthen it (RFC 3261 §10.3), and a huge value (`Expires: 99999999999999999999`) must not
+/// push the refresh out of reach or overflow the timer arithmetic. `min` wins over both.
 pub fn granted_expires(message: &SipMessage, our_user_host: &str, default: u64, min: u64) -> u64 {
     let mut expires = Some(default);
     if let Some(h) = message.header("Expires") {
@@ -590,8 +594,8 @@ pub fn granted_expires(message: &SipMessage, our_user_host: &str, default: u64, 
         }
     }
     match expires {
-        Some(e) if e >= min => e,
-        _ => min,
+        Some(e) => e.min(default).max(min),
+        None => min,
     }
 }
 

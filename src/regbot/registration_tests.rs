@@ -430,3 +430,31 @@ fn granted_expires_rules() {
     assert_eq!(granted_expires(&ok_with(&[("Expires", "10")]), ours, 3600, 30), 30, "below minimum");
     assert_eq!(granted_expires(&ok_with(&[("Expires", "120s")]), ours, 3600, 30), 120, "parseInt semantics");
 }
+
+#[test]
+fn granted_expires_is_never_above_what_we_asked_for() {
+    let ours = "alice@203.0.113.10:5060";
+    let huge = "99999999999999999999";
+    assert_eq!(granted_expires(&ok_with(&[("Expires", huge)]), ours, 3600, 30), 3600);
+    assert_eq!(granted_expires(&ok_with(&[("Expires", "18446744073709551615")]), ours, 3600, 30), 3600);
+    assert_eq!(granted_expires(&ok_with(&[("Expires", "7200")]), ours, 3600, 30), 3600);
+    let contact = format!("<sip:alice@203.0.113.10:5060>;expires={huge}");
+    assert_eq!(granted_expires(&ok_with(&[("Contact", contact.as_str())]), ours, 3600, 30), 3600);
+    // a minimum above the request wins: the documented lower bound holds
+    assert_eq!(granted_expires(&ok_with(&[("Expires", huge)]), ours, 20, 30), 30);
+    assert_eq!(granted_expires(&ok_with(&[("Expires", "0")]), ours, 3600, 30), 30);
+}
+
+#[test]
+fn a_200_with_an_absurd_expires_schedules_the_refresh_at_the_capped_interval() {
+    let ok = ok_with(&[("Expires", "99999999999999999999")]);
+    let granted = granted_expires(&ok, "alice@203.0.113.10:5060", 3600, 30);
+    let now = std::time::Instant::now();
+    let delay = crate::regbot::timing::refresh_delay(std::time::Duration::from_secs(granted), 0.0);
+    assert_eq!(delay, std::time::Duration::from_secs(1800));
+    assert_eq!(crate::regbot::timing::after(now, delay), now + delay);
+    // and the arithmetic itself cannot overflow, whatever it is given
+    let forever = std::time::Duration::MAX;
+    assert!(crate::regbot::timing::after(now, forever) > now);
+    assert!(crate::regbot::timing::refresh_delay(forever, 0.5) <= forever);
+}

@@ -19,6 +19,7 @@ use super::register_status::RegisterStatus;
 use super::registration::{Action, Ctx, Regbot};
 use super::status::{RegbotRole, RegbotSnapshot, StatusRequest};
 use super::store::StoreJob;
+use super::timing::after;
 use super::RegbotSettings;
 use crate::drachtio::{ConnectionEvent, DrachtioHandle, UacError, UacEvent};
 
@@ -242,10 +243,10 @@ impl Scheduler {
         // New and changed regbots go out in batches (JAMBONES_REGBOT_BATCH_SIZE /
         // _BATCH_SLEEP_MS), spread over time instead of sleeping on this thread.
         let now = Instant::now();
-        let batch = self.settings.batch_size.max(1) as u32;
+        let batch = u32::try_from(self.settings.batch_size.max(1)).unwrap_or(u32::MAX);
         let batch_sleep = self.settings.batch_sleep;
-        let count = (plan.replace.len() + plan.start.len()) as u32;
-        let mut slots = (0..count).map(move |k| now + batch_sleep * (k / batch));
+        let count = u32::try_from(plan.replace.len() + plan.start.len()).unwrap_or(u32::MAX);
+        let mut slots = (0..count).map(move |k| after(now, batch_sleep.saturating_mul(k / batch)));
         for spec in plan.replace {
             let at = slots.next().unwrap_or(now);
             info!("regbot for {} changed configuration", spec.aor());
@@ -280,7 +281,7 @@ impl Scheduler {
         // Back after an outage: retry what failed meanwhile without waiting out the backoff;
         // if our public address changed, every Contact is stale: refresh them all.
         let now = Instant::now();
-        let batch = self.settings.batch_size.max(1) as u32;
+        let batch = u32::try_from(self.settings.batch_size.max(1)).unwrap_or(u32::MAX);
         let mut due: Vec<String> = self
             .regbots
             .iter()
@@ -292,7 +293,7 @@ impl Scheduler {
             info!("drachtio public addresses changed: refreshing {} registrations", due.len());
         }
         for (n, sid) in due.into_iter().enumerate() {
-            let at = now + self.settings.batch_sleep * (n as u32 / batch);
+            let at = after(now, self.settings.batch_sleep.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX) / batch));
             self.with_regbot(&sid, |rb, _| vec![rb.wake_at(at)]);
         }
     }

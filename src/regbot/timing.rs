@@ -2,7 +2,7 @@
 //! and jitter (spec 14.6 fixed: Node refreshed at exactly expires/2 and retried every 300 s).
 //! The random part is passed in (a number in `[0, 1)`) so the arithmetic is testable.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Smallest first retry, whatever the configured cap: a zero cap must not become a busy loop.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -11,7 +11,16 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// the same second spread out over the following cycles.
 pub fn refresh_delay(granted: Duration, jitter: f64) -> Duration {
     let half = granted / 2;
-    half.mul_f64(1.0 - 0.1 * jitter.clamp(0.0, 1.0))
+    // `mul_f64` panics when the result does not fit; the checked form cannot.
+    Duration::try_from_secs_f64(half.as_secs_f64() * (1.0 - 0.1 * jitter.clamp(0.0, 1.0))).unwrap_or(half)
+}
+
+/// `now + delay` without the panic of `Instant + Duration` on overflow: a delay too long to
+/// represent becomes a year (then a day), which no regbot timer ever reaches anyway.
+pub fn after(now: Instant, delay: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    now.checked_add(delay).or_else(|| now.checked_add(YEAR)).or_else(|| now.checked_add(DAY)).unwrap_or(now)
 }
 
 /// Delay before retry number `attempt` (0 for the first failure): `cap/16 · 2^attempt`,
@@ -24,7 +33,8 @@ pub fn failure_delay(attempt: u32, cap: Duration, jitter: f64) -> Duration {
     let factor = 2u32.saturating_pow(attempt.min(20));
     let full = base.saturating_mul(factor).min(cap);
     let half = full / 2;
-    half + half.mul_f64(jitter.clamp(0.0, 1.0))
+    let extra = Duration::try_from_secs_f64(half.as_secs_f64() * jitter.clamp(0.0, 1.0)).unwrap_or(half);
+    half.saturating_add(extra)
 }
 
 /// The first CSeq of a regbot: the Unix time in seconds (within 31 bits). A registrar drops a

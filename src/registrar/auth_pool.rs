@@ -16,7 +16,7 @@ use std::cell::Cell;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
@@ -59,10 +59,10 @@ impl AuthPool {
             refused_since_warning: Cell::new(0),
             last_warning: Cell::new(None),
         };
-        threads.push(thread::Builder::new().name("auth-triage".into()).spawn(move || triage.run())?);
+        threads.push(crate::supervise::spawn("auth-triage", move || triage.run())?);
         for i in 0..n_workers {
             let worker = Worker { registrar: registrar.clone(), auth: auth_rx.clone(), shutdown: shutdown.clone() };
-            threads.push(thread::Builder::new().name(format!("auth-worker-{i}")).spawn(move || worker.run())?);
+            threads.push(crate::supervise::spawn(format!("auth-worker-{i}"), move || worker.run())?);
         }
         Ok(AuthPool { threads })
     }

@@ -1,0 +1,272 @@
+//! Who may send heartbeats, and which service URLs are stored.
+//!
+//! The Node program took `X-FS-Status` / `X-RTP-Status` from any source: anyone able to send
+//! an OPTIONS to the SBC could add itself to `<cluster>:active-fs` (and any URL to
+//! `<cluster>:fs-service-url`, where calls are sent), or take a real server out with
+//! `closed`. Heartbeats are now accepted only from the networks of `SBC_HEARTBEAT_CIDRS`
+//! (private and loopback networks by default, where feature and RTP servers live), and a
+//! service URL is stored only when it is a plain `http(s)://host…` URL of bounded length.
+//!
+//! Refusals are logged, but at most one line per [`WARNING_INTERVAL`] for each kind of
+//! refusal, with the number of refusals not logged since: the state is two counters, so a
+//! flood from many addresses cannot grow it.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use log::warn;
+
+use super::tracker::ServerKind;
+use crate::config::{Cidr, DEFAULT_HEARTBEAT_CIDRS};
+
+/// At most one warning line per kind of refusal in this interval.
+pub const WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Longest `X-FS-ServiceUrl` stored in `<cluster>:fs-service-url`.
+pub const MAX_SERVICE_URL_LEN: usize = 512;
+
+/// Whether `url` may go into `<cluster>:fs-service-url`: `http://` or `https://` (any case),
+/// a non-empty host, at most [`MAX_SERVICE_URL_LEN`] bytes, no whitespace or control
+/// characters.
+pub fn valid_service_url(url: &str) -> bool {
+    if url.is_empty() || url.len() > MAX_SERVICE_URL_LEN {
+        return false;
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return false;
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    // user:password@ is not something a feature server announces.
+    if authority.contains('@') {
+        return false;
+    }
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((addr, port)) if addr.parse::<std::net::Ipv6Addr>().is_ok() => {
+                return port.is_empty() || valid_port(port.strip_prefix(':').unwrap_or("x"));
+            }
+            _ => return false,
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => {
+                if !valid_port(port) {
+                    return false;
+                }
+                host
+            }
+            None => authority,
+        }
+    };
+    !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+}
+
+fn valid_port(port: &str) -> bool {
+    !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p > 0)
+}
+
+/// The source address of a drachtio delivery as an IP (IPv6 may come in brackets).
+fn source_ip(address: &str) -> Option<IpAddr> {
+    let bare = address.strip_prefix('[').and_then(|a| a.strip_suffix(']')).unwrap_or(address);
+    bare.parse().ok()
+}
+
+/// One warning line per interval; what is not logged is counted and reported with the next.
+#[derive(Debug)]
+pub struct Throttle {
+    interval: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    pub fn new(interval: Duration) -> Throttle {
+        Throttle { interval, last: None, suppressed: 0 }
+    }
+
+    /// `Some(n)` when a line should be logged now (`n` lines were suppressed since the last
+    /// one), `None` when this one is suppressed.
+    pub fn allow(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.saturating_duration_since(last) < self.interval => {
+                self.suppressed = self.suppressed.saturating_add(1);
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+/// The heartbeat source filter and service-URL check of one heartbeat role.
+#[derive(Debug)]
+pub struct HeartbeatGuard {
+    allowed: Vec<Cidr>,
+    refused_warnings: Throttle,
+    url_warnings: Throttle,
+}
+
+impl Default for HeartbeatGuard {
+    /// The `SBC_HEARTBEAT_CIDRS` default: loopback and private networks.
+    fn default() -> HeartbeatGuard {
+        let allowed = DEFAULT_HEARTBEAT_CIDRS.split(',').filter_map(|c| c.parse().ok()).collect();
+        HeartbeatGuard::new(allowed)
+    }
+}
+
+impl HeartbeatGuard {
+    pub fn new(allowed: Vec<Cidr>) -> HeartbeatGuard {
+        HeartbeatGuard {
+            allowed,
+            refused_warnings: Throttle::new(WARNING_INTERVAL),
+            url_warnings: Throttle::new(WARNING_INTERVAL),
+        }
+    }
+
+    /// Whether a heartbeat from `address` may change the server sets. An address that does
+    /// not parse is refused.
+    pub fn allows_source(&self, address: &str) -> bool {
+        source_ip(address).is_some_and(|ip| self.allowed.iter().any(|c| c.contains(ip)))
+    }
+
+    /// Logs (rate-limited) a heartbeat refused because of its source.
+    pub fn note_refused(&mut self, kind: ServerKind, address: &str, port: u16, now: Instant) {
+        if let Some(suppressed) = self.refused_warnings.allow(now) {
+            let kind = match kind {
+                ServerKind::Feature => "X-FS-Status",
+                ServerKind::Rtp => "X-RTP-Status",
+            };
+            warn!(
+                "heartbeat refused with 403: source outside SBC_HEARTBEAT_CIDRS source={} port={port} \
+                 header={kind} not_logged_since_last={suppressed}",
+                printable(address)
+            );
+        }
+    }
+
+    /// Whether `url` may be stored; when not, logs (rate-limited) that it was ignored.
+    pub fn check_service_url(&mut self, url: &str, address: &str, now: Instant) -> bool {
+        if valid_service_url(url) {
+            return true;
+        }
+        if let Some(suppressed) = self.url_warnings.allow(now) {
+            warn!(
+                "heartbeat X-FS-ServiceUrl ignored (not an http(s) URL with a host of at most {MAX_SERVICE_URL_LEN} \
+                 bytes) source={} url={:?} not_logged_since_last={suppressed}",
+                printable(address),
+                url.chars().take(80).collect::<String>()
+            );
+        }
+        false
+    }
+}
+
+/// A source address for a log line: short and without control characters.
+fn printable(s: &str) -> String {
+    s.chars().take(64).map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard(list: &str) -> HeartbeatGuard {
+        HeartbeatGuard::new(list.split(',').map(|c| c.parse().unwrap()).collect())
+    }
+
+    #[test]
+    fn the_default_allows_loopback_and_private_networks_only() {
+        let g = HeartbeatGuard::default();
+        for inside in [
+            "127.0.0.1",
+            "127.9.8.7",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.254",
+            "192.168.1.10",
+            "100.64.0.1",
+            "100.127.255.254",
+            "::1",
+            "[::1]",
+            "fd00::5",
+            "fc00::1",
+            "fe80::1",
+            "::ffff:10.0.0.5",
+        ] {
+            assert!(g.allows_source(inside), "{inside} refused");
+        }
+        for outside in
+            ["8.8.8.8", "172.32.0.1", "192.169.0.1", "100.128.0.1", "11.0.0.1", "2001:db8::1", "::2", "", "localhost"]
+        {
+            assert!(!g.allows_source(outside), "{outside} allowed");
+        }
+    }
+
+    #[test]
+    fn a_configured_list_replaces_the_default() {
+        let g = guard("100.64.0.0/10,2001:db8::/32");
+        assert!(g.allows_source("100.64.1.1"));
+        assert!(g.allows_source("2001:db8::7"));
+        assert!(!g.allows_source("127.0.0.1"));
+        assert!(!g.allows_source("10.0.0.1"));
+    }
+
+    #[test]
+    fn service_urls_must_be_http_with_a_host_and_bounded() {
+        for good in [
+            "http://10.0.0.5:3000",
+            "https://fs1.example.com/path?x=1",
+            "HTTP://fs-1:80",
+            "http://[fd00::5]:3000/",
+            "http://[::1]",
+            "http://host_name.internal",
+        ] {
+            assert!(valid_service_url(good), "{good} refused");
+        }
+        let long = format!("http://{}.example", "a".repeat(MAX_SERVICE_URL_LEN));
+        for bad in [
+            "",
+            "10.0.0.5:3000",
+            "ftp://10.0.0.5",
+            "javascript:alert(1)",
+            "http://",
+            "http:///path",
+            "http://:3000",
+            "http://host:0",
+            "http://host:99999",
+            "http://host:abc",
+            "http://user:pw@evil.example",
+            "http://evil.example/a b",
+            "http://evil.example/\r\nX: y",
+            "http://evil\u{0}.example",
+            "http://[fd00::5",
+            "http://[not-v6]:80",
+            "http://ev!l.example",
+            long.as_str(),
+        ] {
+            assert!(!valid_service_url(bad), "{bad:?} accepted");
+        }
+        let just_fits = format!("http://{}", "a".repeat(MAX_SERVICE_URL_LEN - 7));
+        assert!(valid_service_url(&just_fits));
+    }
+
+    #[test]
+    fn warnings_are_one_per_interval_with_a_count_of_the_rest() {
+        let mut t = Throttle::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(t.allow(t0), Some(0));
+        assert_eq!(t.allow(t0 + Duration::from_secs(1)), None);
+        assert_eq!(t.allow(t0 + Duration::from_secs(9)), None);
+        assert_eq!(t.allow(t0 + Duration::from_secs(10)), Some(2));
+        assert_eq!(t.allow(t0 + Duration::from_secs(11)), None);
+        assert_eq!(t.allow(t0 + Duration::from_secs(30)), Some(1));
+    }
+}

@@ -1,0 +1,84 @@
+//! Role supervision: every role thread is started through [`spawn`], and when one ends — its
+//! function returned or panicked — the daemon hears about it through the receiver that
+//! [`watch`] returned. While the daemon runs that means a role died: it logs which one and
+//! exits with [`crate::daemon::EXIT_ROLE_FAILED`] so that systemd restarts it, instead of
+//! running on without a drachtio reader, heartbeat role or regbot scheduler. During shutdown
+//! roles end on purpose and nobody listens any more.
+//!
+//! The notification channel is process-wide (one daemon per process), installed once by the
+//! daemon before it starts any role; threads started in a process that never called
+//! [`watch`] (the library's tests) are just named threads. A process-wide sender keeps the
+//! signatures of the roles that spawn their own threads (`AuthPool::start`,
+//! `DrachtioClient::start`, `regbot::start`) unchanged.
+//!
+//! Debug builds only: `SBC_DEBUG_PANIC_ROLE=<thread name>[,<thread name>…]` makes each named
+//! role thread panic shortly after it starts (before doing any work), so that tests can check
+//! the supervision end to end (`tests/daemon_e2e.rs`). It is not a user setting: release
+//! builds do not read it, and it is not in `config::NEW_VARIABLES`.
+
+use std::io;
+use std::sync::OnceLock;
+use std::thread::{self, JoinHandle};
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+
+/// A role thread that ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleEnded {
+    /// The thread name (`heartbeat`, `drachtio-reader`, `auth-worker-3`, `regbot`, …).
+    pub role: String,
+    /// Whether it ended by panicking rather than by returning.
+    pub panicked: bool,
+}
+
+static ENDED: OnceLock<Sender<RoleEnded>> = OnceLock::new();
+
+/// Installs the process-wide notification channel and returns its receiver; `None` when it
+/// was already installed (a second daemon in the same process is not supervised).
+pub fn watch() -> Option<Receiver<RoleEnded>> {
+    let (tx, rx) = unbounded();
+    ENDED.set(tx).ok().map(|()| rx)
+}
+
+/// Sends the notification when the thread's function is over, whether it returned or
+/// unwound.
+struct Notify {
+    role: String,
+}
+
+impl Drop for Notify {
+    fn drop(&mut self) {
+        if let Some(tx) = ENDED.get() {
+            let _ = tx.send(RoleEnded { role: std::mem::take(&mut self.role), panicked: thread::panicking() });
+        }
+    }
+}
+
+/// Starts `f` on a thread named `name` whose end is reported to the [`watch`] receiver.
+pub fn spawn<F>(name: impl Into<String>, f: F) -> io::Result<JoinHandle<()>>
+where
+    F: FnOnce() + Send + 'static,
+{
+    let name = name.into();
+    thread::Builder::new().name(name.clone()).spawn(move || {
+        let notify = Notify { role: name };
+        debug_panic(&notify.role);
+        f();
+        drop(notify);
+    })
+}
+
+/// `SBC_DEBUG_PANIC_ROLE` (debug builds only; see the module documentation).
+#[cfg(debug_assertions)]
+fn debug_panic(role: &str) {
+    let Ok(list) = std::env::var("SBC_DEBUG_PANIC_ROLE") else {
+        return;
+    };
+    if list.split(',').any(|r| r.trim() == role) {
+        thread::sleep(std::time::Duration::from_millis(300));
+        panic!("SBC_DEBUG_PANIC_ROLE: role {role} panics on purpose");
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn debug_panic(_role: &str) {}
