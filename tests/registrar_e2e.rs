@@ -67,13 +67,20 @@ impl Rig {
         Rig { _db: db, hook, double, daemon, realm, redis_port }
     }
 
-    /// Users for an injection file: `user;password;realm`. sipp answers every challenge with
-    /// the credentials of `-au`/`-ap` (its scenarios cannot take them from the file), so each
-    /// batch shares one digest identity, which the webhook knows.
+    /// Users for an injection file: `user;password;realm;[authentication …]`. The scenarios
+    /// answer each challenge with the user's own credentials from the fourth field (the
+    /// registrar requires the digest username to be the To user); the webhook knows every
+    /// password.
     fn users(&self, prefix: &str, n: usize) -> Vec<Vec<String>> {
         let password = format!("pw-{prefix}-{:x}", rand::random::<u32>());
-        self.hook.set_password(&format!("{prefix}-auth"), &password);
-        (0..n).map(|i| vec![format!("{prefix}{i}"), password.clone(), self.realm.clone()]).collect()
+        (0..n)
+            .map(|i| {
+                let user = format!("{prefix}{i}");
+                self.hook.set_password(&user, &password);
+                let auth = format!("[authentication username={user} password={password}]");
+                vec![user, password.clone(), self.realm.clone(), auth]
+            })
+            .collect()
     }
 
     fn sipp(&self, scenario: &str, ip: &'static str, users: &[Vec<String>], transport: &'static str) -> sipp::SippRun {
@@ -82,14 +89,12 @@ impl Rig {
         s.transport = transport;
         s.calls = users.len() as u32;
         s.timeout = Duration::from_secs(30);
-        let auth_user = users[0][0].trim_end_matches(char::is_numeric).to_string() + "-auth";
         s.extra = vec![
             "-inf".into(),
             inf.display().to_string(),
-            "-au".into(),
-            auth_user,
-            "-ap".into(),
-            users[0][1].clone(),
+            // the digest uri is the Request-URI, as phones compute it
+            "-auth_uri".into(),
+            self.realm.clone(),
             "-r".into(),
             "100".into(),
             "-l".into(),
@@ -318,4 +323,145 @@ fn a_failing_webhook_raises_an_alert_in_influxdb_and_response_times_reach_statsd
     assert_eq!(row["message"], format!("{} returned 404", rig.hook.url("/auth")));
     assert!(row.get("account_sid").and_then(|v| v.as_str()).is_some_and(|s| s.len() == 36), "{row:?}");
     assert!(rows.iter().all(|r| r.values().all(|v| v != "undefined")), "no undefined tags");
+}
+
+/// A phone written by hand over UDP, for what sipp cannot do: send a captured Authorization
+/// again, byte for byte, from another socket.
+struct RawPhone {
+    sock: std::net::UdpSocket,
+    to: std::net::SocketAddr,
+}
+
+impl RawPhone {
+    fn new(ip: &str, to: std::net::SocketAddr) -> RawPhone {
+        let sock = std::net::UdpSocket::bind((ip, 0)).unwrap();
+        sock.set_read_timeout(Some(WAIT)).unwrap();
+        RawPhone { sock, to }
+    }
+
+    /// One REGISTER for `user@realm` with this socket's Contact, and the final response.
+    fn register(&self, realm: &str, user: &str, cseq: u32, authorization: Option<&str>) -> String {
+        let local = self.sock.local_addr().unwrap();
+        let mut text = format!(
+            "REGISTER sip:{realm} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-{}\r\nMax-Forwards: 70\r\n\
+             From: <sip:{user}@{realm}>;tag=raw{cseq}\r\nTo: <sip:{user}@{realm}>\r\nCall-ID: {}@raw\r\n\
+             CSeq: {cseq} REGISTER\r\nContact: <sip:{user}@{local};transport=udp>;expires=600\r\nExpires: 600\r\n",
+            uuid(),
+            uuid()
+        );
+        if let Some(a) = authorization {
+            text.push_str(&format!("Authorization: {a}\r\n"));
+        }
+        text.push_str("Content-Length: 0\r\n\r\n");
+        self.sock.send_to(text.as_bytes(), self.to).unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            let (n, _) = self.sock.recv_from(&mut buf).expect("a response within the wait");
+            let resp = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if !resp.starts_with("SIP/2.0 1") {
+                return resp;
+            }
+        }
+    }
+}
+
+fn status_of(resp: &str) -> u16 {
+    resp.get(8..11).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+fn header_of<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
+    resp.lines().find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim()))
+}
+
+/// The Authorization a phone sends for `user`/`password` in answer to `challenge`.
+fn answer(challenge: &str, realm: &str, user: &str, password: &str) -> String {
+    let www = header_of(challenge, "WWW-Authenticate").expect("a challenge");
+    let start = www.find("nonce=\"").expect("nonce") + 7;
+    let nonce = &www[start..start + www[start..].find('"').unwrap()];
+    let uri = format!("sip:{realm}");
+    let response =
+        webhook::digest_response(user, realm, password, "REGISTER", &uri, nonce, "00000001", "4a5b6c7d", "auth");
+    format!(
+        r#"Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", response="{response}", algorithm=MD5, cnonce="4a5b6c7d", qop=auth, nc=00000001"#
+    )
+}
+
+impl Rig {
+    fn sbcctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_sbcctl"))
+            .arg("--socket")
+            .arg(&self.daemon.socket_path)
+            .args(args)
+            .output()
+            .expect("sbcctl runs");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+#[test]
+fn a_captured_authorization_sent_again_from_another_socket_is_challenged_and_changes_nothing() {
+    let rig = Rig::start(&[]);
+    rig.hook.set_password("vic", "vic-pw");
+    let phone = RawPhone::new("127.0.0.58", rig.double.sip_addr());
+    let challenge = phone.register(&rig.realm, "vic", 1, None);
+    assert_eq!(status_of(&challenge), 401, "{challenge}");
+    let captured = answer(&challenge, &rig.realm, "vic", "vic-pw");
+    let ok = phone.register(&rig.realm, "vic", 2, Some(&captured));
+    assert_eq!(status_of(&ok), 200, "{ok}\nlog:\n{}", rig.daemon.log());
+    let contact = rig.binding("vic").expect("binding")["contact"].as_str().unwrap().to_string();
+    assert!(contact.starts_with("sip:vic@127.0.0.58:"), "{contact}");
+
+    let attacker = RawPhone::new("127.0.0.59", rig.double.sip_addr());
+    let replay = attacker.register(&rig.realm, "vic", 2, Some(&captured));
+    assert_eq!(status_of(&replay), 401, "{replay}");
+    assert!(header_of(&replay, "WWW-Authenticate").is_some_and(|w| !w.contains("stale")), "{replay}");
+    assert_eq!(rig.binding("vic").unwrap()["contact"], contact.as_str(), "the binding is the phone's still");
+    assert_eq!(rig.hook.request_count(), 1, "the replay never reached the webhook");
+    assert!(rig.daemon.log().contains("replayed Authorization"), "{}", rig.daemon.log());
+    rig.forget(&[vec!["vic".to_string()]]);
+}
+
+#[test]
+fn wrong_passwords_from_one_source_ban_it_and_sbcctl_lifts_the_ban() {
+    let rig = Rig::start(&[]);
+    rig.hook.set_password("wes", "wes-pw");
+    let guesser = RawPhone::new("127.0.0.60", rig.double.sip_addr());
+    let mut cseq = 0;
+    let mut attempt = |password: &str| {
+        cseq += 2;
+        let challenge = guesser.register(&rig.realm, "wes", cseq - 1, None);
+        assert_eq!(status_of(&challenge), 401, "{challenge}");
+        guesser.register(&rig.realm, "wes", cseq, Some(&answer(&challenge, &rig.realm, "wes", password)))
+    };
+    for i in 1..=10 {
+        let r = attempt(&format!("guess-{i}"));
+        assert_eq!(status_of(&r), 403, "attempt {i}: {r}");
+        assert_eq!(header_of(&r, "X-Reason"), Some("Invalid credentials"), "attempt {i}");
+    }
+    assert_eq!(rig.hook.request_count(), 10);
+    // now refused before any challenge or webhook call
+    let refused = guesser.register(&rig.realm, "wes", 100, None);
+    assert_eq!(status_of(&refused), 403, "{refused}");
+    assert_eq!(header_of(&refused, "X-Reason"), Some("Too many failed authentications"));
+    assert_eq!(rig.hook.request_count(), 10);
+    assert!(rig.daemon.log().contains("source=127.0.0.60 banned for 300 s after 10 failed authentications"));
+
+    // the phone of the real user, elsewhere, is not affected
+    let phone = RawPhone::new("127.0.0.61", rig.double.sip_addr());
+    let challenge = phone.register(&rig.realm, "wes", 1, None);
+    let ok = phone.register(&rig.realm, "wes", 2, Some(&answer(&challenge, &rig.realm, "wes", "wes-pw")));
+    assert_eq!(status_of(&ok), 200, "{ok}");
+
+    let (code, out, err) = rig.sbcctl(&["bans"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("127.0.0.60"), "{out}");
+    assert!(!out.contains("127.0.0.61"), "{out}");
+    let (code, out, err) = rig.sbcctl(&["bans", "clear", "127.0.0.60"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(status_of(&guesser.register(&rig.realm, "wes", 200, None)), 401, "challenged again after the clear");
+    rig.forget(&[vec!["wes".to_string()]]);
 }

@@ -73,8 +73,11 @@ impl fmt::Display for SipError {
             SipError::Empty => write!(f, "SIP: empty message"),
             SipError::NotUtf8 => write!(f, "SIP: headers are not UTF-8"),
             SipError::BadStartLine(l) => write!(f, "SIP: bad start line `{}`", truncate(l)),
-            SipError::BadHeader(l) => write!(f, "SIP: bad header line `{}`", truncate(l)),
+            SipError::BadHeader(l) => write!(f, "SIP: bad header line `{}`", shown(l)),
             SipError::MissingHeader(h) => write!(f, "SIP: missing {h} header"),
+            SipError::BadHeaderValue { header, value } if is_credential_header(header) => {
+                write!(f, "SIP: bad {header} header ({} characters, not shown)", value.chars().count())
+            }
             SipError::BadHeaderValue { header, value } => {
                 write!(f, "SIP: bad {header} header `{}`", truncate(value))
             }
@@ -93,6 +96,22 @@ impl fmt::Display for SipError {
 }
 
 impl std::error::Error for SipError {}
+
+/// Headers whose value is a credential (a `Basic` one is a password in base64): error texts
+/// end up in logs, so their values are never shown.
+fn is_credential_header(name: &str) -> bool {
+    name.eq_ignore_ascii_case("Authorization") || name.eq_ignore_ascii_case("Proxy-Authorization")
+}
+
+/// A header line for an error text: cut to 80 characters, and only the name of a credential
+/// header (a line that may hold one, e.g. `Authorization Basic …` without its colon).
+fn shown(line: &str) -> std::borrow::Cow<'_, str> {
+    let lower = line.trim_start().to_ascii_lowercase();
+    if lower.starts_with("authorization") || lower.starts_with("proxy-authorization") {
+        return format!("<credential header, {} characters, not shown>", line.chars().count()).into();
+    }
+    truncate(line).into()
+}
 
 fn truncate(s: &str) -> &str {
     match s.char_indices().nth(80) {
@@ -341,5 +360,19 @@ mod tests {
         assert!(SipMessage::parse(b"hello").is_err());
         assert!(SipMessage::parse(b"SIP/2.0 99 X\r\n\r\n").is_err());
         assert!(SipMessage::parse(b"INVITE sip:a SIP/2.0\r\nno colon\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn error_texts_never_show_a_credential() {
+        let secret = "Basic dXNlcjpwYXNzd29yZA==";
+        let no_colon =
+            SipMessage::parse(format!("REGISTER sip:a SIP/2.0\r\nAuthorization {secret}\r\n\r\n").as_bytes());
+        let text = no_colon.unwrap_err().to_string();
+        assert!(!text.contains("dXNlcjpw"), "{text}");
+        assert!(text.contains("not shown"), "{text}");
+        let value = SipError::BadHeaderValue { header: "Authorization", value: secret.into() }.to_string();
+        assert!(!value.contains("dXNlcjpw") && value.contains("not shown"), "{value}");
+        let other = SipError::BadHeader("X-Foo no colon".into()).to_string();
+        assert!(other.contains("X-Foo no colon"), "{other}");
     }
 }
