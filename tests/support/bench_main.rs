@@ -4,8 +4,15 @@
 //! drives it with the UDP generator of `loadgen.rs` from several 127.0.0.x sources, and reads
 //! the daemon's CPU time and memory from /proc. Prints a table and one JSON line.
 //!
-//! Knobs (environment): `SBC_BENCH_USERS` (default 20000), `SBC_BENCH_WINDOW` (transactions in
-//! flight, default 200), `SBC_BENCH_SECONDS` (upper bound per phase, default 120).
+//! First fixed-rate steps — full registrations (REGISTER → 401 → REGISTER → webhook → 200) and
+//! then cached refreshes offered at constant rates, where every thread hand-off costs a sleep
+//! and a wake-up — then the saturation phases (a window of transactions in flight).
+//!
+//! Knobs (environment): `SBC_BENCH_RATES` (registrations/s of the fixed-rate steps, default
+//! `100,400,1600`; empty skips them), `SBC_BENCH_STEP_SECONDS` (length of each step, default
+//! 10), `SBC_BENCH_USERS` (saturation users, default 20000), `SBC_BENCH_WINDOW` (transactions
+//! in flight at saturation, default 200), `SBC_BENCH_SECONDS` (upper bound per phase, default
+//! 120).
 
 #[path = "bench_regbot.rs"]
 mod bench_regbot;
@@ -25,7 +32,7 @@ use mysql::prelude::Queryable;
 use redis::Commands;
 
 use double::{Double, DoubleConfig};
-use loadgen::{LoadGen, LoadResult, User};
+use loadgen::{LoadGen, LoadResult, Pace, User};
 
 const SOURCES: [&str; 8] = [
     "127.0.0.101",
@@ -69,7 +76,7 @@ fn memory_kib(pid: u32) -> (u64, u64) {
 }
 
 struct Phase {
-    name: &'static str,
+    name: String,
     result: LoadResult,
     cpu_us: u64,
     /// What the CPU is divided by: REGISTER requests (cached) or registrations (full auth).
@@ -84,7 +91,7 @@ impl Phase {
     fn print(&self) {
         let r = &self.result;
         println!(
-            "{:<22} {:>7} ok {:>5} failed {:>9.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  cpu {:>7.1} µs/{}",
+            "{:<24} {:>7} ok {:>5} failed {:>9.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  cpu {:>7.1} µs/{}",
             self.name,
             r.ok,
             r.failed,
@@ -95,7 +102,7 @@ impl Phase {
             if self.name.starts_with("cached") { "REGISTER" } else { "registration" },
         );
         if r.failed > 0 {
-            println!("{:<22} statuses: {:?}", "", r.statuses);
+            println!("{:<24} statuses: {:?}", "", r.statuses);
         }
     }
 
@@ -111,9 +118,10 @@ impl Phase {
     }
 }
 
-fn run_phase(name: &'static str, gen: &LoadGen, users: &[User], pid: u32, window: usize, limit: Duration) -> Phase {
+fn run_phase(name: impl Into<String>, gen: &LoadGen, users: &[User], pid: u32, pace: Pace, limit: Duration) -> Phase {
+    let name = name.into();
     let before = cpu_micros(pid);
-    let result = gen.run(users, window, Duration::from_secs(10), limit);
+    let result = gen.run(users, pace, Duration::from_secs(10), limit);
     // Let the daemon finish what is in flight before reading its clock.
     std::thread::sleep(Duration::from_millis(200));
     let cpu_us = cpu_micros(pid).saturating_sub(before);
@@ -190,14 +198,52 @@ fn main() {
 
     println!("sbc-bench: {total_users} users, window {window}, daemon pid {pid} ({binary})");
     let (rss_start, _) = memory_kib(pid);
+    let saturation = Pace::Window(window);
     let first = total_users.min(1_000);
-    let warm = run_phase("full auth (first 1k)", &gen, &users[..first], pid, window, limit);
+    let warm = run_phase("full auth (first 1k)", &gen, &users[..first], pid, saturation, limit);
     let (rss_1k, _) = memory_kib(pid);
-    let full = run_phase("full auth", &gen, &users[first..], pid, window, limit);
+
+    // Fixed rates: fresh users for each full step, the same users again for the cached steps.
+    let rates: Vec<u64> = std::env::var("SBC_BENCH_RATES")
+        .unwrap_or_else(|_| "100,400,1600".into())
+        .split(',')
+        .filter_map(|r| r.trim().parse().ok())
+        .filter(|r| *r > 0)
+        .collect();
+    let step = env_num("SBC_BENCH_STEP_SECONDS", 10).max(1);
+    let mut fixed_full = Vec::new();
+    let mut fixed_cached = Vec::new();
+    let mut step_users = Vec::new();
+    for rate in &rates {
+        let users: Vec<User> = (0..(rate * step) as usize)
+            .map(|i| User {
+                name: format!("f{rate}-{i}"),
+                password: password.to_string(),
+                socket: i % gen.socket_count(),
+            })
+            .collect();
+        for u in &users {
+            hook.set_password(&u.name, password);
+        }
+        step_users.push(users);
+    }
+    // Pace at the rate, with room for a second of answers in flight.
+    let paced = |rate: u64| Pace::Rate { per_second: rate as f64, max_in_flight: (rate as usize).max(100) };
+    for (rate, users) in rates.iter().zip(&step_users) {
+        fixed_full.push(run_phase(format!("full auth @{rate}/s"), &gen, users, pid, paced(*rate), limit));
+    }
+    for (rate, users) in rates.iter().zip(&step_users) {
+        fixed_cached.push(run_phase(format!("cached refresh @{rate}/s"), &gen, users, pid, paced(*rate), limit));
+    }
+
+    let full = run_phase("full auth", &gen, &users[first..], pid, saturation, limit);
     let (rss_all, _) = memory_kib(pid);
-    let cached = run_phase("cached refresh", &gen, &users[..total_users.min(20_000)], pid, window, limit);
+    let cached = run_phase("cached refresh", &gen, &users[..total_users.min(20_000)], pid, saturation, limit);
     let (rss_end, hwm) = memory_kib(pid);
 
+    for p in fixed_full.iter().chain(&fixed_cached) {
+        p.print();
+    }
     warm.print();
     full.print();
     cached.print();
@@ -210,6 +256,11 @@ fn main() {
         "window": window,
         "full_auth": full.json(),
         "cached": cached.json(),
+        "step_seconds": step,
+        "fixed_rate": {
+            "full_auth": rates.iter().zip(&fixed_full).map(|(r, p)| (r.to_string(), p.json())).collect::<serde_json::Map<_, _>>(),
+            "cached": rates.iter().zip(&fixed_cached).map(|(r, p)| (r.to_string(), p.json())).collect::<serde_json::Map<_, _>>(),
+        },
         "rss_kib": {"start": rss_start, "after_1k": rss_1k, "after_all": rss_all, "end": rss_end, "peak": hwm},
     });
     println!("{json}");
@@ -218,7 +269,7 @@ fn main() {
     let _ = daemon.wait();
     // Leave Redis as we found it.
     if let Ok(mut r) = redis::Client::open("redis://127.0.0.1:6379/").and_then(|c| c.get_connection()) {
-        for u in &users {
+        for u in users.iter().chain(step_users.iter().flatten()) {
             let key = format!("user:{}@{realm}", u.name);
             let _: Result<(), _> = r.del(&key);
             let _: Result<(), _> = r.zrem("active-user", &key);

@@ -1,5 +1,6 @@
-//! A REGISTER load generator over UDP for the benchmark: many users, a window of transactions
-//! in flight, digest answers computed locally. One thread, non-blocking sockets on several
+//! A REGISTER load generator over UDP for the benchmark: many users, either a window of
+//! transactions in flight (saturation) or new registrations at a fixed offered rate (what
+//! operators run), digest answers computed locally. One thread, non-blocking sockets on several
 //! 127.0.0.x source addresses, so it can outrun the daemon on a small machine.
 
 use std::collections::HashMap;
@@ -45,6 +46,16 @@ impl LoadResult {
     pub fn per_second(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
+}
+
+/// How new registrations are started.
+#[derive(Debug, Clone, Copy)]
+pub enum Pace {
+    /// As fast as the daemon answers, with this many transactions in flight.
+    Window(usize),
+    /// `per_second` new registrations every second (open loop: a slow answer does not slow
+    /// the offered rate), with at most `max_in_flight` outstanding.
+    Rate { per_second: f64, max_in_flight: usize },
 }
 
 struct InFlight {
@@ -116,9 +127,9 @@ impl LoadGen {
         ))
     }
 
-    /// Registers every user once, keeping at most `window` transactions in flight. Gives up on a
-    /// transaction after `timeout` (a few retransmissions at 500 ms in between).
-    pub fn run(&self, users: &[User], window: usize, timeout: Duration, deadline: Duration) -> LoadResult {
+    /// Registers every user once, paced by `pace`. Gives up on a transaction after `timeout` (a
+    /// few retransmissions at 500 ms in between).
+    pub fn run(&self, users: &[User], pace: Pace, timeout: Duration, deadline: Duration) -> LoadResult {
         let mut result = LoadResult::default();
         let mut in_flight: HashMap<String, InFlight> = HashMap::new();
         let mut next_user = 0usize;
@@ -127,7 +138,17 @@ impl LoadGen {
         let mut buf = vec![0u8; 65536];
         let retransmit_after = Duration::from_millis(500);
         while (next_user < users.len() || !in_flight.is_empty()) && started.elapsed() < deadline {
-            while next_user < users.len() && in_flight.len() < window {
+            loop {
+                let may_start = match pace {
+                    Pace::Window(window) => in_flight.len() < window,
+                    Pace::Rate { per_second, max_in_flight } => {
+                        in_flight.len() < max_in_flight
+                            && started.elapsed().as_secs_f64() * per_second >= next_user as f64
+                    }
+                };
+                if next_user >= users.len() || !may_start {
+                    break;
+                }
                 let user = &users[next_user];
                 let call_id = format!("bench-{next_user}-{:x}", rand::random::<u32>());
                 branch += 1;
