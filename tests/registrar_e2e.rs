@@ -127,6 +127,15 @@ impl Rig {
     }
 }
 
+/// The `Expires` of the response to the scenario's third REGISTER (the cached refresh), from
+/// sipp's message log.
+fn cached_expires(run: &sipp::SippRun) -> Option<u32> {
+    run.messages
+        .split("-----------------------------------------------")
+        .filter(|block| block.contains("message received") && block.contains("CSeq: 3 REGISTER"))
+        .find_map(|block| block.lines().find_map(|l| l.strip_prefix("Expires: ")).and_then(|v| v.trim().parse().ok()))
+}
+
 fn assert_ok(run: &sipp::SippRun, rig: &Rig, what: &str) {
     assert_eq!(
         run.status,
@@ -147,6 +156,7 @@ fn a_phone_registers_over_udp_with_webhook_auth_and_refreshes_from_cache() {
     assert_ok(&run, &rig, "register over UDP");
     // UDP: the phone is told 30 s, Redis keeps the full grant
     assert!(run.messages.contains("Expires: 30\r") || run.messages.contains("Expires: 30\n"), "{}", run.messages);
+    assert_eq!(cached_expires(&run), Some(30), "the cached refresh over UDP: {}", run.messages);
     let b = rig.binding("alice0").expect("binding stored");
     let keys: Vec<&str> = b.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(
@@ -187,6 +197,9 @@ fn a_phone_registers_over_tcp_and_is_told_the_whole_grant() {
     let run = rig.sipp("register_auth.xml", "127.0.0.52", &users, "t1");
     assert_ok(&run, &rig, "register over TCP");
     assert!(run.messages.contains("Expires: 600"), "TCP gets the grant: {}", run.messages);
+    // the refresh answered from the cache tells the seconds the binding has left, not 30
+    let told = cached_expires(&run).unwrap_or_else(|| panic!("no cached reply in {}", run.messages));
+    assert!((590..=600).contains(&told), "cached reply over TCP says {told}: {}", run.messages);
     let b = rig.binding("bob0").expect("binding stored");
     assert_eq!(b["protocol"], "tcp");
     assert_eq!(b["callHook"], "https://example.com/call");

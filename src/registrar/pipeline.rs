@@ -47,6 +47,17 @@ pub const MAX_DEVICES_PHRASE: &str = "Max Devices Registered";
 /// `X-Reason` of the `403` sent to a source banned after repeated failed authentications.
 pub const BANNED_REASON: &str = "Too many failed authentications";
 
+/// Whole seconds from `now_ms` to the stored `expiryTime` (a float in the JSON), at least the
+/// cache window (a binding is only answered from the cache when it has more left).
+fn remaining_secs(expiry_time_ms: f64, now_ms: u64) -> u32 {
+    let secs = ((expiry_time_ms - now_ms as f64) / 1000.0).floor();
+    if secs.is_finite() {
+        (secs.clamp(f64::from(NAT_EXPIRES), f64::from(u32::MAX))) as u32
+    } else {
+        NAT_EXPIRES
+    }
+}
+
 /// What [`Registrar::triage`] did with a request.
 // Returned once per request and moved on at once; boxing the request would cost an allocation.
 #[allow(clippy::large_enum_variant)]
@@ -91,6 +102,8 @@ struct Ctx {
     proxy: String,
     /// The source address, when drachtio gave a parseable one (for bans).
     source_ip: Option<IpAddr>,
+    /// Arrived over UDP: the device is assumed to be behind NAT and told 30 s.
+    over_udp: bool,
 }
 
 impl Registrar {
@@ -217,6 +230,7 @@ impl Registrar {
             reg,
             aor,
             source_ip,
+            over_udp: req.meta.protocol.eq_ignore_ascii_case("udp"),
         };
 
         let existing = match ctx.reg.kind {
@@ -238,8 +252,11 @@ impl Registrar {
     }
 
     /// checkCache: a device re-registering from the same ip:port while its binding has more
-    /// than 30 s left is answered at once (`Expires: 30`), without webhook or Redis write.
-    /// Returns the stored binding otherwise (the device-limit check uses it).
+    /// than 30 s left is answered at once, without webhook or Redis write. A UDP device is
+    /// told `Expires: 30` (it is assumed to be behind NAT); a TCP, TLS or WebSocket one is told
+    /// the seconds its binding really has left (spec 14.13: the Node sidecar said 30 to
+    /// everyone, so connection-oriented clients refreshed every 30 s for nothing). Returns the
+    /// stored binding otherwise (the device-limit check uses it).
     fn check_cache(
         &self,
         ctx: &Ctx,
@@ -250,12 +267,15 @@ impl Registrar {
             None => self.redis("reading the registration", |conn| bindings::query(conn, &ctx.aor_key))?,
         };
         if let Some(b) = &stored {
-            let window_end = (unix_millis() + NAT_EXPIRES_MS) as f64;
-            if b.proxy.as_deref() == Some(ctx.proxy.as_str()) && b.expiry_time_ms.is_some_and(|t| window_end < t) {
-                debug!("registrar: cached answer aor={} source={}", ctx.aor_key, ctx.proxy);
+            let now = unix_millis();
+            let window_end = (now + NAT_EXPIRES_MS) as f64;
+            let expiry = b.expiry_time_ms.filter(|t| window_end < *t);
+            if let (true, Some(expiry)) = (b.proxy.as_deref() == Some(ctx.proxy.as_str()), expiry) {
+                let told = if ctx.over_udp { NAT_EXPIRES } else { remaining_secs(expiry, now) };
+                debug!("registrar: cached answer aor={} source={} expires={told}", ctx.aor_key, ctx.proxy);
                 let mut reply = Reply::new(200)
-                    .header("Contact", replace_first_expires(&ctx.reg.raw_contact, NAT_EXPIRES))
-                    .header("Expires", NAT_EXPIRES.to_string());
+                    .header("Contact", replace_first_expires(&ctx.reg.raw_contact, told))
+                    .header("Expires", told.to_string());
                 reply.cached = true;
                 return Err(reply);
             }
@@ -616,8 +636,7 @@ impl Registrar {
     /// the full grant. If the binding cannot be stored the device is told so (500/503).
     fn register(&self, req: &IncomingRequest, ctx: &Ctx, grant: &Grant) -> Result<Reply, Reply> {
         let granted = grant.granted_expires(ctx.reg.expires);
-        let over_udp = req.meta.protocol.eq_ignore_ascii_case("udp");
-        let response_expires = if over_udp && granted > NAT_EXPIRES { NAT_EXPIRES } else { granted };
+        let response_expires = if ctx.over_udp && granted > NAT_EXPIRES { NAT_EXPIRES } else { granted };
         let expiry_time_ms = unix_millis() + u64::from(granted) * 1000;
         let binding = NewBinding {
             contact: ctx.reg.contact_uri.as_deref(),
@@ -681,5 +700,20 @@ impl Registrar {
                 Err(Reply::internal_error())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_remaining_grant_is_whole_seconds_and_never_below_the_cache_window() {
+        assert_eq!(remaining_secs(1_000_000.0 + 3_599_400.0, 1_000_000), 3599);
+        assert_eq!(remaining_secs(1_000_000.0 + 31_000.0, 1_000_000), 31);
+        assert_eq!(remaining_secs(1_000_000.0 + 10_000.0, 1_000_000), NAT_EXPIRES);
+        assert_eq!(remaining_secs(f64::INFINITY, 1), NAT_EXPIRES);
+        assert_eq!(remaining_secs(f64::NAN, 1), NAT_EXPIRES);
+        assert_eq!(remaining_secs(1e300, 1), u32::MAX);
     }
 }
