@@ -1268,6 +1268,46 @@ fn a_worker_takes_queued_registers_as_a_batch_and_answers_each_once() {
     pool.join();
 }
 
+/// The triage thread claims the nonce uses of a batch in the round trip that reads its
+/// bindings: a replay queued in the same batch as the original, or in a later one, is
+/// challenged there and never reaches an auth worker or the webhook.
+#[test]
+fn a_replay_in_a_batch_is_challenged_by_the_triage_thread() {
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    fx.hook.set_password("kai", PASSWORD);
+    let registrar = Arc::new(Registrar::new(
+        base_settings(),
+        MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
+        redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+    ));
+    let nonce = nonce_of(&fx.send_to(&registrar, &fx.reg("kai")));
+    let original = fx.reg("kai").authorized(PASSWORD, &nonce);
+    let mut replay = original.clone();
+    replay.port = 6001;
+    replay.contact = Some("<sip:kai@127.0.0.1:6001;transport=udp>;expires=3600".into());
+    fx.aors.lock().unwrap().push(fx.aor("kai"));
+
+    let (queue_tx, queue_rx) = bounded::<IncomingRequest>(8);
+    let (req, first_rx) = incoming(&original);
+    queue_tx.send(req).unwrap();
+    let (req, replay_rx) = incoming(&replay);
+    queue_tx.send(req).unwrap();
+    let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
+    let pool = AuthPool::start(1, registrar, queue_rx, shutdown_rx).unwrap();
+    assert_eq!(response_from(&first_rx).status, 200);
+    assert_challenge(&response_from(&replay_rx), &fx.realm, false);
+    // and again in a batch of its own
+    let (req, later_rx) = incoming(&replay);
+    queue_tx.send(req).unwrap();
+    assert_challenge(&response_from(&later_rx), &fx.realm, false);
+    assert_eq!(fx.hook.request_count(), 1);
+    let json: Value = serde_json::from_str(&fx.binding("kai").unwrap()).unwrap();
+    assert_eq!(json["contact"], "sip:kai@127.0.0.1:5070;transport=udp");
+    drop(shutdown_tx);
+    pool.join();
+}
+
 /// Auth workers calling one kept-alive webhook at the same time reuse their connections:
 /// over many rounds the server sees at most one connection per worker. (ureq's default pool
 /// keeps 3 idle connections per host; with more workers the rest were closed after every

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
 use log::{debug, error, warn};
 
-use super::{Checked, Registrar, Triage};
+use super::{Checked, Prefetched, Registrar, Triage};
 use crate::drachtio::IncomingRequest;
 
 /// The most REGISTERs the triage thread takes from the queue at once.
@@ -129,7 +129,7 @@ impl TriageThread {
         let prefetched =
             panic::catch_unwind(AssertUnwindSafe(|| self.registrar.prefetch(&batch))).unwrap_or_else(|_| {
                 error!("registrar: internal error reading a batch of bindings; each REGISTER reads its own");
-                vec![None; batch.len()]
+                batch.iter().map(|_| Prefetched::default()).collect()
             });
         for (req, stored) in batch.into_iter().zip(prefetched) {
             let Triage::NeedsAuthentication(checked) = self.registrar.triage(req, stored) else { continue };

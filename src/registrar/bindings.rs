@@ -94,6 +94,11 @@ pub fn query_many(conn: &mut RedisConn, aors: &[&str]) -> Result<Vec<Option<Stor
     Ok(keys.iter().zip(texts).map(|(k, t)| t.and_then(|t| parse_stored(k, &t))).collect())
 }
 
+/// The bindings of `aors` from the texts an `MGET` of their keys returned.
+pub fn parse_many(aors: &[&str], texts: Vec<Option<String>>) -> Vec<Option<StoredBinding>> {
+    aors.iter().zip(texts).map(|(aor, t)| t.and_then(|t| parse_stored(&user_key(aor), &t))).collect()
+}
+
 fn parse_stored(key: &str, text: &str) -> Option<StoredBinding> {
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(m)) => Some(StoredBinding {

@@ -52,7 +52,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub use alerts::Alert;
 pub use auth_pool::AuthPool;
 pub use bans::{BanSettings, Bans};
-pub use pipeline::{Checked, Triage};
+pub use pipeline::{Checked, Prefetched, Triage};
 pub use settings::RegistrarSettings;
 pub use webhook::{HookError, HookRequest, HookResponse, HookTransport};
 

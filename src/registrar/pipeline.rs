@@ -77,8 +77,35 @@ pub struct Checked {
     account: Account,
     credentials: DigestCredentials,
     nonce_use: NonceUse,
+    /// The batch read already recorded this answer's nonce use as its first.
+    claimed: bool,
     /// When the triage thread took the request (response-time metrics cover the whole path).
     started: Instant,
+}
+
+/// What the triage thread read from Redis for one request of a batch (see
+/// [`Registrar::prefetch`]). The default means "nothing read": the request reads on its own.
+#[derive(Debug, Clone, Default)]
+pub struct Prefetched {
+    /// `Some(binding)` when the stored binding was read.
+    binding: Option<Option<StoredBinding>>,
+    /// The claim of the request's nonce use, when it had one to claim.
+    claim: Option<Claim>,
+}
+
+#[derive(Debug, Clone)]
+struct Claim {
+    key: String,
+    /// `SET NX` created the key: nobody used this answer before.
+    first_use: bool,
+}
+
+/// An Authorization that answers our challenge as it must, by its credentials.
+struct Answer {
+    credentials: DigestCredentials,
+    nonce_use: NonceUse,
+    /// Its nonce use was claimed by the batch read.
+    claimed: bool,
 }
 
 impl Checked {
@@ -111,7 +138,7 @@ impl Registrar {
     /// [`complete`](Self::complete) if the request needs authentication. For requests that
     /// cannot go to an auth worker (none left at shutdown), and for tests.
     pub fn handle(&self, req: IncomingRequest) {
-        if let Triage::NeedsAuthentication(checked) = self.triage(req, None) {
+        if let Triage::NeedsAuthentication(checked) = self.triage(req, Prefetched::default()) {
             self.complete(checked);
         }
     }
@@ -120,11 +147,20 @@ impl Registrar {
     /// there (cache window, challenge, rejections). `prefetched` is the stored binding when
     /// [`prefetch`](Self::prefetch) already read it. A panic (a bug) still answers `500`, so
     /// the device is not left retransmitting into the void.
-    pub fn triage(&self, req: IncomingRequest, prefetched: Option<Option<StoredBinding>>) -> Triage {
+    pub fn triage(&self, req: IncomingRequest, prefetched: Prefetched) -> Triage {
         let started = Instant::now();
         let reply = match panic::catch_unwind(AssertUnwindSafe(|| self.check(&req, prefetched))) {
-            Ok(Ok((ctx, account, credentials, nonce_use))) => {
-                return Triage::NeedsAuthentication(Checked { req, ctx, account, credentials, nonce_use, started })
+            Ok(Ok((ctx, account, answer))) => {
+                let Answer { credentials, nonce_use, claimed } = answer;
+                return Triage::NeedsAuthentication(Checked {
+                    req,
+                    ctx,
+                    account,
+                    credentials,
+                    nonce_use,
+                    claimed,
+                    started,
+                });
             }
             Ok(Err(reply)) => reply,
             Err(_) => self.internal_error(&req),
@@ -174,11 +210,13 @@ impl Registrar {
         req.respond(response);
     }
 
-    /// The Redis keys of a batch of queued requests, read with one `MGET`: `Some(binding)`
-    /// for each request that will consult the cache window, `None` for the others (not a
-    /// valid REGISTER, an unregister) and for all of them when Redis did not answer (Redis is
-    /// then marked down, and each of them gets its 503 at once: see `StoreHealth`).
-    pub fn prefetch(&self, reqs: &[IncomingRequest]) -> Vec<Option<Option<StoredBinding>>> {
+    /// Reads what a batch of queued requests needs from Redis in one round trip: the bindings
+    /// of those that will consult the cache window (one `MGET`), and a claim of the nonce use
+    /// of each that answers a challenge of ours (`SET … NX`, see `replay.rs`). A request gets
+    /// [`Prefetched::default`] (it then reads, and claims, on its own) when it has nothing to
+    /// read, and all of them do when Redis did not answer (Redis is then marked down, and each
+    /// of them gets its 503 at once: see `StoreHealth`).
+    pub fn prefetch(&self, reqs: &[IncomingRequest]) -> Vec<Prefetched> {
         let aors: Vec<Option<String>> = reqs
             .iter()
             .map(|req| {
@@ -188,33 +226,59 @@ impl Registrar {
                 Some(request::parse_aor(&req.message).ok()?.key())
             })
             .collect();
+        let claims: Vec<Option<String>> = reqs.iter().map(|req| self.replay_key_of(req)).collect();
         let keys: Vec<&str> = aors.iter().flatten().map(String::as_str).collect();
-        if keys.is_empty() || !self.redis_health.admit() {
-            return vec![None; reqs.len()];
+        let user_keys: Vec<String> = keys.iter().map(|aor| bindings::user_key(aor)).collect();
+        let claim_keys: Vec<String> = claims.iter().flatten().cloned().collect();
+        let nothing = || reqs.iter().map(|_| Prefetched::default()).collect();
+        if (user_keys.is_empty() && claim_keys.is_empty()) || !self.redis_health.admit() {
+            return nothing();
         }
-        let found = match redis_store::run(&self.redis, |conn| bindings::query_many(conn, &keys)) {
-            Ok(found) => {
-                self.redis_health.succeeded();
-                found
-            }
-            Err(e) => {
-                // One wait for the whole batch: the requests then get their 503 at once.
-                if e.is_unavailable() {
-                    self.redis_health.failed("reading registrations", &e);
+        let ttl = self.one_time_ttl();
+        let (texts, claimed) =
+            match redis_store::run(&self.redis, |conn| replay::read_and_claim(conn, &user_keys, &claim_keys, ttl)) {
+                Ok(found) => {
+                    self.redis_health.succeeded();
+                    found
                 }
-                return vec![None; reqs.len()];
-            }
-        };
-        let mut found = found.into_iter();
-        aors.iter().map(|a| a.as_ref().map(|_| found.next().flatten())).collect()
+                Err(e) => {
+                    // One wait for the whole batch: the requests then get their 503 at once.
+                    if e.is_unavailable() {
+                        self.redis_health.failed("reading registrations", &e);
+                    }
+                    return nothing();
+                }
+            };
+        let mut found = bindings::parse_many(&keys, texts).into_iter();
+        let mut claimed = claimed.into_iter();
+        aors.iter()
+            .zip(claims)
+            .map(|(aor, claim)| Prefetched {
+                binding: aor.as_ref().map(|_| found.next().flatten()),
+                claim: claim.map(|key| Claim { first_use: claimed.next().unwrap_or(false), key }),
+            })
+            .collect()
+    }
+
+    /// The one-time key of the request's answer to our challenge, when it is one: a complete
+    /// digest answer of the right form whose nonce we issued for the To realm (nothing else
+    /// may create a key in Redis).
+    fn replay_key_of(&self, req: &IncomingRequest) -> Option<String> {
+        let credentials = parse_authorization(req.message.header("Authorization")?).ok()?;
+        credentials.require_complete().ok()?;
+        let nonce_use = credentials::check_form(&credentials).ok()?;
+        let aor = request::parse_aor(&req.message).ok()?;
+        let nonce = credentials.nonce.as_deref()?;
+        (self.nonces.check(aor.realm(), nonce) == NonceCheck::Valid).then(|| replay::key(nonce, &nonce_use))
+    }
+
+    /// How long a one-time record is kept: as long as its nonce can be valid.
+    fn one_time_ttl(&self) -> u64 {
+        self.settings.nonce_ttl.as_secs().saturating_add(super::nonce::FUTURE_SKEW_SECS)
     }
 
     /// The triage thread's part, in spec order.
-    fn check(
-        &self,
-        req: &IncomingRequest,
-        prefetched: Option<Option<StoredBinding>>,
-    ) -> Result<(Ctx, Account, DigestCredentials, NonceUse), Reply> {
+    fn check(&self, req: &IncomingRequest, prefetched: Prefetched) -> Result<(Ctx, Account, Answer), Reply> {
         let source_ip = req.meta.address.trim_matches(['[', ']']).parse::<IpAddr>().ok();
         if let Some(ban) = source_ip.and_then(|ip| self.bans.banned(ip, Instant::now())) {
             debug!("registrar: REGISTER from banned source={} ({} s left): 403", ban.ip, ban.remaining.as_secs());
@@ -234,12 +298,12 @@ impl Registrar {
         };
 
         let existing = match ctx.reg.kind {
-            Kind::Register => self.check_cache(&ctx, prefetched)?,
+            Kind::Register => self.check_cache(&ctx, prefetched.binding)?,
             Kind::Unregister => None,
         };
         let account = self.check_account(&ctx, existing.is_some())?;
-        let (credentials, nonce_use) = self.check_challenge(req, &ctx, &account)?;
-        Ok((ctx, account, credentials, nonce_use))
+        let answer = self.check_challenge(req, &ctx, &account, prefetched.claim)?;
+        Ok((ctx, account, answer))
     }
 
     /// An auth worker's part: the credentials proven once, then the binding.
@@ -391,7 +455,8 @@ impl Registrar {
         req: &IncomingRequest,
         ctx: &Ctx,
         account: &Account,
-    ) -> Result<(DigestCredentials, NonceUse), Reply> {
+        claim: Option<Claim>,
+    ) -> Result<Answer, Reply> {
         let realm = ctx.aor.realm();
         let Some(header) = req.message.header("Authorization") else {
             return Err(self.challenge(realm, false));
@@ -447,24 +512,37 @@ impl Registrar {
             self.authentication_failed(ctx, "credentials of another address of record");
             return Err(Reply::with_reason(403, credentials::AOR_MISMATCH_REASON));
         }
-        Ok((credentials, nonce_use))
+        // The batch read claimed this answer's nonce use (see `prefetch`): a replay stops here.
+        let claimed = claim.filter(|c| c.key == replay::key(credentials.nonce.as_deref().unwrap_or(""), &nonce_use));
+        if claimed.as_ref().is_some_and(|c| !c.first_use) {
+            return Err(self.replayed(ctx));
+        }
+        Ok(Answer { credentials, nonce_use, claimed: claimed.is_some() })
     }
 
-    /// Records the answer to a challenge as used, cluster-wide; a second use of the same
-    /// nonce, `nc` and `cnonce` is a replay and gets a fresh `401`.
+    /// Records the answer to a challenge as used, cluster-wide, unless the batch read did
+    /// already; a second use of the same nonce, `nc` and `cnonce` is a replay and gets a fresh
+    /// `401`.
     fn claim_nonce(&self, c: &Checked) -> Result<(), Reply> {
+        if c.claimed {
+            return Ok(());
+        }
         let nonce = c.credentials.nonce.as_deref().unwrap_or("");
         let key = replay::key(nonce, &c.nonce_use);
-        let ttl = self.settings.nonce_ttl.as_secs().saturating_add(super::nonce::FUTURE_SKEW_SECS);
+        let ttl = self.one_time_ttl();
         if self.redis("recording the use of the nonce", |conn| replay::claim(conn, &key, ttl))? {
             return Ok(());
         }
+        Err(self.replayed(&c.ctx))
+    }
+
+    fn replayed(&self, ctx: &Ctx) -> Reply {
         info!(
             "registrar: replayed Authorization (nonce, nc and cnonce already used) aor={} source={}: challenged again",
-            c.ctx.aor_key, c.ctx.proxy
+            ctx.aor_key, ctx.proxy
         );
-        self.authentication_failed(&c.ctx, "replayed Authorization");
-        Err(self.challenge(c.ctx.aor.realm(), false))
+        self.authentication_failed(ctx, "replayed Authorization");
+        self.challenge(ctx.aor.realm(), false)
     }
 
     /// Counts a failed authentication against the source; the failure that starts a ban is
@@ -491,8 +569,9 @@ impl Registrar {
     }
 
     /// The account's webhook if it has one, else the `clients` table; a denial is `403`.
-    /// The nonce is claimed before the webhook call (a replay never reaches the customer),
-    /// and after a `clients` check that succeeded (a wrong guess costs Redis nothing).
+    /// The nonce use is claimed before the webhook call (a replay never reaches the
+    /// customer) — by the batch read as a rule — and at the latest after a `clients` check that
+    /// succeeded.
     fn authenticate(&self, c: &Checked) -> Result<Grant, Reply> {
         let (ctx, account, credentials) = (&c.ctx, &c.account, &c.credentials);
         let verdict = match &account.hook {

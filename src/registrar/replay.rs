@@ -9,6 +9,11 @@
 //!
 //! The key is a hash of the three values, so its size does not depend on what the client
 //! sent; it lives as long as the nonce can be valid (its TTL plus the clock skew tolerated).
+//!
+//! The triage thread claims the answers of a whole batch in the same round trip as it reads
+//! the batch's bindings ([`read_and_claim`]): a registration costs no Redis round trip more
+//! than it did before answers were made one-time, and a replay is refused before it leaves
+//! the triage thread. [`claim`] alone is for requests that did not go through a batch read.
 
 use sha2::{Digest, Sha256};
 
@@ -37,6 +42,36 @@ pub fn claim(conn: &mut RedisConn, key: &str, ttl_secs: u64) -> Result<bool, Sto
     let set: Option<String> =
         redis::cmd("SET").arg(key).arg(1).arg("NX").arg("EX").arg(ttl_secs.max(1)).query(&mut **conn)?;
     Ok(set.is_some())
+}
+
+/// `MGET` of `values` and `SET … NX EX ttl_secs` of each of `claims`, in one pipelined round
+/// trip: the values in order, and for each claim whether it was the first use.
+pub fn read_and_claim(
+    conn: &mut RedisConn,
+    values: &[String],
+    claims: &[String],
+    ttl_secs: u64,
+) -> Result<(Vec<Option<String>>, Vec<bool>), StoreError> {
+    let mut pipe = redis::pipe();
+    if !values.is_empty() {
+        pipe.cmd("MGET").arg(values);
+    }
+    for key in claims {
+        pipe.cmd("SET").arg(key).arg(1).arg("NX").arg("EX").arg(ttl_secs.max(1));
+    }
+    let mut replies: Vec<redis::Value> = pipe.query(&mut **conn)?;
+    let texts: Vec<Option<String>> = if values.is_empty() {
+        Vec::new()
+    } else if replies.is_empty() {
+        return Err(StoreError::BadData("pipeline: no MGET reply".into()));
+    } else {
+        redis::from_redis_value(replies.remove(0)).map_err(|e| StoreError::BadData(format!("MGET reply: {e}")))?
+    };
+    let claimed: Vec<bool> = replies.into_iter().map(|v| !matches!(v, redis::Value::Nil)).collect();
+    if texts.len() != values.len() || claimed.len() != claims.len() {
+        return Err(StoreError::BadData("pipeline: reply count differs from the commands".into()));
+    }
+    Ok((texts, claimed))
 }
 
 #[cfg(test)]
