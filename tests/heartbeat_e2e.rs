@@ -5,7 +5,6 @@
 mod double;
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use double::{Double, DoubleConfig};
@@ -70,17 +69,7 @@ impl Rig {
     }
 
     fn sbcctl(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_sbcctl"))
-            .arg("--socket")
-            .arg(&self.daemon.socket_path)
-            .args(args)
-            .output()
-            .expect("sbcctl runs");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        self.daemon.sbcctl(args)
     }
 }
 

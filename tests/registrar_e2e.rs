@@ -399,22 +399,6 @@ fn answer(challenge: &str, realm: &str, user: &str, password: &str) -> String {
     )
 }
 
-impl Rig {
-    fn sbcctl(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_sbcctl"))
-            .arg("--socket")
-            .arg(&self.daemon.socket_path)
-            .args(args)
-            .output()
-            .expect("sbcctl runs");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-}
-
 #[test]
 fn a_captured_authorization_sent_again_from_another_socket_is_challenged_and_changes_nothing() {
     let rig = Rig::start(&[]);
@@ -469,11 +453,11 @@ fn wrong_passwords_from_one_source_ban_it_and_sbcctl_lifts_the_ban() {
     let ok = phone.register(&rig.realm, "wes", 2, Some(&answer(&challenge, &rig.realm, "wes", "wes-pw")));
     assert_eq!(status_of(&ok), 200, "{ok}");
 
-    let (code, out, err) = rig.sbcctl(&["bans"]);
+    let (code, out, err) = rig.daemon.sbcctl(&["bans"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("127.0.0.60"), "{out}");
     assert!(!out.contains("127.0.0.61"), "{out}");
-    let (code, out, err) = rig.sbcctl(&["bans", "clear", "127.0.0.60"]);
+    let (code, out, err) = rig.daemon.sbcctl(&["bans", "clear", "127.0.0.60"]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(status_of(&guesser.register(&rig.realm, "wes", 200, None)), 401, "challenged again after the clear");
     rig.forget(&[vec!["wes".to_string()]]);

@@ -56,6 +56,21 @@ impl Daemon {
         Daemon { child: Some(child), log_path, socket_path: PathBuf::from(&env["SBC_SOCKET_PATH"]), dir }
     }
 
+    /// `sbcctl --socket <this daemon's socket> <args>`: (exit code, stdout, stderr).
+    pub fn sbcctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_sbcctl"))
+            .arg("--socket")
+            .arg(&self.socket_path)
+            .args(args)
+            .output()
+            .expect("sbcctl runs");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
