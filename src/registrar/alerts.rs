@@ -1,16 +1,13 @@
-//! Alerts the registrar raises (spec 10.2): logged at warn, and sent to InfluxDB through the
-//! telemetry writer when the daemon plugged one in.
+//! Alerts the registrar raises (spec 10.2), and the limiter that keeps one account's alert
+//! from being raised on every REGISTER. `Registrar::raise_alert` logs them at warn and sends
+//! them to InfluxDB through the telemetry writer when the daemon plugged one in.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use log::warn;
-
-use super::accounts::Account;
 use super::webhook::url_for_logs;
-use super::Registrar;
 use crate::telemetry;
 
 /// One alert, with the fields the InfluxDB point will carry (`alert_type` and `account_sid`
@@ -82,20 +79,15 @@ impl Alert {
     }
 }
 
-impl Registrar {
-    /// The one place where the registrar's alerts (`account-device-limit`, `webhook-failure`,
-    /// `webhook-connection-failure`) are emitted: a warn line, and a point for InfluxDB.
-    pub fn raise_alert(&self, alert: &Alert) {
-        // The log shows the URL without credentials or query; the alert message keeps it whole.
-        let detail = match alert {
+impl Alert {
+    /// What the warn line says after the type and account: the URL without credentials or
+    /// query, the limit, the source.
+    pub fn log_detail(&self) -> String {
+        match self {
             Alert::AccountDeviceLimit { count, .. } => format!("limit={count}"),
             Alert::WebhookFailure { url, status, .. } => format!("url={} status={status}", url_for_logs(url)),
             Alert::WebhookConnectionFailure { url, .. } => format!("url={}", url_for_logs(url)),
             Alert::SourceBanned { ip, .. } => format!("source={ip}"),
-        };
-        warn!("alert alert_type={} account_sid={} {detail}", alert.alert_type(), alert.account_sid());
-        if let Some(sender) = &self.alerts {
-            sender.send(alert.to_telemetry());
         }
     }
 }
@@ -131,15 +123,6 @@ impl AlertLimiter {
         }
         last.insert(key.to_string(), now);
         true
-    }
-}
-
-impl Registrar {
-    /// `account-device-limit`, at most once per account per [`DEVICE_LIMIT_ALERT_INTERVAL`].
-    pub(crate) fn raise_device_limit_alert(&self, account: &Account, limit: u64) {
-        if self.device_limit_alerts.admit(&account.account_sid, Instant::now()) {
-            self.raise_alert(&Alert::AccountDeviceLimit { account_sid: account.account_sid.clone(), count: limit });
-        }
     }
 }
 

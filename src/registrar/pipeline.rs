@@ -545,6 +545,23 @@ impl Registrar {
         self.challenge(ctx.aor.realm(), false)
     }
 
+    /// The one place where the registrar's alerts are emitted: a warn line, and a point for
+    /// InfluxDB.
+    pub fn raise_alert(&self, alert: &Alert) {
+        warn!("alert alert_type={} account_sid={} {}", alert.alert_type(), alert.account_sid(), alert.log_detail());
+        if let Some(sender) = &self.alerts {
+            sender.send(alert.to_telemetry());
+        }
+    }
+
+    /// `account-device-limit`, at most once per account per
+    /// [`super::alerts::DEVICE_LIMIT_ALERT_INTERVAL`].
+    fn raise_device_limit_alert(&self, account: &Account, limit: u64) {
+        if self.device_limit_alerts.admit(&account.account_sid, Instant::now()) {
+            self.raise_alert(&Alert::AccountDeviceLimit { account_sid: account.account_sid.clone(), count: limit });
+        }
+    }
+
     /// Counts a failed authentication against the source; the failure that starts a ban is
     /// logged and alerted once.
     fn authentication_failed(&self, ctx: &Ctx, what: &str) {
