@@ -1273,6 +1273,8 @@ fn a_worker_takes_queued_registers_as_a_batch_and_answers_each_once() {
 /// challenged there and never reaches an auth worker or the webhook.
 #[test]
 fn a_replay_in_a_batch_is_challenged_by_the_triage_thread() {
+    use sbc_sidecar::registrar::credentials::NonceUse;
+    use sbc_sidecar::registrar::replay;
     let fx = Fx::new();
     fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
     fx.hook.set_password("kai", PASSWORD);
@@ -1304,6 +1306,45 @@ fn a_replay_in_a_batch_is_challenged_by_the_triage_thread() {
     assert_eq!(fx.hook.request_count(), 1);
     let json: Value = serde_json::from_str(&fx.binding("kai").unwrap()).unwrap();
     assert_eq!(json["contact"], "sip:kai@127.0.0.1:5070;transport=udp");
+    // the record of the use, kept as long as the nonce is valid
+    let used = NonceUse { nc: 1, cnonce: "0a4f113b".into() };
+    let ttl: i64 = redis::cmd("TTL").arg(replay::key(&nonce, &used)).query(&mut redis_conn()).unwrap();
+    assert!((300..=360).contains(&ttl), "TTL {ttl}");
+    drop(shutdown_tx);
+    pool.join();
+}
+
+/// A banned source is refused in the batch before anything is read or claimed for it: its
+/// well-formed answers create no one-time key in Redis.
+#[test]
+fn a_banned_source_creates_no_one_time_keys() {
+    use sbc_sidecar::registrar::credentials::NonceUse;
+    use sbc_sidecar::registrar::{replay, BanSettings, Bans};
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    fx.hook.set_password("lou", PASSWORD);
+    let bans = Arc::new(Bans::new(BanSettings { max_failures: 1, ..BanSettings::default() }));
+    let registrar = Arc::new(
+        Registrar::new(
+            base_settings(),
+            MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
+            redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+        )
+        .with_bans(bans.clone()),
+    );
+    let nonce = nonce_of(&fx.send_to(&registrar, &fx.reg("lou")));
+    assert!(bans.record_failure("127.0.0.1".parse().unwrap(), Instant::now()).is_some());
+    let (queue_tx, queue_rx) = bounded::<IncomingRequest>(8);
+    let (req, rx) = incoming(&fx.reg("lou").authorized(PASSWORD, &nonce));
+    queue_tx.send(req).unwrap();
+    let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
+    let pool = AuthPool::start(1, registrar, queue_rx, shutdown_rx).unwrap();
+    let r = response_from(&rx);
+    assert_eq!((r.status, r.header("X-Reason")), (403, Some("Too many failed authentications")));
+    let key = replay::key(&nonce, &NonceUse { nc: 1, cnonce: "0a4f113b".into() });
+    let exists: bool = redis::cmd("EXISTS").arg(&key).query(&mut redis_conn()).unwrap();
+    assert!(!exists, "{key} was created for a banned source");
+    assert_eq!(fx.hook.request_count(), 0);
     drop(shutdown_tx);
     pool.join();
 }

@@ -58,6 +58,11 @@ fn remaining_secs(expiry_time_ms: f64, now_ms: u64) -> u32 {
     }
 }
 
+/// The source address drachtio reported, when it parses (`[…]` around IPv6 allowed).
+fn source_ip(req: &IncomingRequest) -> Option<IpAddr> {
+    req.meta.address.trim_matches(['[', ']']).parse().ok()
+}
+
 /// What [`Registrar::triage`] did with a request.
 // Returned once per request and moved on at once; boxing the request would cost an allocation.
 #[allow(clippy::large_enum_variant)]
@@ -217,16 +222,27 @@ impl Registrar {
     /// read, and all of them do when Redis did not answer (Redis is then marked down, and each
     /// of them gets its 503 at once: see `StoreHealth`).
     pub fn prefetch(&self, reqs: &[IncomingRequest]) -> Vec<Prefetched> {
+        // A banned source is refused before anything is read for it (or claimed: a guesser
+        // must not create keys in Redis while banned).
+        let now = Instant::now();
+        let banned: Vec<bool> =
+            reqs.iter().map(|req| source_ip(req).is_some_and(|ip| self.bans.banned(ip, now).is_some())).collect();
         let aors: Vec<Option<String>> = reqs
             .iter()
-            .map(|req| {
+            .zip(&banned)
+            .map(|(req, banned)| {
+                (!banned).then_some(())?;
                 request::check_request_uri(&req.message).ok()?;
                 let reg = request::parse_registration(&req.message).ok()?;
                 (reg.kind == Kind::Register).then_some(())?;
                 Some(request::parse_aor(&req.message).ok()?.key())
             })
             .collect();
-        let claims: Vec<Option<String>> = reqs.iter().map(|req| self.replay_key_of(req)).collect();
+        let claims: Vec<Option<String>> = reqs
+            .iter()
+            .zip(&banned)
+            .map(|(req, banned)| if *banned { None } else { self.replay_key_of(req) })
+            .collect();
         let keys: Vec<&str> = aors.iter().flatten().map(String::as_str).collect();
         let user_keys: Vec<String> = keys.iter().map(|aor| bindings::user_key(aor)).collect();
         let claim_keys: Vec<String> = claims.iter().flatten().cloned().collect();
@@ -279,7 +295,7 @@ impl Registrar {
 
     /// The triage thread's part, in spec order.
     fn check(&self, req: &IncomingRequest, prefetched: Prefetched) -> Result<(Ctx, Account, Answer), Reply> {
-        let source_ip = req.meta.address.trim_matches(['[', ']']).parse::<IpAddr>().ok();
+        let source_ip = source_ip(req);
         if let Some(ban) = source_ip.and_then(|ip| self.bans.banned(ip, Instant::now())) {
             debug!("registrar: REGISTER from banned source={} ({} s left): 403", ban.ip, ban.remaining.as_secs());
             return Err(Reply::with_reason(403, BANNED_REASON));
