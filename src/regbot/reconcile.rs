@@ -108,6 +108,8 @@ pub fn wanted(inv: &Inventory, contact_use_ip: bool) -> Wanted {
             out.specs.push(RegbotSpec {
                 voip_carrier_sid: carrier.voip_carrier_sid.clone(),
                 sip_gateway_sid: gw.sip_gateway_sid.clone(),
+                call_id: gw.sip_gateway_sid.clone(),
+                sbc: None,
                 host: gw.ipv4.trim().to_string(),
                 port: gw.port,
                 protocol: gw.protocol.clone().unwrap_or_else(|| "udp".to_string()),

@@ -449,7 +449,17 @@ impl Regbot {
                     self.consecutive_failures += 1;
                 }
                 let mut actions = vec![self.status_job(false, reason.clone(), cseq, 0, ctx)];
-                if counts && self.consecutive_failures >= ctx.settings.failure_threshold {
+                if let Some(sbc) = self.spec.sbc.clone() {
+                    // Every SBC registers: the threshold counts the failures of all of them,
+                    // in Redis; the store writer disables the carrier when it is reached.
+                    if counts {
+                        actions.push(Action::Store(StoreJob::CountFailure {
+                            voip_carrier_sid: self.spec.voip_carrier_sid.clone(),
+                            sbc,
+                            threshold: ctx.settings.failure_threshold,
+                        }));
+                    }
+                } else if counts && self.consecutive_failures >= ctx.settings.failure_threshold {
                     warn!(
                         "regbot giving up aor={} carrier={} after {} consecutive failures (last {reason})",
                         self.spec.aor(),
@@ -483,10 +493,7 @@ impl Regbot {
                 // its last status (the scheduler retries as soon as drachtio is back). A
                 // request drachtio refused is this carrier's problem and is reported.
                 if !matches!(e, UacError::NotConnected | UacError::Disconnected) {
-                    actions.push(Action::Store(StoreJob::Status {
-                        voip_carrier_sid: self.spec.voip_carrier_sid.clone(),
-                        status: RegisterStatus::Failure { reason: e.to_string() },
-                    }));
+                    actions.push(self.store_status(RegisterStatus::Failure { reason: e.to_string() }, 0, ctx));
                 }
                 actions.push(self.retry_later(ctx));
                 actions
@@ -516,17 +523,33 @@ impl Regbot {
     }
 
     fn status_job(&self, ok: bool, reason: String, cseq: String, expires: u64, ctx: &Ctx<'_>) -> Action {
-        Action::Store(StoreJob::Status {
-            voip_carrier_sid: self.spec.voip_carrier_sid.clone(),
-            status: RegisterStatus::Response {
-                ok,
-                reason,
-                cseq,
-                call_id: self.spec.sip_gateway_sid.clone(),
-                timestamp: ctx.wall,
-                expires,
-            },
-        })
+        let status = RegisterStatus::Response {
+            ok,
+            reason,
+            cseq,
+            call_id: self.spec.call_id.clone(),
+            timestamp: ctx.wall,
+            expires,
+        };
+        self.store_status(status, expires, ctx)
+    }
+
+    /// The carrier's `register_status` in leader mode; this SBC's part of it (the store writer
+    /// writes the cluster's aggregate) when every SBC registers.
+    fn store_status(&self, status: RegisterStatus, expires: u64, ctx: &Ctx<'_>) -> Action {
+        let voip_carrier_sid = self.spec.voip_carrier_sid.clone();
+        match &self.spec.sbc {
+            None => Action::Store(StoreJob::Status { voip_carrier_sid, status }),
+            Some(sbc) => {
+                let wall = ctx.wall.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                Action::Store(StoreJob::SbcStatus {
+                    voip_carrier_sid,
+                    sbc: sbc.clone(),
+                    status,
+                    until: wall.saturating_add(expires),
+                })
+            }
+        }
     }
 
     fn eph_refresh(&self, expires: u64) -> Action {

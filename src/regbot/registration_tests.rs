@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use super::*;
+use crate::config::RegbotMode;
 use crate::drachtio::UacError;
 use crate::regbot::dns::DnsSettings;
 use crate::regbot::request::tests::spec;
@@ -22,6 +23,7 @@ fn settings() -> RegbotSettings {
         status_interval: Duration::from_secs(60),
         token_ttl: Duration::from_secs(70),
         claim_jitter: Duration::ZERO,
+        mode: RegbotMode::Leader,
         register_response_remove: vec![403],
         options_ping_interval: Duration::from_secs(60),
         options_ping_ttl: Duration::from_secs(300),

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod capture;
+pub mod carrier;
 pub mod ctl_server;
 pub mod daemon;
 pub mod db;
