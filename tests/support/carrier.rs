@@ -70,6 +70,11 @@ impl Peer {
     /// `status` and `reason` fill the `@STATUS@ @REASON@` of a template scenario (sipp checks
     /// status codes at load time, before `-key` values apply); other keys go to `-key`.
     pub fn start_on(scenario: &str, ip: &str, port: u16, keys: &[(&str, &str)]) -> Peer {
+        Peer::start_with(scenario, ip, port, keys, &[])
+    }
+
+    /// [`Peer::start_on`] with more sipp arguments (e.g. `-deadcall_wait 0`).
+    pub fn start_with(scenario: &str, ip: &str, port: u16, keys: &[(&str, &str)], args: &[&str]) -> Peer {
         let dir = sipp::tempdir();
         let log = dir.join("messages.log");
         let mut scenario_file = sipp::scenario(scenario);
@@ -91,6 +96,7 @@ impl Peer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        cmd.args(args);
         for (k, v) in keys.iter().filter(|(k, _)| *k != "status" && *k != "reason") {
             cmd.args(["-key", k, v]);
         }

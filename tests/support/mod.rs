@@ -10,4 +10,5 @@ pub mod daemon;
 pub mod db;
 pub mod influx;
 pub mod sipp;
+pub mod tcp_proxy;
 pub mod tls;
