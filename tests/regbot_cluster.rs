@@ -540,6 +540,7 @@ fn every_mode_counts_the_failure_threshold_across_sbcs() {
     assert_eq!(disables, 1, "disabled once:\n{}\n{}", a.log(), b.log());
     let status = register_status(&db, &carrier_sid).unwrap();
     assert_eq!((status["status"].as_str(), status["sbcs"].as_u64()), (Some("fail"), Some(0)), "{status}");
+    assert_eq!(status["reason"], "403 Forbidden", "the last failure stays readable: {status}");
 }
 
 // ------------------------------------------------------------------------------------------

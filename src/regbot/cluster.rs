@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::register_status::RegisterStatus;
 use crate::config::RegbotMode;
 
 /// A member's entry counts while it was seen within this many status intervals.
@@ -101,16 +100,16 @@ pub fn cluster_until(entries: &HashMap<String, SbcEntry>, now: u64) -> u64 {
 
 /// The `register_status` for the whole cluster: while some SBC holds a registration, the
 /// status of `me` if it is one of them, else of the holder whose binding lasts longest; when
-/// none does, `fallback` (this SBC's own last outcome). `"sbcs"` (how many SBCs hold one) is
+/// none does, `fallback` (this SBC's own last outcome, as JSON). `"sbcs"` (how many SBCs hold one) is
 /// appended; every other field stays as the webapp knows it.
-pub fn aggregate_status(entries: &HashMap<String, SbcEntry>, me: &str, fallback: &RegisterStatus, now: u64) -> String {
+pub fn aggregate_status(entries: &HashMap<String, SbcEntry>, me: &str, fallback: &str, now: u64) -> String {
     let holding = holders(entries, now);
     let chosen = if holding.iter().any(|s| s == me) {
         entries.get(me).map(|e| e.status.clone())
     } else {
         entries.values().filter(|e| e.holds(now)).max_by_key(|e| (e.until, e.at)).map(|e| e.status.clone())
     };
-    let json = chosen.unwrap_or_else(|| fallback.to_json());
+    let json = chosen.unwrap_or_else(|| fallback.to_string());
     with_count(&json, holding.len())
 }
 
@@ -127,6 +126,7 @@ pub fn with_count(json: &str, count: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::register_status::RegisterStatus;
     use super::*;
 
     fn entry(ok: bool, until: u64, status: &str) -> SbcEntry {
@@ -139,7 +139,7 @@ mod tests {
             r#"{"status":"ok","reason":"200 OK","cseq":"1 REGISTER","callId":"g@a","timestamp":"t","expires":60}"#;
         let ok_b =
             r#"{"status":"ok","reason":"200 OK","cseq":"7 REGISTER","callId":"g@b","timestamp":"t","expires":90}"#;
-        let fail = RegisterStatus::Failure { reason: "403 Forbidden".into() };
+        let fail = RegisterStatus::Failure { reason: "403 Forbidden".into() }.to_json();
         let mut entries: HashMap<String, SbcEntry> =
             [("a".to_string(), entry(true, 160, ok_a)), ("b".to_string(), entry(true, 190, ok_b))].into();
         let s: Value = serde_json::from_str(&aggregate_status(&entries, "a", &fail, 120)).unwrap();
@@ -148,7 +148,7 @@ mod tests {
             (Some("ok"), Some("g@a"), Some(2))
         );
 
-        entries.insert("a".into(), entry(false, 120, &fail.to_json()));
+        entries.insert("a".into(), entry(false, 120, &fail));
         let json = aggregate_status(&entries, "a", &fail, 120);
         assert!(json.starts_with(r#"{"status":"ok","reason":"200 OK","cseq":"7 REGISTER","callId":"g@b""#), "{json}");
         assert!(json.ends_with(r#""expires":90,"sbcs":1}"#), "field order kept, count appended: {json}");

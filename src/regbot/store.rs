@@ -160,10 +160,15 @@ impl StoreWriter {
             }
             StoreJob::Withdraw { voip_carrier_sid, sbc } => {
                 let key = cluster::sbcs_key(&self.cluster_id, &voip_carrier_sid);
+                let mut entries = self.sbc_entries(&voip_carrier_sid)?;
                 run(&self.redis, |conn| Ok(redis::cmd("HDEL").arg(&key).arg(&sbc).query::<()>(&mut **conn)?))?;
-                let entries = self.sbc_entries(&voip_carrier_sid)?;
-                let gone = RegisterStatus::Failure { reason: "not registered from any SBC".into() };
-                let json = cluster::aggregate_status(&entries, &sbc, &gone, unix_now());
+                // When nobody is left: our last failure says more than "gone" (a carrier
+                // disabled after failing keeps its last reason).
+                let fallback = match entries.remove(&sbc) {
+                    Some(own) if !own.ok => own.status,
+                    _ => RegisterStatus::Failure { reason: "not registered from any SBC".into() }.to_json(),
+                };
+                let json = cluster::aggregate_status(&entries, &sbc, &fallback, unix_now());
                 queries::write_register_status(&mut self.mysql_write.conn()?, &voip_carrier_sid, &json)?;
                 info!("regbot: SBC {sbc} withdrew from carrier {voip_carrier_sid}: {json}");
                 Ok(())
@@ -204,7 +209,7 @@ impl StoreWriter {
         }
         pipe.cmd("HGETALL").arg(&key);
         let (raw,): (HashMap<String, String>,) = run(&self.redis, |conn| Ok(pipe.query(&mut **conn)?))?;
-        let json = cluster::aggregate_status(&cluster::parse_entries(&raw), sbc, status, now);
+        let json = cluster::aggregate_status(&cluster::parse_entries(&raw), sbc, &status.to_json(), now);
         queries::write_register_status(&mut self.mysql_write.conn()?, voip_carrier_sid, &json)?;
         debug!("register_status carrier={voip_carrier_sid} sbc={sbc} {json}");
         Ok(())
