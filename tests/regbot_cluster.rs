@@ -180,13 +180,25 @@ impl Sbc {
 
 /// A carrier row and its gateway on the sipp carrier.
 fn add_carrier(db: &TestDb, username: &str, trunk_type: &str, carrier: &Peer) -> (String, String) {
+    add_carrier_with(db, username, trunk_type, carrier, false)
+}
+
+/// … with `register_public_ip_in_contact` as given.
+fn add_carrier_with(
+    db: &TestDb,
+    username: &str,
+    trunk_type: &str,
+    carrier: &Peer,
+    public_ip_in_contact: bool,
+) -> (String, String) {
     let carrier_sid = uuid::Uuid::new_v4().to_string();
     let gateway_sid = uuid::Uuid::new_v4().to_string();
     let mut c = db.conn();
     c.exec_drop(
         "INSERT INTO voip_carriers (voip_carrier_sid, name, requires_register, register_username, register_password, \
-         register_sip_realm, trunk_type, is_active) VALUES (?, ?, 1, ?, 's3cret', 'sip.carrier.test', ?, 1)",
-        (&carrier_sid, format!("carrier {username}"), username, trunk_type),
+         register_sip_realm, register_public_ip_in_contact, trunk_type, is_active) \
+         VALUES (?, ?, 1, ?, 's3cret', 'sip.carrier.test', ?, ?, 1)",
+        (&carrier_sid, format!("carrier {username}"), username, public_ip_in_contact, trunk_type),
     )
     .unwrap();
     c.exec_drop(
@@ -552,31 +564,49 @@ fn switching_a_cluster_from_leader_to_every_and_back_leaves_no_stale_binding() {
     let db = TestDb::create();
     let cluster = format!("test-cluster-{}", uuid::Uuid::new_v4().simple());
     let carrier = carrier("127.0.0.224", "200", "OK", "4");
-    let (carrier_sid, gw) = add_carrier(&db, "u1", "static_ip", &carrier);
+    // u1 registers with the realm in its Contact (the same from any leader), u2 with the
+    // leader's public address (register_public_ip_in_contact).
+    let (carrier_sid, gw1) = add_carrier(&db, "u1", "static_ip", &carrier);
+    let (_, gw2) = add_carrier_with(&db, "u2", "static_ip", &carrier, true);
     let mut a = Sbc::start("127.0.0.225", &db, &cluster, "leader", &[]);
     a.wait_role("leader", WAIT);
     let mut b = Sbc::start("127.0.0.226", &db, &cluster, "leader", &[]);
     b.wait_role("standby", WAIT);
-    let leader_binding = (gw.clone(), "sip:u1@sip.carrier.test;transport=udp".to_string());
-    let every = |sbc: &Sbc| (format!("{gw}@{}", sbc.public()), format!("sip:u1@{};transport=udp", sbc.public()));
-    wait_for_bindings(&carrier, false, &BTreeSet::from([leader_binding.clone()]), "leader mode");
+    let leader = |sbc: &Sbc| {
+        BTreeSet::from([
+            (gw1.clone(), "sip:u1@sip.carrier.test;transport=udp".to_string()),
+            (gw2.clone(), format!("sip:u2@{};transport=udp", sbc.public())),
+        ])
+    };
+    let every = |sbc: &Sbc| {
+        let p = sbc.public();
+        BTreeSet::from([
+            (format!("{gw1}@{p}"), format!("sip:u1@{p};transport=udp")),
+            (format!("{gw2}@{p}"), format!("sip:u2@{p};transport=udp")),
+        ])
+    };
+    let union = |x: BTreeSet<(String, String)>, y: BTreeSet<(String, String)>| -> BTreeSet<(String, String)> {
+        x.union(&y).cloned().collect()
+    };
+    wait_for_bindings(&carrier, false, &leader(&a), "leader mode");
 
-    // leader → every, one daemon at a time.
+    // leader → every, one daemon at a time. The new leader removes the old leader's Contact.
     a.restart("every");
     b.wait_role("leader", HANDOVER);
-    wait_for_bindings(&carrier, false, &BTreeSet::from([leader_binding.clone(), every(&a)]), "mixed cluster");
+    wait_for_bindings(&carrier, false, &union(leader(&b), every(&a)), "mixed cluster, b leads");
     b.restart("every");
-    wait_for_bindings(&carrier, false, &BTreeSet::from([every(&a), every(&b)]), "every mode, leader binding gone");
+    wait_for_bindings(&carrier, false, &union(every(&a), every(&b)), "every mode, leader bindings gone");
     wait_for_status(&db, &carrier_sid, "two SBCs", |s| s["status"] == "ok" && s["sbcs"] == 2);
 
     // every → leader.
     a.restart("leader");
     a.wait_role("leader", WAIT);
+    wait_for_bindings(&carrier, false, &union(leader(&a), every(&b)), "mixed cluster, a leads");
     b.restart("leader");
     b.wait_role("standby", WAIT);
-    wait_for_bindings(&carrier, false, &BTreeSet::from([leader_binding.clone()]), "leader mode again");
+    wait_for_bindings(&carrier, false, &leader(&a), "leader mode again");
     thread::sleep(STATUS_INTERVAL * 6);
-    assert_eq!(live_bindings(&carrier, false), BTreeSet::from([leader_binding]), "and it stays so");
+    assert_eq!(live_bindings(&carrier, false), leader(&a), "and it stays so");
     wait_for_status(&db, &carrier_sid, "leader-mode status", |s| s["status"] == "ok");
     a.stop();
     b.stop();

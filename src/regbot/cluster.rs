@@ -8,6 +8,10 @@
 //!   the SBC id (its public SIP address), value = [`SbcEntry`] as JSON — that SBC's last
 //!   outcome for the carrier and until when its binding holds. `register_status` is written
 //!   from the aggregate of this hash, so MySQL says `ok` while any SBC holds a registration.
+//! * `<cluster>:regbot-leader-contacts` (hash, leader mode): gateway sid → the Contact
+//!   (`user@host`) the leader registered it with. A new leader whose Contact differs (the
+//!   public address is in it) removes the old one after its own first 200, so that a hand-over
+//!   leaves no second binding under the same Call-ID.
 //! * `<cluster>:regbot-failures:<voip_carrier_sid>` (string, every mode only): failures in
 //!   `REGISTER_RESPONSE_REMOVE` counted across SBCs since the last 200 from any of them; the
 //!   SBC whose count reaches `JAMBONES_REGBOT_REGISTER_FAILURE_THRESHOLD` disables the carrier
@@ -29,6 +33,11 @@ pub fn members_key(cluster_id: &str) -> String {
 
 pub fn sbcs_key(cluster_id: &str, voip_carrier_sid: &str) -> String {
     format!("{cluster_id}:regbot-sbcs:{voip_carrier_sid}")
+}
+
+/// Leader mode: gateway sid → the Contact `user@host` the leader registered it with.
+pub fn leader_contacts_key(cluster_id: &str) -> String {
+    format!("{cluster_id}:regbot-leader-contacts")
 }
 
 pub fn failures_key(cluster_id: &str, voip_carrier_sid: &str) -> String {

@@ -492,11 +492,24 @@ impl LeaderRole {
         if self.last_fingerprint.as_deref() == Some(fingerprint.as_str()) {
             return;
         }
-        let wanted = wanted(&inventory, self.settings.contact_use_ip);
+        let mut wanted = wanted(&inventory, self.settings.contact_use_ip);
+        if !self.every() {
+            wanted.leader_contacts = self.leader_contacts();
+        }
         debug!("regbot: carriers or gateways changed, {} regbots wanted", wanted.specs.len());
         if self.scheduler.send(SchedulerCmd::Apply(wanted)).is_ok() {
             self.last_fingerprint = Some(fingerprint);
         }
+    }
+
+    /// What the previous leader registered with (empty when Redis does not answer: then an
+    /// old Contact may stay until it expires).
+    fn leader_contacts(&self) -> HashMap<String, String> {
+        let key = cluster::leader_contacts_key(&self.settings.cluster_id);
+        run(&self.election.redis, |conn| Ok(redis::cmd("HGETALL").arg(&key).query(&mut **conn)?)).unwrap_or_else(|e| {
+            warn!("regbot: cannot read the previous leader's contacts: {e}");
+            HashMap::new()
+        })
     }
 
     fn redis_up(&mut self) {

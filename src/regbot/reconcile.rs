@@ -66,6 +66,9 @@ pub struct Wanted {
     /// Carriers whose effective From domain is invalid: `(voip_carrier_sid, domain)`.
     pub invalid_from_domain: Vec<(String, String)>,
     pub sip_domain: Option<String>,
+    /// Leader mode: gateway sid → the Contact (`user@host`) a previous leader registered it
+    /// with (`<cluster>:regbot-leader-contacts`).
+    pub leader_contacts: HashMap<String, String>,
 }
 
 fn non_empty(v: &Option<String>) -> Option<&str> {

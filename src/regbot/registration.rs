@@ -53,6 +53,9 @@ enum Purpose {
     Register,
     /// `Expires: 0` for the binding of the current spec.
     Unregister,
+    /// Leader mode: `Expires: 0` for the Contact a previous leader registered under the same
+    /// Call-ID (its public address), once ours is registered.
+    DropStale,
 }
 
 /// The REGISTER waiting for its final response.
@@ -107,6 +110,11 @@ pub struct Regbot {
     pending: Option<Pending>,
     due: Option<Instant>,
     timer_gen: u64,
+    /// Leader mode: the Contact (`user@host`) the previous leader registered for this gateway,
+    /// to remove after our first 200 when it is not ours.
+    stale_contact: Option<String>,
+    /// Leader mode: the Contact last written to `<cluster>:regbot-leader-contacts`.
+    recorded_contact: Option<String>,
 }
 
 impl Regbot {
@@ -126,7 +134,16 @@ impl Regbot {
             pending: None,
             due: None,
             timer_gen: 0,
+            stale_contact: None,
+            recorded_contact: None,
         }
+    }
+
+    /// The Contact a previous leader left registered for this gateway (see
+    /// [`StoreJob::LeaderContact`]).
+    pub fn with_stale_contact(mut self, contact: Option<String>) -> Regbot {
+        self.stale_contact = contact;
+        self
     }
 
     pub fn spec(&self) -> &RegbotSpec {
@@ -176,6 +193,11 @@ impl Regbot {
 
     /// The timer of generation `gen` fired. Stale generations are ignored.
     pub fn on_due(&mut self, gen: u64, ctx: &Ctx<'_>) -> Vec<Action> {
+        if self.in_flight.as_ref().is_some_and(|f| f.purpose == Purpose::DropStale) {
+            // A carrier that does not answer the removal of an old Contact must not hold up
+            // our own refresh.
+            self.in_flight = None;
+        }
         if gen != self.timer_gen || self.due.is_none() || self.in_flight.is_some() || self.health == Health::Disabled {
             return Vec::new();
         }
@@ -227,7 +249,7 @@ impl Regbot {
                     return Vec::new();
                 }
                 // An old configuration's REGISTER that is going away needs no digest answer.
-                let wants_answer = flight.purpose == Purpose::Unregister || self.pending.is_none();
+                let wants_answer = flight.purpose != Purpose::Register || self.pending.is_none();
                 if (status == 401 || status == 407) && !flight.challenged && wants_answer {
                     if let Some(send) = self.answer_challenge(status, &meta, &message, ctx) {
                         return vec![send];
@@ -245,6 +267,7 @@ impl Regbot {
         let state = match (&self.in_flight, self.health) {
             (_, Health::Disabled) => RegbotState::Disabled,
             (Some(f), _) if f.purpose == Purpose::Unregister => RegbotState::Unregistering,
+            (Some(f), Health::Registered) if f.purpose == Purpose::DropStale => RegbotState::Registered,
             (Some(_), Health::New) => RegbotState::Registering,
             (None, Health::New) => RegbotState::Starting,
             (_, Health::Registered) => RegbotState::Registered,
@@ -285,9 +308,15 @@ impl Regbot {
         self.cseq = self.cseq.wrapping_add(1).max(initial_cseq(ctx.wall));
         let expires = match purpose {
             Purpose::Register => ctx.settings.default_expires.as_secs(),
-            Purpose::Unregister => 0,
+            Purpose::Unregister | Purpose::DropStale => 0,
         };
-        let contact_user_host = self.spec.contact_user_host(ctx.public, ctx.sip_domain);
+        let contact_user_host = match (purpose, self.stale_contact.take()) {
+            (Purpose::DropStale, Some(stale)) => stale,
+            (_, stale) => {
+                self.stale_contact = stale;
+                self.spec.contact_user_host(ctx.public, ctx.sip_domain)
+            }
+        };
         let sip = build_register(
             &self.spec,
             &RegisterParams {
@@ -379,6 +408,26 @@ impl Regbot {
         let Some(flight) = self.in_flight.take() else {
             return Vec::new();
         };
+        if flight.purpose == Purpose::DropStale {
+            match &outcome {
+                Outcome::Final { status, .. } if (200..300).contains(status) => info!(
+                    "regbot removed the previous leader's contact {} of gateway {}",
+                    flight.contact_user_host, self.spec.sip_gateway_sid
+                ),
+                Outcome::Final { reason, .. } => warn!(
+                    "regbot could not remove the previous leader's contact {} of gateway {}: {reason}",
+                    flight.contact_user_host, self.spec.sip_gateway_sid
+                ),
+                Outcome::Error(e) => warn!(
+                    "regbot could not remove the previous leader's contact {} of gateway {}: {e}",
+                    flight.contact_user_host, self.spec.sip_gateway_sid
+                ),
+            }
+            return match self.pending.take() {
+                Some(pending) => self.resolve(pending, ctx),
+                None => Vec::new(),
+            };
+        }
         if flight.purpose == Purpose::Unregister {
             match &outcome {
                 Outcome::Final { status, .. } if (200..300).contains(status) => {
@@ -398,7 +447,15 @@ impl Regbot {
             // Whatever the answer, we will not try again: the binding expires by itself.
             self.registered_until = None;
             let pending = self.pending.take().unwrap_or(Pending::Remove);
-            return self.resolve(pending, ctx);
+            let mut actions = Vec::new();
+            if self.spec.sbc.is_none() && self.recorded_contact.take().is_some() {
+                actions.push(Action::Store(StoreJob::LeaderContact {
+                    sip_gateway_sid: self.spec.sip_gateway_sid.clone(),
+                    contact: None,
+                }));
+            }
+            actions.extend(self.resolve(pending, ctx));
+            return actions;
         }
 
         if let Some(pending) = self.pending.take() {
@@ -438,6 +495,9 @@ impl Regbot {
                 }
                 let delay = refresh_delay(granted, rand::thread_rng().gen());
                 actions.push(self.wake_at(after(ctx.now, delay)));
+                if self.spec.sbc.is_none() {
+                    actions.extend(self.leader_contact_registered(&flight.contact_user_host, ctx));
+                }
                 actions
             }
             Outcome::Final { status, reason, .. } => {
@@ -499,6 +559,27 @@ impl Regbot {
                 actions
             }
         }
+    }
+
+    /// Leader mode, after a 200: note our Contact for the next leader (once per change), and
+    /// remove the one a previous leader left under this Call-ID if it is not ours.
+    fn leader_contact_registered(&mut self, ours: &str, ctx: &Ctx<'_>) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.recorded_contact.as_deref() != Some(ours) {
+            self.recorded_contact = Some(ours.to_string());
+            actions.push(Action::Store(StoreJob::LeaderContact {
+                sip_gateway_sid: self.spec.sip_gateway_sid.clone(),
+                contact: Some(ours.to_string()),
+            }));
+        }
+        match self.stale_contact.as_deref() {
+            Some(stale) if !stale.eq_ignore_ascii_case(ours) => {
+                info!("regbot removing the previous leader's contact {stale} of gateway {}", self.spec.sip_gateway_sid);
+                actions.push(self.start_request(Purpose::DropStale, ctx));
+            }
+            _ => self.stale_contact = None,
+        }
+        actions
     }
 
     /// After a pending change: de-register first when a binding is live, else carry it out.

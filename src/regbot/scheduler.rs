@@ -363,12 +363,14 @@ impl Scheduler {
             let sid = spec.sip_gateway_sid.clone();
             self.with_regbot(&sid, move |rb, ctx| rb.replace(spec, at, ctx));
         }
+        let wanted_contacts = &wanted.leader_contacts;
         for spec in plan.start {
             let at = slots.next().unwrap_or(now);
             info!("starting regbot for {}", spec.aor());
             let failures = inherited.get(&spec.failure_key()).copied().unwrap_or(0);
             let sid = spec.sip_gateway_sid.clone();
-            let mut rb = Regbot::new(spec, failures);
+            let stale = wanted_contacts.get(&sid).cloned();
+            let mut rb = Regbot::new(spec, failures).with_stale_contact(stale);
             let wake = rb.wake_at(at);
             if !self.run_actions(&mut rb, vec![wake]) {
                 self.keep(sid, rb);

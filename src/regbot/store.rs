@@ -45,6 +45,10 @@ pub enum StoreJob {
     /// `SBC_REGBOT_MODE=every`: this SBC no longer registers the carrier (removed, or the
     /// daemon stops): its entry goes, `register_status` is rewritten from the others.
     Withdraw { voip_carrier_sid: String, sbc: String },
+    /// Leader mode: the Contact (`user@host`) under which the leader registered a gateway
+    /// (`Some`), or that it de-registered it (`None`), in `<cluster>:regbot-leader-contacts`,
+    /// so that the next leader removes a Contact that is not its own.
+    LeaderContact { sip_gateway_sid: String, contact: Option<String> },
     /// Answered once every job queued before it is done.
     Flush(Sender<()>),
 }
@@ -98,6 +102,7 @@ impl StoreWriter {
             StoreJob::SbcStatus { .. } => "cluster register_status",
             StoreJob::CountFailure { .. } => "cluster failure count",
             StoreJob::Withdraw { .. } => "withdraw from the cluster status",
+            StoreJob::LeaderContact { .. } => "leader contact",
             StoreJob::Flush(reply) => {
                 let _ = reply.send(());
                 return;
@@ -172,6 +177,24 @@ impl StoreWriter {
                 queries::write_register_status(&mut self.mysql_write.conn()?, &voip_carrier_sid, &json)?;
                 info!("regbot: SBC {sbc} withdrew from carrier {voip_carrier_sid}: {json}");
                 Ok(())
+            }
+            StoreJob::LeaderContact { sip_gateway_sid, contact } => {
+                let key = cluster::leader_contacts_key(&self.cluster_id);
+                run(&self.redis, |conn| {
+                    let cmd = match &contact {
+                        Some(c) => {
+                            let mut cmd = redis::cmd("HSET");
+                            cmd.arg(&key).arg(&sip_gateway_sid).arg(c);
+                            cmd
+                        }
+                        None => {
+                            let mut cmd = redis::cmd("HDEL");
+                            cmd.arg(&key).arg(&sip_gateway_sid);
+                            cmd
+                        }
+                    };
+                    Ok(cmd.query::<()>(&mut **conn)?)
+                })
             }
             StoreJob::Flush(_) => Ok(()),
         }
