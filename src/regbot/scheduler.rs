@@ -131,8 +131,9 @@ impl Scheduler {
         p.udp.clone().or_else(|| p.tls.clone()).or_else(|| p.wss.clone())
     }
 
-    /// Runs until shutdown. Registrations are left as they are (no de-registration when the
-    /// daemon stops: another SBC takes over the same bindings).
+    /// Runs until shutdown. What is de-registered before that comes as
+    /// [`SchedulerCmd::UnregisterAll`] (every mode; a leader without a leader-mode successor);
+    /// anything else is left in place for the next leader.
     pub fn run(mut self) {
         loop {
             self.fire_due_timers();
@@ -151,7 +152,11 @@ impl Scheduler {
             }
             self.check_closing();
         }
-        info!("regbot scheduler stopped with {} regbots (registrations left in place)", self.regbots.len());
+        if self.regbots.is_empty() {
+            info!("regbot scheduler stopped");
+        } else {
+            info!("regbot scheduler stopped with {} regbots (registrations left in place)", self.regbots.len());
+        }
     }
 
     fn wait(&self) -> Wake {
