@@ -423,10 +423,18 @@ impl Regbot {
                     flight.contact_user_host, self.spec.sip_gateway_sid
                 ),
             }
-            return match self.pending.take() {
-                Some(pending) => self.resolve(pending, ctx),
-                None => Vec::new(),
-            };
+            let mut actions = Vec::new();
+            if self.recorded_contact.is_none() {
+                // We never registered ours: the record names the Contact just removed.
+                actions.push(Action::Store(StoreJob::LeaderContact {
+                    sip_gateway_sid: self.spec.sip_gateway_sid.clone(),
+                    contact: None,
+                }));
+            }
+            if let Some(pending) = self.pending.take() {
+                actions.extend(self.resolve(pending, ctx));
+            }
+            return actions;
         }
         if flight.purpose == Purpose::Unregister {
             match &outcome {
@@ -587,6 +595,12 @@ impl Regbot {
         if self.is_bound(ctx.now) {
             self.pending = Some(pending);
             return vec![self.start_request(Purpose::Unregister, ctx)];
+        }
+        // Leader mode: going away before our first 200, the binding the previous leader left
+        // for this gateway (same Call-ID) is ours to remove.
+        if matches!(pending, Pending::Remove) && self.stale_contact.is_some() {
+            self.pending = Some(pending);
+            return vec![self.start_request(Purpose::DropStale, ctx)];
         }
         match pending {
             Pending::Remove => vec![Action::Finished],

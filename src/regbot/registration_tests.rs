@@ -547,3 +547,22 @@ fn in_every_mode_failures_are_counted_by_the_cluster_not_by_one_regbot() {
     assert!(until.is_some_and(|u| u >= now + 100 && u <= now + 130), "{until:?}");
     assert!(!actions.iter().any(|a| matches!(a, Action::Store(StoreJob::LeaderContact { .. }))), "leader mode only");
 }
+
+#[test]
+fn a_leader_retired_before_its_first_200_removes_the_binding_the_previous_leader_left() {
+    let h = Harness::new();
+    let mut rb = Regbot::new(spec(), 0).with_stale_contact(Some("alice@sip.carrier.example".into()));
+    let _ = rb.wake_at(h.now + Duration::from_secs(1));
+    let actions = rb.retire(&h.ctx());
+    let drop = sent(&mut rb, actions);
+    assert_eq!(drop.header("Call-ID"), Some("g1"));
+    assert_eq!(drop.header("Contact"), Some("<sip:alice@sip.carrier.example;transport=udp>;expires=0"));
+    let actions = rb.on_event(response(&drop, 200, &[]), &h.ctx());
+    assert!(
+        matches!(actions.as_slice(), [Action::Store(StoreJob::LeaderContact { contact: None, .. }), Action::Finished]),
+        "{actions:?}"
+    );
+    // Without a previous leader's binding there is nothing to send.
+    let mut rb = Regbot::new(spec(), 0);
+    assert!(matches!(rb.retire(&h.ctx()).as_slice(), [Action::Finished]));
+}
