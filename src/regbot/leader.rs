@@ -112,6 +112,14 @@ pub fn must_stand_down(elapsed: Duration, interval: Duration, ttl: Duration) -> 
     elapsed.saturating_add(interval) >= ttl
 }
 
+/// How long after a confirmation the scheduler may register: halfway between the status
+/// interval (when the next extension is due) and the key's TTL (when another SBC may take the
+/// role), so a punctual extension always renews it and a missed one stops the regbots before
+/// the key can lapse.
+pub fn lease_length(interval: Duration, ttl: Duration) -> Duration {
+    interval.saturating_add(ttl) / 2
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
@@ -401,10 +409,12 @@ impl LeaderRole {
             self.try_claim();
             return;
         }
+        let asked = Instant::now();
         match self.election.extend() {
             Ok(Extension::Extended) => {
                 self.redis_up();
-                self.confirmed_at = Instant::now();
+                self.confirmed_at = asked;
+                self.send_lease();
                 debug!("I am active, and shall continue in my role as regbot");
                 self.reconcile();
             }
@@ -414,7 +424,8 @@ impl LeaderRole {
                 match self.election.claim() {
                     Ok(true) => {
                         info!("the regbot key had expired; claimed it again with token {}", self.election.token());
-                        self.confirmed_at = Instant::now();
+                        self.confirmed_at = asked;
+                        self.send_lease();
                         self.reconcile();
                     }
                     Ok(false) => {
@@ -444,14 +455,16 @@ impl LeaderRole {
     }
 
     fn try_claim(&mut self) {
+        let asked = Instant::now();
         match self.election.claim() {
             Ok(true) => {
                 self.redis_up();
                 info!("successfully claimed regbot responsibility with token {}", self.election.token());
                 self.leader = true;
-                self.confirmed_at = Instant::now();
+                self.confirmed_at = asked;
                 self.last_fingerprint = None;
                 let _ = self.scheduler.send(SchedulerCmd::Leadership(true));
+                self.send_lease();
                 self.reconcile();
             }
             Ok(false) => {
@@ -460,6 +473,13 @@ impl LeaderRole {
             }
             Err(e) => self.redis_down(&e),
         }
+    }
+
+    /// The scheduler may register until [`lease_length`] after the claim or extension was
+    /// asked for (Redis started the key's TTL no earlier).
+    fn send_lease(&self) {
+        let until = after(self.confirmed_at, lease_length(self.settings.status_interval, self.settings.token_ttl));
+        let _ = self.scheduler.send(SchedulerCmd::Lease(until));
     }
 
     fn stand_down(&mut self) {
@@ -542,6 +562,13 @@ mod tests {
         assert!(!must_stand_down(Duration::from_millis(1400), interval, ttl));
         assert!(must_stand_down(Duration::from_millis(1500), interval, ttl), "the next check would be after the TTL");
         assert!(must_stand_down(Duration::from_secs(3), interval, ttl));
+    }
+
+    #[test]
+    fn the_lease_ends_after_the_next_extension_is_due_and_before_the_key_can_lapse() {
+        assert_eq!(lease_length(Duration::from_secs(60), Duration::from_secs(70)), Duration::from_secs(65));
+        let lease = lease_length(Duration::from_millis(300), Duration::from_secs(2));
+        assert!(lease > Duration::from_millis(300) && lease < Duration::from_secs(2), "{lease:?}");
     }
 
     #[test]

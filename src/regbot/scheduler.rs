@@ -38,6 +38,11 @@ pub enum SchedulerCmd {
     Leadership(bool),
     /// The regbots that should run now.
     Apply(Wanted),
+    /// Leader mode: the role is ours until this instant, short of the key's TTL. Sent after
+    /// every claim and extension. Past it, the scheduler stops its regbots by itself, however
+    /// long the leader thread is stuck on Redis, so two SBCs never register at once; the next
+    /// lease resumes them.
+    Lease(Instant),
     /// The daemon stops: de-register every binding we hold, withdraw from the cluster status,
     /// then answer on `done` once the store writer has written it all. Nothing is registered
     /// after this.
@@ -82,12 +87,17 @@ pub struct Scheduler {
     in_flight: HashSet<String>,
     /// (deadline, timer generation, gateway sid); stale generations are skipped.
     timers: BinaryHeap<Reverse<(Instant, u64, String)>>,
-    /// `every` mode: the last wanted set, applied again when our public address changes (the
-    /// Call-IDs and Contacts are made from it); or waiting for the first address.
+    /// The last wanted set: applied again when a lapsed lease is renewed, and in `every` mode
+    /// when our public address changes (the Call-IDs and Contacts are made from it), or once
+    /// the first address is known.
     last_wanted: Option<Wanted>,
     closing: Option<Closing>,
     /// Everything was de-registered for the shutdown.
     closed: bool,
+    /// Leader mode: until when the role is ours ([`SchedulerCmd::Lease`]).
+    lease_until: Option<Instant>,
+    /// The lease ran out: the regbots were stopped until the next lease.
+    lapsed: bool,
 }
 
 impl Scheduler {
@@ -117,6 +127,8 @@ impl Scheduler {
             last_wanted: None,
             closing: None,
             closed: false,
+            lease_until: None,
+            lapsed: false,
         }
     }
 
@@ -136,6 +148,7 @@ impl Scheduler {
     /// anything else is left in place for the next leader.
     pub fn run(mut self) {
         loop {
+            self.check_lease();
             self.fire_due_timers();
             match self.wait() {
                 Wake::Shutdown => break,
@@ -164,6 +177,9 @@ impl Scheduler {
         let mut timeout = self.timers.peek().map_or(IDLE_WAIT, |Reverse((at, _, _))| at.saturating_duration_since(now));
         if let Some(closing) = &self.closing {
             timeout = timeout.min(closing.deadline.saturating_duration_since(now));
+        }
+        if let Some(until) = self.lease_until.filter(|_| self.leader) {
+            timeout = timeout.min(until.saturating_duration_since(now));
         }
         let in_flight: Vec<(&String, &Receiver<UacEvent>)> = self
             .in_flight
@@ -227,7 +243,22 @@ impl Scheduler {
                 self.leader = true;
                 info!("regbot role taken: registrations start with the next reconcile");
             }
-            SchedulerCmd::Leadership(false) => self.stand_down(),
+            SchedulerCmd::Leadership(false) => {
+                self.lease_until = None;
+                self.lapsed = false;
+                self.stand_down();
+            }
+            SchedulerCmd::Lease(until) => {
+                self.lease_until = Some(until);
+                if self.lapsed {
+                    self.lapsed = false;
+                    self.leader = true;
+                    info!("regbot role confirmed again: restarting the regbots");
+                    if let Some(wanted) = self.last_wanted.clone() {
+                        self.apply(wanted);
+                    }
+                }
+            }
             SchedulerCmd::Apply(wanted) if self.leader => self.apply(wanted),
             SchedulerCmd::Apply(_) => debug!("regbot: not the leader, ignoring a reconcile"),
         }
@@ -244,6 +275,16 @@ impl Scheduler {
         self.timers.clear();
         for voip_carrier_sid in carriers {
             self.store_job(StoreJob::EphDelete { voip_carrier_sid });
+        }
+    }
+
+    /// Leader mode: past the lease, stop registering (see [`SchedulerCmd::Lease`]).
+    fn check_lease(&mut self) {
+        let expired = self.lease_until.is_some_and(|until| Instant::now() >= until);
+        if self.leader && !self.every() && expired {
+            warn!("regbot: the role could not be confirmed in time (lease ran out): stopping the regbots");
+            self.stand_down();
+            self.lapsed = true;
         }
     }
 
@@ -304,6 +345,7 @@ impl Scheduler {
             self.last_wanted = Some(wanted.clone());
             Wanted { specs: wanted.specs.into_iter().map(|spec| spec.for_sbc(&sbc)).collect(), ..wanted }
         } else {
+            self.last_wanted = Some(wanted.clone());
             wanted
         };
         self.sip_domain = wanted.sip_domain;
