@@ -37,9 +37,9 @@ use support::tcp_proxy::TcpProxy;
 const TOKEN_TTL: Duration = Duration::from_secs(2);
 const STATUS_INTERVAL: Duration = Duration::from_millis(300);
 const BATCH_SLEEP: Duration = Duration::from_millis(400);
-/// What the documentation promises for a hand-over (TTL + one interval), plus room for a
-/// loaded machine.
-const HANDOVER: Duration = Duration::from_secs(8);
+/// What the documentation promises for a hand-over (the role key's TTL + one status
+/// interval; the claim jitter is 0 here), plus 3 s for a loaded machine and sbcctl.
+const HANDOVER: Duration = TOKEN_TTL.saturating_add(STATUS_INTERVAL).saturating_add(Duration::from_secs(3));
 const WAIT: Duration = Duration::from_secs(15);
 
 // ------------------------------------------------------------------------------------------
@@ -461,6 +461,12 @@ fn every_sbc_registers_with_its_own_contact_and_call_id_refreshes_and_deregister
     let binding = |sbc: &Sbc| (format!("{gw}@{}", sbc.public()), format!("sip:alice@{};transport=udp", sbc.public()));
     let both = BTreeSet::from([binding(&a), binding(&b)]);
     wait_for_bindings(&carrier, true, &both, "two Contacts, two Call-IDs");
+    // Each Contact is the address its SBC publishes in sbc_addresses.
+    let published: Vec<(String, u16)> = db.conn().query("SELECT ipv4, port FROM sbc_addresses").unwrap();
+    for sbc in [&a, &b] {
+        let addr = sbc.double.sip_addr();
+        assert!(published.contains(&(addr.ip().to_string(), addr.port())), "{published:?} lacks {addr}");
+    }
     wait_for_status(&db, &carrier_sid, "ok from two SBCs", |s| s["status"] == "ok" && s["sbcs"] == 2);
     let status = register_status(&db, &carrier_sid).unwrap();
     assert_eq!(status["reason"], "200 OK", "{status}");
