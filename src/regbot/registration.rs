@@ -113,7 +113,7 @@ pub struct Regbot {
     /// Leader mode: the Contact (`user@host`) the previous leader registered for this gateway,
     /// to remove after our first 200 when it is not ours.
     stale_contact: Option<String>,
-    /// Leader mode: the Contact last written to `<cluster>:regbot-leader-contacts`.
+    /// Leader mode: the Contact we wrote to `<cluster>:regbot-leader-contacts`.
     recorded_contact: Option<String>,
 }
 
@@ -569,17 +569,15 @@ impl Regbot {
         }
     }
 
-    /// Leader mode, after a 200: note our Contact for the next leader (once per change), and
+    /// Leader mode, after a 200: note our Contact for the next leader, and
     /// remove the one a previous leader left under this Call-ID if it is not ours.
     fn leader_contact_registered(&mut self, ours: &str, ctx: &Ctx<'_>) -> Vec<Action> {
-        let mut actions = Vec::new();
-        if self.recorded_contact.as_deref() != Some(ours) {
-            self.recorded_contact = Some(ours.to_string());
-            actions.push(Action::Store(StoreJob::LeaderContact {
-                sip_gateway_sid: self.spec.sip_gateway_sid.clone(),
-                contact: Some(ours.to_string()),
-            }));
-        }
+        // Written at every 200, which keeps the hash from expiring while we lead.
+        self.recorded_contact = Some(ours.to_string());
+        let mut actions = vec![Action::Store(StoreJob::LeaderContact {
+            sip_gateway_sid: self.spec.sip_gateway_sid.clone(),
+            contact: Some(ours.to_string()),
+        })];
         match self.stale_contact.as_deref() {
             Some(stale) if !stale.eq_ignore_ascii_case(ours) => {
                 info!("regbot removing the previous leader's contact {stale} of gateway {}", self.spec.sip_gateway_sid);

@@ -19,6 +19,9 @@ use crate::store::StoreError;
 
 /// Lifetime of the cluster's failure counter of a carrier after its last failure.
 const FAILURES_TTL_SECS: u64 = 24 * 3600;
+/// `<cluster>:regbot-leader-contacts` lives this long after the leader's last 200 (every
+/// refresh writes it again).
+const LEADER_CONTACTS_TTL_SECS: u64 = 24 * 3600;
 /// A carrier's per-SBC hash lives at least this long after its last write.
 const SBCS_MIN_TTL_SECS: u64 = 3600;
 
@@ -181,19 +184,20 @@ impl StoreWriter {
             StoreJob::LeaderContact { sip_gateway_sid, contact } => {
                 let key = cluster::leader_contacts_key(&self.cluster_id);
                 run(&self.redis, |conn| {
-                    let cmd = match &contact {
+                    let writes = match &contact {
                         Some(c) => {
-                            let mut cmd = redis::cmd("HSET");
-                            cmd.arg(&key).arg(&sip_gateway_sid).arg(c);
-                            cmd
+                            let mut pipe = redis::pipe();
+                            pipe.cmd("HSET").arg(&key).arg(&sip_gateway_sid).arg(c).ignore();
+                            pipe.cmd("EXPIRE").arg(&key).arg(LEADER_CONTACTS_TTL_SECS).ignore();
+                            pipe
                         }
                         None => {
-                            let mut cmd = redis::cmd("HDEL");
-                            cmd.arg(&key).arg(&sip_gateway_sid);
-                            cmd
+                            let mut pipe = redis::pipe();
+                            pipe.cmd("HDEL").arg(&key).arg(&sip_gateway_sid).ignore();
+                            pipe
                         }
                     };
-                    Ok(cmd.query::<()>(&mut **conn)?)
+                    Ok(writes.query::<()>(&mut **conn)?)
                 })
             }
             StoreJob::Flush(_) => Ok(()),
