@@ -74,6 +74,33 @@ fn redis_conn() -> redis::Connection {
     redis::Client::open("redis://127.0.0.1:6379/").unwrap().get_connection().unwrap()
 }
 
+/// A unique cluster id whose Redis keys (`<cluster>:*`) are deleted when dropped.
+struct Cluster(String);
+
+impl Cluster {
+    fn new() -> Cluster {
+        Cluster(format!("test-cluster-{}", uuid::Uuid::new_v4().simple()))
+    }
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let Ok(client) = redis::Client::open("redis://127.0.0.1:6379/") else { return };
+        let Ok(mut conn) = client.get_connection() else { return };
+        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}:*", self.0)).query(&mut conn).unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        }
+    }
+}
+
 /// One SBC: a drachtio double on `ip` and the daemon beside it.
 struct Sbc {
     ip: &'static str,
@@ -319,7 +346,7 @@ fn wait_for_bindings(carrier: &Peer, challenged: bool, want: &BTreeSet<(String, 
 #[test]
 fn one_leader_registers_a_killed_leader_hands_over_paced_and_back_it_stays_standby() {
     let db = TestDb::create();
-    let cluster = format!("test-cluster-{}", uuid::Uuid::new_v4().simple());
+    let cluster = Cluster::new();
     let carrier = carrier("127.0.0.211", "200", "OK", "4");
     let carriers: Vec<(String, String)> =
         ["u1", "u2", "u3"].iter().map(|u| add_carrier(&db, u, "static_ip", &carrier)).collect();
@@ -395,7 +422,7 @@ fn one_leader_registers_a_killed_leader_hands_over_paced_and_back_it_stays_stand
 #[test]
 fn a_stopped_leader_hands_over_without_deregistering_and_a_leader_cut_from_redis_stands_down() {
     let db = TestDb::create();
-    let cluster = format!("test-cluster-{}", uuid::Uuid::new_v4().simple());
+    let cluster = Cluster::new();
     let carrier = carrier("127.0.0.214", "200", "OK", "4");
     let (c1, _) = add_carrier(&db, "u1", "static_ip", &carrier);
     let (c2, _) = add_carrier(&db, "u2", "static_ip", &carrier);
@@ -449,7 +476,7 @@ fn a_stopped_leader_hands_over_without_deregistering_and_a_leader_cut_from_redis
 #[test]
 fn every_sbc_registers_with_its_own_contact_and_call_id_refreshes_and_deregisters() {
     let db = TestDb::create();
-    let cluster = format!("test-cluster-{}", uuid::Uuid::new_v4().simple());
+    let cluster = Cluster::new();
     let carrier = Peer::start(
         "regbot_challenge.xml",
         "127.0.0.218",
@@ -525,7 +552,7 @@ fn every_sbc_registers_with_its_own_contact_and_call_id_refreshes_and_deregister
 #[test]
 fn every_mode_counts_the_failure_threshold_across_sbcs() {
     let db = TestDb::create();
-    let cluster = format!("test-cluster-{}", uuid::Uuid::new_v4().simple());
+    let cluster = Cluster::new();
     let carrier = carrier("127.0.0.221", "403", "Forbidden", "0");
     let (carrier_sid, _) = add_carrier(&db, "u1", "static_ip", &carrier);
     // First retry 1.9–3.75 s after a failure, the next twice that: with three failures
@@ -568,7 +595,7 @@ fn every_mode_counts_the_failure_threshold_across_sbcs() {
 #[test]
 fn switching_a_cluster_from_leader_to_every_and_back_leaves_no_stale_binding() {
     let db = TestDb::create();
-    let cluster = format!("test-cluster-{}", uuid::Uuid::new_v4().simple());
+    let cluster = Cluster::new();
     let carrier = carrier("127.0.0.224", "200", "OK", "4");
     // u1 registers with the realm in its Contact (the same from any leader), u2 with the
     // leader's public address (register_public_ip_in_contact).
