@@ -117,6 +117,12 @@ pub const NEW_VARIABLES: &[(&str, &str, &str)] = &[
         "random delay, 0 up to this, before first trying to claim the regbot role (ms)",
     ),
     (
+        "SBC_REGBOT_MODE",
+        "leader",
+        "leader: one elected SBC per cluster registers to the carriers (the Node behaviour); \
+         every: each SBC registers every registration carrier itself, with its own Contact and Call-ID",
+    ),
+    (
         "SBC_HEARTBEAT_CIDRS",
         DEFAULT_HEARTBEAT_CIDRS,
         "OPTIONS with X-FS-Status or X-RTP-Status are accepted only from these networks (comma list); \
@@ -460,6 +466,47 @@ pub struct RegbotConfig {
     pub token_ttl: Duration,
     /// `SBC_REGBOT_CLAIM_JITTER_MS`
     pub claim_jitter: Duration,
+    /// `SBC_REGBOT_MODE`
+    pub mode: RegbotMode,
+}
+
+/// Who registers to the carriers (`SBC_REGBOT_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RegbotMode {
+    /// One elected SBC per cluster (the Node behaviour).
+    #[default]
+    Leader,
+    /// Every SBC, each with its own Contact and Call-ID.
+    Every,
+}
+
+impl RegbotMode {
+    pub const NAMES: &'static str = "leader, every";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegbotMode::Leader => "leader",
+            RegbotMode::Every => "every",
+        }
+    }
+}
+
+impl FromStr for RegbotMode {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<RegbotMode, ()> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "leader" => Ok(RegbotMode::Leader),
+            "every" => Ok(RegbotMode::Every),
+            _ => Err(()),
+        }
+    }
+}
+
+impl fmt::Display for RegbotMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1047,6 +1094,12 @@ fn regbot(env: &Env<'_>) -> Result<RegbotConfig, ConfigError> {
         status_interval: env.millis("SBC_REGBOT_STATUS_INTERVAL_MS", 60_000, 1)?,
         token_ttl: env.secs("SBC_REGBOT_TOKEN_TTL_S", 70, 1)?,
         claim_jitter: env.millis("SBC_REGBOT_CLAIM_JITTER_MS", 15_000, 0)?,
+        mode: match env.get("SBC_REGBOT_MODE") {
+            None => RegbotMode::Leader,
+            Some(name) => {
+                name.parse().map_err(|_| invalid("SBC_REGBOT_MODE", name, format!("one of {}", RegbotMode::NAMES)))?
+            }
+        },
     };
     // A claim that lapses between two check-ins would hand the role to another SBC every
     // cycle.
@@ -1317,6 +1370,7 @@ mod tests {
                 status_interval: Duration::from_millis(60_000),
                 token_ttl: Duration::from_secs(70),
                 claim_jitter: Duration::from_millis(15_000),
+                mode: RegbotMode::Leader,
             }
         );
 
@@ -1535,6 +1589,12 @@ mod tests {
             env_error(&[("SBC_LOG_FACILITY", "kern")]),
             "invalid SBC_LOG_FACILITY=\"kern\": expected one of daemon, user, local0, local1, … local7"
         );
+        assert_eq!(
+            env_error(&[("SBC_REGBOT_MODE", "all")]),
+            "invalid SBC_REGBOT_MODE=\"all\": expected one of leader, every"
+        );
+        let env = with(minimal_env(), &[("SBC_REGBOT_MODE", "Every")]);
+        assert_eq!(run(&env, &[]).regbot.mode, RegbotMode::Every);
         assert_eq!(
             env_error(&[("SBC_DRACHTIO_BACKOFF_MAX_MS", "100")]),
             "invalid SBC_DRACHTIO_BACKOFF_MAX_MS=\"100\": expected at least \

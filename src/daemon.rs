@@ -41,6 +41,9 @@ const USERS_GAUGE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// OPTIONS heartbeats waiting for the heartbeat role; beyond this they get `503`.
 const OPTIONS_QUEUE: usize = 1024;
+/// Longest a stop waits for the regbot's de-registrations (the scheduler gives up on
+/// unanswered ones after 5 s).
+const REGBOT_UNREGISTER_WAIT: Duration = Duration::from_secs(7);
 
 /// Everything the roles share, built once from the configuration.
 pub struct Pools {
@@ -312,10 +315,11 @@ fn start_and_wait(config: &Config, stores: &StoreSettings) -> Result<Stop, Strin
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
 
+    // While drachtio still delivers responses: de-register what must go (regbot mode every).
+    regbot.prepare_stop(REGBOT_UNREGISTER_WAIT);
     client.stop_reading();
     drop(shutdown_tx);
     auth_pool.join();
-    // Regbots are not de-registered at shutdown: the next leader takes them over.
     regbot.join();
     for role in roles {
         if role.handle.join().is_err() {

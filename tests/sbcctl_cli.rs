@@ -416,6 +416,62 @@ fn regbot_info(carrier: &str, gateway: &str, aor: &str, target: &str, state: Reg
 }
 
 #[test]
+fn regbot_list_in_every_mode_adds_how_many_sbcs_hold_each_carrier() {
+    let every = Server::start_with_regbot(RegbotSnapshot {
+        role: RegbotRole::Every,
+        total: 2,
+        registered: 1,
+        failing: 1,
+        regbots: vec![
+            RegbotInfo {
+                last_status: Some("200 OK".into()),
+                next_request_in: Some(Duration::from_secs(1800)),
+                ..regbot_info("carrier-a", "gw-1", "a@b.c", "gw4.test;transport=udp", RegbotState::Registered)
+            },
+            RegbotInfo {
+                last_status: Some("403 Forbidden".into()),
+                consecutive_failures: 1,
+                ..regbot_info("carrier-b", "gw-2", "b@b.c", "gw5.test;transport=udp", RegbotState::Failing)
+            },
+        ],
+    });
+    // carrier-a: two SBCs hold a registration, a third's has run out; carrier-b: nobody.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let entry = |ok: bool, until: u64| format!(r#"{{"ok":{ok},"until":{until},"at":{now},"status":"{{}}"}}"#);
+    let key = format!("{}:regbot-sbcs:carrier-a", every.cluster_id);
+    let mut conn = every.redis.get().unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("192.0.2.1:5060")
+        .arg(entry(true, now + 600))
+        .arg("192.0.2.2:5060")
+        .arg(entry(true, now + 300))
+        .arg("192.0.2.3:5060")
+        .arg(entry(true, now - 10))
+        .query(&mut *conn)
+        .unwrap();
+    let _: () = redis::cmd("EXPIRE").arg(&key).arg(60).query(&mut *conn).unwrap();
+    assert_run(
+        &every.sbcctl(&["regbot", "list"]),
+        0,
+        concat!(
+            "Regbot role: every\n",
+            "STATE       CARRIER    GATEWAY  AOR    TARGET                  LAST STATUS    FAILURES  NEXT REFRESH  SBCS REGISTERED\n",
+            "registered  carrier-a  gw-1     a@b.c  gw4.test;transport=udp  200 OK         0         in 1800s      2\n",
+            "failing     carrier-b  gw-2     b@b.c  gw5.test;transport=udp  403 Forbidden  1         -             0\n",
+        ),
+        "",
+    );
+    let json = every.sbcctl(&["--json", "regbot", "list"]);
+    let v: serde_json::Value = serde_json::from_str(json.stdout.trim()).unwrap();
+    assert_eq!(v["mode"], "every");
+    assert_eq!(v["regbots"][0]["cluster_sbcs"], serde_json::json!(["192.0.2.1:5060", "192.0.2.2:5060"]));
+    assert_eq!(v["regbots"][1]["cluster_sbcs"], serde_json::json!([]));
+    let status = every.sbcctl(&["status"]);
+    assert_eq!(status.stdout.lines().last(), Some("regbot: every (2 gateways, 1 registered, 1 failing)"), "{status:?}");
+}
+
+#[test]
 fn regbot_list_prints_the_role_and_an_aligned_table() {
     let standby = Server::start_with_regbot(RegbotSnapshot {
         role: RegbotRole::Standby,

@@ -360,12 +360,34 @@ fn regbot_list(client: &Client) -> Result<(), Failure> {
         println!("No outbound registrations");
         return Ok(());
     }
+    if reply.get("mode").and_then(Value::as_str) == Some("every") {
+        // Every SBC registers: this SBC's own regbots, then how many SBCs of the cluster hold
+        // a registration for each carrier.
+        let mut rows = vec![cluster_columns()];
+        for entry in regbots {
+            let own = regbot_row(entry).ok_or_else(invalid_response)?;
+            let sbcs = match entry.get("cluster_sbcs") {
+                Some(Value::Array(list)) => list.len().to_string(),
+                _ => "?".to_string(),
+            };
+            let [a, b, c, d, e, f, g, h] = own;
+            rows.push([a, b, c, d, e, f, g, h, sbcs]);
+        }
+        print!("{}", aligned(&rows));
+        return Ok(());
+    }
     let mut rows = vec![REGBOT_COLUMNS.map(str::to_string)];
     for entry in regbots {
         rows.push(regbot_row(entry).ok_or_else(invalid_response)?);
     }
     print!("{}", aligned(&rows));
     Ok(())
+}
+
+/// [`REGBOT_COLUMNS`] and the cluster's count (`SBC_REGBOT_MODE=every`).
+fn cluster_columns() -> [String; 9] {
+    let [a, b, c, d, e, f, g, h] = REGBOT_COLUMNS.map(str::to_string);
+    [a, b, c, d, e, f, g, h, "SBCS REGISTERED".to_string()]
 }
 
 /// One `regbot-list` entry as table cells; `-` for what is unknown or not scheduled.

@@ -2,6 +2,7 @@
 //! thread alone, so the runtime config map needs no lock: the Node sidecar's FIFO queue of
 //! config operations is simply the order in which this one thread handles lines.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,12 +16,14 @@ use super::RegbotStatus;
 use crate::drachtio::{ConnectionEvent, ConnectionInfo};
 use crate::heartbeat::keys::ACTIVE_USER;
 use crate::heartbeat::{ClusterSets, DrainedServers};
-use crate::regbot::{RegbotRole, StatusRequest};
+use crate::regbot::{cluster, RegbotRole, StatusRequest};
 use crate::registrar::bans::Bans;
 use crate::store::redis::{checkout, RedisConn, RedisPool};
 
 pub(crate) struct Commands {
     sets: ClusterSets,
+    /// `JAMBONES_CLUSTER_ID`: prefix of the regbot's cluster keys.
+    cluster_id: String,
     redis: RedisPool,
     /// The runtime config map (`set`/`get`/`add`/`remove`/`list`): in memory only, insertion
     /// ordered like the JavaScript `Map` it replaces, and read by nothing else.
@@ -50,6 +53,7 @@ impl Commands {
             conn_events,
             regbot_pushes,
             sets: ClusterSets::new(cluster_id),
+            cluster_id: cluster_id.to_string(),
             redis,
             config: Map::new(),
             started: Instant::now(),
@@ -327,9 +331,10 @@ impl Commands {
         drachtio.insert("version".into(), opt_string(info.map(|i| i.version.as_str())));
         drachtio.insert("hostports".into(), opt_string(info.map(|i| i.hostports.as_str())));
         drachtio.insert("local_hostports".into(), opt_string(info.map(|i| i.local_hostports.as_str())));
-        let (regbot_status, regbot_error) = self.current_regbot_status();
+        let (regbot_status, every, regbot_error) = self.current_regbot_status();
         let mut regbot = Map::new();
-        regbot.insert("role".into(), Value::String(regbot_status.role().to_string()));
+        let role = if every { "every" } else { regbot_status.role() };
+        regbot.insert("role".into(), Value::String(role.to_string()));
         regbot.insert("total".into(), Value::from(regbot_status.total));
         regbot.insert("registered".into(), Value::from(regbot_status.registered));
         regbot.insert("failing".into(), Value::from(regbot_status.failing));
@@ -354,23 +359,25 @@ impl Commands {
     /// The regbot counts for `status`: a fresh snapshot when the role is linked, else the last
     /// pushed status. A failed query still leaves `status` useful (it is what an operator runs
     /// when something is wrong), so it falls back to the pushed values and says why.
-    fn current_regbot_status(&self) -> (RegbotStatus, Option<String>) {
+    /// The middle value is true when this SBC registers as one of every SBC
+    /// (`SBC_REGBOT_MODE=every`).
+    fn current_regbot_status(&self) -> (RegbotStatus, bool, Option<String>) {
         let Some(queries) = &self.regbot_queries else {
-            return (self.regbot, None);
+            return (self.regbot, false, None);
         };
         match regbot_link::query(queries, QUERY_TIMEOUT) {
             Ok(snapshot) => {
                 let status = RegbotStatus {
-                    leader: snapshot.role == RegbotRole::Leader,
+                    leader: snapshot.role != RegbotRole::Standby,
                     total: snapshot.total as u64,
                     registered: snapshot.registered as u64,
                     failing: snapshot.failing as u64,
                 };
-                (status, None)
+                (status, snapshot.role == RegbotRole::Every, None)
             }
             Err(e) => {
                 warn!("cli status: regbot query failed: {e}");
-                (self.regbot, Some(e.to_string()))
+                (self.regbot, false, Some(e.to_string()))
             }
         }
     }
@@ -381,12 +388,49 @@ impl Commands {
             return failure(error::REGBOT_NOT_RUNNING);
         };
         match regbot_link::query(queries, QUERY_TIMEOUT) {
-            Ok(snapshot) => success(regbot_link::list_fields(snapshot)),
+            Ok(snapshot) => {
+                let every = snapshot.role == RegbotRole::Every;
+                let mut fields = regbot_link::list_fields(snapshot);
+                if every {
+                    self.add_cluster_view(&mut fields);
+                }
+                success(fields)
+            }
             Err(e) => {
                 warn!("cli regbot-list: regbot query failed: {e}");
                 failure(&error::regbot_query_failed(&e.to_string()))
             }
         }
+    }
+
+    /// `SBC_REGBOT_MODE=every`: each entry gains `"cluster_sbcs"`, the SBCs that hold a
+    /// registration for its carrier now (this one included), from
+    /// `<cluster>:regbot-sbcs:<carrier>`; `null` when Redis does not answer.
+    fn add_cluster_view(&self, fields: &mut Map<String, Value>) {
+        let Some(Value::Array(entries)) = fields.get_mut("regbots") else { return };
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let mut conn = checkout(&self.redis).ok();
+        let mut by_carrier: HashMap<String, Value> = HashMap::new();
+        for entry in entries.iter_mut() {
+            let Value::Object(entry) = entry else { continue };
+            let Some(carrier) = entry.get("carrier").and_then(Value::as_str).map(str::to_string) else { continue };
+            let value = by_carrier
+                .entry(carrier.clone())
+                .or_insert_with(|| {
+                    let Some(conn) = conn.as_mut() else { return Value::Null };
+                    let key = cluster::sbcs_key(&self.cluster_id, &carrier);
+                    match redis::cmd("HGETALL").arg(&key).query::<HashMap<String, String>>(&mut **conn) {
+                        Ok(raw) => Value::from(cluster::holders(&cluster::parse_entries(&raw), now)),
+                        Err(e) => {
+                            warn!("cli regbot-list: redis failed: {e}");
+                            Value::Null
+                        }
+                    }
+                })
+                .clone();
+            entry.insert("cluster_sbcs".into(), value);
+        }
+        fields.insert("mode".into(), Value::String("every".into()));
     }
 
     /// `bans`: the bans in force, longest remaining first.

@@ -43,7 +43,10 @@ pub mod action {
     /// "last_status":<text>|null,"failures":<n>,"next_refresh_s":<seconds, rounded up>|null},…]}`,
     /// sorted by carrier then gateway. `state` is one of `starting`, `registering`, `registered`,
     /// `failing`, `disabled`, `unregistering`; `next_refresh_s` is `null` while a REGISTER is in
-    /// flight or the regbot is disabled. Fails with [`super::error::REGBOT_NOT_RUNNING`] when
+    /// flight or the regbot is disabled. With `SBC_REGBOT_MODE=every` the role is `"every"`,
+    /// the reply also has `"mode":"every"` and each entry `"cluster_sbcs":[<sbc id>,…]` (the
+    /// SBCs that hold a registration for its carrier now, `null` when Redis does not answer).
+    /// Fails with [`super::error::REGBOT_NOT_RUNNING`] when
     /// the daemon has no regbot role, or [`super::error::regbot_query_failed`] when the role
     /// does not answer within half a second.
     pub const REGBOT_LIST: &str = "regbot-list";

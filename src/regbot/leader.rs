@@ -8,15 +8,19 @@
 //! clean stop releases the key (compare-and-delete) so another SBC takes over at its next
 //! check instead of after the TTL.
 
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{never, select, tick, Receiver, Sender};
 use log::{debug, error, info, warn};
 use rand::Rng;
 
+use super::cluster;
 use super::reconcile::{wanted, Inventory};
 use super::scheduler::SchedulerCmd;
+use super::timing::after;
 use super::RegbotSettings;
+use crate::config::RegbotMode;
 use crate::drachtio::ConnectionEvent;
 use crate::store::mysql::MysqlPool;
 use crate::store::redis::{run, RedisPool};
@@ -102,6 +106,24 @@ impl LeaderElection {
     }
 }
 
+/// A leader that cannot reach Redis gives the role up when the key could lapse before its
+/// next check: `elapsed` since the last confirmation plus one interval reaches the TTL.
+pub fn must_stand_down(elapsed: Duration, interval: Duration, ttl: Duration) -> bool {
+    elapsed.saturating_add(interval) >= ttl
+}
+
+/// How long after a confirmation the scheduler may register: halfway between the status
+/// interval (when the next extension is due) and the key's TTL (when another SBC may take the
+/// role), so a punctual extension always renews it and a missed one stops the regbots before
+/// the key can lapse.
+pub fn lease_length(interval: Duration, ttl: Duration) -> Duration {
+    interval.saturating_add(ttl) / 2
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
+}
+
 /// A random token like Node's short-uuid: 22 base58 characters.
 pub fn new_token() -> String {
     const BASE58: &[u8] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
@@ -109,7 +131,15 @@ pub fn new_token() -> String {
     (0..22).map(|_| BASE58[rng.gen_range(0..BASE58.len())] as char).collect()
 }
 
-/// The leader-election thread.
+/// The daemon is about to stop: de-register what must be (see [`cluster::leader_successor`])
+/// and answer on `done` when that is written, before the drachtio connection goes.
+#[derive(Debug)]
+pub struct PrepareStop {
+    pub done: Sender<()>,
+}
+
+/// The leader-election thread (in `every` mode: the thread that reads the database and keeps
+/// this SBC's presence in the cluster, without any election).
 pub struct LeaderRole {
     settings: RegbotSettings,
     election: LeaderElection,
@@ -119,6 +149,7 @@ pub struct LeaderRole {
     shutdown: Receiver<()>,
     /// Disconnected when the scheduler thread is gone (nothing is ever sent on it).
     scheduler_alive: Receiver<()>,
+    prepare: Receiver<PrepareStop>,
     leader: bool,
     /// When the key was last confirmed ours.
     confirmed_at: Instant,
@@ -145,6 +176,7 @@ impl LeaderRole {
             scheduler,
             shutdown,
             scheduler_alive: never(),
+            prepare: never(),
             leader: false,
             confirmed_at: Instant::now(),
             last_fingerprint: None,
@@ -161,10 +193,23 @@ impl LeaderRole {
         self
     }
 
+    /// Takes the daemon's [`PrepareStop`] requests.
+    pub fn on_prepare_stop(mut self, prepare: Receiver<PrepareStop>) -> LeaderRole {
+        self.prepare = prepare;
+        self
+    }
+
+    fn every(&self) -> bool {
+        self.settings.mode == RegbotMode::Every
+    }
+
     pub fn run(mut self) {
         // Node starts the regbot on the first drachtio connect only.
         if !self.wait_for_first_connect() {
             return;
+        }
+        if self.every() {
+            return self.run_every();
         }
         let jitter = if self.settings.claim_jitter.is_zero() {
             Duration::ZERO
@@ -176,10 +221,14 @@ impl LeaderRole {
             jitter.as_millis(),
             self.election.token()
         );
-        select! {
-            recv(self.shutdown) -> _ => return,
-            recv(self.scheduler_alive) -> _ => return self.scheduler_gone(),
-            default(jitter) => {}
+        let waited = after(Instant::now(), jitter);
+        loop {
+            select! {
+                recv(self.shutdown) -> _ => return,
+                recv(self.scheduler_alive) -> _ => return self.scheduler_gone(),
+                recv(self.prepare) -> req => self.on_prepare(req.ok()),
+                default(waited.saturating_duration_since(Instant::now())) => break,
+            }
         }
         let ticker = tick(self.settings.status_interval.max(Duration::from_millis(50)));
         self.check();
@@ -189,10 +238,12 @@ impl LeaderRole {
                 recv(ticker) -> _ => self.check(),
                 // Later connection events do not concern the election; drain them.
                 recv(events) -> ev => if ev.is_err() { events = never() },
+                recv(self.prepare) -> req => self.on_prepare(req.ok()),
                 recv(self.shutdown) -> _ => break,
                 recv(self.scheduler_alive) -> _ => return self.scheduler_gone(),
             }
         }
+        self.leave();
         if self.leader {
             match self.election.release() {
                 Ok(true) => info!("released the regbot role ({})", self.election.key()),
@@ -203,9 +254,127 @@ impl LeaderRole {
         debug!("regbot leader election stopped");
     }
 
+    /// `SBC_REGBOT_MODE=every`: no election; reconcile and keep our presence at every
+    /// status interval.
+    fn run_every(mut self) {
+        info!("regbot: registering from every SBC (SBC_REGBOT_MODE=every)");
+        self.leader = true;
+        let _ = self.scheduler.send(SchedulerCmd::Leadership(true));
+        let ticker = tick(self.settings.status_interval.max(Duration::from_millis(50)));
+        self.check_every();
+        let mut events = self.events.clone();
+        loop {
+            select! {
+                recv(ticker) -> _ => self.check_every(),
+                recv(events) -> ev => if ev.is_err() { events = never() },
+                recv(self.prepare) -> req => self.on_prepare(req.ok()),
+                recv(self.shutdown) -> _ => break,
+                recv(self.scheduler_alive) -> _ => {
+                    error!("the regbot scheduler thread is gone");
+                    break;
+                }
+            }
+        }
+        self.leave();
+        debug!("regbot (every SBC) stopped");
+    }
+
+    fn check_every(&mut self) {
+        self.announce();
+        self.reconcile();
+    }
+
+    /// Writes our presence to `<cluster>:regbot-members`.
+    fn announce(&mut self) {
+        let key = cluster::members_key(&self.settings.cluster_id);
+        let value = cluster::member_value(self.settings.mode, unix_ms());
+        let ttl = self.member_window().as_secs().max(1);
+        let token = self.election.token().to_string();
+        let written = run(&self.election.redis, |conn| {
+            Ok(redis::pipe()
+                .cmd("HSET")
+                .arg(&key)
+                .arg(&token)
+                .arg(&value)
+                .ignore()
+                .cmd("EXPIRE")
+                .arg(&key)
+                .arg(ttl)
+                .ignore()
+                .query::<()>(&mut **conn)?)
+        });
+        match written {
+            Ok(()) => self.redis_up(),
+            Err(e) => self.redis_down(&e),
+        }
+    }
+
+    /// How long a member's presence counts: a few status intervals, and never less than the
+    /// role key's TTL.
+    fn member_window(&self) -> Duration {
+        self.settings.status_interval.saturating_mul(cluster::MEMBER_INTERVALS).max(self.settings.token_ttl)
+    }
+
+    /// Removes our presence.
+    fn leave(&mut self) {
+        let key = cluster::members_key(&self.settings.cluster_id);
+        let token = self.election.token().to_string();
+        if let Err(e) =
+            run(&self.election.redis, |conn| Ok(redis::cmd("HDEL").arg(&key).arg(&token).query::<()>(&mut **conn)?))
+        {
+            debug!("regbot: could not remove our presence: {e}");
+        }
+    }
+
+    /// The daemon stops. Every mode: de-register everything. Leader mode: keep the Node
+    /// behaviour (the bindings belong to the cluster and the next leader refreshes them)
+    /// unless no leader-mode SBC is left to do so while others register from every SBC.
+    fn on_prepare(&mut self, req: Option<PrepareStop>) {
+        let Some(PrepareStop { done }) = req else {
+            self.prepare = never();
+            return;
+        };
+        let unregister = if self.every() {
+            true
+        } else if self.leader {
+            match self.other_members() {
+                Ok(others) if !cluster::leader_successor(&others) => {
+                    info!("regbot: no leader-mode SBC left to take over; de-registering before stopping");
+                    true
+                }
+                Ok(_) => false,
+                Err(e) => {
+                    warn!("regbot: cannot read the cluster members ({e}); leaving registrations in place");
+                    false
+                }
+            }
+        } else {
+            false
+        };
+        if !unregister {
+            let _ = done.send(());
+            return;
+        }
+        if let Err(e) = self.scheduler.send(SchedulerCmd::UnregisterAll { done }) {
+            if let SchedulerCmd::UnregisterAll { done } = e.into_inner() {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// The modes of the other members seen recently.
+    fn other_members(&self) -> Result<Vec<RegbotMode>, StoreError> {
+        let key = cluster::members_key(&self.settings.cluster_id);
+        let raw: HashMap<String, String> =
+            run(&self.election.redis, |conn| Ok(redis::cmd("HGETALL").arg(&key).query(&mut **conn)?))?;
+        let window = u64::try_from(self.member_window().as_millis()).unwrap_or(u64::MAX);
+        Ok(cluster::live_members(&raw, self.election.token(), unix_ms().saturating_sub(window)))
+    }
+
     fn wait_for_first_connect(&mut self) -> bool {
         loop {
             select! {
+                recv(self.prepare) -> req => self.on_prepare(req.ok()),
                 recv(self.events) -> ev => match ev {
                     Ok(ConnectionEvent::Connected(_)) => return true,
                     Ok(ConnectionEvent::Disconnected { .. }) => {}
@@ -235,14 +404,17 @@ impl LeaderRole {
     /// `checkStatus` of spec 6.1, every status interval.
     fn check(&mut self) {
         debug!("checking in on regbot status");
+        self.announce();
         if !self.leader {
             self.try_claim();
             return;
         }
+        let asked = Instant::now();
         match self.election.extend() {
             Ok(Extension::Extended) => {
                 self.redis_up();
-                self.confirmed_at = Instant::now();
+                self.confirmed_at = asked;
+                self.send_lease();
                 debug!("I am active, and shall continue in my role as regbot");
                 self.reconcile();
             }
@@ -252,7 +424,8 @@ impl LeaderRole {
                 match self.election.claim() {
                     Ok(true) => {
                         info!("the regbot key had expired; claimed it again with token {}", self.election.token());
-                        self.confirmed_at = Instant::now();
+                        self.confirmed_at = asked;
+                        self.send_lease();
                         self.reconcile();
                     }
                     Ok(false) => {
@@ -269,9 +442,12 @@ impl LeaderRole {
             }
             Err(e) => {
                 self.redis_down(&e);
-                // Past the TTL the key has expired and another SBC may hold the role.
-                if self.confirmed_at.elapsed() >= self.settings.token_ttl {
-                    warn!("cannot confirm the regbot role for {:?}; standing down", self.settings.token_ttl);
+                // The key expires one TTL after it was last confirmed, and another SBC may
+                // take the role at once: stand down at the last check before that moment,
+                // not at the first one after it, or both SBCs register for up to an interval.
+                if must_stand_down(self.confirmed_at.elapsed(), self.settings.status_interval, self.settings.token_ttl)
+                {
+                    warn!("cannot confirm the regbot role for {:?}; standing down", self.confirmed_at.elapsed());
                     self.stand_down();
                 }
             }
@@ -279,14 +455,16 @@ impl LeaderRole {
     }
 
     fn try_claim(&mut self) {
+        let asked = Instant::now();
         match self.election.claim() {
             Ok(true) => {
                 self.redis_up();
                 info!("successfully claimed regbot responsibility with token {}", self.election.token());
                 self.leader = true;
-                self.confirmed_at = Instant::now();
+                self.confirmed_at = asked;
                 self.last_fingerprint = None;
                 let _ = self.scheduler.send(SchedulerCmd::Leadership(true));
+                self.send_lease();
                 self.reconcile();
             }
             Ok(false) => {
@@ -295,6 +473,13 @@ impl LeaderRole {
             }
             Err(e) => self.redis_down(&e),
         }
+    }
+
+    /// The scheduler may register until [`lease_length`] after the claim or extension was
+    /// asked for (Redis started the key's TTL no earlier).
+    fn send_lease(&self) {
+        let until = after(self.confirmed_at, lease_length(self.settings.status_interval, self.settings.token_ttl));
+        let _ = self.scheduler.send(SchedulerCmd::Lease(until));
     }
 
     fn stand_down(&mut self) {
@@ -327,11 +512,24 @@ impl LeaderRole {
         if self.last_fingerprint.as_deref() == Some(fingerprint.as_str()) {
             return;
         }
-        let wanted = wanted(&inventory, self.settings.contact_use_ip);
+        let mut wanted = wanted(&inventory, self.settings.contact_use_ip);
+        if !self.every() {
+            wanted.leader_contacts = self.leader_contacts();
+        }
         debug!("regbot: carriers or gateways changed, {} regbots wanted", wanted.specs.len());
         if self.scheduler.send(SchedulerCmd::Apply(wanted)).is_ok() {
             self.last_fingerprint = Some(fingerprint);
         }
+    }
+
+    /// What the previous leader registered with (empty when Redis does not answer: then an
+    /// old Contact may stay until it expires).
+    fn leader_contacts(&self) -> HashMap<String, String> {
+        let key = cluster::leader_contacts_key(&self.settings.cluster_id);
+        run(&self.election.redis, |conn| Ok(redis::cmd("HGETALL").arg(&key).query(&mut **conn)?)).unwrap_or_else(|e| {
+            warn!("regbot: cannot read the previous leader's contacts: {e}");
+            HashMap::new()
+        })
     }
 
     fn redis_up(&mut self) {
@@ -356,6 +554,21 @@ mod tests {
 
     fn redis() -> RedisPool {
         pool(&RedisSettings::direct("127.0.0.1", 6379, Duration::from_secs(2), 2)).unwrap()
+    }
+
+    #[test]
+    fn a_leader_without_redis_stands_down_before_its_key_can_lapse() {
+        let (interval, ttl) = (Duration::from_millis(500), Duration::from_secs(2));
+        assert!(!must_stand_down(Duration::from_millis(1400), interval, ttl));
+        assert!(must_stand_down(Duration::from_millis(1500), interval, ttl), "the next check would be after the TTL");
+        assert!(must_stand_down(Duration::from_secs(3), interval, ttl));
+    }
+
+    #[test]
+    fn the_lease_ends_after_the_next_extension_is_due_and_before_the_key_can_lapse() {
+        assert_eq!(lease_length(Duration::from_secs(60), Duration::from_secs(70)), Duration::from_secs(65));
+        let lease = lease_length(Duration::from_millis(300), Duration::from_secs(2));
+        assert!(lease > Duration::from_millis(300) && lease < Duration::from_secs(2), "{lease:?}");
     }
 
     #[test]

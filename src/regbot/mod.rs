@@ -18,11 +18,15 @@
 //! [`RegbotHandles::join`] and only then shuts the drachtio client down. The CLI asks for a
 //! [`RegbotSnapshot`] through [`RegbotHandles::status`] (see [`query_status`]).
 //!
-//! Nothing here de-registers when the daemon stops or the role moves to another SBC: the
-//! bindings belong to the cluster, and the next leader refreshes them with the same Call-IDs.
+//! In leader mode (`SBC_REGBOT_MODE=leader`, the default) nothing is de-registered when the
+//! role moves to another SBC: the bindings belong to the cluster, and the next leader
+//! refreshes them with the same Call-IDs. With `SBC_REGBOT_MODE=every` each SBC registers
+//! every carrier with its own Call-ID and Contact, and de-registers them when it stops
+//! ([`RegbotHandles::prepare_stop`]); [`cluster`] describes what the SBCs share in Redis.
 
 pub mod addresses;
 pub mod alerts;
+pub mod cluster;
 pub mod dns;
 pub mod ephemeral;
 pub mod leader;
@@ -44,9 +48,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
-use log::{debug, error};
+use log::{debug, error, warn};
 
-use crate::config::Config;
+use crate::config::{Config, RegbotMode};
 use crate::drachtio::{ConnectionEvent, DrachtioHandle};
 use crate::store::mysql::MysqlPool;
 use crate::store::redis::RedisPool;
@@ -77,6 +81,8 @@ pub struct RegbotSettings {
     pub status_interval: Duration,
     pub token_ttl: Duration,
     pub claim_jitter: Duration,
+    /// `SBC_REGBOT_MODE`: one elected SBC, or every SBC, registers.
+    pub mode: RegbotMode,
     /// `REGISTER_RESPONSE_REMOVE`
     pub register_response_remove: Vec<u16>,
     /// `SEND_OPTIONS_PING_INTERVAL`
@@ -108,6 +114,7 @@ impl RegbotSettings {
             status_interval: r.status_interval,
             token_ttl: r.token_ttl,
             claim_jitter: r.claim_jitter,
+            mode: r.mode,
             register_response_remove: config.register_response_remove.clone(),
             options_ping_interval: config.options_ping_interval,
             options_ping_ttl: config.options_ping_ttl,
@@ -143,9 +150,28 @@ pub struct RegbotHandles {
     pub threads: Vec<(&'static str, JoinHandle<()>)>,
     /// Send a [`StatusRequest`] to get a [`RegbotSnapshot`].
     pub status: Sender<StatusRequest>,
+    prepare: Sender<leader::PrepareStop>,
 }
 
 impl RegbotHandles {
+    /// Call before the drachtio connection stops reading: de-registers what must be
+    /// de-registered at shutdown (everything with `SBC_REGBOT_MODE=every`; in leader mode only
+    /// when no other leader-mode SBC is left to refresh the bindings), and waits for it, at most
+    /// `timeout`. Returns false when that did not finish in time.
+    pub fn prepare_stop(&self, timeout: Duration) -> bool {
+        let (done, finished) = bounded(1);
+        if self.prepare.send(leader::PrepareStop { done }).is_err() {
+            return true;
+        }
+        match finished.recv_timeout(timeout) {
+            Ok(()) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => true,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                warn!("regbot: de-registration before stopping unfinished after {timeout:?}");
+                false
+            }
+        }
+    }
+
     /// Waits for every thread (after the shutdown sender was dropped).
     pub fn join(self) {
         for (name, handle) in self.threads {
@@ -207,6 +233,7 @@ fn start_roles(
     let (commands_tx, commands) = unbounded();
     let (store_tx, store_rx) = bounded(STORE_QUEUE);
     let (status_tx, status_rx) = bounded(STATUS_QUEUE);
+    let (prepare_tx, prepare_rx) = bounded(1);
     // Nothing is ever sent: the leader sees it disconnected when the scheduler thread is gone.
     let (scheduler_alive, scheduler_liveness) = bounded::<()>(0);
 
@@ -220,7 +247,8 @@ fn start_roles(
         commands_tx,
         shutdown.clone(),
     )
-    .watch_scheduler(scheduler_liveness);
+    .watch_scheduler(scheduler_liveness)
+    .on_prepare_stop(prepare_rx);
     let scheduler = scheduler::Scheduler::new(
         settings.clone(),
         drachtio.clone(),
@@ -233,6 +261,7 @@ fn start_roles(
     let ephemeral =
         ephemeral::EphemeralGateways::new(redis.clone(), Box::new(dns::Resolver::new(settings.dns.clone())));
     let writer = store::StoreWriter::new(
+        (redis.clone(), settings.cluster_id.clone()),
         mysql_read.clone(),
         mysql_write.clone(),
         ephemeral,
@@ -282,7 +311,7 @@ fn start_roles(
     spawn("gw-pinger", Box::new(move || pinger.run()))?;
     spawn("sbc-addresses", Box::new(move || publisher.run()))?;
     spawn("regbot-events", Box::new(move || fan_out.run()))?;
-    Ok(RegbotHandles { threads, status: status_tx })
+    Ok(RegbotHandles { threads, status: status_tx, prepare: prepare_tx })
 }
 
 /// Copies every connection event to each role of this module.

@@ -66,6 +66,9 @@ pub struct Wanted {
     /// Carriers whose effective From domain is invalid: `(voip_carrier_sid, domain)`.
     pub invalid_from_domain: Vec<(String, String)>,
     pub sip_domain: Option<String>,
+    /// Leader mode: gateway sid → the Contact (`user@host`) a previous leader registered it
+    /// with (`<cluster>:regbot-leader-contacts`).
+    pub leader_contacts: HashMap<String, String>,
 }
 
 fn non_empty(v: &Option<String>) -> Option<&str> {
@@ -108,6 +111,8 @@ pub fn wanted(inv: &Inventory, contact_use_ip: bool) -> Wanted {
             out.specs.push(RegbotSpec {
                 voip_carrier_sid: carrier.voip_carrier_sid.clone(),
                 sip_gateway_sid: gw.sip_gateway_sid.clone(),
+                call_id: gw.sip_gateway_sid.clone(),
+                sbc: None,
                 host: gw.ipv4.trim().to_string(),
                 port: gw.port,
                 protocol: gw.protocol.clone().unwrap_or_else(|| "udp".to_string()),

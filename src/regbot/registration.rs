@@ -53,6 +53,9 @@ enum Purpose {
     Register,
     /// `Expires: 0` for the binding of the current spec.
     Unregister,
+    /// Leader mode: `Expires: 0` for the Contact a previous leader registered under the same
+    /// Call-ID (its public address), once ours is registered.
+    DropStale,
 }
 
 /// The REGISTER waiting for its final response.
@@ -107,6 +110,11 @@ pub struct Regbot {
     pending: Option<Pending>,
     due: Option<Instant>,
     timer_gen: u64,
+    /// Leader mode: the Contact (`user@host`) the previous leader registered for this gateway,
+    /// to remove after our first 200 when it is not ours.
+    stale_contact: Option<String>,
+    /// Leader mode: the Contact we wrote to `<cluster>:regbot-leader-contacts`.
+    recorded_contact: Option<String>,
 }
 
 impl Regbot {
@@ -126,7 +134,16 @@ impl Regbot {
             pending: None,
             due: None,
             timer_gen: 0,
+            stale_contact: None,
+            recorded_contact: None,
         }
+    }
+
+    /// The Contact a previous leader left registered for this gateway (see
+    /// [`StoreJob::LeaderContact`]).
+    pub fn with_stale_contact(mut self, contact: Option<String>) -> Regbot {
+        self.stale_contact = contact;
+        self
     }
 
     pub fn spec(&self) -> &RegbotSpec {
@@ -176,6 +193,11 @@ impl Regbot {
 
     /// The timer of generation `gen` fired. Stale generations are ignored.
     pub fn on_due(&mut self, gen: u64, ctx: &Ctx<'_>) -> Vec<Action> {
+        if self.in_flight.as_ref().is_some_and(|f| f.purpose == Purpose::DropStale) {
+            // A carrier that does not answer the removal of an old Contact must not hold up
+            // our own refresh.
+            self.in_flight = None;
+        }
         if gen != self.timer_gen || self.due.is_none() || self.in_flight.is_some() || self.health == Health::Disabled {
             return Vec::new();
         }
@@ -227,7 +249,7 @@ impl Regbot {
                     return Vec::new();
                 }
                 // An old configuration's REGISTER that is going away needs no digest answer.
-                let wants_answer = flight.purpose == Purpose::Unregister || self.pending.is_none();
+                let wants_answer = flight.purpose != Purpose::Register || self.pending.is_none();
                 if (status == 401 || status == 407) && !flight.challenged && wants_answer {
                     if let Some(send) = self.answer_challenge(status, &meta, &message, ctx) {
                         return vec![send];
@@ -245,6 +267,7 @@ impl Regbot {
         let state = match (&self.in_flight, self.health) {
             (_, Health::Disabled) => RegbotState::Disabled,
             (Some(f), _) if f.purpose == Purpose::Unregister => RegbotState::Unregistering,
+            (Some(f), Health::Registered) if f.purpose == Purpose::DropStale => RegbotState::Registered,
             (Some(_), Health::New) => RegbotState::Registering,
             (None, Health::New) => RegbotState::Starting,
             (_, Health::Registered) => RegbotState::Registered,
@@ -285,9 +308,15 @@ impl Regbot {
         self.cseq = self.cseq.wrapping_add(1).max(initial_cseq(ctx.wall));
         let expires = match purpose {
             Purpose::Register => ctx.settings.default_expires.as_secs(),
-            Purpose::Unregister => 0,
+            Purpose::Unregister | Purpose::DropStale => 0,
         };
-        let contact_user_host = self.spec.contact_user_host(ctx.public, ctx.sip_domain);
+        let contact_user_host = match (purpose, self.stale_contact.take()) {
+            (Purpose::DropStale, Some(stale)) => stale,
+            (_, stale) => {
+                self.stale_contact = stale;
+                self.spec.contact_user_host(ctx.public, ctx.sip_domain)
+            }
+        };
         let sip = build_register(
             &self.spec,
             &RegisterParams {
@@ -379,6 +408,34 @@ impl Regbot {
         let Some(flight) = self.in_flight.take() else {
             return Vec::new();
         };
+        if flight.purpose == Purpose::DropStale {
+            match &outcome {
+                Outcome::Final { status, .. } if (200..300).contains(status) => info!(
+                    "regbot removed the previous leader's contact {} of gateway {}",
+                    flight.contact_user_host, self.spec.sip_gateway_sid
+                ),
+                Outcome::Final { reason, .. } => warn!(
+                    "regbot could not remove the previous leader's contact {} of gateway {}: {reason}",
+                    flight.contact_user_host, self.spec.sip_gateway_sid
+                ),
+                Outcome::Error(e) => warn!(
+                    "regbot could not remove the previous leader's contact {} of gateway {}: {e}",
+                    flight.contact_user_host, self.spec.sip_gateway_sid
+                ),
+            }
+            let mut actions = Vec::new();
+            if self.recorded_contact.is_none() {
+                // We never registered ours: the record names the Contact just removed.
+                actions.push(Action::Store(StoreJob::LeaderContact {
+                    sip_gateway_sid: self.spec.sip_gateway_sid.clone(),
+                    contact: None,
+                }));
+            }
+            if let Some(pending) = self.pending.take() {
+                actions.extend(self.resolve(pending, ctx));
+            }
+            return actions;
+        }
         if flight.purpose == Purpose::Unregister {
             match &outcome {
                 Outcome::Final { status, .. } if (200..300).contains(status) => {
@@ -398,7 +455,15 @@ impl Regbot {
             // Whatever the answer, we will not try again: the binding expires by itself.
             self.registered_until = None;
             let pending = self.pending.take().unwrap_or(Pending::Remove);
-            return self.resolve(pending, ctx);
+            let mut actions = Vec::new();
+            if self.spec.sbc.is_none() && self.recorded_contact.take().is_some() {
+                actions.push(Action::Store(StoreJob::LeaderContact {
+                    sip_gateway_sid: self.spec.sip_gateway_sid.clone(),
+                    contact: None,
+                }));
+            }
+            actions.extend(self.resolve(pending, ctx));
+            return actions;
         }
 
         if let Some(pending) = self.pending.take() {
@@ -438,6 +503,9 @@ impl Regbot {
                 }
                 let delay = refresh_delay(granted, rand::thread_rng().gen());
                 actions.push(self.wake_at(after(ctx.now, delay)));
+                if self.spec.sbc.is_none() {
+                    actions.extend(self.leader_contact_registered(&flight.contact_user_host, ctx));
+                }
                 actions
             }
             Outcome::Final { status, reason, .. } => {
@@ -449,7 +517,17 @@ impl Regbot {
                     self.consecutive_failures += 1;
                 }
                 let mut actions = vec![self.status_job(false, reason.clone(), cseq, 0, ctx)];
-                if counts && self.consecutive_failures >= ctx.settings.failure_threshold {
+                if let Some(sbc) = self.spec.sbc.clone() {
+                    // Every SBC registers: the threshold counts the failures of all of them,
+                    // in Redis; the store writer disables the carrier when it is reached.
+                    if counts {
+                        actions.push(Action::Store(StoreJob::CountFailure {
+                            voip_carrier_sid: self.spec.voip_carrier_sid.clone(),
+                            sbc,
+                            threshold: ctx.settings.failure_threshold,
+                        }));
+                    }
+                } else if counts && self.consecutive_failures >= ctx.settings.failure_threshold {
                     warn!(
                         "regbot giving up aor={} carrier={} after {} consecutive failures (last {reason})",
                         self.spec.aor(),
@@ -483,10 +561,7 @@ impl Regbot {
                 // its last status (the scheduler retries as soon as drachtio is back). A
                 // request drachtio refused is this carrier's problem and is reported.
                 if !matches!(e, UacError::NotConnected | UacError::Disconnected) {
-                    actions.push(Action::Store(StoreJob::Status {
-                        voip_carrier_sid: self.spec.voip_carrier_sid.clone(),
-                        status: RegisterStatus::Failure { reason: e.to_string() },
-                    }));
+                    actions.push(self.store_status(RegisterStatus::Failure { reason: e.to_string() }, 0, ctx));
                 }
                 actions.push(self.retry_later(ctx));
                 actions
@@ -494,11 +569,36 @@ impl Regbot {
         }
     }
 
+    /// Leader mode, after a 200: note our Contact for the next leader, and
+    /// remove the one a previous leader left under this Call-ID if it is not ours.
+    fn leader_contact_registered(&mut self, ours: &str, ctx: &Ctx<'_>) -> Vec<Action> {
+        // Written at every 200, which keeps the hash from expiring while we lead.
+        self.recorded_contact = Some(ours.to_string());
+        let mut actions = vec![Action::Store(StoreJob::LeaderContact {
+            sip_gateway_sid: self.spec.sip_gateway_sid.clone(),
+            contact: Some(ours.to_string()),
+        })];
+        match self.stale_contact.as_deref() {
+            Some(stale) if !stale.eq_ignore_ascii_case(ours) => {
+                info!("regbot removing the previous leader's contact {stale} of gateway {}", self.spec.sip_gateway_sid);
+                actions.push(self.start_request(Purpose::DropStale, ctx));
+            }
+            _ => self.stale_contact = None,
+        }
+        actions
+    }
+
     /// After a pending change: de-register first when a binding is live, else carry it out.
     fn resolve(&mut self, pending: Pending, ctx: &Ctx<'_>) -> Vec<Action> {
         if self.is_bound(ctx.now) {
             self.pending = Some(pending);
             return vec![self.start_request(Purpose::Unregister, ctx)];
+        }
+        // Leader mode: going away before our first 200, the binding the previous leader left
+        // for this gateway (same Call-ID) is ours to remove.
+        if matches!(pending, Pending::Remove) && self.stale_contact.is_some() {
+            self.pending = Some(pending);
+            return vec![self.start_request(Purpose::DropStale, ctx)];
         }
         match pending {
             Pending::Remove => vec![Action::Finished],
@@ -516,17 +616,33 @@ impl Regbot {
     }
 
     fn status_job(&self, ok: bool, reason: String, cseq: String, expires: u64, ctx: &Ctx<'_>) -> Action {
-        Action::Store(StoreJob::Status {
-            voip_carrier_sid: self.spec.voip_carrier_sid.clone(),
-            status: RegisterStatus::Response {
-                ok,
-                reason,
-                cseq,
-                call_id: self.spec.sip_gateway_sid.clone(),
-                timestamp: ctx.wall,
-                expires,
-            },
-        })
+        let status = RegisterStatus::Response {
+            ok,
+            reason,
+            cseq,
+            call_id: self.spec.call_id.clone(),
+            timestamp: ctx.wall,
+            expires,
+        };
+        self.store_status(status, expires, ctx)
+    }
+
+    /// The carrier's `register_status` in leader mode; this SBC's part of it (the store writer
+    /// writes the cluster's aggregate) when every SBC registers.
+    fn store_status(&self, status: RegisterStatus, expires: u64, ctx: &Ctx<'_>) -> Action {
+        let voip_carrier_sid = self.spec.voip_carrier_sid.clone();
+        match &self.spec.sbc {
+            None => Action::Store(StoreJob::Status { voip_carrier_sid, status }),
+            Some(sbc) => {
+                let wall = ctx.wall.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                Action::Store(StoreJob::SbcStatus {
+                    voip_carrier_sid,
+                    sbc: sbc.clone(),
+                    status,
+                    until: wall.saturating_add(expires),
+                })
+            }
+        }
     }
 
     fn eph_refresh(&self, expires: u64) -> Action {

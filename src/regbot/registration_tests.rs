@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use super::*;
+use crate::config::RegbotMode;
 use crate::drachtio::UacError;
 use crate::regbot::dns::DnsSettings;
 use crate::regbot::request::tests::spec;
@@ -22,6 +23,7 @@ fn settings() -> RegbotSettings {
         status_interval: Duration::from_secs(60),
         token_ttl: Duration::from_secs(70),
         claim_jitter: Duration::ZERO,
+        mode: RegbotMode::Leader,
         register_response_remove: vec![403],
         options_ping_interval: Duration::from_secs(60),
         options_ping_ttl: Duration::from_secs(300),
@@ -327,7 +329,10 @@ fn retiring_a_registered_regbot_deregisters_it_first() {
     let again = sent(&mut rb, actions);
     assert_eq!(again.header("Expires"), Some("0"));
     let actions = rb.on_event(response(&again, 200, &[]), &h.ctx());
-    assert!(matches!(actions.as_slice(), [Action::Finished]), "{actions:?}");
+    assert!(
+        matches!(actions.as_slice(), [Action::Store(StoreJob::LeaderContact { contact: None, .. }), Action::Finished]),
+        "the next leader has no contact to remove: {actions:?}"
+    );
 }
 
 #[test]
@@ -457,4 +462,107 @@ fn a_200_with_an_absurd_expires_schedules_the_refresh_at_the_capped_interval() {
     let forever = std::time::Duration::MAX;
     assert!(crate::regbot::timing::after(now, forever) > now);
     assert!(crate::regbot::timing::refresh_delay(forever, 0.5) <= forever);
+}
+
+#[test]
+fn a_new_leader_removes_the_previous_leaders_contact_after_its_own_200() {
+    let h = Harness::new();
+    let mut public_spec = spec();
+    public_spec.use_public_ip_in_contact = true;
+    let mut rb = Regbot::new(public_spec, 0).with_stale_contact(Some("alice@198.51.100.4:5060".into()));
+    let _ = rb.wake_at(h.now);
+    let req = h.fire(&mut rb);
+    assert_eq!(req.header("Contact"), Some("<sip:alice@203.0.113.10:5060;transport=udp>;expires=3600"));
+    let actions = rb.on_event(response(&req, 200, &[]), &h.ctx());
+    assert!(actions.iter().any(|a| matches!(a, Action::Store(StoreJob::LeaderContact { contact: Some(c), .. })
+        if c == "alice@203.0.113.10:5060")));
+    let refresh = wake(&actions).expect("the refresh is armed first");
+    let drop = sent(&mut rb, actions);
+    assert_eq!(drop.header("Call-ID"), Some("g1"), "same Call-ID");
+    assert_eq!(drop.header("Contact"), Some("<sip:alice@198.51.100.4:5060;transport=udp>;expires=0"));
+    assert_eq!(drop.header("Expires"), Some("0"));
+    assert_eq!(rb.info(h.now).state, RegbotState::Registered, "still registered meanwhile");
+    // Challenged like any REGISTER, answered once; the 200 ends it without touching our state.
+    let challenge = response(&drop, 401, &[("WWW-Authenticate", r#"Digest realm="r", nonce="n""#)]);
+    let actions = rb.on_event(challenge, &h.ctx());
+    let answer = sent(&mut rb, actions);
+    assert!(answer.header("Authorization").is_some());
+    assert!(rb.on_event(response(&answer, 200, &[]), &h.ctx()).is_empty());
+    assert_eq!(rb.info(h.now).state, RegbotState::Registered);
+    // The refresh goes out with our contact, and no second removal.
+    let again = h.fire(&mut rb);
+    assert_eq!(again.header("Contact"), Some("<sip:alice@203.0.113.10:5060;transport=udp>;expires=3600"));
+    let actions = rb.on_event(response(&again, 200, &[]), &h.ctx());
+    assert!(!actions.iter().any(|a| matches!(a, Action::Send { .. })));
+    assert!(refresh > h.now);
+}
+
+#[test]
+fn the_same_contact_as_the_previous_leader_is_left_alone_and_a_silent_removal_does_not_stop_refreshes() {
+    let h = Harness::new();
+    let mut rb = Regbot::new(spec(), 0).with_stale_contact(Some("alice@sip.carrier.example".into()));
+    let _ = rb.wake_at(h.now);
+    let req = h.fire(&mut rb);
+    let actions = rb.on_event(response(&req, 200, &[]), &h.ctx());
+    assert!(!actions.iter().any(|a| matches!(a, Action::Send { .. })), "our own contact: nothing to remove");
+
+    let mut public_spec = spec();
+    public_spec.use_public_ip_in_contact = true;
+    let mut rb = Regbot::new(public_spec, 0).with_stale_contact(Some("alice@198.51.100.4:5060".into()));
+    let _ = rb.wake_at(h.now);
+    let req = h.fire(&mut rb);
+    let actions = rb.on_event(response(&req, 200, &[]), &h.ctx());
+    let _drop = sent(&mut rb, actions);
+    // The carrier never answers the removal: the refresh still goes out when due.
+    let refresh = h.fire(&mut rb);
+    assert_eq!(refresh.header("Expires"), Some("3600"));
+}
+
+#[test]
+fn in_every_mode_failures_are_counted_by_the_cluster_not_by_one_regbot() {
+    let h = Harness::new();
+    let mut rb = Regbot::new(spec().for_sbc("203.0.113.10:5060"), 0);
+    let _ = rb.wake_at(h.now);
+    for _ in 0..4 {
+        let req = h.fire(&mut rb);
+        assert_eq!(req.header("Call-ID"), Some("g1@203.0.113.10:5060"));
+        let actions = rb.on_event(response(&req, 403, &[]), &h.ctx());
+        assert!(actions.iter().any(|a| matches!(a, Action::Store(StoreJob::CountFailure { sbc, threshold: 3, .. })
+            if sbc == "203.0.113.10:5060")));
+        assert!(actions.iter().any(|a| matches!(a, Action::Store(StoreJob::SbcStatus { .. }))));
+        assert!(!actions
+            .iter()
+            .any(|a| matches!(a, Action::Store(StoreJob::Disable { .. } | StoreJob::Status { .. }))));
+        assert!(wake(&actions).is_some(), "keeps retrying until the cluster disables the carrier");
+    }
+    let req = h.fire(&mut rb);
+    let actions = rb.on_event(response(&req, 200, &[("Expires", "120")]), &h.ctx());
+    let until = actions.iter().find_map(|a| match a {
+        Action::Store(StoreJob::SbcStatus { until, status, .. }) if status.to_json().contains(r#""status":"ok""#) => {
+            Some(*until)
+        }
+        _ => None,
+    });
+    let now = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(until.is_some_and(|u| u >= now + 100 && u <= now + 130), "{until:?}");
+    assert!(!actions.iter().any(|a| matches!(a, Action::Store(StoreJob::LeaderContact { .. }))), "leader mode only");
+}
+
+#[test]
+fn a_leader_retired_before_its_first_200_removes_the_binding_the_previous_leader_left() {
+    let h = Harness::new();
+    let mut rb = Regbot::new(spec(), 0).with_stale_contact(Some("alice@sip.carrier.example".into()));
+    let _ = rb.wake_at(h.now + Duration::from_secs(1));
+    let actions = rb.retire(&h.ctx());
+    let drop = sent(&mut rb, actions);
+    assert_eq!(drop.header("Call-ID"), Some("g1"));
+    assert_eq!(drop.header("Contact"), Some("<sip:alice@sip.carrier.example;transport=udp>;expires=0"));
+    let actions = rb.on_event(response(&drop, 200, &[]), &h.ctx());
+    assert!(
+        matches!(actions.as_slice(), [Action::Store(StoreJob::LeaderContact { contact: None, .. }), Action::Finished]),
+        "{actions:?}"
+    );
+    // Without a previous leader's binding there is nothing to send.
+    let mut rb = Regbot::new(spec(), 0);
+    assert!(matches!(rb.retire(&h.ctx()).as_slice(), [Action::Finished]));
 }

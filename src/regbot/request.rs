@@ -14,6 +14,13 @@ use crate::sip::RequestBuilder;
 pub struct RegbotSpec {
     pub voip_carrier_sid: String,
     pub sip_gateway_sid: String,
+    /// The Call-ID of every REGISTER: the gateway sid (the Node "persistent Call-ID", shared by
+    /// whichever SBC holds the role), or with `SBC_REGBOT_MODE=every` the gateway sid and this
+    /// SBC's public address, so that each SBC's binding is its own.
+    pub call_id: String,
+    /// With `SBC_REGBOT_MODE=every`: this SBC's id (its public SIP address), under which its
+    /// state for the carrier is kept in Redis. `None` in leader mode.
+    pub sbc: Option<String>,
     /// Gateway `ipv4`: an IP literal or a DNS name.
     pub host: String,
     pub port: Option<u16>,
@@ -43,6 +50,8 @@ impl fmt::Debug for RegbotSpec {
         f.debug_struct("RegbotSpec")
             .field("voip_carrier_sid", &self.voip_carrier_sid)
             .field("sip_gateway_sid", &self.sip_gateway_sid)
+            .field("call_id", &self.call_id)
+            .field("sbc", &self.sbc)
             .field("host", &self.host)
             .field("port", &self.port)
             .field("protocol", &self.protocol)
@@ -56,6 +65,16 @@ impl fmt::Debug for RegbotSpec {
 }
 
 impl RegbotSpec {
+    /// The spec as SBC `sbc` registers it in `SBC_REGBOT_MODE=every`: its own Call-ID
+    /// (`<gateway sid>@<sbc>`, stable across restarts as long as the address is) and its own
+    /// public address in the Contact, so that the carrier holds one binding per SBC.
+    pub fn for_sbc(mut self, sbc: &str) -> RegbotSpec {
+        self.call_id = format!("{}@{sbc}", self.sip_gateway_sid);
+        self.sbc = Some(sbc.to_string());
+        self.use_public_ip_in_contact = true;
+        self
+    }
+
     /// The gateway protocol up to the first `/`, lower-cased: `udp`, `tcp`, `tls`.
     pub fn transport(&self) -> String {
         let t = self.protocol.split('/').next().unwrap_or("").trim().to_ascii_lowercase();
@@ -82,7 +101,7 @@ impl RegbotSpec {
     /// The spec 6.2 identity: a regbot whose key is unchanged keeps running untouched.
     /// Contains the password: compare it, never log it.
     pub fn identity(&self) -> String {
-        [
+        let node = [
             self.voip_carrier_sid.as_str(),
             &self.host,
             &self.port.map(|p| p.to_string()).unwrap_or_default(),
@@ -99,7 +118,13 @@ impl RegbotSpec {
             &self.from_user,
             &self.from_uri(),
         ]
-        .join("|")
+        .join("|");
+        // Every mode: the Call-ID (hence the SBC's address) is part of the registration.
+        if self.call_id == self.sip_gateway_sid {
+            node
+        } else {
+            format!("{node}|{}", self.call_id)
+        }
     }
 
     /// `<carrier>:<host>:<port>`: a new regbot inherits the consecutive-failure count of an
@@ -238,7 +263,7 @@ pub fn build_register(spec: &RegbotSpec, p: &RegisterParams<'_>) -> Vec<u8> {
     let mut builder = RequestBuilder::new("REGISTER", &spec.request_uri())
         .header("From", &format!("<{aor}>;tag={}", p.from_tag))
         .header("To", &format!("<{aor}>"))
-        .header("Call-ID", &spec.sip_gateway_sid)
+        .header("Call-ID", &spec.call_id)
         .header("CSeq", &format!("{} REGISTER", p.cseq))
         .header("Contact", &contact)
         .header("Expires", &p.expires.to_string())
@@ -257,6 +282,8 @@ pub(crate) mod tests {
         RegbotSpec {
             voip_carrier_sid: "c1".into(),
             sip_gateway_sid: "g1".into(),
+            call_id: "g1".into(),
+            sbc: None,
             host: "192.0.2.7".into(),
             port: Some(5080),
             protocol: "udp".into(),
@@ -271,6 +298,28 @@ pub(crate) mod tests {
             trunk_type: "static_ip".into(),
             account_sip_realm: None,
         }
+    }
+
+    #[test]
+    fn every_sbc_registers_with_its_own_call_id_and_contact() {
+        let public = PublicAddresses::from_hostports("udp/203.0.113.9:5062");
+        let mut base = spec();
+        base.account_sip_realm = Some("acct.example".into());
+        let mine = base.clone().for_sbc("203.0.113.9:5062");
+        assert_eq!(mine.call_id, "g1@203.0.113.9:5062");
+        assert_eq!(mine.sbc.as_deref(), Some("203.0.113.9:5062"));
+        assert_eq!(mine.contact_user_host(Some(&public), None), "alice@203.0.113.9:5062", "never the shared realm");
+        assert_ne!(mine.identity(), base.clone().for_sbc("203.0.113.10:5060").identity());
+        let p = RegisterParams {
+            cseq: 1,
+            from_tag: "t",
+            expires: 60,
+            contact_user_host: "alice@203.0.113.9:5062",
+            user_agent: "ua",
+            authorization: None,
+        };
+        let text = String::from_utf8(build_register(&mine, &p)).unwrap();
+        assert!(text.contains("Call-ID: g1@203.0.113.9:5062\r\n"), "{text}");
     }
 
     #[test]

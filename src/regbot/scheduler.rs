@@ -21,18 +21,40 @@ use super::status::{RegbotRole, RegbotSnapshot, StatusRequest};
 use super::store::StoreJob;
 use super::timing::after;
 use super::RegbotSettings;
+use crate::config::RegbotMode;
 use crate::drachtio::{ConnectionEvent, DrachtioHandle, UacError, UacEvent};
 
 /// Longest sleep when no timer is armed (any channel wakes us earlier).
 const IDLE_WAIT: Duration = Duration::from_secs(3600);
 
+/// Longest the scheduler waits for de-registrations at shutdown before giving up on them.
+const UNREGISTER_WAIT: Duration = Duration::from_secs(5);
+
 /// From the leader thread.
 #[derive(Debug)]
 pub enum SchedulerCmd {
-    /// We hold (true) or lost (false) the cluster's regbot role.
+    /// We hold (true) or lost (false) the cluster's regbot role (in `every` mode: true once,
+    /// as every SBC registers).
     Leadership(bool),
     /// The regbots that should run now.
     Apply(Wanted),
+    /// Leader mode: the role is ours until this instant, short of the key's TTL. Sent after
+    /// every claim and extension. Past it, the scheduler stops its regbots by itself, however
+    /// long the leader thread is stuck on Redis, so two SBCs never register at once; the next
+    /// lease resumes them.
+    Lease(Instant),
+    /// The daemon stops: de-register every binding we hold, withdraw from the cluster status,
+    /// then answer on `done` once the store writer has written it all. Nothing is registered
+    /// after this.
+    UnregisterAll { done: Sender<()> },
+}
+
+/// De-registering everything before the daemon stops.
+struct Closing {
+    done: Sender<()>,
+    /// Carrier and, in every mode, the SBC id it was registered under.
+    carriers: HashSet<(String, Option<String>)>,
+    deadline: Instant,
 }
 
 /// What woke the scheduler.
@@ -65,6 +87,17 @@ pub struct Scheduler {
     in_flight: HashSet<String>,
     /// (deadline, timer generation, gateway sid); stale generations are skipped.
     timers: BinaryHeap<Reverse<(Instant, u64, String)>>,
+    /// The last wanted set: applied again when a lapsed lease is renewed, and in `every` mode
+    /// when our public address changes (the Call-IDs and Contacts are made from it), or once
+    /// the first address is known.
+    last_wanted: Option<Wanted>,
+    closing: Option<Closing>,
+    /// Everything was de-registered for the shutdown.
+    closed: bool,
+    /// Leader mode: until when the role is ours ([`SchedulerCmd::Lease`]).
+    lease_until: Option<Instant>,
+    /// The lease ran out: the regbots were stopped until the next lease.
+    lapsed: bool,
 }
 
 impl Scheduler {
@@ -91,13 +124,31 @@ impl Scheduler {
             regbots: HashMap::new(),
             in_flight: HashSet::new(),
             timers: BinaryHeap::new(),
+            last_wanted: None,
+            closing: None,
+            closed: false,
+            lease_until: None,
+            lapsed: false,
         }
     }
 
-    /// Runs until shutdown. Registrations are left as they are (no de-registration when the
-    /// daemon stops: another SBC takes over the same bindings).
+    fn every(&self) -> bool {
+        self.settings.mode == RegbotMode::Every
+    }
+
+    /// This SBC's id in `every` mode: its public UDP address as drachtio announced it (what
+    /// `sbc_addresses` publishes), else the first public address of any transport.
+    fn sbc_id(&self) -> Option<String> {
+        let p = self.public.as_ref()?;
+        p.udp.clone().or_else(|| p.tls.clone()).or_else(|| p.wss.clone())
+    }
+
+    /// Runs until shutdown. What is de-registered before that comes as
+    /// [`SchedulerCmd::UnregisterAll`] (every mode; a leader without a leader-mode successor);
+    /// anything else is left in place for the next leader.
     pub fn run(mut self) {
         loop {
+            self.check_lease();
             self.fire_due_timers();
             match self.wait() {
                 Wake::Shutdown => break,
@@ -112,13 +163,24 @@ impl Scheduler {
                 Wake::Status(None) => self.status = never(),
                 Wake::Uac(sid, ev) => self.with_regbot(&sid, |rb, ctx| rb.on_event(ev, ctx)),
             }
+            self.check_closing();
         }
-        info!("regbot scheduler stopped with {} regbots (registrations left in place)", self.regbots.len());
+        if self.regbots.is_empty() {
+            info!("regbot scheduler stopped");
+        } else {
+            info!("regbot scheduler stopped with {} regbots (registrations left in place)", self.regbots.len());
+        }
     }
 
     fn wait(&self) -> Wake {
         let now = Instant::now();
-        let timeout = self.timers.peek().map_or(IDLE_WAIT, |Reverse((at, _, _))| at.saturating_duration_since(now));
+        let mut timeout = self.timers.peek().map_or(IDLE_WAIT, |Reverse((at, _, _))| at.saturating_duration_since(now));
+        if let Some(closing) = &self.closing {
+            timeout = timeout.min(closing.deadline.saturating_duration_since(now));
+        }
+        if let Some(until) = self.lease_until.filter(|_| self.leader) {
+            timeout = timeout.min(until.saturating_duration_since(now));
+        }
         let in_flight: Vec<(&String, &Receiver<UacEvent>)> = self
             .in_flight
             .iter()
@@ -171,12 +233,32 @@ impl Scheduler {
         while let Ok(ev) = self.events.try_recv() {
             self.on_connection(ev);
         }
+        if self.closing.is_some() || self.closed {
+            debug!("regbot: stopping, ignoring {cmd:?}");
+            return;
+        }
         match cmd {
+            SchedulerCmd::UnregisterAll { done } => self.unregister_all(done),
             SchedulerCmd::Leadership(true) => {
                 self.leader = true;
                 info!("regbot role taken: registrations start with the next reconcile");
             }
-            SchedulerCmd::Leadership(false) => self.stand_down(),
+            SchedulerCmd::Leadership(false) => {
+                self.lease_until = None;
+                self.lapsed = false;
+                self.stand_down();
+            }
+            SchedulerCmd::Lease(until) => {
+                self.lease_until = Some(until);
+                if self.lapsed {
+                    self.lapsed = false;
+                    self.leader = true;
+                    info!("regbot role confirmed again: restarting the regbots");
+                    if let Some(wanted) = self.last_wanted.clone() {
+                        self.apply(wanted);
+                    }
+                }
+            }
             SchedulerCmd::Apply(wanted) if self.leader => self.apply(wanted),
             SchedulerCmd::Apply(_) => debug!("regbot: not the leader, ignoring a reconcile"),
         }
@@ -196,7 +278,76 @@ impl Scheduler {
         }
     }
 
+    /// Leader mode: past the lease, stop registering (see [`SchedulerCmd::Lease`]).
+    fn check_lease(&mut self) {
+        let expired = self.lease_until.is_some_and(|until| Instant::now() >= until);
+        if self.leader && !self.every() && expired {
+            warn!("regbot: the role could not be confirmed in time (lease ran out): stopping the regbots");
+            self.stand_down();
+            self.lapsed = true;
+        }
+    }
+
+    /// Retires every regbot (each de-registers if it holds a binding); [`Self::check_closing`]
+    /// finishes once they are all gone or [`UNREGISTER_WAIT`] has passed.
+    fn unregister_all(&mut self, done: Sender<()>) {
+        let carriers: HashSet<(String, Option<String>)> =
+            self.regbots.values().map(|rb| (rb.spec().voip_carrier_sid.clone(), rb.spec().sbc.clone())).collect();
+        info!("regbot: de-registering {} regbots before stopping", self.regbots.len());
+        self.leader = false;
+        self.closing = Some(Closing { done, carriers, deadline: after(Instant::now(), UNREGISTER_WAIT) });
+        let mut sids: Vec<String> = self.regbots.keys().cloned().collect();
+        sids.sort();
+        for sid in sids {
+            self.with_regbot(&sid, |rb, ctx| rb.retire(ctx));
+        }
+        self.check_closing();
+    }
+
+    fn check_closing(&mut self) {
+        let Some(closing) = &self.closing else { return };
+        if !self.regbots.is_empty() && Instant::now() < closing.deadline {
+            return;
+        }
+        if !self.regbots.is_empty() {
+            warn!("regbot: {} de-registrations unanswered at shutdown", self.regbots.len());
+            self.regbots.clear();
+            self.in_flight.clear();
+            self.timers.clear();
+        }
+        let Some(closing) = self.closing.take() else { return };
+        let mut carriers: Vec<(String, Option<String>)> = closing.carriers.into_iter().collect();
+        carriers.sort();
+        for (voip_carrier_sid, sbc) in carriers {
+            // Leader mode: only when this leader de-registers for good (see `cluster`).
+            if let Some(sbc) = sbc {
+                self.store_job(StoreJob::Withdraw { voip_carrier_sid: voip_carrier_sid.clone(), sbc });
+            }
+            self.store_job(StoreJob::EphDelete { voip_carrier_sid });
+        }
+        // The writer answers once everything above is written; if it is gone, nobody waits.
+        if let Err(TrySendError::Full(StoreJob::Flush(done)) | TrySendError::Disconnected(StoreJob::Flush(done))) =
+            self.store.try_send(StoreJob::Flush(closing.done))
+        {
+            let _ = done.send(());
+        }
+        // The loop keeps answering status requests until shutdown, and registers nothing.
+        self.closed = true;
+    }
+
     fn apply(&mut self, wanted: Wanted) {
+        let wanted = if self.every() {
+            let Some(sbc) = self.sbc_id() else {
+                warn!("regbot: no public address from drachtio yet; registering once there is one");
+                self.last_wanted = Some(wanted);
+                return;
+            };
+            self.last_wanted = Some(wanted.clone());
+            Wanted { specs: wanted.specs.into_iter().map(|spec| spec.for_sbc(&sbc)).collect(), ..wanted }
+        } else {
+            self.last_wanted = Some(wanted.clone());
+            wanted
+        };
         self.sip_domain = wanted.sip_domain;
         for (voip_carrier_sid, domain) in wanted.invalid_from_domain {
             warn!("regbot: carrier {voip_carrier_sid} has an invalid from domain {domain:?}");
@@ -225,18 +376,24 @@ impl Scheduler {
             .map(|rb| (rb.spec().failure_key(), rb.consecutive_failures()))
             .collect();
         let wanted_carriers: HashSet<&str> = wanted.specs.iter().map(|s| s.voip_carrier_sid.as_str()).collect();
-        let mut emptied_carriers: HashSet<String> = HashSet::new();
+        // carrier → the SBC id its regbots registered under (every mode).
+        let mut emptied_carriers: HashMap<String, Option<String>> = HashMap::new();
         for sid in &plan.retire {
             if let Some(rb) = self.regbots.get(sid) {
                 let carrier = rb.spec().voip_carrier_sid.clone();
                 info!("stopping regbot for {} (gateway {sid} no longer wanted)", rb.spec().aor());
                 if !wanted_carriers.contains(carrier.as_str()) {
-                    emptied_carriers.insert(carrier);
+                    emptied_carriers.insert(carrier, rb.spec().sbc.clone());
                 }
             }
             self.with_regbot(sid, |rb, ctx| rb.retire(ctx));
         }
-        for voip_carrier_sid in emptied_carriers {
+        let mut emptied_carriers: Vec<(String, Option<String>)> = emptied_carriers.into_iter().collect();
+        emptied_carriers.sort();
+        for (voip_carrier_sid, sbc) in emptied_carriers {
+            if let Some(sbc) = sbc {
+                self.store_job(StoreJob::Withdraw { voip_carrier_sid: voip_carrier_sid.clone(), sbc });
+            }
             self.store_job(StoreJob::EphDelete { voip_carrier_sid });
         }
 
@@ -253,12 +410,14 @@ impl Scheduler {
             let sid = spec.sip_gateway_sid.clone();
             self.with_regbot(&sid, move |rb, ctx| rb.replace(spec, at, ctx));
         }
+        let wanted_contacts = &wanted.leader_contacts;
         for spec in plan.start {
             let at = slots.next().unwrap_or(now);
             info!("starting regbot for {}", spec.aor());
             let failures = inherited.get(&spec.failure_key()).copied().unwrap_or(0);
             let sid = spec.sip_gateway_sid.clone();
-            let mut rb = Regbot::new(spec, failures);
+            let stale = wanted_contacts.get(&sid).cloned();
+            let mut rb = Regbot::new(spec, failures).with_stale_contact(stale);
             let wake = rb.wake_at(at);
             if !self.run_actions(&mut rb, vec![wake]) {
                 self.keep(sid, rb);
@@ -275,6 +434,17 @@ impl Scheduler {
         let changed = self.public.as_ref().is_some_and(|old| *old != public);
         let reconnect = self.public.is_some();
         self.public = Some(public);
+        if self.every() && self.leader && !self.closed && self.closing.is_none() && (changed || !reconnect) {
+            // Our Call-IDs and Contacts are made from our address: a new one replaces every
+            // regbot (each de-registers its old binding first).
+            if let Some(wanted) = self.last_wanted.clone() {
+                info!("regbot: public address now {:?}: registering from it", self.sbc_id());
+                self.apply(wanted);
+            }
+            if changed {
+                return;
+            }
+        }
         if !reconnect || !self.leader {
             return;
         }
@@ -304,7 +474,11 @@ impl Scheduler {
         regbots
             .sort_by(|a, b| (&a.voip_carrier_sid, &a.sip_gateway_sid).cmp(&(&b.voip_carrier_sid, &b.sip_gateway_sid)));
         RegbotSnapshot {
-            role: if self.leader { RegbotRole::Leader } else { RegbotRole::Standby },
+            role: match (self.every(), self.leader) {
+                (true, _) => RegbotRole::Every,
+                (false, true) => RegbotRole::Leader,
+                (false, false) => RegbotRole::Standby,
+            },
             total: self.regbots.len(),
             registered: self.regbots.values().filter(|rb| rb.is_registered()).count(),
             failing: self.regbots.values().filter(|rb| rb.is_failing()).count(),

@@ -8,12 +8,14 @@ use serde::Serialize;
 
 use super::RegbotError;
 
-/// Whether this instance holds the cluster's regbot role.
+/// Whether this instance holds the cluster's regbot role (or registers from every SBC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RegbotRole {
     Leader,
     Standby,
+    /// `SBC_REGBOT_MODE=every`: this SBC registers every carrier itself.
+    Every,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -25,6 +25,8 @@ pub fn temp_socket_path() -> PathBuf {
 
 pub struct Server {
     pub path: PathBuf,
+    /// `JAMBONES_CLUSTER_ID` of this server (unique per test).
+    pub cluster_id: String,
     pub sets: ClusterSets,
     pub redis: RedisPool,
     /// What the drachtio client would send the server.
@@ -80,6 +82,7 @@ impl Server {
         Server {
             path,
             sets: ClusterSets::new(&cluster_id),
+            cluster_id,
             redis,
             conn_events: conn_tx,
             regbot: regbot_tx,

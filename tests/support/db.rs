@@ -45,6 +45,12 @@ impl TestDb {
         TestDb { name, pool }
     }
 
+    /// A handle on the database's pool, for a watcher thread.
+    #[allow(dead_code)]
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
+    }
+
     pub fn conn(&self) -> PooledConn {
         self.pool.get_conn().expect("test database connection")
     }

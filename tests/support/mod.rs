@@ -4,9 +4,11 @@
 #![allow(dead_code)]
 
 pub mod capture;
+pub mod carrier;
 pub mod ctl_server;
 pub mod daemon;
 pub mod db;
 pub mod influx;
 pub mod sipp;
+pub mod tcp_proxy;
 pub mod tls;
