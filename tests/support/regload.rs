@@ -41,6 +41,8 @@ pub struct KindTally {
 /// A `200 OK` to a REGISTER: what the registrar granted, and when.
 #[derive(Debug, Clone)]
 pub struct Granted {
+    /// `register-auth` (a full registration) or `refresh`/`register` (answered from the cache).
+    pub kind: &'static str,
     pub aor: String,
     pub expires: u64,
     pub at: Instant,
@@ -285,7 +287,12 @@ impl RegLoad {
 
     fn start(&mut self, key: (String, u32), kind: &'static str, phone: usize, link: usize, request: Vec<u8>) {
         self.tally.entry(kind).or_default().sent += 1;
-        let generation = self.send(link, &request);
+        let Some(generation) = self.send(link, &request) else {
+            // TCP: no connection could be opened or written (drachtio is down); a phone
+            // learns that at once from its transport.
+            self.tally.entry(kind).or_default().aborted += 1;
+            return;
+        };
         let now = Instant::now();
         self.in_flight.insert(
             key,
@@ -293,14 +300,15 @@ impl RegLoad {
         );
     }
 
-    /// Sends on a link; returns the TCP connection generation used (0 for UDP).
-    fn send(&mut self, link: usize, bytes: &[u8]) -> u64 {
+    /// Sends on a link; returns the TCP connection generation used (0 for UDP), or `None`
+    /// when TCP could not send.
+    fn send(&mut self, link: usize, bytes: &[u8]) -> Option<u64> {
         let target = self.target;
         let l = &mut self.links[link];
         match &mut l.io {
             LinkIo::Udp(s) => {
                 let _ = s.send_to(bytes, target);
-                0
+                Some(0)
             }
             LinkIo::Tcp { stream, buf, generation } => {
                 if stream.is_none() {
@@ -310,12 +318,29 @@ impl RegLoad {
                         *generation += 1;
                     }
                 }
-                if let Some(s) = stream {
-                    if write_all_nonblocking(s, bytes).is_err() {
-                        *stream = None;
-                    }
+                let s = stream.as_mut()?;
+                if write_all_nonblocking(s, bytes).is_ok() {
+                    return Some(*generation);
                 }
-                *generation
+                *stream = None;
+                let broken = *generation;
+                self.abort_connection(link, broken);
+                None
+            }
+        }
+    }
+
+    /// The transactions a broken TCP connection carried end as `aborted`.
+    fn abort_connection(&mut self, link: usize, generation: u64) {
+        let lost: Vec<(String, u32)> = self
+            .in_flight
+            .iter()
+            .filter(|(_, t)| t.link == link && t.generation == generation)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in lost {
+            if let Some(t) = self.in_flight.remove(&key) {
+                self.tally.entry(t.kind).or_default().aborted += 1;
             }
         }
     }
@@ -366,17 +391,7 @@ impl RegLoad {
             if let LinkIo::Tcp { stream, .. } = &mut self.links[i].io {
                 *stream = None;
             }
-            let lost: Vec<(String, u32)> = self
-                .in_flight
-                .iter()
-                .filter(|(_, t)| t.link == i && t.generation == generation)
-                .map(|(k, _)| k.clone())
-                .collect();
-            for key in lost {
-                if let Some(t) = self.in_flight.remove(&key) {
-                    self.tally.entry(t.kind).or_default().aborted += 1;
-                }
-            }
+            self.abort_connection(i, generation);
         }
         for text in messages {
             got_any = true;
@@ -430,7 +445,12 @@ impl RegLoad {
                 let p = &mut self.phones[t.phone];
                 p.registered = true;
                 let expires = contact_expires(text).or_else(|| header(text, "Expires")?.parse().ok()).unwrap_or(0);
-                self.granted.push(Granted { aor: format!("{}@{}", p.name, self.realm), expires, at: now });
+                self.granted.push(Granted {
+                    kind: t.kind,
+                    aor: format!("{}@{}", p.name, self.realm),
+                    expires,
+                    at: now,
+                });
             }
             _ => {}
         }
