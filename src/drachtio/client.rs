@@ -508,7 +508,7 @@ impl Reader {
         if let Some(w) = &self.withdraw {
             return w.confirmed || self.conn.is_none() || Instant::now() >= w.until;
         }
-        if !self.conn.as_ref().is_some_and(|c| c.info.is_some()) {
+        if self.conn.as_ref().is_none_or(|c| c.info.is_none()) {
             return true;
         }
         self.draining.store(true, Ordering::SeqCst);

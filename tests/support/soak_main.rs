@@ -621,7 +621,7 @@ fn run() -> Result<bool, String> {
         while started < due {
             started += 1;
             let n = started;
-            if n % 50 == 0 {
+            if n.is_multiple_of(50) {
                 rr.2 += 1;
                 udp.begin_register(bad[rr.2 % bad.len()]);
             } else if n % 10 == 1 && fresh_next < fresh_total {
