@@ -475,3 +475,33 @@ fn draining_answers_new_requests_503_and_shutdown_withdraws_routes_before_closin
     assert_eq!(server.stream.read(&mut buf).unwrap_or(0), 0, "connection closed after the flush");
     drop(held_request);
 }
+
+#[test]
+fn unanswered_requests_are_counted_in_statsd() {
+    use sbc_sidecar::config::StatsProtocol;
+    use sbc_sidecar::telemetry::{Metrics, MetricsSettings};
+    let statsd = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    statsd.set_read_timeout(Some(WAIT)).unwrap();
+    let settings = MetricsSettings {
+        enabled: true,
+        host: "127.0.0.1".into(),
+        port: statsd.local_addr().unwrap().port(),
+        protocol: StatsProtocol::Udp,
+        prefix: String::new(),
+        tags: Vec::new(),
+        sample_rate: 1.0,
+    };
+    let frames = capture::load("drachtio-capture.txt");
+    let h = start(16, |_| {});
+    h.client.as_ref().unwrap().set_metrics(Metrics::new(&settings).unwrap());
+    let mut server = ScriptedServer::accept(&h.listener);
+    server.authenticate(&frames);
+    let (bytes, txn) = delivery_with_txn(&frames, 'd');
+    server.send(&bytes);
+    drop(h.register.recv_timeout(WAIT).expect("REGISTER delivered"));
+    let sent = String::from_utf8(server.read_payload()).unwrap();
+    assert!(sent.contains(&format!("|sip|{txn}|\r\nSIP/2.0 503 Service Unavailable\r\n")), "{sent}");
+    let mut buf = [0u8; 512];
+    let n = statsd.recv(&mut buf).expect("a statsd datagram");
+    assert_eq!(String::from_utf8_lossy(&buf[..n]), "sbc.sip.unanswered:1|c|#reason:dropped");
+}
