@@ -3,7 +3,7 @@ CARGO ?= cargo
 export SBC_TEST_MYSQL_USER ?= sbc_test
 export SBC_TEST_MYSQL_PASSWORD ?= sbc_test
 
-.PHONY: all build run test lint bench deb services clean
+.PHONY: all build run test lint bench soak deb services clean
 
 all: build
 
@@ -31,6 +31,13 @@ lint:
 bench: services
 	$(CARGO) build --release --bins
 	$(CARGO) run --release --bin sbc-bench
+
+# A bounded chaos run of the release daemon with invariants (see tests/support/soak_main.rs):
+# SOAK_SECONDS (default 300), SOAK_RATE (REGISTERs per second, default 100). Exits non-zero
+# when an invariant fails.
+soak: services
+	$(CARGO) build --release --bins
+	$(CARGO) run --release --bin sbc-soak
 
 # The Debian package target/debian/sbc-sidecar_<version>_<arch>.deb (see packaging/build-deb.sh).
 deb:

@@ -51,6 +51,12 @@ pub const DEFAULT_SENTINEL_PORT: u16 = 26379;
 /// unit test checks that every default here is the default [`parse`] applies.
 pub const NEW_VARIABLES: &[(&str, &str, &str)] = &[
     ("SBC_WEBHOOK_TIMEOUT_MS", "3000", "timeout of one registration-webhook HTTP request, connect to last byte (ms)"),
+    (
+        "SBC_SHUTDOWN_GRACE_MS",
+        "5000",
+        "after SIGTERM, how long (beyond SBC_WEBHOOK_TIMEOUT_MS) roles may finish what they hold; \
+         whatever is left is then answered 503 and the daemon exits 0 (ms)",
+    ),
     ("SBC_AUTH_WORKERS", "8", "number of threads authenticating REGISTERs (webhook or clients table)"),
     ("SBC_AUTH_QUEUE", "1024", "REGISTERs waiting for an auth worker; when full, new ones are answered 503"),
     ("SBC_REDIS_TIMEOUT_MS", "1000", "Redis connect and pool checkout timeout (ms)"),
@@ -301,6 +307,9 @@ pub struct Config {
     pub http_user_agent: Option<String>,
     /// `SBC_WEBHOOK_TIMEOUT_MS`.
     pub webhook_timeout: Duration,
+    /// `SBC_SHUTDOWN_GRACE_MS`: the drain after SIGTERM lasts at most this plus the webhook
+    /// timeout.
+    pub shutdown_grace: Duration,
     /// `SBC_AUTH_WORKERS`.
     pub auth_workers: usize,
     /// `SBC_AUTH_QUEUE`.
@@ -970,6 +979,7 @@ fn parse_env(env: &Env<'_>, command_line: CommandLine) -> Result<Config, ConfigE
         legacy_crypto: env.truthy("LEGACY_CRYPTO"),
         http_user_agent: env.optional("JAMBONES_HTTP_USER_AGENT_HEADER"),
         webhook_timeout: env.millis("SBC_WEBHOOK_TIMEOUT_MS", 3000, 1)?,
+        shutdown_grace: env.millis("SBC_SHUTDOWN_GRACE_MS", 5000, 0)?,
         auth_workers: usize_from(env.count("SBC_AUTH_WORKERS", 8, 1, 1024)?),
         // The queue is a bounded channel allocated up front: cap it.
         auth_queue: usize_from(env.count("SBC_AUTH_QUEUE", 1024, 1, 1_000_000)?),
@@ -1378,6 +1388,7 @@ mod tests {
         assert!(!c.legacy_crypto);
         assert_eq!(c.http_user_agent, None);
         assert_eq!(c.webhook_timeout, Duration::from_millis(3000));
+        assert_eq!(c.shutdown_grace, Duration::from_millis(5000));
         assert_eq!(c.auth_workers, 8);
         assert_eq!(c.auth_queue, 1024);
         assert_eq!(c.nonce_ttl, Duration::from_secs(300));

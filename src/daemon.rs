@@ -5,8 +5,8 @@
 //! connection. Roles learn about the stop when the shutdown channel's sender is dropped.
 
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
 use log::{debug, error, info, warn};
@@ -282,6 +282,7 @@ fn start_and_wait(config: &Config, stores: &StoreSettings) -> Result<Stop, Strin
     ];
     let client = DrachtioClient::start(client_config(config), routes, subscribers)
         .map_err(|e| format!("drachtio client: {e}"))?;
+    client.set_metrics(metrics.clone());
     let regbot_pools = regbot::RegbotPools {
         redis: pools.redis.clone(),
         mysql_read: pools.mysql.clone(),
@@ -315,24 +316,68 @@ fn start_and_wait(config: &Config, stores: &StoreSettings) -> Result<Stop, Strin
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
 
-    // While drachtio still delivers responses: de-register what must go (regbot mode every).
+    let deadline = Instant::now() + config.shutdown_grace + config.webhook_timeout;
+    // New requests are answered 503 by the client from here on; responses to our own
+    // requests are still delivered, so the regbot can de-register what must go (mode every,
+    // or the last leader-mode leader), within REGBOT_UNREGISTER_WAIT.
+    client.drain();
     regbot.prepare_stop(REGBOT_UNREGISTER_WAIT);
-    client.stop_reading();
-    drop(shutdown_tx);
-    auth_pool.join();
-    regbot.join();
-    for role in roles {
-        if role.handle.join().is_err() {
-            error!("role {} ended with a panic", role.name);
+    drain(client, shutdown_tx, deadline, move || {
+        auth_pool.join();
+        regbot.join();
+        for role in roles {
+            if role.handle.join().is_err() {
+                error!("role {} ended with a panic", role.name);
+            }
         }
-    }
-    client.shutdown();
+    });
     let stats = alert_writer.shutdown();
     if stats.dropped() > 0 {
         warn!("{} alerts could not be written to InfluxDB", stats.dropped());
     }
     info!("sbc-sidecar stopped");
     Ok(stop)
+}
+
+/// The graceful drain after SIGTERM/SIGINT, bounded by `deadline`:
+///
+/// 1. (done by the caller with `client.drain()`) the drachtio client stops handing requests
+///    to roles and answers new ones `503` with `Retry-After` itself, while it keeps reading
+///    (nothing drachtio delivers is left to time out) and keeps serving the responses to the
+///    regbot's requests;
+/// 2. the roles are told to stop (the shutdown sender is dropped) and finish what they hold:
+///    a webhook call in hand within its timeout, queued REGISTERs answered `503`;
+/// 3. `join_roles` runs on its own thread so that the wait is bounded: at the deadline,
+///    whatever a role still holds is answered `503` by the writer;
+/// 4. the client withdraws our routes (answering `503` until drachtio confirms), the writer
+///    flushes every answer and closes the connection.
+fn drain(
+    client: DrachtioClient,
+    shutdown_tx: Sender<()>,
+    deadline: Instant,
+    join_roles: impl FnOnce() + Send + 'static,
+) {
+    drop(shutdown_tx);
+    let (done_tx, done_rx) = bounded::<()>(1);
+    let joiner = thread::Builder::new().name("shutdown".into()).spawn(move || {
+        join_roles();
+        let _ = done_tx.send(());
+    });
+    match joiner {
+        Ok(_) => {
+            if done_rx.recv_deadline(deadline).is_err() {
+                warn!("roles still busy at the shutdown deadline (SBC_SHUTDOWN_GRACE_MS + SBC_WEBHOOK_TIMEOUT_MS): answering what they hold with 503");
+            }
+        }
+        Err(e) => error!("cannot wait for the roles to finish ({e}): answering what they hold with 503"),
+    }
+    let stats = client.shutdown();
+    if stats.unanswered_dropped > 0 || stats.unanswered_at_close > 0 {
+        warn!(
+            "requests answered 503 because no role answered them: {} dropped, {} still held at close",
+            stats.unanswered_dropped, stats.unanswered_at_close
+        );
+    }
 }
 
 fn registrar_settings(config: &Config) -> RegistrarSettings {

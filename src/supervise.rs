@@ -55,16 +55,18 @@ impl Drop for Notify {
 }
 
 /// Starts `f` on a thread named `name` whose end is reported to the [`watch`] receiver.
-pub fn spawn<F>(name: impl Into<String>, f: F) -> io::Result<JoinHandle<()>>
+pub fn spawn<F, T>(name: impl Into<String>, f: F) -> io::Result<JoinHandle<T>>
 where
-    F: FnOnce() + Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
 {
     let name = name.into();
     thread::Builder::new().name(name.clone()).spawn(move || {
         let notify = Notify { role: name };
         debug_panic(&notify.role);
-        f();
+        let result = f();
         drop(notify);
+        result
     })
 }
 

@@ -386,3 +386,122 @@ fn oversized_requests_are_refused_instead_of_stalling_drachtio() {
         other => panic!("expected TooLarge, got {other:?}"),
     }
 }
+
+/// The captured REGISTER delivery with its transaction id replaced by one of the same length
+/// ending in `tag`, so that several deliveries are distinct transactions.
+fn delivery_with_txn(frames: &[CapturedFrame], tag: char) -> (Vec<u8>, String) {
+    let delivery = frames.iter().find(|f| f.dir == Dir::ToApp && f.meta()[1] == "sip").unwrap();
+    let captured = delivery.meta()[8].clone();
+    let mut txn = captured.clone();
+    txn.pop();
+    txn.push(tag);
+    (replace(&delivery.bytes, &captured, &txn), txn)
+}
+
+#[test]
+fn a_request_whose_responder_is_dropped_is_answered_503_once() {
+    let frames = capture::load("drachtio-capture.txt");
+    let h = start(16, |_| {});
+    let mut server = ScriptedServer::accept(&h.listener);
+    server.authenticate(&frames);
+    let (bytes, txn) = delivery_with_txn(&frames, 'a');
+    server.send(&bytes);
+    let req = h.register.recv_timeout(WAIT).expect("REGISTER delivered");
+    drop(req);
+    let sent = String::from_utf8(server.read_payload()).unwrap();
+    assert!(sent.contains(&format!("|sip|{txn}|\r\nSIP/2.0 503 Service Unavailable\r\n")), "{sent}");
+    assert!(sent.contains("\r\nRetry-After: 5\r\n"), "{sent}");
+    // An answered request is not answered again when its responder goes away.
+    let (bytes, txn) = delivery_with_txn(&frames, 'b');
+    server.send(&bytes);
+    let req = h.register.recv_timeout(WAIT).expect("second REGISTER delivered");
+    let resp = req.response(200);
+    req.respond(resp);
+    let sent = String::from_utf8(server.read_payload()).unwrap();
+    assert!(sent.contains(&format!("|sip|{txn}|\r\nSIP/2.0 200 OK\r\n")), "{sent}");
+    // The next frame is the authenticated ping or nothing: no second answer for `txn`.
+    server.stream.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut buf = [0u8; 512];
+    match server.stream.read(&mut buf) {
+        Ok(n) => assert!(!String::from_utf8_lossy(&buf[..n]).contains(&txn), "answered twice"),
+        Err(e) => assert!(matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut), "{e}"),
+    }
+}
+
+#[test]
+fn draining_answers_new_requests_503_and_shutdown_withdraws_routes_before_closing() {
+    let frames = capture::load("drachtio-capture.txt");
+    let mut h = start(16, |_| {});
+    let mut server = ScriptedServer::accept(&h.listener);
+    server.authenticate(&frames);
+    // A: handed to the role, which still holds it when the client shuts down.
+    let (bytes, held) = delivery_with_txn(&frames, 'a');
+    server.send(&bytes);
+    let held_request = h.register.recv_timeout(WAIT).expect("REGISTER delivered");
+
+    let client = h.client.take().unwrap();
+    client.drain();
+    assert!(client.is_draining());
+    // B: arrives while draining: answered by the reader, never reaches the role.
+    let (bytes, txn_b) = delivery_with_txn(&frames, 'b');
+    server.send(&bytes);
+    let sent = String::from_utf8(server.read_payload()).unwrap();
+    assert!(sent.contains(&format!("|sip|{txn_b}|\r\nSIP/2.0 503 Service Unavailable\r\n")), "{sent}");
+    assert!(sent.contains("\r\nRetry-After: 5\r\n"), "{sent}");
+    assert!(h.register.try_recv().is_err(), "nothing new for the role while draining");
+
+    let stopper = std::thread::spawn(move || client.shutdown());
+    // The routes are withdrawn, one remove_route per verb.
+    let mut last_id = String::new();
+    for verb in ["options", "register"] {
+        let p = String::from_utf8(server.read_payload()).unwrap();
+        let t: Vec<&str> = p.split('|').collect();
+        assert_eq!(&t[1..], &["remove_route", verb], "{p}");
+        last_id = t[0].to_string();
+    }
+    // C: delivered before drachtio processed the withdrawal: still answered.
+    let (bytes, txn_c) = delivery_with_txn(&frames, 'c');
+    server.send(&bytes);
+    let sent = String::from_utf8(server.read_payload()).unwrap();
+    assert!(sent.contains(&format!("|sip|{txn_c}|\r\nSIP/2.0 503 Service Unavailable\r\n")), "{sent}");
+    server.send(&sbc_sidecar::drachtio::frame::encode_unchecked(format!("{last_id}|response|{last_id}|OK").as_bytes()));
+    // A, still held by the role, is answered by the writer before it closes.
+    let sent = String::from_utf8(server.read_payload()).unwrap();
+    assert!(sent.contains(&format!("|sip|{held}|\r\nSIP/2.0 503 Service Unavailable\r\n")), "{sent}");
+    let stats = stopper.join().expect("shutdown returns");
+    assert_eq!(stats.unanswered_at_close, 1);
+    assert_eq!(stats.unanswered_dropped, 0);
+    let mut buf = [0u8; 64];
+    assert_eq!(server.stream.read(&mut buf).unwrap_or(0), 0, "connection closed after the flush");
+    drop(held_request);
+}
+
+#[test]
+fn unanswered_requests_are_counted_in_statsd() {
+    use sbc_sidecar::config::StatsProtocol;
+    use sbc_sidecar::telemetry::{Metrics, MetricsSettings};
+    let statsd = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    statsd.set_read_timeout(Some(WAIT)).unwrap();
+    let settings = MetricsSettings {
+        enabled: true,
+        host: "127.0.0.1".into(),
+        port: statsd.local_addr().unwrap().port(),
+        protocol: StatsProtocol::Udp,
+        prefix: String::new(),
+        tags: Vec::new(),
+        sample_rate: 1.0,
+    };
+    let frames = capture::load("drachtio-capture.txt");
+    let h = start(16, |_| {});
+    h.client.as_ref().unwrap().set_metrics(Metrics::new(&settings).unwrap());
+    let mut server = ScriptedServer::accept(&h.listener);
+    server.authenticate(&frames);
+    let (bytes, txn) = delivery_with_txn(&frames, 'd');
+    server.send(&bytes);
+    drop(h.register.recv_timeout(WAIT).expect("REGISTER delivered"));
+    let sent = String::from_utf8(server.read_payload()).unwrap();
+    assert!(sent.contains(&format!("|sip|{txn}|\r\nSIP/2.0 503 Service Unavailable\r\n")), "{sent}");
+    let mut buf = [0u8; 512];
+    let n = statsd.recv(&mut buf).expect("a statsd datagram");
+    assert_eq!(String::from_utf8_lossy(&buf[..n]), "sbc.sip.unanswered:1|c|#reason:dropped");
+}

@@ -6,7 +6,7 @@
 //! `mio::Waker`; the reader drains that channel before it looks at any frame, so a reply can
 //! never arrive before its registration is known.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,12 +21,17 @@ use rand::Rng;
 
 use super::frame::{self, FrameDecoder};
 use super::message::{self, Reply, ReplyStatus, ServerMessage, SipDelivery};
-use super::{ConnectionEvent, ConnectionInfo, IncomingRequest, Responder};
+use super::{ConnectionEvent, ConnectionInfo, IncomingRequest, Responder, UNANSWERED_RESPONSE};
 use crate::config::Cidr;
 use crate::sip::{ResponseBuilder, SipMessage};
+use crate::telemetry::Metrics;
 
 const CONNECTION: Token = Token(0);
 const WAKER: Token = Token(1);
+
+/// statsd counter of requests answered `503` because no role answered them, tagged
+/// `reason:dropped` (a responder dropped) or `reason:shutdown` (still held at close).
+pub const UNANSWERED_METRIC: &str = "sbc.sip.unanswered";
 
 /// How long a TCP connect to drachtio may take before we back off and retry.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -36,6 +41,11 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const BATCH_BYTES: usize = 16 * 1024;
 /// Frames above this size are written alone (see `Writer::queue_frame`).
 const LARGE_FRAME: usize = 4000;
+/// At shutdown, how long the reader waits for drachtio to confirm that our routes are
+/// withdrawn (answering what it still delivers) before it closes anyway.
+const WITHDRAW_WAIT: Duration = Duration::from_secs(2);
+/// `Retry-After` of the `503` a draining client answers new requests with (seconds).
+const DRAINING_RETRY_AFTER: &str = "5";
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -66,7 +76,14 @@ pub struct Route {
 pub enum Outgoing {
     /// A frame payload to write. When `reply` is set the sender wants the server's reply
     /// (and, for a request, the SIP responses that follow).
-    Frame { msg_id: String, payload: Vec<u8>, reply: Option<Sender<UacEvent>> },
+    /// `answers` names the incoming transaction when the frame is its response.
+    Frame { msg_id: String, payload: Vec<u8>, reply: Option<Sender<UacEvent>>, answers: Option<String> },
+    /// The reader handed this incoming transaction to a role: its response is now owed.
+    Owed(String),
+    /// The [`Responder`] of this transaction was dropped without answering: answer `503`.
+    Unanswered { transaction_id: String },
+    /// Where to count unanswered requests (`sbc.sip.unanswered`).
+    Metrics(Metrics),
     /// A new connection (from the reader), with its generation number.
     Attach(TcpStream, u64),
     /// The connection is gone.
@@ -126,7 +143,7 @@ impl DrachtioHandle {
         let (tx, rx) = crossbeam_channel::unbounded();
         let msg_id = message::new_message_id();
         let payload = message::sip_request(&msg_id, proxy, &sip);
-        if let Err(e) = self.writer.send(Outgoing::Frame { msg_id, payload, reply: Some(tx) }) {
+        if let Err(e) = self.writer.send(Outgoing::Frame { msg_id, payload, reply: Some(tx), answers: None }) {
             if let Outgoing::Frame { reply: Some(tx), .. } = e.into_inner() {
                 let _ = tx.send(UacEvent::Failed(UacError::NotConnected));
             }
@@ -135,12 +152,22 @@ impl DrachtioHandle {
     }
 }
 
+/// What the writer counted, returned by [`DrachtioClient::shutdown`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Requests whose [`Responder`] was dropped without an answer, answered `503` by the writer.
+    pub unanswered_dropped: u64,
+    /// Requests a role still held when the writer closed, answered `503` just before.
+    pub unanswered_at_close: u64,
+}
+
 /// The running client: two threads.
 pub struct DrachtioClient {
     reader: JoinHandle<()>,
-    writer: JoinHandle<()>,
+    writer: JoinHandle<WriterStats>,
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
+    draining: Arc<AtomicBool>,
     handle: DrachtioHandle,
 }
 
@@ -154,6 +181,7 @@ impl DrachtioClient {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let stop = Arc::new(AtomicBool::new(false));
+        let draining = Arc::new(AtomicBool::new(false));
         let (writer_tx, writer_rx) = crossbeam_channel::unbounded::<Outgoing>();
         let (pending_tx, pending_rx) = crossbeam_channel::unbounded::<PendingReply>();
 
@@ -167,6 +195,9 @@ impl DrachtioClient {
                     stream: None,
                     out: Vec::new(),
                     registered: false,
+                    owed: HashSet::new(),
+                    metrics: Metrics::disabled(),
+                    stats: WriterStats::default(),
                 }
                 .run()
             })?
@@ -179,6 +210,8 @@ impl DrachtioClient {
             writer: writer_tx.clone(),
             pending_rx,
             stop: stop.clone(),
+            draining: draining.clone(),
+            withdraw: None,
             generation: 0,
             attempt: 0,
             conn: None,
@@ -187,27 +220,43 @@ impl DrachtioClient {
             last_failure: None,
         };
         let reader = crate::supervise::spawn("drachtio-reader", move || reader_state.run())?;
-        Ok(DrachtioClient { reader, writer, waker, stop, handle: DrachtioHandle { writer: writer_tx } })
+        Ok(DrachtioClient { reader, writer, waker, stop, draining, handle: DrachtioHandle { writer: writer_tx } })
+    }
+
+    /// Counts unanswered requests in `metrics` (`sbc.sip.unanswered`).
+    pub fn set_metrics(&self, metrics: Metrics) {
+        let _ = self.handle.writer.send(Outgoing::Metrics(metrics));
     }
 
     pub fn handle(&self) -> DrachtioHandle {
         self.handle.clone()
     }
 
-    /// Stops taking requests from drachtio (the connection stays open so that roles can still
-    /// answer what they hold). Call [`DrachtioClient::shutdown`] afterwards.
-    pub fn stop_reading(&self) {
-        self.stop.store(true, Ordering::SeqCst);
+    /// Stops handing requests to roles: from now on the reader answers every new request
+    /// `503` with `Retry-After` itself, while it keeps reading (so nothing drachtio delivers
+    /// waits for a timeout) and keeps serving the responses to requests roles sent. The roles
+    /// answer what they already hold. Call [`DrachtioClient::shutdown`] afterwards.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
         let _ = self.waker.wake();
     }
 
-    /// Stops reading, lets the writer flush what roles already queued, closes the connection
-    /// and joins both threads.
-    pub fn shutdown(self) {
-        self.stop_reading();
+    /// Whether [`DrachtioClient::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Withdraws our routes (answering `503` to whatever drachtio delivers until it confirms,
+    /// at most [`WITHDRAW_WAIT`]), stops reading, lets the writer flush what roles queued —
+    /// answering `503` for every request still owed — closes the connection and joins both
+    /// threads.
+    pub fn shutdown(self) -> WriterStats {
+        self.drain();
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
         let _ = self.reader.join();
         let _ = self.handle.writer.send(Outgoing::Shutdown);
-        let _ = self.writer.join();
+        self.writer.join().unwrap_or_default()
     }
 }
 
@@ -228,23 +277,49 @@ struct Writer {
     out: Vec<u8>,
     /// A reply registration was sent since the last flush (the reader must be woken).
     registered: bool,
+    /// Incoming transactions of the current connection handed to roles and not answered yet.
+    owed: HashSet<String>,
+    metrics: Metrics,
+    stats: WriterStats,
 }
 
 impl Writer {
-    fn run(mut self) {
+    fn run(mut self) -> WriterStats {
         while let Ok(msg) = self.input.recv() {
             match msg {
                 Outgoing::Attach(stream, generation) => {
                     self.out.clear();
+                    self.owed.clear();
                     self.stream = Some((stream, generation));
                 }
                 Outgoing::Detach => {
-                    // What is not written yet was for the connection that is gone.
+                    // What is not written yet was for the connection that is gone, and so
+                    // were the transactions drachtio delivered on it.
                     self.out.clear();
+                    self.owed.clear();
                     self.stream = None;
                 }
                 Outgoing::Shutdown => break,
-                Outgoing::Frame { msg_id, payload, reply } => self.queue_frame(msg_id, payload, reply),
+                Outgoing::Frame { msg_id, payload, reply, answers } => {
+                    if let Some(txn) = answers {
+                        self.owed.remove(&txn);
+                    }
+                    self.queue_frame(msg_id, payload, reply);
+                }
+                Outgoing::Owed(txn) => {
+                    self.owed.insert(txn);
+                }
+                Outgoing::Unanswered { transaction_id } => {
+                    self.stats.unanswered_dropped += 1;
+                    self.metrics.count(UNANSWERED_METRIC, 1, &["reason:dropped"]);
+                    warn!(
+                        "a request was dropped without an answer (transaction {transaction_id}); answering 503 \
+                         ({} so far)",
+                        self.stats.unanswered_dropped
+                    );
+                    self.answer_unavailable(&transaction_id);
+                }
+                Outgoing::Metrics(metrics) => self.metrics = metrics,
             }
             // Frames that arrive while one is being handled go out in the same write: under
             // load that is one syscall for many responses instead of one each.
@@ -252,10 +327,29 @@ impl Writer {
                 self.flush();
             }
         }
+        // Whatever a role still holds now will never be answered by it: answer for it.
+        let owed: Vec<String> = self.owed.iter().cloned().collect();
+        if !owed.is_empty() {
+            warn!("closing the drachtio connection with {} requests unanswered: answering them 503", owed.len());
+            self.stats.unanswered_at_close += owed.len() as u64;
+            self.metrics.count(UNANSWERED_METRIC, owed.len() as u64, &["reason:shutdown"]);
+            for txn in owed {
+                self.answer_unavailable(&txn);
+            }
+        }
         self.flush();
         if let Some((stream, _)) = self.stream.take() {
             let _ = stream.shutdown(Shutdown::Both);
         }
+        self.stats
+    }
+
+    /// Queues `503` + `Retry-After` for an incoming transaction (see [`UNANSWERED_RESPONSE`]).
+    fn answer_unavailable(&mut self, transaction_id: &str) {
+        self.owed.remove(transaction_id);
+        let msg_id = message::new_message_id();
+        let payload = message::sip_response(&msg_id, transaction_id, UNANSWERED_RESPONSE);
+        self.queue_frame(msg_id, payload, None);
     }
 
     fn queue_frame(&mut self, msg_id: String, payload: Vec<u8>, reply: Option<Sender<UacEvent>>) {
@@ -339,6 +433,10 @@ struct Reader {
     writer: Sender<Outgoing>,
     pending_rx: Receiver<PendingReply>,
     stop: Arc<AtomicBool>,
+    /// New requests are answered `503` instead of being handed to roles.
+    draining: Arc<AtomicBool>,
+    /// At shutdown: the last `remove_route` sent, and how long we wait for its reply.
+    withdraw: Option<Withdraw>,
     generation: u64,
     /// Consecutive failed connection attempts, for the backoff.
     attempt: u32,
@@ -351,6 +449,12 @@ struct Reader {
     last_failure: Option<String>,
 }
 
+struct Withdraw {
+    msg_id: String,
+    until: Instant,
+    confirmed: bool,
+}
+
 enum Disconnect {
     Lost(String),
     WrongSecret,
@@ -360,8 +464,12 @@ impl Reader {
     fn run(mut self) {
         let mut events = Events::with_capacity(64);
         let mut retry_at = Instant::now();
-        while !self.stop.load(Ordering::SeqCst) {
-            if self.conn.is_none() && Instant::now() >= retry_at {
+        loop {
+            let stopping = self.stop.load(Ordering::SeqCst);
+            if stopping && self.ready_to_stop() {
+                break;
+            }
+            if !stopping && self.conn.is_none() && Instant::now() >= retry_at {
                 if let Err(reason) = self.connect() {
                     let delay = self.backoff();
                     self.report_connect_failure(&reason, delay);
@@ -393,8 +501,37 @@ impl Reader {
         self.fail_all(UacError::Disconnected);
     }
 
+    /// On the way out: withdraws our routes once, then reads on (answering `503`) until
+    /// drachtio confirms — after its reply nothing more is delivered to us — or until
+    /// [`WITHDRAW_WAIT`] has passed or the connection is gone.
+    fn ready_to_stop(&mut self) -> bool {
+        if let Some(w) = &self.withdraw {
+            return w.confirmed || self.conn.is_none() || Instant::now() >= w.until;
+        }
+        if self.conn.as_ref().is_none_or(|c| c.info.is_none()) {
+            return true;
+        }
+        self.draining.store(true, Ordering::SeqCst);
+        let mut verbs: Vec<String> = self.routes.keys().map(|m| m.to_ascii_lowercase()).collect();
+        verbs.sort();
+        let mut last = None;
+        for verb in verbs {
+            let id = message::new_message_id();
+            let payload = message::remove_route(&id, &verb);
+            let _ = self.writer.send(Outgoing::Frame { msg_id: id.clone(), payload, reply: None, answers: None });
+            last = Some(id);
+        }
+        let Some(msg_id) = last else { return true };
+        debug!("withdrawing our routes from drachtio");
+        self.withdraw = Some(Withdraw { msg_id, until: Instant::now() + WITHDRAW_WAIT, confirmed: false });
+        false
+    }
+
     fn poll_timeout(&self, retry_at: Instant) -> Duration {
         let now = Instant::now();
+        if let Some(w) = &self.withdraw {
+            return w.until.saturating_duration_since(now).clamp(Duration::from_millis(1), Duration::from_secs(1));
+        }
         let until = match &self.conn {
             None => retry_at,
             Some(c) if c.info.is_none() => c.auth_sent + self.config.pong_timeout,
@@ -459,7 +596,7 @@ impl Reader {
         let _ = self.writer.send(Outgoing::Attach(writer_stream, self.generation));
         let auth_msg_id = message::new_message_id();
         let payload = message::authenticate(&auth_msg_id, &self.config.secret);
-        let _ = self.writer.send(Outgoing::Frame { msg_id: auth_msg_id.clone(), payload, reply: None });
+        let _ = self.writer.send(Outgoing::Frame { msg_id: auth_msg_id.clone(), payload, reply: None, answers: None });
         let now = Instant::now();
         self.conn = Some(Connection {
             stream: mio_stream,
@@ -577,7 +714,7 @@ impl Reader {
             let payload = message::ping(&id);
             conn.ping_outstanding = Some((id.clone(), now));
             conn.next_ping = now + self.config.ping_interval;
-            let _ = self.writer.send(Outgoing::Frame { msg_id: id, payload, reply: None });
+            let _ = self.writer.send(Outgoing::Frame { msg_id: id, payload, reply: None, answers: None });
         }
         Ok(())
     }
@@ -607,6 +744,11 @@ impl Reader {
         }
         if conn.ping_outstanding.as_ref().is_some_and(|(id, _)| *id == reply.reply_to) {
             conn.ping_outstanding = None;
+            return Ok(());
+        }
+        if let Some(w) = self.withdraw.as_mut().filter(|w| w.msg_id == reply.reply_to) {
+            debug!("drachtio confirmed that our routes are withdrawn");
+            w.confirmed = true;
             return Ok(());
         }
         // The writer registers a message id before writing it, so a reply whose id is unknown
@@ -660,7 +802,7 @@ impl Reader {
         for verb in verbs {
             let id = message::new_message_id();
             let payload = message::route(&id, &verb);
-            let _ = self.writer.send(Outgoing::Frame { msg_id: id, payload, reply: None });
+            let _ = self.writer.send(Outgoing::Frame { msg_id: id, payload, reply: None, answers: None });
         }
         if let Some(conn) = self.conn.as_mut() {
             conn.hostport = Arc::from(info.hostports.as_str());
@@ -709,6 +851,13 @@ impl Reader {
             responder.send(ResponseBuilder::new(&message, 405).build());
             return;
         };
+        if self.draining.load(Ordering::SeqCst) {
+            debug!("shutting down: answering 503 to {method} from {}:{}", delivery.address, delivery.port);
+            responder.send(ResponseBuilder::new(&message, 503).header("Retry-After", DRAINING_RETRY_AFTER).build());
+            return;
+        }
+        // Told to the writer before the role can answer, so it knows what is owed at close.
+        let _ = self.writer.send(Outgoing::Owed(delivery.transaction_id.clone()));
         let request =
             IncomingRequest { meta: delivery, message, server_hostport: hostport, private_sip_address, responder };
         match queue.try_send(request) {

@@ -247,6 +247,12 @@ pub fn route(msg_id: &str, verb: &str) -> Vec<u8> {
     format!("{msg_id}|route|{}", verb.to_ascii_lowercase()).into_bytes()
 }
 
+/// `<msgId>|remove_route|<verb>`. drachtio v0.9.10 removes every route of the connection,
+/// whatever the verb (drachtio-protocol.md §2.2).
+pub fn remove_route(msg_id: &str, verb: &str) -> Vec<u8> {
+    format!("{msg_id}|remove_route|{}", verb.to_ascii_lowercase()).into_bytes()
+}
+
 pub fn ping(msg_id: &str) -> Vec<u8> {
     format!("{msg_id}|ping").into_bytes()
 }

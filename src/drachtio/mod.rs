@@ -16,7 +16,7 @@ use crossbeam_channel::Sender;
 
 use crate::config::Cidr;
 use crate::sip::{ResponseBuilder, SipMessage};
-pub use client::{ClientConfig, DrachtioClient, DrachtioHandle, Outgoing, Route, UacError, UacEvent};
+pub use client::{ClientConfig, DrachtioClient, DrachtioHandle, Outgoing, Route, UacError, UacEvent, WriterStats};
 pub use message::SipDelivery;
 
 /// What the connection learned when drachtio accepted our secret.
@@ -99,28 +99,53 @@ impl IncomingRequest {
     }
 }
 
+/// What a request gets when it was never answered: drachtio's stack copies Via, From, To,
+/// Call-ID and CSeq from the request itself (as for any app response without them), and
+/// devices come back after `Retry-After`, here or on another SBC.
+pub const UNANSWERED_RESPONSE: &[u8] =
+    b"SIP/2.0 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\n\r\n";
+
 /// Sends the one response to an incoming request through the writer thread.
+///
+/// A responder dropped without [`Responder::send`] — a queue dropped at shutdown, a thread
+/// that ended, a code path that forgot — answers [`UNANSWERED_RESPONSE`] itself (the writer
+/// counts these and reports them as the `sbc.sip.unanswered` metric), so no request drachtio
+/// delivered is left to time out.
 #[derive(Debug)]
 pub struct Responder {
     pub(crate) transaction_id: String,
     pub(crate) writer: Sender<client::Outgoing>,
+    /// Set by `send`, so that `Drop` never answers a second time.
+    answered: bool,
 }
 
 impl Responder {
     /// A responder that writes to `writer`; the client makes these, tests may too.
     pub fn new(transaction_id: String, writer: Sender<client::Outgoing>) -> Responder {
-        Responder { transaction_id, writer }
+        Responder { transaction_id, writer, answered: false }
     }
 
     pub fn transaction_id(&self) -> &str {
         &self.transaction_id
     }
 
-    pub fn send(self, sip: Vec<u8>) {
+    pub fn send(mut self, sip: Vec<u8>) {
+        self.answered = true;
         let msg_id = message::new_message_id();
         let payload = message::sip_response(&msg_id, &self.transaction_id, &sip);
-        // The writer only goes away at shutdown, when there is nobody left to answer anyway.
-        let _ = self.writer.send(client::Outgoing::Frame { msg_id, payload, reply: None });
+        let answers = Some(std::mem::take(&mut self.transaction_id));
+        // The writer only goes away at shutdown, after it answered what was still open.
+        let _ = self.writer.send(client::Outgoing::Frame { msg_id, payload, reply: None, answers });
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let transaction_id = std::mem::take(&mut self.transaction_id);
+        let _ = self.writer.send(client::Outgoing::Unanswered { transaction_id });
     }
 }
 
@@ -143,6 +168,32 @@ mod tests {
         let default = cidrs("192.168.0.0/24,172.16.0.0/16,10.0.0.0/8");
         assert_eq!(info.private_sip_address(&default).as_deref(), Some("10.0.1.7:5070"));
         assert_eq!(info.private_sip_address(&cidrs("192.168.0.0/24")), None);
+    }
+
+    #[test]
+    fn a_responder_dropped_unanswered_asks_the_writer_for_a_503() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        drop(Responder::new("txn-9".into(), tx));
+        match rx.try_recv() {
+            Ok(client::Outgoing::Unanswered { transaction_id }) => assert_eq!(transaction_id, "txn-9"),
+            other => panic!("expected Unanswered, got {other:?}"),
+        }
+        assert!(rx.try_recv().is_err(), "one message only");
+    }
+
+    #[test]
+    fn a_responder_that_answered_sends_exactly_one_frame() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Responder::new("txn-7".into(), tx).send(b"SIP/2.0 200 OK\r\n\r\n".to_vec());
+        match rx.try_recv() {
+            Ok(client::Outgoing::Frame { payload, answers, reply, .. }) => {
+                assert_eq!(answers.as_deref(), Some("txn-7"));
+                assert!(reply.is_none());
+                assert!(String::from_utf8_lossy(&payload).contains("|sip|txn-7|\r\nSIP/2.0 200 OK"));
+            }
+            other => panic!("expected the response frame, got {other:?}"),
+        }
+        assert!(rx.try_recv().is_err(), "no fallback after an answer");
     }
 
     #[test]

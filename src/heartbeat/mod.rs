@@ -100,7 +100,14 @@ impl HeartbeatRole {
                     // tracker logs the outage.
                     let _ = tracker.sweep(now);
                 }
-                recv(shutdown) -> _ => break,
+                recv(shutdown) -> _ => {
+                    // The drachtio client hands out nothing new once we are told to stop:
+                    // answer the heartbeats it already queued.
+                    while let Ok(request) = requests.try_recv() {
+                        answer(&mut tracker, request);
+                    }
+                    break;
+                }
             }
         }
         info!("heartbeat role stopped");

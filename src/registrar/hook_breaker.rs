@@ -10,7 +10,11 @@
 //! closes the breaker, another timeout opens it again.
 //!
 //! Only timeouts count: a webhook that refuses connections or answers with an error status
-//! fails fast and holds nobody.
+//! fails fast and holds nobody. And only timeouts of calls that started after the webhook last
+//! answered: when a hang ends, the calls made during it still time out one after the other,
+//! but the webhook is already answering the calls made since — counting those stale timeouts
+//! opened the breaker after the webhook had recovered and refused every REGISTER for the
+//! cool-down (found by `make soak`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -57,9 +61,17 @@ struct AccountState {
     timeouts_in_a_row: u32,
     /// Set while open; also pushed forward while a probe runs.
     open_until: Option<Instant>,
+    /// When the webhook last answered: a timeout of a call started before that is stale.
+    answered_at: Option<Instant>,
 }
 
-/// Accounts whose webhook timed out recently (the others have no entry).
+impl AccountState {
+    fn healthy(&self) -> bool {
+        self.timeouts_in_a_row == 0 && self.open_until.is_none()
+    }
+}
+
+/// Accounts whose webhook was called (healthy ones are forgotten first when the map is full).
 pub struct HookBreaker {
     settings: BreakerSettings,
     accounts: Mutex<HashMap<String, AccountState>>,
@@ -93,22 +105,29 @@ impl HookBreaker {
         }
     }
 
-    /// Records how a call that [`admit`](Self::admit) let through ended.
-    pub fn record(&self, account_sid: &str, timed_out: bool, now: Instant) -> Transition {
+    /// Records how a call that [`admit`](Self::admit) let through at `started` ended at `now`.
+    pub fn record(&self, account_sid: &str, timed_out: bool, started: Instant, now: Instant) -> Transition {
         if self.settings.threshold == 0 {
             return Transition::None;
         }
         let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
-        if !timed_out {
-            return match accounts.remove(account_sid) {
-                Some(AccountState { open_until: Some(_), .. }) => Transition::Closed,
-                _ => Transition::None,
-            };
-        }
         if !accounts.contains_key(account_sid) && accounts.len() >= MAX_TRACKED {
-            accounts.clear();
+            accounts.retain(|_, state| !state.healthy());
+            if accounts.len() >= MAX_TRACKED {
+                accounts.clear();
+            }
+        }
+        if !timed_out {
+            let state = accounts.entry(account_sid.to_string()).or_default();
+            let was_open = state.open_until.is_some();
+            *state = AccountState { answered_at: Some(now), ..AccountState::default() };
+            return if was_open { Transition::Closed } else { Transition::None };
         }
         let state = accounts.entry(account_sid.to_string()).or_default();
+        if state.answered_at.is_some_and(|answered| answered >= started) {
+            // The webhook answered since this call went out: it says nothing about now.
+            return Transition::None;
+        }
         state.timeouts_in_a_row = state.timeouts_in_a_row.saturating_add(1);
         if state.timeouts_in_a_row < self.settings.threshold {
             return Transition::None;
@@ -139,9 +158,9 @@ mod tests {
         let t0 = Instant::now();
         for _ in 0..2 {
             assert_eq!(b.admit("a1", t0), Admission::Call);
-            assert_eq!(b.record("a1", true, t0), Transition::None);
+            assert_eq!(b.record("a1", true, t0, t0), Transition::None);
         }
-        assert_eq!(b.record("a1", true, t0), Transition::Opened);
+        assert_eq!(b.record("a1", true, t0, t0), Transition::Opened);
         assert_eq!(
             b.admit("a1", t0 + Duration::from_secs(4)),
             Admission::Refuse { retry_after: COOLDOWN - Duration::from_secs(4) }
@@ -153,10 +172,10 @@ mod tests {
     fn an_answer_in_between_starts_the_count_again() {
         let b = breaker();
         let t0 = Instant::now();
-        b.record("a1", true, t0);
-        b.record("a1", true, t0);
-        assert_eq!(b.record("a1", false, t0), Transition::None);
-        assert_eq!(b.record("a1", true, t0), Transition::None);
+        b.record("a1", true, t0, t0);
+        b.record("a1", true, t0, t0);
+        assert_eq!(b.record("a1", false, t0, t0), Transition::None);
+        assert_eq!(b.record("a1", true, t0, t0), Transition::None);
         assert_eq!(b.admit("a1", t0), Admission::Call);
     }
 
@@ -165,19 +184,53 @@ mod tests {
         let b = breaker();
         let t0 = Instant::now();
         for _ in 0..3 {
-            b.record("a1", true, t0);
+            b.record("a1", true, t0, t0);
         }
         let later = t0 + COOLDOWN;
         assert_eq!(b.admit("a1", later), Admission::Call, "the probe");
         assert!(matches!(b.admit("a1", later), Admission::Refuse { .. }), "only one probe at a time");
-        assert_eq!(b.record("a1", true, later), Transition::StillOpen);
+        assert_eq!(b.record("a1", true, later, later), Transition::StillOpen);
         assert!(matches!(b.admit("a1", later + Duration::from_secs(1)), Admission::Refuse { .. }));
 
         let again = later + COOLDOWN;
         assert_eq!(b.admit("a1", again), Admission::Call);
-        assert_eq!(b.record("a1", false, again), Transition::Closed);
+        assert_eq!(b.record("a1", false, again, again), Transition::Closed);
         assert_eq!(b.admit("a1", again), Admission::Call);
-        assert_eq!(b.record("a1", true, again), Transition::None, "closed: counting from zero");
+        assert_eq!(b.record("a1", true, again, again), Transition::None, "closed: counting from zero");
+    }
+
+    #[test]
+    fn timeouts_of_calls_made_before_the_webhook_answered_again_do_not_open_it() {
+        // A hang: three calls go out; it ends; a call made after it is answered; then the three
+        // calls made during the hang time out.
+        let b = breaker();
+        let t0 = Instant::now();
+        let answered = t0 + Duration::from_millis(1200);
+        assert_eq!(b.record("a1", false, t0 + Duration::from_secs(1), answered), Transition::None);
+        for _ in 0..3 {
+            assert_eq!(b.record("a1", true, t0, t0 + Duration::from_secs(3)), Transition::None);
+        }
+        assert_eq!(b.admit("a1", t0 + Duration::from_secs(3)), Admission::Call, "the webhook answers: keep calling");
+        // Calls made after the answer still count.
+        let late = answered + Duration::from_millis(1);
+        for _ in 0..2 {
+            assert_eq!(b.record("a1", true, late, late + Duration::from_secs(3)), Transition::None);
+        }
+        assert_eq!(b.record("a1", true, late, late + Duration::from_secs(3)), Transition::Opened);
+    }
+
+    #[test]
+    fn healthy_accounts_are_forgotten_before_the_ones_that_time_out() {
+        let b = breaker();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            b.record("hanging", true, t0, t0);
+        }
+        for i in 0..MAX_TRACKED {
+            b.record(&format!("ok{i}"), false, t0, t0);
+        }
+        assert!(matches!(b.admit("hanging", t0), Admission::Refuse { .. }), "still open");
+        assert!(b.accounts.lock().unwrap().len() <= MAX_TRACKED);
     }
 
     #[test]
@@ -185,7 +238,7 @@ mod tests {
         let b = HookBreaker::new(BreakerSettings { threshold: 0, cooldown: COOLDOWN });
         let t0 = Instant::now();
         for _ in 0..10 {
-            assert_eq!(b.record("a1", true, t0), Transition::None);
+            assert_eq!(b.record("a1", true, t0, t0), Transition::None);
         }
         assert_eq!(b.admit("a1", t0), Admission::Call);
     }

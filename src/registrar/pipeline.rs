@@ -671,7 +671,7 @@ impl Registrar {
         let request = webhook::build_request(hook, account.webhook_secret.as_deref(), &data, unix_secs());
         let result = self.hook.send(&request).and_then(|response| webhook::interpret(&response));
         let timed_out = matches!(result, Err(HookError::Timeout));
-        match self.hook_breaker.record(&account.account_sid, timed_out, Instant::now()) {
+        match self.hook_breaker.record(&account.account_sid, timed_out, started, Instant::now()) {
             Transition::Opened => warn!(
                 "registrar: registration webhook of account_sid={} url={} timed out {} times in a row; \
                  its REGISTERs get 503 without calling it for {} s, then one is tried",

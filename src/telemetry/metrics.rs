@@ -246,6 +246,13 @@ impl Metrics {
         }
     }
 
+    /// Any counter (`|c`).
+    pub fn count(&self, name: &str, value: u64, tags: &[&str]) {
+        if let Some(client) = &self.client {
+            client.send(name, value, 'c', tags);
+        }
+    }
+
     /// Any gauge (`|g`).
     pub fn gauge(&self, name: &str, value: u64, tags: &[&str]) {
         if let Some(client) = &self.client {

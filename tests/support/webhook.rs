@@ -101,8 +101,13 @@ pub struct WebhookServer {
 
 impl WebhookServer {
     pub fn start() -> WebhookServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind webhook listener");
-        let addr = listener.local_addr().expect("webhook address");
+        WebhookServer::start_at("127.0.0.1:0".parse().expect("an address")).expect("bind webhook listener")
+    }
+
+    /// Listens on `addr` (e.g. the address of a server stopped a moment ago, to restart it).
+    pub fn start_at(addr: SocketAddr) -> std::io::Result<WebhookServer> {
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State {
             requests: Vec::new(),
             answer: Answer::VerifyDigest,
@@ -116,25 +121,25 @@ impl WebhookServer {
         let stop = Arc::new(AtomicBool::new(false));
         let acceptor = {
             let (state, stop) = (state.clone(), stop.clone());
-            thread::Builder::new()
-                .name("test-webhook".into())
-                .spawn(move || {
-                    for stream in listener.incoming() {
-                        if stop.load(Ordering::SeqCst) {
-                            break;
-                        }
-                        let Ok(stream) = stream else { continue };
-                        state.lock().unwrap().connections += 1;
-                        let state = state.clone();
-                        // One thread per connection: a delayed answer must not hold up others.
-                        let _ = thread::Builder::new()
-                            .name("test-webhook-conn".into())
-                            .spawn(move || serve(stream, &state));
+            thread::Builder::new().name("test-webhook".into()).spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
                     }
-                })
-                .expect("spawn webhook thread")
+                    let Ok(stream) = stream else { continue };
+                    state.lock().unwrap().connections += 1;
+                    let state = state.clone();
+                    // One thread per connection: a delayed answer must not hold up others.
+                    let _ =
+                        thread::Builder::new().name("test-webhook-conn".into()).spawn(move || serve(stream, &state));
+                }
+            })?
         };
-        WebhookServer { addr, state, stop, acceptor: Some(acceptor) }
+        Ok(WebhookServer { addr, state, stop, acceptor: Some(acceptor) })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     pub fn url(&self, path: &str) -> String {
