@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,18 @@ pub struct Route {
     pub queue: Sender<IncomingRequest>,
 }
 
+/// Incoming transactions of the current connection handed to roles and not answered yet.
+/// Shared by the reader (which adds each one before handing it over, and empties the set when
+/// the connection changes) and the writer (which removes each one it answers, and answers the
+/// rest `503` at close). A set behind a lock rather than a message to the writer: a message per
+/// request woke the writer thread once more per request, which at operating rates cost more
+/// than the answer itself.
+type Owed = Arc<Mutex<HashSet<String>>>;
+
+fn owed_set(owed: &Owed) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    owed.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Input of the writer thread.
 #[derive(Debug)]
 pub enum Outgoing {
@@ -78,8 +90,6 @@ pub enum Outgoing {
     /// (and, for a request, the SIP responses that follow).
     /// `answers` names the incoming transaction when the frame is its response.
     Frame { msg_id: String, payload: Vec<u8>, reply: Option<Sender<UacEvent>>, answers: Option<String> },
-    /// The reader handed this incoming transaction to a role: its response is now owed.
-    Owed(String),
     /// The [`Responder`] of this transaction was dropped without answering: answer `503`.
     Unanswered { transaction_id: String },
     /// Where to count unanswered requests (`sbc.sip.unanswered`).
@@ -182,11 +192,13 @@ impl DrachtioClient {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let stop = Arc::new(AtomicBool::new(false));
         let draining = Arc::new(AtomicBool::new(false));
+        let owed: Owed = Arc::new(Mutex::new(HashSet::new()));
         let (writer_tx, writer_rx) = crossbeam_channel::unbounded::<Outgoing>();
         let (pending_tx, pending_rx) = crossbeam_channel::unbounded::<PendingReply>();
 
         let writer = {
             let waker = waker.clone();
+            let owed = owed.clone();
             crate::supervise::spawn("drachtio-writer", move || {
                 Writer {
                     input: writer_rx,
@@ -195,7 +207,7 @@ impl DrachtioClient {
                     stream: None,
                     out: Vec::new(),
                     registered: false,
-                    owed: HashSet::new(),
+                    owed,
                     metrics: Metrics::disabled(),
                     stats: WriterStats::default(),
                 }
@@ -211,6 +223,7 @@ impl DrachtioClient {
             pending_rx,
             stop: stop.clone(),
             draining: draining.clone(),
+            owed,
             withdraw: None,
             generation: 0,
             attempt: 0,
@@ -278,7 +291,7 @@ struct Writer {
     /// A reply registration was sent since the last flush (the reader must be woken).
     registered: bool,
     /// Incoming transactions of the current connection handed to roles and not answered yet.
-    owed: HashSet<String>,
+    owed: Owed,
     metrics: Metrics,
     stats: WriterStats,
 }
@@ -289,25 +302,20 @@ impl Writer {
             match msg {
                 Outgoing::Attach(stream, generation) => {
                     self.out.clear();
-                    self.owed.clear();
                     self.stream = Some((stream, generation));
                 }
                 Outgoing::Detach => {
-                    // What is not written yet was for the connection that is gone, and so
-                    // were the transactions drachtio delivered on it.
+                    // What is not written yet was for the connection that is gone (the reader
+                    // forgot the transactions drachtio delivered on it).
                     self.out.clear();
-                    self.owed.clear();
                     self.stream = None;
                 }
                 Outgoing::Shutdown => break,
                 Outgoing::Frame { msg_id, payload, reply, answers } => {
                     if let Some(txn) = answers {
-                        self.owed.remove(&txn);
+                        owed_set(&self.owed).remove(&txn);
                     }
                     self.queue_frame(msg_id, payload, reply);
-                }
-                Outgoing::Owed(txn) => {
-                    self.owed.insert(txn);
                 }
                 Outgoing::Unanswered { transaction_id } => {
                     self.stats.unanswered_dropped += 1;
@@ -328,7 +336,7 @@ impl Writer {
             }
         }
         // Whatever a role still holds now will never be answered by it: answer for it.
-        let owed: Vec<String> = self.owed.iter().cloned().collect();
+        let owed: Vec<String> = owed_set(&self.owed).drain().collect();
         if !owed.is_empty() {
             warn!("closing the drachtio connection with {} requests unanswered: answering them 503", owed.len());
             self.stats.unanswered_at_close += owed.len() as u64;
@@ -346,7 +354,7 @@ impl Writer {
 
     /// Queues `503` + `Retry-After` for an incoming transaction (see [`UNANSWERED_RESPONSE`]).
     fn answer_unavailable(&mut self, transaction_id: &str) {
-        self.owed.remove(transaction_id);
+        owed_set(&self.owed).remove(transaction_id);
         let msg_id = message::new_message_id();
         let payload = message::sip_response(&msg_id, transaction_id, UNANSWERED_RESPONSE);
         self.queue_frame(msg_id, payload, None);
@@ -435,6 +443,8 @@ struct Reader {
     stop: Arc<AtomicBool>,
     /// New requests are answered `503` instead of being handed to roles.
     draining: Arc<AtomicBool>,
+    /// Transactions handed to roles and not answered yet (see [`Owed`]).
+    owed: Owed,
     /// At shutdown: the last `remove_route` sent, and how long we wait for its reply.
     withdraw: Option<Withdraw>,
     generation: u64,
@@ -593,6 +603,7 @@ impl Reader {
             .register(&mut mio_stream, CONNECTION, Interest::READABLE)
             .map_err(|e| format!("poll register: {e}"))?;
         self.generation += 1;
+        owed_set(&self.owed).clear();
         let _ = self.writer.send(Outgoing::Attach(writer_stream, self.generation));
         let auth_msg_id = message::new_message_id();
         let payload = message::authenticate(&auth_msg_id, &self.config.secret);
@@ -620,6 +631,7 @@ impl Reader {
             let _ = self.poll.registry().deregister(&mut conn.stream);
             let _ = conn.stream.shutdown(Shutdown::Both);
         }
+        owed_set(&self.owed).clear();
         let _ = self.writer.send(Outgoing::Detach);
         self.fail_all(UacError::Disconnected);
         let delay = self.backoff();
@@ -856,8 +868,8 @@ impl Reader {
             responder.send(ResponseBuilder::new(&message, 503).header("Retry-After", DRAINING_RETRY_AFTER).build());
             return;
         }
-        // Told to the writer before the role can answer, so it knows what is owed at close.
-        let _ = self.writer.send(Outgoing::Owed(delivery.transaction_id.clone()));
+        // Noted before the role can answer, so the writer knows what is owed at close.
+        owed_set(&self.owed).insert(delivery.transaction_id.clone());
         let request =
             IncomingRequest { meta: delivery, message, server_hostport: hostport, private_sip_address, responder };
         match queue.try_send(request) {
