@@ -30,25 +30,13 @@ use sbc_sidecar::store::mysql::{MysqlPool, MysqlSettings};
 use sbc_sidecar::store::redis::{pool, RedisPool, RedisSettings};
 use support::carrier::Peer;
 use support::db::{mysql_password, mysql_user, TestDb};
+use support::wait_until;
 
 const WAIT: Duration = Duration::from_secs(10);
 
 // ------------------------------------------------------------------------------------------
 // helpers
 // ------------------------------------------------------------------------------------------
-
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= until {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(25));
-    }
-}
 
 fn cluster() -> String {
     format!("test-regbot-{}", uuid::Uuid::new_v4().simple())

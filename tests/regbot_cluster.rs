@@ -33,6 +33,7 @@ use support::carrier::{Peer, Traced};
 use support::daemon::{base_env, Daemon};
 use support::db::TestDb;
 use support::tcp_proxy::TcpProxy;
+use support::wait_until;
 
 const TOKEN_TTL: Duration = Duration::from_secs(2);
 const STATUS_INTERVAL: Duration = Duration::from_millis(300);
@@ -51,19 +52,6 @@ const WAIT: Duration = Duration::from_secs(15);
 fn carrier(ip: &str, status: &str, reason: &str, expires: &str) -> Peer {
     let keys = [("status", status), ("reason", reason), ("expires", expires)];
     Peer::start_with("regbot_reply_each.xml", ip, support::sipp::free_port(ip), &keys, &["-deadcall_wait", "0"])
-}
-
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= until {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(25));
-    }
 }
 
 fn unix_now() -> u64 {

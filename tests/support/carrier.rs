@@ -4,23 +4,11 @@
 use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+
+use std::time::Duration;
 
 use super::sipp;
-
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= until {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(25));
-    }
-}
+use super::wait_until;
 
 /// One SIP message from a sipp `-trace_msg` log.
 #[derive(Debug, Clone)]

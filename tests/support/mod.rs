@@ -12,3 +12,17 @@ pub mod influx;
 pub mod sipp;
 pub mod tcp_proxy;
 pub mod tls;
+
+/// Polls `cond` every 25 ms until it holds (`true`) or `timeout` has passed (`false`).
+pub fn wait_until(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+}
