@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::wait_until;
 use mysql::prelude::Queryable;
 
 /// How long a private server may take to accept connections.
@@ -187,18 +188,6 @@ fn make_leaf(dir: &Path, name: &str, ca: &str, san: &str, usage: &str) -> CertFi
         ],
     );
     CertFiles { cert: dir.join(pem), key: dir.join(key) }
-}
-
-/// Polls `f` every 20 ms until it is true, for at most `timeout`.
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
 }
 
 fn kill(child: &mut Option<Child>) {
