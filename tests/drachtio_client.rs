@@ -505,3 +505,63 @@ fn unanswered_requests_are_counted_in_statsd() {
     let n = statsd.recv(&mut buf).expect("a statsd datagram");
     assert_eq!(String::from_utf8_lossy(&buf[..n]), "sbc.sip.unanswered:1|c|#reason:dropped");
 }
+
+/// The captured REGISTER delivery as transaction number `n` (its id's last six characters
+/// replaced by the number, so the length prefix stays valid).
+fn delivery_number(frames: &[CapturedFrame], n: usize) -> (Vec<u8>, String) {
+    let delivery = frames.iter().find(|f| f.dir == Dir::ToApp && f.meta()[1] == "sip").unwrap();
+    let captured = delivery.meta()[8].clone();
+    let txn = format!("{}{n:06}", &captured[..captured.len() - 6]);
+    (replace(&delivery.bytes, &captured, &txn), txn)
+}
+
+fn sysctl_max(path: &str) -> usize {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.split_whitespace().last().and_then(|v| v.parse().ok()).unwrap_or(4 << 20)
+}
+
+#[test]
+fn a_drachtio_that_stops_reading_gets_every_answer_whole_once_it_reads_again() {
+    let frames = capture::load("drachtio-capture.txt");
+    // More answer bytes than the kernel buffers between the two sockets can hold while the
+    // server reads nothing (the sender's buffer grows to tcp_wmem's maximum, the receiver's
+    // stays near its default until the application reads), so writes must wait for room.
+    const ANSWER_PAD: usize = 2900;
+    let buffered = sysctl_max("/proc/sys/net/ipv4/tcp_wmem") + (1 << 20);
+    let count = buffered / ANSWER_PAD + 300;
+    let h = start(count + 16, |_| {});
+    let mut server = ScriptedServer::accept(&h.listener);
+    server.authenticate(&frames);
+    let mut deliveries = Vec::with_capacity(count * 1100);
+    let mut expected = std::collections::HashSet::new();
+    for n in 0..count {
+        let (bytes, txn) = delivery_number(&frames, n);
+        deliveries.extend_from_slice(&bytes);
+        expected.insert(txn);
+    }
+    server.send(&deliveries);
+    let register = h.register.clone();
+    let role = std::thread::spawn(move || {
+        let pad = "x".repeat(ANSWER_PAD);
+        for _ in 0..count {
+            let req = register.recv_timeout(WAIT).expect("REGISTER delivered");
+            let resp = req.response(200).header("X-Pad", &pad);
+            req.respond(resp);
+        }
+    });
+    // drachtio is busy: nothing read for a while (shorter than the writer's 5 s stall limit).
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut answered = std::collections::HashSet::new();
+    while answered.len() < count {
+        let payload = String::from_utf8(server.read_payload()).expect("whole UTF-8 frames");
+        let t: Vec<&str> = payload.splitn(4, '|').collect();
+        assert_eq!(t[1], "sip", "an answer frame, not {:?}", &payload[..payload.len().min(120)]);
+        assert!(t[3].starts_with("\r\nSIP/2.0 200 OK\r\n"), "a whole response: {:?}", &t[3][..t[3].len().min(80)]);
+        assert!(t[3].ends_with("\r\n\r\n"), "frames never interleave");
+        assert!(expected.contains(t[2]), "an answer to a delivered transaction: {}", t[2]);
+        assert!(answered.insert(t[2].to_string()), "answered twice: {}", t[2]);
+    }
+    role.join().expect("the role answered everything");
+    // Same connection throughout: no new authenticate, no event.
+    assert!(h.events.try_iter().all(|e| matches!(e, ConnectionEvent::Connected(_))), "no disconnect");
+}

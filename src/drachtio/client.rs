@@ -1,16 +1,17 @@
 //! The drachtio client: a reader thread that owns the connection (mio event loop, reconnects,
-//! authentication, routes, pings, dispatch) and a writer thread that writes whole frames.
+//! authentication, routes, pings, dispatch) and a writer thread that writes whole frames
+//! (see [`super::writer`]).
 //!
 //! Replies are correlated by message id and UAC responses by transaction id. The writer tells
 //! the reader which message ids await a reply *before* it writes them, through a channel and a
 //! `mio::Waker`; the reader drains that channel before it looks at any frame, so a reply can
 //! never arrive before its registration is known.
 
-use std::collections::{HashMap, HashSet};
-use std::io::{self, Read, Write};
+use std::collections::HashMap;
+use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -19,9 +20,10 @@ use log::{debug, error, info, warn};
 use mio::{Events, Interest, Poll, Token, Waker};
 use rand::Rng;
 
-use super::frame::{self, FrameDecoder};
+use super::frame::FrameDecoder;
 use super::message::{self, Reply, ReplyStatus, ServerMessage, SipDelivery};
-use super::{ConnectionEvent, ConnectionInfo, IncomingRequest, Responder, UNANSWERED_RESPONSE};
+use super::writer::{Outgoing, PendingReply, Wire, Writer, WriterStats};
+use super::{ConnectionEvent, ConnectionInfo, IncomingRequest, Responder};
 use crate::config::Cidr;
 use crate::sip::{ResponseBuilder, SipMessage};
 use crate::telemetry::Metrics;
@@ -29,18 +31,8 @@ use crate::telemetry::Metrics;
 const CONNECTION: Token = Token(0);
 const WAKER: Token = Token(1);
 
-/// statsd counter of requests answered `503` because no role answered them, tagged
-/// `reason:dropped` (a responder dropped) or `reason:shutdown` (still held at close).
-pub const UNANSWERED_METRIC: &str = "sbc.sip.unanswered";
-
 /// How long a TCP connect to drachtio may take before we back off and retry.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// A write that cannot complete in this time means drachtio stopped reading: reconnect.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Queued frames are written together up to about this many bytes.
-const BATCH_BYTES: usize = 16 * 1024;
-/// Frames above this size are written alone (see `Writer::queue_frame`).
-const LARGE_FRAME: usize = 4000;
 /// At shutdown, how long the reader waits for drachtio to confirm that our routes are
 /// withdrawn (answering what it still delivers) before it closes anyway.
 const WITHDRAW_WAIT: Duration = Duration::from_secs(2);
@@ -69,37 +61,6 @@ pub struct Route {
     pub method: String,
     /// Bounded: when it is full the request is answered `503` at once.
     pub queue: Sender<IncomingRequest>,
-}
-
-/// Incoming transactions of the current connection handed to roles and not answered yet.
-/// Shared by the reader (which adds each one before handing it over, and empties the set when
-/// the connection changes) and the writer (which removes each one it answers, and answers the
-/// rest `503` at close). A set behind a lock rather than a message to the writer: a message per
-/// request woke the writer thread once more per request, which at operating rates cost more
-/// than the answer itself.
-type Owed = Arc<Mutex<HashSet<String>>>;
-
-fn owed_set(owed: &Owed) -> std::sync::MutexGuard<'_, HashSet<String>> {
-    owed.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Input of the writer thread.
-#[derive(Debug)]
-pub enum Outgoing {
-    /// A frame payload to write. When `reply` is set the sender wants the server's reply
-    /// (and, for a request, the SIP responses that follow).
-    /// `answers` names the incoming transaction when the frame is its response.
-    Frame { msg_id: String, payload: Vec<u8>, reply: Option<Sender<UacEvent>>, answers: Option<String> },
-    /// The [`Responder`] of this transaction was dropped without answering: answer `503`.
-    Unanswered { transaction_id: String },
-    /// Where to count unanswered requests (`sbc.sip.unanswered`).
-    Metrics(Metrics),
-    /// A new connection (from the reader), with its generation number.
-    Attach(TcpStream, u64),
-    /// The connection is gone.
-    Detach,
-    /// Write what is queued, then exit.
-    Shutdown,
 }
 
 /// Why a request the app sent did not get SIP responses.
@@ -162,15 +123,6 @@ impl DrachtioHandle {
     }
 }
 
-/// What the writer counted, returned by [`DrachtioClient::shutdown`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WriterStats {
-    /// Requests whose [`Responder`] was dropped without an answer, answered `503` by the writer.
-    pub unanswered_dropped: u64,
-    /// Requests a role still held when the writer closed, answered `503` just before.
-    pub unanswered_at_close: u64,
-}
-
 /// The running client: two threads.
 pub struct DrachtioClient {
     reader: JoinHandle<()>,
@@ -192,28 +144,12 @@ impl DrachtioClient {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let stop = Arc::new(AtomicBool::new(false));
         let draining = Arc::new(AtomicBool::new(false));
-        let owed: Owed = Arc::new(Mutex::new(HashSet::new()));
+        let wire = Arc::new(Wire::default());
         let (writer_tx, writer_rx) = crossbeam_channel::unbounded::<Outgoing>();
         let (pending_tx, pending_rx) = crossbeam_channel::unbounded::<PendingReply>();
 
-        let writer = {
-            let waker = waker.clone();
-            let owed = owed.clone();
-            crate::supervise::spawn("drachtio-writer", move || {
-                Writer {
-                    input: writer_rx,
-                    pending: pending_tx,
-                    waker,
-                    stream: None,
-                    out: Vec::new(),
-                    registered: false,
-                    owed,
-                    metrics: Metrics::disabled(),
-                    stats: WriterStats::default(),
-                }
-                .run()
-            })?
-        };
+        let writer = Writer::new(writer_rx, pending_tx, waker.clone(), wire.clone())?;
+        let writer = crate::supervise::spawn("drachtio-writer", move || writer.run())?;
         let reader_state = Reader {
             config,
             routes: routes.into_iter().map(|r| (r.method.to_ascii_uppercase(), r.queue)).collect(),
@@ -223,7 +159,7 @@ impl DrachtioClient {
             pending_rx,
             stop: stop.clone(),
             draining: draining.clone(),
-            owed,
+            wire,
             withdraw: None,
             generation: 0,
             attempt: 0,
@@ -273,153 +209,6 @@ impl DrachtioClient {
     }
 }
 
-/// A message id whose reply somebody waits for.
-#[derive(Debug)]
-struct PendingReply {
-    msg_id: String,
-    generation: u64,
-    reply: Sender<UacEvent>,
-}
-
-struct Writer {
-    input: Receiver<Outgoing>,
-    pending: Sender<PendingReply>,
-    waker: Arc<Waker>,
-    stream: Option<(TcpStream, u64)>,
-    /// Encoded frames waiting for the next write.
-    out: Vec<u8>,
-    /// A reply registration was sent since the last flush (the reader must be woken).
-    registered: bool,
-    /// Incoming transactions of the current connection handed to roles and not answered yet.
-    owed: Owed,
-    metrics: Metrics,
-    stats: WriterStats,
-}
-
-impl Writer {
-    fn run(mut self) -> WriterStats {
-        while let Ok(msg) = self.input.recv() {
-            match msg {
-                Outgoing::Attach(stream, generation) => {
-                    self.out.clear();
-                    self.stream = Some((stream, generation));
-                }
-                Outgoing::Detach => {
-                    // What is not written yet was for the connection that is gone (the reader
-                    // forgot the transactions drachtio delivered on it).
-                    self.out.clear();
-                    self.stream = None;
-                }
-                Outgoing::Shutdown => break,
-                Outgoing::Frame { msg_id, payload, reply, answers } => {
-                    if let Some(txn) = answers {
-                        owed_set(&self.owed).remove(&txn);
-                    }
-                    self.queue_frame(msg_id, payload, reply);
-                }
-                Outgoing::Unanswered { transaction_id } => {
-                    self.stats.unanswered_dropped += 1;
-                    self.metrics.count(UNANSWERED_METRIC, 1, &["reason:dropped"]);
-                    warn!(
-                        "a request was dropped without an answer (transaction {transaction_id}); answering 503 \
-                         ({} so far)",
-                        self.stats.unanswered_dropped
-                    );
-                    self.answer_unavailable(&transaction_id);
-                }
-                Outgoing::Metrics(metrics) => self.metrics = metrics,
-            }
-            // Frames that arrive while one is being handled go out in the same write: under
-            // load that is one syscall for many responses instead of one each.
-            if self.input.is_empty() || self.out.len() >= BATCH_BYTES {
-                self.flush();
-            }
-        }
-        // Whatever a role still holds now will never be answered by it: answer for it.
-        let owed: Vec<String> = owed_set(&self.owed).drain().collect();
-        if !owed.is_empty() {
-            warn!("closing the drachtio connection with {} requests unanswered: answering them 503", owed.len());
-            self.stats.unanswered_at_close += owed.len() as u64;
-            self.metrics.count(UNANSWERED_METRIC, owed.len() as u64, &["reason:shutdown"]);
-            for txn in owed {
-                self.answer_unavailable(&txn);
-            }
-        }
-        self.flush();
-        if let Some((stream, _)) = self.stream.take() {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-        self.stats
-    }
-
-    /// Queues `503` + `Retry-After` for an incoming transaction (see [`UNANSWERED_RESPONSE`]).
-    fn answer_unavailable(&mut self, transaction_id: &str) {
-        owed_set(&self.owed).remove(transaction_id);
-        let msg_id = message::new_message_id();
-        let payload = message::sip_response(&msg_id, transaction_id, UNANSWERED_RESPONSE);
-        self.queue_frame(msg_id, payload, None);
-    }
-
-    fn queue_frame(&mut self, msg_id: String, payload: Vec<u8>, reply: Option<Sender<UacEvent>>) {
-        let bytes = match frame::encode(&payload) {
-            Ok(b) => b,
-            Err(e) => {
-                error!("not sending a {} byte message to drachtio: {e}", payload.len());
-                if let Some(r) = reply {
-                    let _ = r.send(UacEvent::Failed(UacError::TooLarge(payload.len())));
-                }
-                return;
-            }
-        };
-        let Some((_, generation)) = self.stream.as_ref() else {
-            match reply {
-                Some(r) => {
-                    let _ = r.send(UacEvent::Failed(UacError::NotConnected));
-                }
-                None => warn!("drachtio not connected: dropping a response (msg {msg_id})"),
-            }
-            return;
-        };
-        if let Some(reply) = reply {
-            // Registered before the write, so the reader knows it before the reply can arrive.
-            let _ = self.pending.send(PendingReply { msg_id, generation: *generation, reply });
-            self.registered = true;
-        }
-        // drachtio reads 8 KB at a time into a 12 KB buffer: a frame larger than 4 KB must not
-        // share a write with the frames around it, or a read could overrun the buffer
-        // (drachtio-protocol.md §1.5).
-        if bytes.len() > LARGE_FRAME {
-            self.flush();
-            self.out.extend_from_slice(&bytes);
-            self.flush();
-        } else {
-            self.out.extend_from_slice(&bytes);
-        }
-    }
-
-    fn flush(&mut self) {
-        if self.registered {
-            let _ = self.waker.wake();
-            self.registered = false;
-        }
-        if self.out.is_empty() {
-            return;
-        }
-        let Some((stream, _)) = self.stream.as_mut() else {
-            self.out.clear();
-            return;
-        };
-        let result = stream.write_all(&self.out);
-        self.out.clear();
-        if let Err(e) = result {
-            warn!("writing to drachtio failed: {e}; closing the connection");
-            // Shutting the socket down makes the reader see the loss and reconnect.
-            let _ = stream.shutdown(Shutdown::Both);
-            self.stream = None;
-        }
-    }
-}
-
 /// The authenticated (or authenticating) connection owned by the reader.
 struct Connection {
     stream: mio::net::TcpStream,
@@ -443,8 +232,8 @@ struct Reader {
     stop: Arc<AtomicBool>,
     /// New requests are answered `503` instead of being handed to roles.
     draining: Arc<AtomicBool>,
-    /// Transactions handed to roles and not answered yet (see [`Owed`]).
-    owed: Owed,
+    /// The write side, shared with the writer and every responder.
+    wire: Arc<Wire>,
     /// At shutdown: the last `remove_route` sent, and how long we wait for its reply.
     withdraw: Option<Withdraw>,
     generation: u64,
@@ -592,7 +381,7 @@ impl Reader {
         let setup = |s: &TcpStream| -> io::Result<TcpStream> {
             s.set_nodelay(true)?;
             let w = s.try_clone()?;
-            w.set_write_timeout(Some(WRITE_TIMEOUT))?;
+            // Both handles share one file description: the writer's is non-blocking too.
             s.set_nonblocking(true)?;
             Ok(w)
         };
@@ -603,7 +392,7 @@ impl Reader {
             .register(&mut mio_stream, CONNECTION, Interest::READABLE)
             .map_err(|e| format!("poll register: {e}"))?;
         self.generation += 1;
-        owed_set(&self.owed).clear();
+        self.wire.forget_owed();
         let _ = self.writer.send(Outgoing::Attach(writer_stream, self.generation));
         let auth_msg_id = message::new_message_id();
         let payload = message::authenticate(&auth_msg_id, &self.config.secret);
@@ -631,7 +420,7 @@ impl Reader {
             let _ = self.poll.registry().deregister(&mut conn.stream);
             let _ = conn.stream.shutdown(Shutdown::Both);
         }
-        owed_set(&self.owed).clear();
+        self.wire.forget_owed();
         let _ = self.writer.send(Outgoing::Detach);
         self.fail_all(UacError::Disconnected);
         let delay = self.backoff();
@@ -848,7 +637,8 @@ impl Reader {
         }
         let hostport = self.conn.as_ref().map(|c| c.hostport.clone()).unwrap_or_else(|| Arc::from(""));
         let private_sip_address = self.conn.as_ref().and_then(|c| c.private_sip_address.clone());
-        let responder = Responder::new(delivery.transaction_id.clone(), self.writer.clone());
+        let responder = Responder::new(delivery.transaction_id.clone(), self.writer.clone())
+            .writing_directly(self.wire.clone(), self.generation);
         let message = match SipMessage::parse(&delivery.sip) {
             Ok(m) => m,
             Err(e) => {
@@ -869,7 +659,7 @@ impl Reader {
             return;
         }
         // Noted before the role can answer, so the writer knows what is owed at close.
-        owed_set(&self.owed).insert(delivery.transaction_id.clone());
+        self.wire.owe(delivery.transaction_id.clone());
         let request =
             IncomingRequest { meta: delivery, message, server_hostport: hostport, private_sip_address, responder };
         match queue.try_send(request) {

@@ -8,6 +8,7 @@
 pub mod client;
 pub mod frame;
 pub mod message;
+pub mod writer;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -16,8 +17,9 @@ use crossbeam_channel::Sender;
 
 use crate::config::Cidr;
 use crate::sip::{ResponseBuilder, SipMessage};
-pub use client::{ClientConfig, DrachtioClient, DrachtioHandle, Outgoing, Route, UacError, UacEvent, WriterStats};
+pub use client::{ClientConfig, DrachtioClient, DrachtioHandle, Route, UacError, UacEvent};
 pub use message::SipDelivery;
+pub use writer::{Outgoing, WriterStats, UNANSWERED_METRIC};
 
 /// What the connection learned when drachtio accepted our secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +107,8 @@ impl IncomingRequest {
 pub const UNANSWERED_RESPONSE: &[u8] =
     b"SIP/2.0 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\n\r\n";
 
-/// Sends the one response to an incoming request through the writer thread.
+/// Sends the one response to an incoming request: written by the answering thread itself when
+/// the connection is free for it, else through the writer thread (see [`writer`]).
 ///
 /// A responder dropped without [`Responder::send`] — a queue dropped at shutdown, a thread
 /// that ended, a code path that forgot — answers [`UNANSWERED_RESPONSE`] itself (the writer
@@ -114,15 +117,24 @@ pub const UNANSWERED_RESPONSE: &[u8] =
 #[derive(Debug)]
 pub struct Responder {
     pub(crate) transaction_id: String,
-    pub(crate) writer: Sender<client::Outgoing>,
+    pub(crate) writer: Sender<writer::Outgoing>,
+    /// The connection the request came on and its generation, for a direct write.
+    direct: Option<(Arc<writer::Wire>, u64)>,
     /// Set by `send`, so that `Drop` never answers a second time.
     answered: bool,
 }
 
 impl Responder {
     /// A responder that writes to `writer`; the client makes these, tests may too.
-    pub fn new(transaction_id: String, writer: Sender<client::Outgoing>) -> Responder {
-        Responder { transaction_id, writer, answered: false }
+    pub fn new(transaction_id: String, writer: Sender<writer::Outgoing>) -> Responder {
+        Responder { transaction_id, writer, direct: None, answered: false }
+    }
+
+    /// Lets [`Responder::send`] write the answer itself on `wire` while connection
+    /// `generation` is the one attached.
+    pub(crate) fn writing_directly(mut self, wire: Arc<writer::Wire>, generation: u64) -> Responder {
+        self.direct = Some((wire, generation));
+        self
     }
 
     pub fn transaction_id(&self) -> &str {
@@ -133,9 +145,19 @@ impl Responder {
         self.answered = true;
         let msg_id = message::new_message_id();
         let payload = message::sip_response(&msg_id, &self.transaction_id, &sip);
+        if let Some((wire, generation)) = &self.direct {
+            match wire.try_answer(&self.transaction_id, &payload, *generation) {
+                writer::DirectWrite::Written => return,
+                writer::DirectWrite::Started => {
+                    let _ = self.writer.send(writer::Outgoing::Unfinished);
+                    return;
+                }
+                writer::DirectWrite::Declined => {}
+            }
+        }
         let answers = Some(std::mem::take(&mut self.transaction_id));
         // The writer only goes away at shutdown, after it answered what was still open.
-        let _ = self.writer.send(client::Outgoing::Frame { msg_id, payload, reply: None, answers });
+        let _ = self.writer.send(writer::Outgoing::Frame { msg_id, payload, reply: None, answers });
     }
 }
 
@@ -145,7 +167,7 @@ impl Drop for Responder {
             return;
         }
         let transaction_id = std::mem::take(&mut self.transaction_id);
-        let _ = self.writer.send(client::Outgoing::Unanswered { transaction_id });
+        let _ = self.writer.send(writer::Outgoing::Unanswered { transaction_id });
     }
 }
 
@@ -175,7 +197,7 @@ mod tests {
         let (tx, rx) = crossbeam_channel::unbounded();
         drop(Responder::new("txn-9".into(), tx));
         match rx.try_recv() {
-            Ok(client::Outgoing::Unanswered { transaction_id }) => assert_eq!(transaction_id, "txn-9"),
+            Ok(writer::Outgoing::Unanswered { transaction_id }) => assert_eq!(transaction_id, "txn-9"),
             other => panic!("expected Unanswered, got {other:?}"),
         }
         assert!(rx.try_recv().is_err(), "one message only");
@@ -186,7 +208,7 @@ mod tests {
         let (tx, rx) = crossbeam_channel::unbounded();
         Responder::new("txn-7".into(), tx).send(b"SIP/2.0 200 OK\r\n\r\n".to_vec());
         match rx.try_recv() {
-            Ok(client::Outgoing::Frame { payload, answers, reply, .. }) => {
+            Ok(writer::Outgoing::Frame { payload, answers, reply, .. }) => {
                 assert_eq!(answers.as_deref(), Some("txn-7"));
                 assert!(reply.is_none());
                 assert!(String::from_utf8_lossy(&payload).contains("|sip|txn-7|\r\nSIP/2.0 200 OK"));

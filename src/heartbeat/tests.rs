@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{unbounded, Receiver};
 
 use super::*;
-use crate::drachtio::client::Outgoing;
+use crate::drachtio::Outgoing;
 use crate::drachtio::{Responder, SipDelivery};
 use crate::sip::SipMessage;
 use crate::store::redis::{pool, RedisSettings};
