@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use crossbeam_channel::{never, tick, Receiver, Select};
-use log::{debug, info, warn};
+use log::{debug, info};
 
 use super::alerts::{Alert, AlertSink};
 use super::queries::{self, GatewayRow};
@@ -19,6 +19,7 @@ use super::{RegbotPools, RegbotSettings};
 use crate::drachtio::{ConnectionEvent, DrachtioHandle, UacError, UacEvent};
 use crate::sip::RequestBuilder;
 use crate::store::mysql::MysqlPool;
+use crate::store::outage::OutageLog;
 use crate::store::redis::{run, RedisPool};
 use crate::store::StoreError;
 
@@ -67,7 +68,7 @@ pub struct GatewayPinger {
     /// Rounds are skipped while drachtio is down: a gateway must not be blacklisted (for
     /// every SBC of the cluster) because our own connection is gone.
     connected: bool,
-    store_ok: bool,
+    store_outage: OutageLog,
     alerts: AlertSink,
 }
 
@@ -91,7 +92,7 @@ impl GatewayPinger {
             shutdown,
             in_flight: HashMap::new(),
             connected: false,
-            store_ok: true,
+            store_outage: OutageLog::new("gateway pinger", "database or redis"),
             alerts,
         }
     }
@@ -165,7 +166,7 @@ impl GatewayPinger {
         let gateways = match self.mysql_read.conn().and_then(|mut c| queries::options_ping_gateways(&mut c)) {
             Ok(g) => g,
             Err(e) => {
-                self.store_failed("cannot read the gateways to ping", &e);
+                self.store_outage.failed("cannot read the gateways to ping", &e);
                 return;
             }
         };
@@ -203,12 +204,11 @@ impl GatewayPinger {
         };
         match result {
             Ok(()) => {
-                if !self.store_ok {
-                    info!("gateway pinger: database and redis reachable again");
-                    self.store_ok = true;
-                }
+                self.store_outage.succeeded();
             }
-            Err(e) => self.store_failed("cannot record a ping result", &e),
+            Err(e) => {
+                self.store_outage.failed("cannot record a ping result", &e);
+            }
         }
     }
 
@@ -250,15 +250,6 @@ impl GatewayPinger {
             });
         }
         Ok(())
-    }
-
-    fn store_failed(&mut self, what: &str, e: &StoreError) {
-        if self.store_ok {
-            warn!("gateway pinger: {what}: {e}");
-            self.store_ok = false;
-        } else {
-            debug!("gateway pinger: {what}: {e}");
-        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! default of 30 seconds.
 
 pub mod mysql;
+pub mod outage;
 pub mod redis;
 pub mod tls;
 
