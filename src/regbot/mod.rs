@@ -9,7 +9,7 @@
 //! * `regbot` is the scheduler: every regbot's timer and REGISTER in flight ([`scheduler`],
 //!   [`registration`]);
 //! * `regbot-store` writes `register_status`, disables carriers and keeps the ephemeral
-//!   gateways ([`store`], [`ephemeral`], [`dns`]);
+//!   gateways ([`writer`], [`ephemeral`], [`dns`]; the SQL is in [`crate::store::carriers`]);
 //! * `gw-pinger` pings carrier gateways with OPTIONS ([`pinger`]);
 //! * `sbc-addresses` publishes our public addresses ([`sbc_addresses`]).
 //!
@@ -31,7 +31,6 @@ pub mod dns;
 pub mod ephemeral;
 pub mod leader;
 pub mod pinger;
-pub mod queries;
 pub mod reconcile;
 pub mod register_status;
 pub mod registration;
@@ -39,8 +38,8 @@ pub mod request;
 pub mod sbc_addresses;
 pub mod scheduler;
 pub mod status;
-pub mod store;
 pub mod timing;
+pub mod writer;
 
 use std::fmt;
 use std::path::Path;
@@ -260,7 +259,7 @@ fn start_roles(
     );
     let ephemeral =
         ephemeral::EphemeralGateways::new(redis.clone(), Box::new(dns::Resolver::new(settings.dns.clone())));
-    let writer = store::StoreWriter::new(
+    let writer = writer::StoreWriter::new(
         (redis.clone(), settings.cluster_id.clone()),
         mysql_read.clone(),
         mysql_write.clone(),

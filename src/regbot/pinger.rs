@@ -14,10 +14,10 @@ use crossbeam_channel::{never, tick, Receiver, Select};
 use log::{debug, info};
 
 use super::alerts::{Alert, AlertSink};
-use super::queries::{self, GatewayRow};
 use super::{RegbotPools, RegbotSettings};
 use crate::drachtio::{ConnectionEvent, DrachtioHandle, UacError, UacEvent};
 use crate::sip::RequestBuilder;
+use crate::store::carriers::{self, GatewayRow};
 use crate::store::mysql::MysqlPool;
 use crate::store::outage::OutageLog;
 use crate::store::redis::{run, RedisPool};
@@ -163,7 +163,7 @@ impl GatewayPinger {
             debug!("gateway pinger: drachtio not connected, round skipped");
             return;
         }
-        let gateways = match self.mysql_read.conn().and_then(|mut c| queries::options_ping_gateways(&mut c)) {
+        let gateways = match self.mysql_read.conn().and_then(|mut c| carriers::options_ping_gateways(&mut c)) {
             Ok(g) => g,
             Err(e) => {
                 self.store_outage.failed("cannot read the gateways to ping", &e);
@@ -237,8 +237,8 @@ impl GatewayPinger {
             });
         }
         if let Some(status) = status.filter(|s| self.settings.options_response_remove.contains(s)) {
-            queries::disable_options_ping(&mut self.mysql_write.conn()?, &gw.sip_gateway_sid)?;
-            let carrier = queries::carrier_by_sid(&mut self.mysql_read.conn()?, &gw.voip_carrier_sid)?;
+            carriers::disable_options_ping(&mut self.mysql_write.conn()?, &gw.sip_gateway_sid)?;
+            let carrier = carriers::carrier_by_sid(&mut self.mysql_read.conn()?, &gw.voip_carrier_sid)?;
             let (name, account_sid, service_provider_sid) = match carrier {
                 Some(c) => (c.name, c.account_sid, c.service_provider_sid),
                 None => (String::new(), None, None),

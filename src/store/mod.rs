@@ -5,6 +5,7 @@
 //! Checkout and connect timeouts are short because a SIP transaction cannot wait for r2d2's
 //! default of 30 seconds.
 
+pub mod carriers;
 pub mod mysql;
 pub mod outage;
 pub mod redis;

@@ -1,6 +1,7 @@
-//! The regbot's writes, on a thread of their own so that a slow database, Redis or DNS never
-//! holds up the scheduler: `register_status` (spec 6.4), disabling a carrier after too many
-//! failures, and the ephemeral gateways of registration trunks (spec 6.6).
+//! The `regbot-store` thread: the regbot's writes, on a thread of their own so that a slow
+//! database, Redis or DNS never holds up the scheduler: `register_status` (spec 6.4),
+//! disabling a carrier after too many failures, and the ephemeral gateways of registration
+//! trunks (spec 6.6). The SQL it runs is in [`crate::store::carriers`].
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,8 +12,8 @@ use log::{debug, info, warn};
 use super::alerts::{Alert, AlertSink};
 use super::cluster::{self, SbcEntry};
 use super::ephemeral::{EphGateway, EphemeralGateways};
-use super::queries;
 use super::register_status::RegisterStatus;
+use crate::store::carriers;
 use crate::store::mysql::MysqlPool;
 use crate::store::redis::{run, RedisPool};
 use crate::store::StoreError;
@@ -120,7 +121,7 @@ impl StoreWriter {
         match job {
             StoreJob::Status { voip_carrier_sid, status } => {
                 let json = status.to_json();
-                queries::write_register_status(&mut self.mysql_write.conn()?, &voip_carrier_sid, &json)?;
+                carriers::write_register_status(&mut self.mysql_write.conn()?, &voip_carrier_sid, &json)?;
                 debug!("register_status carrier={voip_carrier_sid} {json}");
                 Ok(())
             }
@@ -177,7 +178,7 @@ impl StoreWriter {
                     _ => RegisterStatus::Failure { reason: "not registered from any SBC".into() }.to_json(),
                 };
                 let json = cluster::aggregate_status(&entries, &sbc, &fallback, unix_now());
-                queries::write_register_status(&mut self.mysql_write.conn()?, &voip_carrier_sid, &json)?;
+                carriers::write_register_status(&mut self.mysql_write.conn()?, &voip_carrier_sid, &json)?;
                 info!("regbot: SBC {sbc} withdrew from carrier {voip_carrier_sid}: {json}");
                 Ok(())
             }
@@ -237,7 +238,7 @@ impl StoreWriter {
         pipe.cmd("HGETALL").arg(&key);
         let (raw,): (HashMap<String, String>,) = run(&self.redis, |conn| Ok(pipe.query(&mut **conn)?))?;
         let json = cluster::aggregate_status(&cluster::parse_entries(&raw), sbc, &status.to_json(), now);
-        queries::write_register_status(&mut self.mysql_write.conn()?, voip_carrier_sid, &json)?;
+        carriers::write_register_status(&mut self.mysql_write.conn()?, voip_carrier_sid, &json)?;
         debug!("register_status carrier={voip_carrier_sid} sbc={sbc} {json}");
         Ok(())
     }
@@ -245,16 +246,16 @@ impl StoreWriter {
     /// Spec 6.4 after the threshold. A carrier that vanished meanwhile is only logged (Node
     /// dereferenced null there, spec 14.9).
     fn disable(&mut self, voip_carrier_sid: &str) -> Result<(), StoreError> {
-        let Some(carrier) = queries::carrier_by_sid(&mut self.mysql_read.conn()?, voip_carrier_sid)? else {
+        let Some(carrier) = carriers::carrier_by_sid(&mut self.mysql_read.conn()?, voip_carrier_sid)? else {
             info!("regbot: carrier {voip_carrier_sid} is gone; nothing to disable");
             return Ok(());
         };
         let mut conn = self.mysql_write.conn()?;
         let message = if carrier.trunk_type != "reg" {
-            queries::disable_registration(&mut conn, voip_carrier_sid)?;
+            carriers::disable_registration(&mut conn, voip_carrier_sid)?;
             Alert::registration_disabled(&carrier.name, voip_carrier_sid)
         } else {
-            queries::deactivate_carrier(&mut conn, voip_carrier_sid)?;
+            carriers::deactivate_carrier(&mut conn, voip_carrier_sid)?;
             Alert::carrier_deactivated(&carrier.name, voip_carrier_sid)
         };
         self.alerts.raise(&Alert {
