@@ -13,7 +13,7 @@ use std::time::Duration;
 use crossbeam_channel::{never, tick, Receiver, Select};
 use log::{debug, info};
 
-use super::alerts::{Alert, AlertSink};
+use super::alerts::AlertSink;
 use super::{RegbotPools, RegbotSettings};
 use crate::drachtio::{ConnectionEvent, DrachtioHandle, UacError, UacEvent};
 use crate::sip::RequestBuilder;
@@ -22,6 +22,7 @@ use crate::store::mysql::MysqlPool;
 use crate::store::outage::OutageLog;
 use crate::store::redis::{run, RedisPool};
 use crate::store::StoreError;
+use crate::telemetry::{Alert, PingFailure};
 
 pub fn blacklist_key(sip_gateway_sid: &str) -> String {
     format!("blacklist-sip-gateway:{sip_gateway_sid}")
@@ -199,8 +200,8 @@ impl GatewayPinger {
         }
         let result = match outcome {
             Ok(status) if (200..300).contains(&status) => self.clear_blacklist(&gw),
-            Ok(status) => self.failed(&gw, &format!("received: {status}"), Some(status)),
-            Err(e) => self.failed(&gw, &format!("error: {e}"), None),
+            Ok(status) => self.failed(&gw, PingFailure::Status(status)),
+            Err(e) => self.failed(&gw, PingFailure::Error(&e.to_string())),
         };
         match result {
             Ok(()) => {
@@ -221,7 +222,7 @@ impl GatewayPinger {
         Ok(())
     }
 
-    fn failed(&self, gw: &GatewayRow, what: &str, status: Option<u16>) -> Result<(), StoreError> {
+    fn failed(&self, gw: &GatewayRow, failure: PingFailure<'_>) -> Result<(), StoreError> {
         // SET NX EX: blacklisted with its TTL only when not already (EXISTS + SETEX in Node).
         let ttl = self.settings.options_ping_ttl.as_secs().max(1);
         let key = blacklist_key(&gw.sip_gateway_sid);
@@ -230,12 +231,12 @@ impl GatewayPinger {
         })?;
         let protocol = gw.protocol.as_deref().unwrap_or("udp");
         if set.is_some() {
-            self.alerts.raise(&Alert {
-                message: Alert::options_ping_failed(&gw.ipv4, gw.port, protocol, what),
-                account_sid: None,
-                service_provider_sid: None,
-            });
+            self.alerts.raise(Alert::options_ping_failed(&gw.ipv4, gw.port, protocol, failure, None, None));
         }
+        let status = match failure {
+            PingFailure::Status(status) => Some(status),
+            PingFailure::Error(_) => None,
+        };
         if let Some(status) = status.filter(|s| self.settings.options_response_remove.contains(s)) {
             carriers::disable_options_ping(&mut self.mysql_write.conn()?, &gw.sip_gateway_sid)?;
             let carrier = carriers::carrier_by_sid(&mut self.mysql_read.conn()?, &gw.voip_carrier_sid)?;
@@ -243,11 +244,14 @@ impl GatewayPinger {
                 Some(c) => (c.name, c.account_sid, c.service_provider_sid),
                 None => (String::new(), None, None),
             };
-            self.alerts.raise(&Alert {
-                message: Alert::options_ping_disabled(&gw.ipv4, &name, &gw.voip_carrier_sid, status),
-                account_sid,
-                service_provider_sid,
-            });
+            self.alerts.raise(Alert::options_ping_disabled(
+                &gw.ipv4,
+                &name,
+                &gw.voip_carrier_sid,
+                status,
+                account_sid.as_deref(),
+                service_provider_sid.as_deref(),
+            ));
         }
         Ok(())
     }

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{select, Receiver, Sender};
 use log::{debug, info, warn};
 
-use super::alerts::{Alert, AlertSink};
+use super::alerts::AlertSink;
 use super::cluster::{self, SbcEntry};
 use super::ephemeral::{EphGateway, EphemeralGateways};
 use super::register_status::RegisterStatus;
@@ -17,6 +17,7 @@ use crate::store::carriers;
 use crate::store::mysql::MysqlPool;
 use crate::store::redis::{run, RedisPool};
 use crate::store::StoreError;
+use crate::telemetry::Alert;
 
 /// Lifetime of the cluster's failure counter of a carrier after its last failure.
 const FAILURES_TTL_SECS: u64 = 24 * 3600;
@@ -251,18 +252,15 @@ impl StoreWriter {
             return Ok(());
         };
         let mut conn = self.mysql_write.conn()?;
-        let message = if carrier.trunk_type != "reg" {
+        let (account_sid, sp_sid) = (carrier.account_sid.as_deref(), carrier.service_provider_sid.as_deref());
+        let alert = if carrier.trunk_type != "reg" {
             carriers::disable_registration(&mut conn, voip_carrier_sid)?;
-            Alert::registration_disabled(&carrier.name, voip_carrier_sid)
+            Alert::carrier_disabled(&carrier.name, voip_carrier_sid, account_sid, sp_sid)
         } else {
             carriers::deactivate_carrier(&mut conn, voip_carrier_sid)?;
-            Alert::carrier_deactivated(&carrier.name, voip_carrier_sid)
+            Alert::carrier_deactivated(&carrier.name, voip_carrier_sid, account_sid, sp_sid)
         };
-        self.alerts.raise(&Alert {
-            message,
-            account_sid: carrier.account_sid,
-            service_provider_sid: carrier.service_provider_sid,
-        });
+        self.alerts.raise(alert);
         Ok(())
     }
 }
