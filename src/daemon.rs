@@ -264,15 +264,15 @@ fn start_and_wait(config: &Config, stores: &StoreSettings) -> Result<Stop, Strin
 
     let (events_tx, events_rx) = unbounded::<ConnectionEvent>();
     let (ctl_events_tx, ctl_events_rx) = unbounded::<ConnectionEvent>();
-    let (regbot_events_tx, regbot_events_rx) = unbounded::<ConnectionEvent>();
-    let subscribers: Vec<Sender<ConnectionEvent>> = vec![events_tx, ctl_events_tx, regbot_events_tx];
+    let (regbot_subscribers, regbot_events) = regbot::subscribe();
+    let mut subscribers: Vec<Sender<ConnectionEvent>> = vec![events_tx, ctl_events_tx];
+    subscribers.extend(regbot_subscribers);
 
     let ctl = CtlServer::bind(
         &config.socket_path,
         CtlSettings { cluster_id: config.cluster_id.clone() },
         pools.redis.clone(),
         ctl_events_rx,
-        None,
     )
     .map_err(|e| format!("CLI socket {}: {e}", config.socket_path.display()))?
     .with_bans(Arc::clone(&bans));
@@ -288,15 +288,9 @@ fn start_and_wait(config: &Config, stores: &StoreSettings) -> Result<Stop, Strin
         mysql_read: pools.mysql.clone(),
         mysql_write: pools.mysql_write.clone(),
     };
-    let regbot = regbot::start(
-        config,
-        regbot_pools,
-        client.handle(),
-        regbot_events_rx,
-        shutdown_rx.clone(),
-        alert_writer.sender(),
-    )
-    .map_err(|e| format!("regbot: {e}"))?;
+    let regbot =
+        regbot::start(config, regbot_pools, client.handle(), regbot_events, shutdown_rx.clone(), alert_writer.sender())
+            .map_err(|e| format!("regbot: {e}"))?;
 
     // The socket was bound before anything else started, so a second daemon on the same
     // socket fails early; it is served from here on, with the regbot to ask for its status.
