@@ -6,6 +6,7 @@
 //! [`DrachtioHandle`] to send requests of their own and receive the responses.
 
 pub mod client;
+mod connect_error;
 pub mod frame;
 pub mod message;
 
@@ -17,6 +18,7 @@ use crossbeam_channel::Sender;
 use crate::config::Cidr;
 use crate::sip::{ResponseBuilder, SipMessage};
 pub use client::{ClientConfig, DrachtioClient, DrachtioHandle, Outgoing, Route, UacError, UacEvent, WriterStats};
+pub use connect_error::ConnectError;
 pub use message::SipDelivery;
 
 /// What the connection learned when drachtio accepted our secret.
