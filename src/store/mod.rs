@@ -104,7 +104,7 @@ mod tests {
         let refused = || io::Error::from(io::ErrorKind::ConnectionRefused);
         let e = StoreError::from(::redis::RedisError::from(refused()));
         assert!(e.is_unavailable());
-        assert_eq!(e.to_string(), format!("redis unavailable: {}", ::redis::RedisError::from(refused())));
+        assert!(e.to_string().ends_with(&::redis::RedisError::from(refused()).to_string()), "{e}");
         let source = e.source().expect("the redis error is the source");
         assert!(source.downcast_ref::<::redis::RedisError>().is_some(), "{source:?}");
 
