@@ -128,7 +128,7 @@ impl RegbotSettings {
 #[derive(Debug)]
 pub enum RegbotError {
     /// A thread could not be started.
-    Spawn { thread: &'static str, error: String },
+    Spawn { thread: &'static str, error: std::io::Error },
     /// The scheduler is not running (stopped, or did not answer in time).
     NotRunning,
 }
@@ -142,7 +142,14 @@ impl fmt::Display for RegbotError {
     }
 }
 
-impl std::error::Error for RegbotError {}
+impl std::error::Error for RegbotError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RegbotError::Spawn { error, .. } => Some(error),
+            RegbotError::NotRunning => None,
+        }
+    }
+}
 
 /// The running threads of this module and the CLI's way in.
 pub struct RegbotHandles {
@@ -303,8 +310,7 @@ fn start_roles(
 
     let mut threads = Vec::new();
     let mut spawn = |name: &'static str, f: Box<dyn FnOnce() + Send>| -> Result<(), RegbotError> {
-        let handle =
-            crate::supervise::spawn(name, f).map_err(|e| RegbotError::Spawn { thread: name, error: e.to_string() })?;
+        let handle = crate::supervise::spawn(name, f).map_err(|error| RegbotError::Spawn { thread: name, error })?;
         threads.push((name, handle));
         Ok(())
     };
