@@ -4,6 +4,9 @@
 //! (and answer) what they hold, then the writer flushes those answers and closes the
 //! connection. Roles learn about the stop when the shutdown channel's sender is dropped.
 
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -12,17 +15,18 @@ use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
 use log::{debug, error, info, warn};
 
 use crate::config::{Config, MysqlConfig, RedisMode, RunMode, PROGRAM};
-use crate::ctl::{CtlServer, CtlSettings};
+use crate::ctl::{CtlError, CtlServer, CtlSettings};
 use crate::drachtio::{self, ConnectionEvent, DrachtioClient, Route};
 use crate::heartbeat::{HeartbeatRole, HeartbeatSettings};
-use crate::regbot;
+use crate::regbot::{self, RegbotError};
 use crate::registrar::bans::Bans;
 use crate::registrar::{AuthPool, Registrar, RegistrarSettings};
 use crate::store::mysql::{MysqlPool, MysqlSettings};
 use crate::store::redis::{self as redis_store, RedisPool, RedisSettings, RedisTarget};
 use crate::store::tls::{self, TlsFileError};
+use crate::store::StoreError;
 use crate::supervise::{self, RoleEnded};
-use crate::telemetry::{AlertSettings, AlertWriter, Metrics, MetricsSettings};
+use crate::telemetry::{AlertError, AlertSettings, AlertWriter, Metrics, MetricsSettings};
 use crate::{logging, signals};
 
 /// Exit status after a clean stop.
@@ -44,6 +48,58 @@ const OPTIONS_QUEUE: usize = 1024;
 /// Longest a stop waits for the regbot's de-registrations (the scheduler gives up on
 /// unanswered ones after 5 s).
 const REGBOT_UNREGISTER_WAIT: Duration = Duration::from_secs(7);
+
+/// Why the daemon could not start: what failed, and the error that caused it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The signal handlers could not be installed.
+    Signals(io::Error),
+    /// A connection pool could not be created (`pool`: `redis`, `mysql`, `mysql write`).
+    Pool { pool: &'static str, source: StoreError },
+    /// The alerts writer thread could not be started.
+    Alerts(AlertError),
+    /// A role thread could not be started.
+    Thread { name: &'static str, source: io::Error },
+    /// The auth worker pool could not be started.
+    AuthWorkers(io::Error),
+    /// The CLI socket could not be bound.
+    CliSocket { path: PathBuf, source: CtlError },
+    /// The drachtio client could not be started.
+    Drachtio(io::Error),
+    /// The regbot roles could not be started.
+    Regbot(RegbotError),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Signals(e) => write!(f, "signal handlers: {e}"),
+            StartError::Pool { pool, source } => write!(f, "{pool} pool: {source}"),
+            StartError::Alerts(e) => write!(f, "alerts: {e}"),
+            StartError::Thread { name, source } => write!(f, "thread {name}: {source}"),
+            StartError::AuthWorkers(e) => write!(f, "auth workers: {e}"),
+            StartError::CliSocket { path, source } => write!(f, "CLI socket {}: {source}", path.display()),
+            StartError::Drachtio(e) => write!(f, "drachtio client: {e}"),
+            StartError::Regbot(e) => write!(f, "regbot: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Signals(e)
+            | StartError::Thread { source: e, .. }
+            | StartError::AuthWorkers(e)
+            | StartError::Drachtio(e) => Some(e),
+            StartError::Pool { source, .. } => Some(source),
+            StartError::Alerts(e) => Some(e),
+            StartError::CliSocket { source, .. } => Some(source),
+            StartError::Regbot(e) => Some(e),
+        }
+    }
+}
 
 /// Everything the roles share, built once from the configuration.
 pub struct Pools {
@@ -113,11 +169,11 @@ pub fn mysql_settings(m: &MysqlConfig) -> Result<MysqlSettings, TlsFileError> {
     })
 }
 
-fn build_pools(stores: &StoreSettings) -> Result<Pools, String> {
-    let redis = redis_store::pool(&stores.redis).map_err(|e| format!("redis pool: {e}"))?;
-    let mysql = MysqlPool::new(&stores.mysql).map_err(|e| format!("mysql pool: {e}"))?;
+fn build_pools(stores: &StoreSettings) -> Result<Pools, StartError> {
+    let redis = redis_store::pool(&stores.redis).map_err(|source| StartError::Pool { pool: "redis", source })?;
+    let mysql = MysqlPool::new(&stores.mysql).map_err(|source| StartError::Pool { pool: "mysql", source })?;
     let mysql_write = match &stores.mysql_write {
-        Some(w) => MysqlPool::new(w).map_err(|e| format!("mysql write pool: {e}"))?,
+        Some(w) => MysqlPool::new(w).map_err(|source| StartError::Pool { pool: "mysql write", source })?,
         None => mysql.clone(),
     };
     Ok(Pools { redis, mysql, mysql_write })
@@ -145,8 +201,8 @@ struct RoleThread {
     handle: JoinHandle<()>,
 }
 
-fn spawn_role(name: &'static str, f: impl FnOnce() + Send + 'static) -> Result<RoleThread, String> {
-    let handle = supervise::spawn(name, f).map_err(|e| format!("thread {name}: {e}"))?;
+fn spawn_role(name: &'static str, f: impl FnOnce() + Send + 'static) -> Result<RoleThread, StartError> {
+    let handle = supervise::spawn(name, f).map_err(|source| StartError::Thread { name, source })?;
     Ok(RoleThread { name, handle })
 }
 
@@ -204,14 +260,14 @@ enum Stop {
     RoleFailed,
 }
 
-fn start_and_wait(config: &Config, stores: &StoreSettings) -> Result<Stop, String> {
+fn start_and_wait(config: &Config, stores: &StoreSettings) -> Result<Stop, StartError> {
     info!("sbc-sidecar {} starting", env!("CARGO_PKG_VERSION"));
-    let signals = signals::listen().map_err(|e| format!("signal handlers: {e}"))?;
+    let signals = signals::listen().map_err(StartError::Signals)?;
     // Before the first role starts: every role thread reports its end here.
     let role_ended = supervise::watch().unwrap_or_else(crossbeam_channel::never);
     log_store_tls(config);
     let pools = build_pools(stores)?;
-    let alert_writer = AlertWriter::start(AlertSettings::from_config(config)).map_err(|e| format!("alerts: {e}"))?;
+    let alert_writer = AlertWriter::start(AlertSettings::from_config(config)).map_err(StartError::Alerts)?;
     let metrics = match Metrics::new(&MetricsSettings::from_config(config)) {
         Ok(m) => m,
         Err(e) => {
@@ -260,43 +316,36 @@ fn start_and_wait(config: &Config, stores: &StoreSettings) -> Result<Stop, Strin
     );
     let (register_tx, register_rx) = bounded(config.auth_queue);
     let auth_pool = AuthPool::start(config.auth_workers, registrar.clone(), register_rx, shutdown_rx.clone())
-        .map_err(|e| format!("auth workers: {e}"))?;
+        .map_err(StartError::AuthWorkers)?;
 
     let (events_tx, events_rx) = unbounded::<ConnectionEvent>();
     let (ctl_events_tx, ctl_events_rx) = unbounded::<ConnectionEvent>();
-    let (regbot_events_tx, regbot_events_rx) = unbounded::<ConnectionEvent>();
-    let subscribers: Vec<Sender<ConnectionEvent>> = vec![events_tx, ctl_events_tx, regbot_events_tx];
+    let (regbot_subscribers, regbot_events) = regbot::subscribe();
+    let mut subscribers: Vec<Sender<ConnectionEvent>> = vec![events_tx, ctl_events_tx];
+    subscribers.extend(regbot_subscribers);
 
     let ctl = CtlServer::bind(
         &config.socket_path,
         CtlSettings { cluster_id: config.cluster_id.clone() },
         pools.redis.clone(),
         ctl_events_rx,
-        None,
     )
-    .map_err(|e| format!("CLI socket {}: {e}", config.socket_path.display()))?
+    .map_err(|source| StartError::CliSocket { path: config.socket_path.clone(), source })?
     .with_bans(Arc::clone(&bans));
     let routes = vec![
         Route { method: "REGISTER".into(), queue: register_tx },
         Route { method: "OPTIONS".into(), queue: options_tx },
     ];
-    let client = DrachtioClient::start(client_config(config), routes, subscribers)
-        .map_err(|e| format!("drachtio client: {e}"))?;
+    let client = DrachtioClient::start(client_config(config), routes, subscribers).map_err(StartError::Drachtio)?;
     client.set_metrics(metrics.clone());
     let regbot_pools = regbot::RegbotPools {
         redis: pools.redis.clone(),
         mysql_read: pools.mysql.clone(),
         mysql_write: pools.mysql_write.clone(),
     };
-    let regbot = regbot::start(
-        config,
-        regbot_pools,
-        client.handle(),
-        regbot_events_rx,
-        shutdown_rx.clone(),
-        alert_writer.sender(),
-    )
-    .map_err(|e| format!("regbot: {e}"))?;
+    let regbot =
+        regbot::start(config, regbot_pools, client.handle(), regbot_events, shutdown_rx.clone(), alert_writer.sender())
+            .map_err(StartError::Regbot)?;
 
     // The socket was bound before anything else started, so a second daemon on the same
     // socket fails early; it is served from here on, with the regbot to ask for its status.

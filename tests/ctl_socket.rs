@@ -8,14 +8,14 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
-use sbc_sidecar::ctl::{CtlError, CtlServer, CtlSettings, RegbotStatus};
+use sbc_sidecar::ctl::{CtlError, CtlServer, CtlSettings};
 use sbc_sidecar::drachtio::{ConnectionEvent, ConnectionInfo};
 use sbc_sidecar::regbot::{RegbotInfo, RegbotRole, RegbotSnapshot, RegbotState, StatusRequest};
 use sbc_sidecar::store::redis::RedisPool;
 
 mod support;
 
-use support::ctl_server::{redis_at, temp_socket_path, Server};
+use support::ctl_server::{fake_regbot, redis_at, temp_socket_path, Server};
 
 impl Server {
     fn start() -> Server {
@@ -102,7 +102,6 @@ fn stale_socket_file_is_replaced() {
         CtlSettings { cluster_id: "test-stale".into() },
         redis_at(6379, Duration::from_secs(2)),
         conn_rx,
-        None,
     )
     .unwrap();
     assert_eq!(server.path(), path.as_path());
@@ -124,7 +123,6 @@ fn a_path_that_is_not_a_socket_is_never_deleted() {
         CtlSettings { cluster_id: "test-notsock".into() },
         redis_at(6379, Duration::from_secs(2)),
         conn_rx,
-        None,
     );
     let err = result.err().expect("bind must fail");
     assert!(matches!(err, CtlError::NotASocket(_)));
@@ -146,7 +144,6 @@ fn a_socket_in_use_by_another_process_is_not_taken_over() {
         CtlSettings { cluster_id: "test-inuse".into() },
         redis_at(6379, Duration::from_secs(2)),
         conn_rx,
-        None,
     );
     assert!(matches!(result.err(), Some(CtlError::InUse(_))));
     assert!(path.exists());
@@ -417,7 +414,8 @@ fn redis_down_gives_the_spec_errors_and_config_and_status_still_work() {
 
 #[test]
 fn status_reports_drachtio_counts_and_regbot() {
-    let server = Server::start();
+    let (regbot, snapshot) = fake_regbot(standby_snapshot());
+    let server = Server::start_with_regbot(regbot);
     let mut c = server.client();
     let first = c.ask(r#"{"action":"status"}"#);
     assert!(
@@ -441,7 +439,8 @@ fn status_reports_drachtio_counts_and_regbot() {
             local_hostports: "tcp/127.0.0.1:5060,udp/127.0.0.1:5060".into(),
         }))
         .unwrap();
-    server.regbot.send(RegbotStatus { leader: true, total: 3, registered: 2, failing: 1 }).unwrap();
+    *snapshot.lock().unwrap() =
+        RegbotSnapshot { role: RegbotRole::Leader, total: 3, registered: 2, failing: 1, regbots: Vec::new() };
 
     let status: serde_json::Value = serde_json::from_str(&c.ask(r#"{"action":"status"}"#)).unwrap();
     server.redis_cmd(&["ZREM", "active-user", &user]);
@@ -467,18 +466,6 @@ fn status_reports_drachtio_counts_and_regbot() {
     assert!(status["drachtio"]["version"].is_null());
 }
 
-/// A fake regbot role: answers every snapshot request with `snapshot` until the CLI server
-/// drops its end of the channel.
-fn fake_regbot(snapshot: RegbotSnapshot) -> Sender<StatusRequest> {
-    let (tx, rx) = unbounded::<StatusRequest>();
-    std::thread::spawn(move || {
-        for request in rx {
-            let _ = request.reply.send(snapshot.clone());
-        }
-    });
-    tx
-}
-
 /// A stuck regbot role: its queue takes one request (the receiver is returned, to be held)
 /// and nobody ever answers. Once that request waits in the queue, the queue is full, as a
 /// real one is after enough unanswered requests.
@@ -497,6 +484,10 @@ fn regbot_info(carrier: &str, gateway: &str, state: RegbotState) -> RegbotInfo {
         consecutive_failures: 0,
         next_request_in: None,
     }
+}
+
+fn standby_snapshot() -> RegbotSnapshot {
+    RegbotSnapshot { role: RegbotRole::Standby, total: 0, registered: 0, failing: 0, regbots: Vec::new() }
 }
 
 /// Three regbots of two carriers, out of order.
@@ -525,9 +516,7 @@ fn leader_snapshot() -> RegbotSnapshot {
 
 #[test]
 fn status_and_regbot_list_come_from_the_regbot_snapshot() {
-    let server = Server::start_with_regbot(fake_regbot(leader_snapshot()));
-    // a pushed status is only the fallback: the snapshot wins
-    server.regbot.send(RegbotStatus { leader: false, total: 9, registered: 9, failing: 0 }).unwrap();
+    let server = Server::start_with_regbot(fake_regbot(leader_snapshot()).0);
     let mut c = server.client();
     assert_eq!(
         c.ask(r#"{"action":"regbot-list"}"#),
@@ -553,13 +542,7 @@ fn status_and_regbot_list_come_from_the_regbot_snapshot() {
     );
     assert_eq!(status["regbot"].to_string(), r#"{"role":"leader","total":3,"registered":1,"failing":1}"#);
 
-    let standby = Server::start_with_regbot(fake_regbot(RegbotSnapshot {
-        role: RegbotRole::Standby,
-        total: 0,
-        registered: 0,
-        failing: 0,
-        regbots: Vec::new(),
-    }));
+    let standby = Server::start_with_regbot(fake_regbot(standby_snapshot()).0);
     assert_eq!(standby.ask(r#"{"action":"regbot-list"}"#), r#"{"success":true,"role":"standby","regbots":[]}"#);
 }
 
@@ -567,7 +550,6 @@ fn status_and_regbot_list_come_from_the_regbot_snapshot() {
 fn a_regbot_that_does_not_answer_in_time_is_reported_within_half_a_second() {
     let (queries, _held) = silent_regbot();
     let server = Server::start_with_regbot(queries);
-    server.regbot.send(RegbotStatus { leader: true, total: 4, registered: 3, failing: 1 }).unwrap();
     let mut c = server.client();
 
     let in_time = |took: Duration| took >= Duration::from_millis(450) && took < Duration::from_millis(1500);
@@ -578,13 +560,13 @@ fn a_regbot_that_does_not_answer_in_time_is_reported_within_half_a_second() {
     );
     assert!(in_time(started.elapsed()), "{:?}", started.elapsed());
 
-    // status still answers, with the last pushed counts and the reason; the unanswered
+    // status still answers, with standby and zeros and the reason; the unanswered
     // request fills the queue now, so this query gives up sending rather than blocking
     let started = Instant::now();
     let status: serde_json::Value = serde_json::from_str(&c.ask(r#"{"action":"status"}"#)).unwrap();
     assert!(in_time(started.elapsed()), "{:?}", started.elapsed());
     assert_eq!(status["success"], true);
-    assert_eq!(status["regbot"].to_string(), r#"{"role":"leader","total":4,"registered":3,"failing":1}"#);
+    assert_eq!(status["regbot"].to_string(), r#"{"role":"standby","total":0,"registered":0,"failing":0}"#);
     assert_eq!(status["regbot_error"], "no answer within 500 ms");
     // and the socket serves other commands afterwards
     assert_eq!(server.ask(r#"{"action":"list"}"#), r#"{"success":true,"config":{}}"#);

@@ -113,7 +113,7 @@ struct Instance {
 
 impl Instance {
     fn start(double: &Double, db: &TestDb, settings: RegbotSettings) -> Instance {
-        let (events_tx, events_rx) = unbounded();
+        let (subscribers, events) = regbot::subscribe();
         let client = DrachtioClient::start(
             ClientConfig {
                 host: "127.0.0.1".into(),
@@ -126,14 +126,13 @@ impl Instance {
                 private_networks: vec![],
             },
             vec![],
-            vec![events_tx],
+            subscribers,
         )
         .expect("drachtio client starts");
         let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
         let mysql = mysql_pool(&db.name);
-        let handles =
-            regbot::start_with(settings, redis(), mysql.clone(), mysql, client.handle(), events_rx, shutdown_rx)
-                .expect("regbot roles start");
+        let handles = regbot::start_with(settings, redis(), mysql.clone(), mysql, client.handle(), events, shutdown_rx)
+            .expect("regbot roles start");
         let status = handles.status.clone();
         Instance { client: Some(client), handles: Some(handles), shutdown: Some(shutdown_tx), status }
     }

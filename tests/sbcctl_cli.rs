@@ -7,10 +7,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::unbounded;
-use sbc_sidecar::ctl::RegbotStatus;
 use sbc_sidecar::drachtio::{ConnectionEvent, ConnectionInfo};
-use sbc_sidecar::regbot::{RegbotInfo, RegbotRole, RegbotSnapshot, RegbotState, StatusRequest};
+use sbc_sidecar::regbot::{RegbotInfo, RegbotRole, RegbotSnapshot, RegbotState};
 
 const HELP: &str = "\
 SBC Runtime CLI
@@ -54,7 +52,7 @@ Examples:
 
 mod support;
 
-use support::ctl_server::{redis_at, temp_socket_path, Server};
+use support::ctl_server::{fake_regbot, redis_at, temp_socket_path, Server};
 
 impl Server {
     fn start() -> Server {
@@ -64,14 +62,7 @@ impl Server {
     /// With `status` and `regbot-list` answered by a fake regbot role that always reports
     /// `snapshot`.
     fn start_with_regbot(snapshot: RegbotSnapshot) -> Server {
-        let (queries, requests) = unbounded::<StatusRequest>();
-        // ends when the server drops its end of the channel
-        std::thread::spawn(move || {
-            for request in requests {
-                let _ = request.reply.send(snapshot.clone());
-            }
-        });
-        Server::launch(redis_at(6379, Duration::from_secs(2)), Some(queries))
+        Server::launch(redis_at(6379, Duration::from_secs(2)), Some(fake_regbot(snapshot).0))
     }
 
     /// Runs `sbcctl --socket <this server> <args>`.
@@ -360,7 +351,10 @@ fn the_socket_path_comes_from_sbc_socket_path() {
 
 #[test]
 fn status_prints_one_line_per_fact() {
-    let server = Server::start();
+    let standby =
+        RegbotSnapshot { role: RegbotRole::Standby, total: 0, registered: 0, failing: 0, regbots: Vec::new() };
+    let (regbot, snapshot) = fake_regbot(standby);
+    let server = Server::launch(redis_at(6379, Duration::from_secs(2)), Some(regbot));
     let run = server.sbcctl(&["status"]);
     assert_eq!(run.code, 0, "{run:?}");
     let lines: Vec<&str> = run.stdout.lines().collect();
@@ -381,7 +375,8 @@ fn status_prints_one_line_per_fact() {
             local_hostports: "udp/127.0.0.1:5060".into(),
         }))
         .unwrap();
-    server.regbot.send(RegbotStatus { leader: true, total: 2, registered: 1, failing: 1 }).unwrap();
+    *snapshot.lock().unwrap() =
+        RegbotSnapshot { role: RegbotRole::Leader, total: 2, registered: 1, failing: 1, regbots: Vec::new() };
     let run = server.sbcctl(&["status"]);
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(

@@ -31,34 +31,23 @@ pub(crate) struct Commands {
     started: Instant,
     /// The current drachtio connection, `None` while disconnected.
     drachtio: Option<ConnectionInfo>,
-    /// The last pushed regbot status: what `status` shows without a query link, or when the
-    /// regbot role does not answer one.
-    regbot: RegbotStatus,
     /// Where the regbot role takes snapshot requests; `None` when this daemon has no such role.
     regbot_queries: Option<Sender<StatusRequest>>,
     conn_events: Receiver<ConnectionEvent>,
-    regbot_pushes: Option<Receiver<RegbotStatus>>,
     /// The registrar's brute-force ban table; `None` when this daemon has none.
     bans: Option<Arc<Bans>>,
 }
 
 impl Commands {
-    pub(crate) fn new(
-        cluster_id: &str,
-        redis: RedisPool,
-        conn_events: Receiver<ConnectionEvent>,
-        regbot_pushes: Option<Receiver<RegbotStatus>>,
-    ) -> Commands {
+    pub(crate) fn new(cluster_id: &str, redis: RedisPool, conn_events: Receiver<ConnectionEvent>) -> Commands {
         Commands {
             conn_events,
-            regbot_pushes,
             sets: ClusterSets::new(cluster_id),
             cluster_id: cluster_id.to_string(),
             redis,
             config: Map::new(),
             started: Instant::now(),
             drachtio: None,
-            regbot: RegbotStatus::default(),
             regbot_queries: None,
             bans: None,
         }
@@ -79,21 +68,10 @@ impl Commands {
         };
     }
 
-    pub(crate) fn regbot_status(&mut self, status: RegbotStatus) {
-        self.regbot = status;
-    }
-
-    /// Applies every connection event and pushed regbot status sent so far.
+    /// Applies every connection event sent so far.
     pub(crate) fn take_updates(&mut self) {
         while let Ok(event) = self.conn_events.try_recv() {
             self.connection_event(event);
-        }
-        let pushed: Vec<RegbotStatus> = match &self.regbot_pushes {
-            Some(rx) => rx.try_iter().collect(),
-            None => Vec::new(),
-        };
-        if let Some(last) = pushed.into_iter().last() {
-            self.regbot_status(last);
         }
     }
 
@@ -356,14 +334,14 @@ impl Commands {
         success(reply)
     }
 
-    /// The regbot counts for `status`: a fresh snapshot when the role is linked, else the last
-    /// pushed status. A failed query still leaves `status` useful (it is what an operator runs
-    /// when something is wrong), so it falls back to the pushed values and says why.
+    /// The regbot counts for `status`: a fresh snapshot when the role is linked, else
+    /// `standby` and zeros. A failed query still leaves `status` useful (it is what an
+    /// operator runs when something is wrong), so it falls back to those and says why.
     /// The middle value is true when this SBC registers as one of every SBC
     /// (`SBC_REGBOT_MODE=every`).
     fn current_regbot_status(&self) -> (RegbotStatus, bool, Option<String>) {
         let Some(queries) = &self.regbot_queries else {
-            return (self.regbot, false, None);
+            return (RegbotStatus::default(), false, None);
         };
         match regbot_link::query(queries, QUERY_TIMEOUT) {
             Ok(snapshot) => {
@@ -377,7 +355,7 @@ impl Commands {
             }
             Err(e) => {
                 warn!("cli status: regbot query failed: {e}");
-                (self.regbot, false, Some(e.to_string()))
+                (RegbotStatus::default(), false, Some(e.to_string()))
             }
         }
     }

@@ -16,15 +16,11 @@ use std::path::PathBuf;
 
 pub use server::{CtlServer, CtlSettings};
 
-/// Regbot counts pushed to the CLI server over the `regbot_status` channel of
-/// [`CtlServer::bind`].
-///
-/// The regbot role answers snapshot queries instead (see [`CtlServer::with_regbot`]); when such
-/// a link is set, `status` asks it and uses the last pushed status (the default, `standby` and
-/// all zeros, when none was pushed) only if the query fails. Without a link, `status` shows
-/// the last pushed status.
+/// The regbot counts of the `status` reply: from a snapshot of the regbot role (see
+/// [`CtlServer::with_regbot`]), or the default (`standby`, all zeros) when no role is linked
+/// or it did not answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RegbotStatus {
+pub(crate) struct RegbotStatus {
     /// This sidecar holds the cluster's regbot lock and sends the outbound REGISTERs.
     pub leader: bool,
     /// Gateways that should be registered.
@@ -37,7 +33,7 @@ pub struct RegbotStatus {
 
 impl RegbotStatus {
     /// `leader` or `standby`, as the status reply spells it.
-    pub fn role(&self) -> &'static str {
+    pub(crate) fn role(&self) -> &'static str {
         if self.leader {
             "leader"
         } else {

@@ -30,7 +30,7 @@ use serde_json::Value;
 
 use super::commands::Commands;
 use super::protocol::{error, failure, MAX_LINE_BYTES};
-use super::{CtlError, RegbotStatus};
+use super::CtlError;
 use crate::drachtio::ConnectionEvent;
 use crate::regbot::StatusRequest;
 use crate::registrar::bans::Bans;
@@ -66,15 +66,14 @@ impl CtlServer {
     /// restricts it to mode 0600.
     ///
     /// Refuses to delete anything that is not a socket, and a socket another process still
-    /// accepts connections on. `conn_events` keeps the drachtio part of `status` current;
-    /// `regbot_status` does the same for the regbot part (`None`: the status shows `standby`
-    /// and zeros), unless [`CtlServer::with_regbot`] links the regbot role's snapshot queries.
+    /// accepts connections on. `conn_events` keeps the drachtio part of `status` current; the
+    /// regbot part shows `standby` and zeros unless [`CtlServer::with_regbot`] links the regbot
+    /// role's snapshot queries.
     pub fn bind(
         path: impl AsRef<Path>,
         settings: CtlSettings,
         redis: RedisPool,
         conn_events: Receiver<ConnectionEvent>,
-        regbot_status: Option<Receiver<RegbotStatus>>,
     ) -> Result<CtlServer, CtlError> {
         let path = path.as_ref().to_path_buf();
         remove_stale_socket(&path)?;
@@ -90,18 +89,12 @@ impl CtlServer {
         let poll = Poll::new().map_err(CtlError::Poll)?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE).map_err(CtlError::Poll)?;
         info!("CLI server started socket={}", path.display());
-        Ok(CtlServer {
-            poll,
-            listener,
-            commands: Commands::new(&settings.cluster_id, redis, conn_events, regbot_status),
-
-            socket,
-        })
+        Ok(CtlServer { poll, listener, commands: Commands::new(&settings.cluster_id, redis, conn_events), socket })
     }
 
     /// Links `status` and `regbot-list` to the regbot role, which answers snapshot requests
     /// sent on `queries` (`RegbotHandles::status`). Without it, `regbot-list` fails with
-    /// `Regbot not running` and `status` shows the pushed regbot status.
+    /// `Regbot not running` and `status` shows `standby` and zeros.
     pub fn with_regbot(mut self, queries: Sender<StatusRequest>) -> CtlServer {
         self.commands.set_regbot_queries(queries);
         self

@@ -20,6 +20,7 @@ use log::{debug, error, info, warn};
 use mio::{Events, Interest, Poll, Token, Waker};
 use rand::Rng;
 
+use super::connect_error::ConnectError;
 use super::frame::FrameDecoder;
 use super::message::{self, Reply, ReplyStatus, ServerMessage, SipDelivery};
 use super::writer::{Outgoing, PendingReply, Wire, Writer, WriterStats};
@@ -271,7 +272,7 @@ impl Reader {
             if !stopping && self.conn.is_none() && Instant::now() >= retry_at {
                 if let Err(reason) = self.connect() {
                     let delay = self.backoff();
-                    self.report_connect_failure(&reason, delay);
+                    self.report_connect_failure(&reason.to_string(), delay);
                     retry_at = Instant::now() + delay;
                 }
             }
@@ -361,12 +362,12 @@ impl Reader {
         }
     }
 
-    fn connect(&mut self) -> Result<(), String> {
+    fn connect(&mut self) -> Result<(), ConnectError> {
         let addrs: Vec<SocketAddr> = (self.config.host.as_str(), self.config.port)
             .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {}: {e}", self.config.host))?
+            .map_err(|source| ConnectError::Resolve { host: self.config.host.clone(), source })?
             .collect();
-        let mut last_err = String::from("no address");
+        let mut last_err = ConnectError::NoAddress;
         let mut stream = None;
         for addr in addrs {
             match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
@@ -374,7 +375,7 @@ impl Reader {
                     stream = Some(s);
                     break;
                 }
-                Err(e) => last_err = e.to_string(),
+                Err(e) => last_err = ConnectError::Connect(e),
             }
         }
         let stream = stream.ok_or(last_err)?;
@@ -385,12 +386,12 @@ impl Reader {
             s.set_nonblocking(true)?;
             Ok(w)
         };
-        let writer_stream = setup(&stream).map_err(|e| format!("socket setup: {e}"))?;
+        let writer_stream = setup(&stream).map_err(ConnectError::SocketSetup)?;
         let mut mio_stream = mio::net::TcpStream::from_std(stream);
         self.poll
             .registry()
             .register(&mut mio_stream, CONNECTION, Interest::READABLE)
-            .map_err(|e| format!("poll register: {e}"))?;
+            .map_err(ConnectError::PollRegister)?;
         self.generation += 1;
         self.wire.forget_owed();
         let _ = self.writer.send(Outgoing::Attach(writer_stream, self.generation));

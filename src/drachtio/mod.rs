@@ -6,6 +6,7 @@
 //! [`DrachtioHandle`] to send requests of their own and receive the responses.
 
 pub mod client;
+mod connect_error;
 pub mod frame;
 pub mod message;
 pub mod writer;
@@ -18,6 +19,7 @@ use crossbeam_channel::Sender;
 use crate::config::Cidr;
 use crate::sip::{ResponseBuilder, SipMessage};
 pub use client::{ClientConfig, DrachtioClient, DrachtioHandle, Route, UacError, UacEvent};
+pub use connect_error::ConnectError;
 pub use message::SipDelivery;
 pub use writer::{Outgoing, WriterStats, UNANSWERED_METRIC};
 

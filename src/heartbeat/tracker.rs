@@ -12,6 +12,7 @@ use super::keys::ClusterSets;
 use crate::config::Cidr;
 use crate::drachtio::IncomingRequest;
 use crate::sip::{ResponseBuilder, SipMessage};
+use crate::store::outage::OutageLog;
 use crate::store::redis::{checkout, retry_on_lost_connection, RedisPool};
 use crate::store::StoreError;
 use crate::telemetry::Metrics;
@@ -111,9 +112,8 @@ pub struct Tracker {
     fs: Tracked,
     rtp: Tracked,
     urls: Tracked,
-    /// Whether the last Redis operation worked: failures are logged once per outage, not once
-    /// per heartbeat.
-    redis_ok: bool,
+    /// Redis failures are logged once per outage, not once per heartbeat.
+    redis_outage: OutageLog,
     metrics: Metrics,
     /// Which sources may send heartbeats, which service URLs are stored.
     guard: HeartbeatGuard,
@@ -129,7 +129,8 @@ impl Tracker {
             sets,
             redis,
             expires,
-            redis_ok: true,
+            redis_outage: OutageLog::new("heartbeat", "redis")
+                .with_consequence(", heartbeats get 503 until it works again"),
             metrics: Metrics::disabled(),
             guard: HeartbeatGuard::default(),
         }
@@ -152,7 +153,7 @@ impl Tracker {
     pub fn load(&mut self, now: Instant) -> Result<(), StoreError> {
         let pool = self.redis.clone();
         let result = retry_on_lost_connection(&pool, || self.load_sets(now));
-        self.note_redis(&result, "loading the feature/RTP server sets");
+        self.redis_outage.note(&result, "loading the feature/RTP server sets");
         result
     }
 
@@ -216,7 +217,7 @@ impl Tracker {
         // Local state only changes after Redis confirmed, so a repeated attempt is harmless.
         let pool = self.redis.clone();
         let result = retry_on_lost_connection(&pool, || self.record(kind, (address, port), status, service_url, now));
-        self.note_redis(&result, "recording a heartbeat");
+        self.redis_outage.note(&result, "recording a heartbeat");
         result
     }
 
@@ -291,7 +292,7 @@ impl Tracker {
     pub fn sweep(&mut self, now: Instant) -> Result<usize, StoreError> {
         let pool = self.redis.clone();
         let result = retry_on_lost_connection(&pool, || self.expire(now));
-        self.note_redis(&result, "expiring feature/RTP servers");
+        self.redis_outage.note(&result, "expiring feature/RTP servers");
         result
     }
 
@@ -329,21 +330,6 @@ impl Tracker {
         match kind {
             ServerKind::Feature => self.fs.last_seen.len(),
             ServerKind::Rtp => self.rtp.last_seen.len(),
-        }
-    }
-
-    /// Logs Redis going away and coming back, once each.
-    fn note_redis<T>(&mut self, result: &Result<T, StoreError>, doing: &str) {
-        match result {
-            Ok(_) if !self.redis_ok => {
-                self.redis_ok = true;
-                info!("heartbeat redis operations work again");
-            }
-            Err(e) if self.redis_ok => {
-                self.redis_ok = false;
-                warn!("redis failed while {doing} (heartbeats get 503 until it works again): {e}");
-            }
-            _ => {}
         }
     }
 }

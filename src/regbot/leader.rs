@@ -23,6 +23,7 @@ use super::RegbotSettings;
 use crate::config::RegbotMode;
 use crate::drachtio::ConnectionEvent;
 use crate::store::mysql::MysqlPool;
+use crate::store::outage::OutageLog;
 use crate::store::redis::{run, RedisPool};
 use crate::store::StoreError;
 
@@ -155,8 +156,8 @@ pub struct LeaderRole {
     confirmed_at: Instant,
     /// Fingerprint of the last inventory handed to the scheduler; `None` forces a full one.
     last_fingerprint: Option<String>,
-    redis_ok: bool,
-    mysql_ok: bool,
+    redis_outage: OutageLog,
+    mysql_outage: OutageLog,
 }
 
 impl LeaderRole {
@@ -180,8 +181,8 @@ impl LeaderRole {
             leader: false,
             confirmed_at: Instant::now(),
             last_fingerprint: None,
-            redis_ok: true,
-            mysql_ok: true,
+            redis_outage: OutageLog::new("regbot", "redis"),
+            mysql_outage: OutageLog::new("regbot", "database"),
         }
     }
 
@@ -304,8 +305,12 @@ impl LeaderRole {
                 .query::<()>(&mut **conn)?)
         });
         match written {
-            Ok(()) => self.redis_up(),
-            Err(e) => self.redis_down(&e),
+            Ok(()) => {
+                self.redis_outage.succeeded();
+            }
+            Err(e) => {
+                self.redis_outage.failed("leader election", &e);
+            }
         }
     }
 
@@ -412,14 +417,14 @@ impl LeaderRole {
         let asked = Instant::now();
         match self.election.extend() {
             Ok(Extension::Extended) => {
-                self.redis_up();
+                self.redis_outage.succeeded();
                 self.confirmed_at = asked;
                 self.send_lease();
                 debug!("I am active, and shall continue in my role as regbot");
                 self.reconcile();
             }
             Ok(Extension::Lapsed) => {
-                self.redis_up();
+                self.redis_outage.succeeded();
                 // Nobody holds the key: take it back without stopping the regbots.
                 match self.election.claim() {
                     Ok(true) => {
@@ -432,16 +437,18 @@ impl LeaderRole {
                         info!("Someone else grabbed the role!  I need to stand down");
                         self.stand_down();
                     }
-                    Err(e) => self.redis_down(&e),
+                    Err(e) => {
+                        self.redis_outage.failed("leader election", &e);
+                    }
                 }
             }
             Ok(Extension::TakenByOther) => {
-                self.redis_up();
+                self.redis_outage.succeeded();
                 info!("Someone else grabbed the role!  I need to stand down");
                 self.stand_down();
             }
             Err(e) => {
-                self.redis_down(&e);
+                self.redis_outage.failed("leader election", &e);
                 // The key expires one TTL after it was last confirmed, and another SBC may
                 // take the role at once: stand down at the last check before that moment,
                 // not at the first one after it, or both SBCs register for up to an interval.
@@ -458,7 +465,7 @@ impl LeaderRole {
         let asked = Instant::now();
         match self.election.claim() {
             Ok(true) => {
-                self.redis_up();
+                self.redis_outage.succeeded();
                 info!("successfully claimed regbot responsibility with token {}", self.election.token());
                 self.leader = true;
                 self.confirmed_at = asked;
@@ -468,10 +475,12 @@ impl LeaderRole {
                 self.reconcile();
             }
             Ok(false) => {
-                self.redis_up();
+                self.redis_outage.succeeded();
                 debug!("another SBC holds the regbot role");
             }
-            Err(e) => self.redis_down(&e),
+            Err(e) => {
+                self.redis_outage.failed("leader election", &e);
+            }
         }
     }
 
@@ -493,18 +502,12 @@ impl LeaderRole {
         let loaded = self.mysql_read.conn().and_then(|mut conn| Inventory::load(&mut conn));
         let inventory = match loaded {
             Ok(inv) => {
-                if !self.mysql_ok {
-                    info!("regbot: database reachable again");
-                    self.mysql_ok = true;
-                }
+                self.mysql_outage.succeeded();
                 inv
             }
             Err(e) => {
                 // Keep the regbots as they are until the database answers again.
-                if self.mysql_ok {
-                    warn!("regbot: cannot read carriers: {e}");
-                    self.mysql_ok = false;
-                }
+                self.mysql_outage.failed("reading carriers", &e);
                 return;
             }
         };
@@ -530,20 +533,6 @@ impl LeaderRole {
             warn!("regbot: cannot read the previous leader's contacts: {e}");
             HashMap::new()
         })
-    }
-
-    fn redis_up(&mut self) {
-        if !self.redis_ok {
-            info!("regbot: redis reachable again");
-            self.redis_ok = true;
-        }
-    }
-
-    fn redis_down(&mut self, e: &StoreError) {
-        if self.redis_ok {
-            warn!("regbot: leader election cannot reach redis: {e}");
-            self.redis_ok = false;
-        }
     }
 }
 

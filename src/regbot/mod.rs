@@ -3,18 +3,18 @@
 //!
 //! Threads (all named, all stopped by the shutdown channel):
 //!
-//! * `regbot-events` fans drachtio connection events out to the others;
 //! * `regbot-leader` holds or waits for `<cluster>:regbot-token` and reads carriers and
 //!   gateways ([`leader`], [`reconcile`]);
 //! * `regbot` is the scheduler: every regbot's timer and REGISTER in flight ([`scheduler`],
 //!   [`registration`]);
 //! * `regbot-store` writes `register_status`, disables carriers and keeps the ephemeral
-//!   gateways ([`store`], [`ephemeral`], [`dns`]);
+//!   gateways ([`writer`], [`ephemeral`], [`dns`]; the SQL is in [`crate::store::carriers`]);
 //! * `gw-pinger` pings carrier gateways with OPTIONS ([`pinger`]);
 //! * `sbc-addresses` publishes our public addresses ([`sbc_addresses`]).
 //!
-//! The daemon calls [`start`] with a connection-event receiver of its own (one more
-//! subscriber of the drachtio client), drops the shutdown sender to stop, joins
+//! Each thread that follows the drachtio connection is a subscriber of the drachtio client
+//! of its own: the daemon gets their senders from [`subscribe`] before it starts the client,
+//! calls [`start`] with the [`RegbotEvents`], drops the shutdown sender to stop, joins
 //! [`RegbotHandles::join`] and only then shuts the drachtio client down. The CLI asks for a
 //! [`RegbotSnapshot`] through [`RegbotHandles::status`] (see [`query_status`]).
 //!
@@ -31,7 +31,6 @@ pub mod dns;
 pub mod ephemeral;
 pub mod leader;
 pub mod pinger;
-pub mod queries;
 pub mod reconcile;
 pub mod register_status;
 pub mod registration;
@@ -39,16 +38,16 @@ pub mod request;
 pub mod sbc_addresses;
 pub mod scheduler;
 pub mod status;
-pub mod store;
 pub mod timing;
+pub mod writer;
 
 use std::fmt;
 use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
-use log::{debug, error, warn};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use log::{error, warn};
 
 use crate::config::{Config, RegbotMode};
 use crate::drachtio::{ConnectionEvent, DrachtioHandle};
@@ -129,7 +128,7 @@ impl RegbotSettings {
 #[derive(Debug)]
 pub enum RegbotError {
     /// A thread could not be started.
-    Spawn { thread: &'static str, error: String },
+    Spawn { thread: &'static str, error: std::io::Error },
     /// The scheduler is not running (stopped, or did not answer in time).
     NotRunning,
 }
@@ -143,7 +142,14 @@ impl fmt::Display for RegbotError {
     }
 }
 
-impl std::error::Error for RegbotError {}
+impl std::error::Error for RegbotError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RegbotError::Spawn { error, .. } => Some(error),
+            RegbotError::NotRunning => None,
+        }
+    }
+}
 
 /// The running threads of this module and the CLI's way in.
 pub struct RegbotHandles {
@@ -187,11 +193,32 @@ pub fn start(
     config: &Config,
     pools: RegbotPools,
     drachtio: DrachtioHandle,
-    conn_events: Receiver<ConnectionEvent>,
+    events: RegbotEvents,
     shutdown: Receiver<()>,
     alerts: AlertSender,
 ) -> Result<RegbotHandles, RegbotError> {
-    start_roles(RegbotSettings::from_config(config), AlertSink::new(alerts), pools, drachtio, conn_events, shutdown)
+    start_roles(RegbotSettings::from_config(config), AlertSink::new(alerts), pools, drachtio, events, shutdown)
+}
+
+/// The drachtio connection events of the roles of this module, one subscription each.
+pub struct RegbotEvents {
+    leader: Receiver<ConnectionEvent>,
+    scheduler: Receiver<ConnectionEvent>,
+    pinger: Receiver<ConnectionEvent>,
+    sbc_addresses: Receiver<ConnectionEvent>,
+}
+
+/// Subscribes the roles of this module to the drachtio connection: the senders go into the
+/// drachtio client's subscriber list, the [`RegbotEvents`] to [`start`].
+pub fn subscribe() -> (Vec<Sender<ConnectionEvent>>, RegbotEvents) {
+    let (leader_tx, leader) = unbounded();
+    let (scheduler_tx, scheduler) = unbounded();
+    let (pinger_tx, pinger) = unbounded();
+    let (sbc_addresses_tx, sbc_addresses) = unbounded();
+    (
+        vec![leader_tx, scheduler_tx, pinger_tx, sbc_addresses_tx],
+        RegbotEvents { leader, scheduler, pinger, sbc_addresses },
+    )
 }
 
 /// The stores the roles of this module use.
@@ -210,11 +237,11 @@ pub fn start_with(
     mysql_read: MysqlPool,
     mysql_write: MysqlPool,
     drachtio: DrachtioHandle,
-    conn_events: Receiver<ConnectionEvent>,
+    events: RegbotEvents,
     shutdown: Receiver<()>,
 ) -> Result<RegbotHandles, RegbotError> {
     let pools = RegbotPools { redis, mysql_read, mysql_write };
-    start_roles(settings, AlertSink::default(), pools, drachtio, conn_events, shutdown)
+    start_roles(settings, AlertSink::default(), pools, drachtio, events, shutdown)
 }
 
 fn start_roles(
@@ -222,14 +249,10 @@ fn start_roles(
     alerts: AlertSink,
     pools: RegbotPools,
     drachtio: DrachtioHandle,
-    conn_events: Receiver<ConnectionEvent>,
+    events: RegbotEvents,
     shutdown: Receiver<()>,
 ) -> Result<RegbotHandles, RegbotError> {
     let RegbotPools { redis, mysql_read, mysql_write } = pools;
-    let (leader_events_tx, leader_events) = unbounded();
-    let (sched_events_tx, sched_events) = unbounded();
-    let (pinger_events_tx, pinger_events) = unbounded();
-    let (sbc_events_tx, sbc_events) = unbounded();
     let (commands_tx, commands) = unbounded();
     let (store_tx, store_rx) = bounded(STORE_QUEUE);
     let (status_tx, status_rx) = bounded(STATUS_QUEUE);
@@ -243,7 +266,7 @@ fn start_roles(
         settings.clone(),
         election,
         mysql_read.clone(),
-        leader_events,
+        events.leader,
         commands_tx,
         shutdown.clone(),
     )
@@ -253,14 +276,14 @@ fn start_roles(
         settings.clone(),
         drachtio.clone(),
         commands,
-        sched_events,
+        events.scheduler,
         status_rx,
         store_tx,
         shutdown.clone(),
     );
     let ephemeral =
         ephemeral::EphemeralGateways::new(redis.clone(), Box::new(dns::Resolver::new(settings.dns.clone())));
-    let writer = store::StoreWriter::new(
+    let writer = writer::StoreWriter::new(
         (redis.clone(), settings.cluster_id.clone()),
         mysql_read.clone(),
         mysql_write.clone(),
@@ -273,7 +296,7 @@ fn start_roles(
         settings.clone(),
         RegbotPools { redis, mysql_read, mysql_write: mysql_write.clone() },
         drachtio,
-        pinger_events,
+        events.pinger,
         shutdown.clone(),
         alerts,
     );
@@ -281,19 +304,13 @@ fn start_roles(
         settings.sbc_public_address_keep_alive,
         settings.dead_sbc_age,
         mysql_write,
-        sbc_events,
+        events.sbc_addresses,
         shutdown.clone(),
     );
-    let fan_out = FanOut {
-        input: conn_events,
-        outputs: vec![leader_events_tx, sched_events_tx, pinger_events_tx, sbc_events_tx],
-        shutdown,
-    };
 
     let mut threads = Vec::new();
     let mut spawn = |name: &'static str, f: Box<dyn FnOnce() + Send>| -> Result<(), RegbotError> {
-        let handle =
-            crate::supervise::spawn(name, f).map_err(|e| RegbotError::Spawn { thread: name, error: e.to_string() })?;
+        let handle = crate::supervise::spawn(name, f).map_err(|error| RegbotError::Spawn { thread: name, error })?;
         threads.push((name, handle));
         Ok(())
     };
@@ -310,32 +327,5 @@ fn start_roles(
     spawn("regbot-leader", Box::new(move || leader_role.run()))?;
     spawn("gw-pinger", Box::new(move || pinger.run()))?;
     spawn("sbc-addresses", Box::new(move || publisher.run()))?;
-    spawn("regbot-events", Box::new(move || fan_out.run()))?;
     Ok(RegbotHandles { threads, status: status_tx, prepare: prepare_tx })
-}
-
-/// Copies every connection event to each role of this module.
-struct FanOut {
-    input: Receiver<ConnectionEvent>,
-    outputs: Vec<Sender<ConnectionEvent>>,
-    shutdown: Receiver<()>,
-}
-
-impl FanOut {
-    fn run(self) {
-        loop {
-            select! {
-                recv(self.input) -> ev => match ev {
-                    Ok(ev) => {
-                        for out in &self.outputs {
-                            let _ = out.send(ev.clone());
-                        }
-                    }
-                    Err(_) => break,
-                },
-                recv(self.shutdown) -> _ => break,
-            }
-        }
-        debug!("regbot connection-event fan-out stopped");
-    }
 }

@@ -11,16 +11,18 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use crossbeam_channel::{never, tick, Receiver, Select};
-use log::{debug, info, warn};
+use log::{debug, info};
 
-use super::alerts::{Alert, AlertSink};
-use super::queries::{self, GatewayRow};
+use super::alerts::AlertSink;
 use super::{RegbotPools, RegbotSettings};
 use crate::drachtio::{ConnectionEvent, DrachtioHandle, UacError, UacEvent};
 use crate::sip::RequestBuilder;
+use crate::store::carriers::{self, GatewayRow};
 use crate::store::mysql::MysqlPool;
+use crate::store::outage::OutageLog;
 use crate::store::redis::{run, RedisPool};
 use crate::store::StoreError;
+use crate::telemetry::{Alert, PingFailure};
 
 pub fn blacklist_key(sip_gateway_sid: &str) -> String {
     format!("blacklist-sip-gateway:{sip_gateway_sid}")
@@ -67,7 +69,7 @@ pub struct GatewayPinger {
     /// Rounds are skipped while drachtio is down: a gateway must not be blacklisted (for
     /// every SBC of the cluster) because our own connection is gone.
     connected: bool,
-    store_ok: bool,
+    store_outage: OutageLog,
     alerts: AlertSink,
 }
 
@@ -91,7 +93,7 @@ impl GatewayPinger {
             shutdown,
             in_flight: HashMap::new(),
             connected: false,
-            store_ok: true,
+            store_outage: OutageLog::new("gateway pinger", "database or redis"),
             alerts,
         }
     }
@@ -162,10 +164,10 @@ impl GatewayPinger {
             debug!("gateway pinger: drachtio not connected, round skipped");
             return;
         }
-        let gateways = match self.mysql_read.conn().and_then(|mut c| queries::options_ping_gateways(&mut c)) {
+        let gateways = match self.mysql_read.conn().and_then(|mut c| carriers::options_ping_gateways(&mut c)) {
             Ok(g) => g,
             Err(e) => {
-                self.store_failed("cannot read the gateways to ping", &e);
+                self.store_outage.failed("cannot read the gateways to ping", &e);
                 return;
             }
         };
@@ -198,17 +200,16 @@ impl GatewayPinger {
         }
         let result = match outcome {
             Ok(status) if (200..300).contains(&status) => self.clear_blacklist(&gw),
-            Ok(status) => self.failed(&gw, &format!("received: {status}"), Some(status)),
-            Err(e) => self.failed(&gw, &format!("error: {e}"), None),
+            Ok(status) => self.failed(&gw, PingFailure::Status(status)),
+            Err(e) => self.failed(&gw, PingFailure::Error(&e.to_string())),
         };
         match result {
             Ok(()) => {
-                if !self.store_ok {
-                    info!("gateway pinger: database and redis reachable again");
-                    self.store_ok = true;
-                }
+                self.store_outage.succeeded();
             }
-            Err(e) => self.store_failed("cannot record a ping result", &e),
+            Err(e) => {
+                self.store_outage.failed("cannot record a ping result", &e);
+            }
         }
     }
 
@@ -221,7 +222,7 @@ impl GatewayPinger {
         Ok(())
     }
 
-    fn failed(&self, gw: &GatewayRow, what: &str, status: Option<u16>) -> Result<(), StoreError> {
+    fn failed(&self, gw: &GatewayRow, failure: PingFailure<'_>) -> Result<(), StoreError> {
         // SET NX EX: blacklisted with its TTL only when not already (EXISTS + SETEX in Node).
         let ttl = self.settings.options_ping_ttl.as_secs().max(1);
         let key = blacklist_key(&gw.sip_gateway_sid);
@@ -230,35 +231,29 @@ impl GatewayPinger {
         })?;
         let protocol = gw.protocol.as_deref().unwrap_or("udp");
         if set.is_some() {
-            self.alerts.raise(&Alert {
-                message: Alert::options_ping_failed(&gw.ipv4, gw.port, protocol, what),
-                account_sid: None,
-                service_provider_sid: None,
-            });
+            self.alerts.raise(Alert::options_ping_failed(&gw.ipv4, gw.port, protocol, failure, None, None));
         }
+        let status = match failure {
+            PingFailure::Status(status) => Some(status),
+            PingFailure::Error(_) => None,
+        };
         if let Some(status) = status.filter(|s| self.settings.options_response_remove.contains(s)) {
-            queries::disable_options_ping(&mut self.mysql_write.conn()?, &gw.sip_gateway_sid)?;
-            let carrier = queries::carrier_by_sid(&mut self.mysql_read.conn()?, &gw.voip_carrier_sid)?;
+            carriers::disable_options_ping(&mut self.mysql_write.conn()?, &gw.sip_gateway_sid)?;
+            let carrier = carriers::carrier_by_sid(&mut self.mysql_read.conn()?, &gw.voip_carrier_sid)?;
             let (name, account_sid, service_provider_sid) = match carrier {
                 Some(c) => (c.name, c.account_sid, c.service_provider_sid),
                 None => (String::new(), None, None),
             };
-            self.alerts.raise(&Alert {
-                message: Alert::options_ping_disabled(&gw.ipv4, &name, &gw.voip_carrier_sid, status),
-                account_sid,
-                service_provider_sid,
-            });
+            self.alerts.raise(Alert::options_ping_disabled(
+                &gw.ipv4,
+                &name,
+                &gw.voip_carrier_sid,
+                status,
+                account_sid.as_deref(),
+                service_provider_sid.as_deref(),
+            ));
         }
         Ok(())
-    }
-
-    fn store_failed(&mut self, what: &str, e: &StoreError) {
-        if self.store_ok {
-            warn!("gateway pinger: {what}: {e}");
-            self.store_ok = false;
-        } else {
-            debug!("gateway pinger: {what}: {e}");
-        }
     }
 }
 

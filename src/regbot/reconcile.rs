@@ -11,8 +11,8 @@ use md5::{Digest, Md5};
 use mysql::PooledConn;
 use serde::Serialize;
 
-use super::queries::{self, CarrierRow, GatewayRow};
 use super::request::{valid_from_domain, RegbotSpec};
+use crate::store::carriers::{self, CarrierRow, GatewayRow};
 use crate::store::StoreError;
 
 /// The rows a reconcile is computed from.
@@ -31,9 +31,9 @@ pub struct Inventory {
 impl Inventory {
     pub fn load(conn: &mut PooledConn) -> Result<Inventory, StoreError> {
         let carriers: Vec<CarrierRow> =
-            queries::carriers(conn)?.into_iter().filter(|c| c.requires_register && c.is_active).collect();
+            carriers::carriers(conn)?.into_iter().filter(|c| c.requires_register && c.is_active).collect();
         let mut by_carrier: HashMap<String, Vec<GatewayRow>> = HashMap::new();
-        for g in queries::registering_gateways(conn)?.into_iter().filter(|g| g.outbound && g.is_active) {
+        for g in carriers::registering_gateways(conn)?.into_iter().filter(|g| g.outbound && g.is_active) {
             by_carrier.entry(g.voip_carrier_sid.clone()).or_default().push(g);
         }
         let mut gateways = Vec::new();
@@ -43,11 +43,11 @@ impl Inventory {
             gateways.extend(by_carrier.remove(&carrier.voip_carrier_sid).unwrap_or_default());
             if let Some(account) = carrier.account_sid.as_deref().filter(|_| !carrier.register_public_ip_in_contact) {
                 if !account_realms.contains_key(account) {
-                    account_realms.insert(account.to_string(), queries::account_sip_realm(conn, account)?);
+                    account_realms.insert(account.to_string(), carriers::account_sip_realm(conn, account)?);
                 }
             }
         }
-        let sip_domain = queries::sip_domain_name(conn)?;
+        let sip_domain = carriers::sip_domain_name(conn)?;
         Ok(Inventory { carriers, gateways, account_realms, sip_domain })
     }
 

@@ -10,8 +10,8 @@ use crossbeam_channel::{never, select, tick, Receiver};
 use log::{debug, info, warn};
 
 use super::addresses::{sbc_address_rows, SbcAddressRow};
-use super::queries;
 use crate::drachtio::ConnectionEvent;
+use crate::store::carriers;
 use crate::store::mysql::MysqlPool;
 use crate::store::StoreError;
 
@@ -76,15 +76,15 @@ impl SbcAddressPublisher {
     fn try_publish(&self, rows: &[SbcAddressRow]) -> Result<(), StoreError> {
         let mut conn = self.mysql_write.conn()?;
         for row in rows {
-            match queries::sbc_address_sid(&mut conn, &row.ipv4)? {
-                Some(sid) => queries::update_sbc_address(&mut conn, &sid, row.port, row.tls_port, row.wss_port)?,
+            match carriers::sbc_address_sid(&mut conn, &row.ipv4)? {
+                Some(sid) => carriers::update_sbc_address(&mut conn, &sid, row.port, row.tls_port, row.wss_port)?,
                 None => {
                     let sid = uuid::Uuid::new_v4().to_string();
-                    queries::insert_sbc_address(&mut conn, &sid, &row.ipv4, row.port, row.tls_port, row.wss_port)?
+                    carriers::insert_sbc_address(&mut conn, &sid, &row.ipv4, row.port, row.tls_port, row.wss_port)?
                 }
             }
         }
-        let deleted = queries::delete_stale_sbc_addresses(&mut conn, self.dead_sbc_age.as_secs())?;
+        let deleted = carriers::delete_stale_sbc_addresses(&mut conn, self.dead_sbc_age.as_secs())?;
         if deleted > 0 {
             info!("removed {deleted} stale sbc_addresses rows");
         }

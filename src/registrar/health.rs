@@ -1,5 +1,6 @@
-//! Logs a store going away and coming back once per change, not once per REGISTER: during
-//! a Redis outage thousands of devices re-register, and each still gets its 503.
+//! Logs a store going away and coming back once per change, not once per REGISTER (through
+//! [`OutageLog`]): during a Redis outage thousands of devices re-register, and each still
+//! gets its 503.
 //!
 //! It also keeps REGISTERs from waiting on a store known to be down. A server that does not
 //! answer at all (a dead host, a black-holed route) costs every attempt the whole connect or
@@ -8,20 +9,18 @@
 //! to it, to notice its return; the other requests get their 503 at once.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
-
+use crate::store::outage::OutageLog;
 use crate::store::StoreError;
 
 /// While a store is down, how often a request may try it.
 pub const PROBE_EVERY: Duration = Duration::from_millis(500);
 
 pub struct StoreHealth {
-    name: &'static str,
-    down: AtomicBool,
+    outage: OutageLog,
     /// When the next attempt may go to a store that is down, in ms since `epoch`.
     next_probe_ms: AtomicU64,
     epoch: Instant,
@@ -29,7 +28,11 @@ pub struct StoreHealth {
 
 impl StoreHealth {
     pub fn new(name: &'static str) -> StoreHealth {
-        StoreHealth { name, down: AtomicBool::new(false), next_probe_ms: AtomicU64::new(0), epoch: Instant::now() }
+        StoreHealth {
+            outage: OutageLog::new("registrar", name).with_consequence(", answering REGISTER with 503 while it lasts"),
+            next_probe_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -39,7 +42,7 @@ impl StoreHealth {
     /// Whether this request should use the store: always while it is up; while it is down,
     /// only the first request after each [`PROBE_EVERY`].
     pub fn admit(&self) -> bool {
-        if !self.down.load(Ordering::Relaxed) {
+        if !self.outage.is_down() {
             return true;
         }
         let now = self.now_ms();
@@ -53,17 +56,11 @@ impl StoreHealth {
 
     pub fn failed(&self, what: &str, error: &StoreError) {
         self.next_probe_ms.store(self.now_ms() + PROBE_EVERY.as_millis() as u64, Ordering::Relaxed);
-        if !self.down.swap(true, Ordering::Relaxed) {
-            warn!("registrar: {} unreachable, answering REGISTER with 503 while it lasts: {what}: {error}", self.name);
-        } else {
-            debug!("registrar: {} still unreachable: {what}: {error}", self.name);
-        }
+        self.outage.failed(what, error);
     }
 
     pub fn succeeded(&self) {
-        if self.down.swap(false, Ordering::Relaxed) {
-            info!("registrar: {} reachable again", self.name);
-        }
+        self.outage.succeeded();
     }
 }
 

@@ -49,7 +49,6 @@ pub mod webhook;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use alerts::Alert;
 pub use auth_pool::AuthPool;
 pub use bans::{BanSettings, Bans};
 pub use pipeline::{Checked, Prefetched, Triage};

@@ -17,7 +17,7 @@ use log::{debug, error, info, warn};
 use mysql::PooledConn;
 
 use super::accounts::{self, Account};
-use super::alerts::Alert;
+use super::alerts;
 use super::bindings::{self, NewBinding, StoredBinding};
 use super::clients;
 use super::credentials::{self, FormProblem, NonceUse};
@@ -35,6 +35,7 @@ use crate::sip::digest::DigestCredentials;
 use crate::sip::{parse_authorization, replace_first_expires, www_authenticate, SipError};
 use crate::store::redis::{self as redis_store, RedisConn};
 use crate::store::StoreError;
+use crate::telemetry::Alert;
 
 /// The cache window and the interval UDP clients are told (the Node `NAT_EXPIRES`).
 const NAT_EXPIRES: u32 = 30;
@@ -563,10 +564,10 @@ impl Registrar {
 
     /// The one place where the registrar's alerts are emitted: a warn line, and a point for
     /// InfluxDB.
-    pub fn raise_alert(&self, alert: &Alert) {
-        warn!("alert alert_type={} account_sid={} {}", alert.alert_type(), alert.account_sid(), alert.log_detail());
+    pub fn raise_alert(&self, alert: Alert) {
+        warn!("alert: {alert}");
         if let Some(sender) = &self.alerts {
-            sender.send(alert.to_telemetry());
+            sender.send(alert);
         }
     }
 
@@ -574,7 +575,7 @@ impl Registrar {
     /// [`super::alerts::DEVICE_LIMIT_ALERT_INTERVAL`].
     fn raise_device_limit_alert(&self, account: &Account, limit: u64) {
         if self.device_limit_alerts.admit(&account.account_sid, Instant::now()) {
-            self.raise_alert(&Alert::AccountDeviceLimit { account_sid: account.account_sid.clone(), count: limit });
+            self.raise_alert(Alert::account_device_limit(&account.account_sid, limit));
         }
     }
 
@@ -592,12 +593,12 @@ impl Registrar {
                 settings.window.as_secs(),
                 ctx.aor_key
             );
-            self.raise_alert(&Alert::SourceBanned {
+            self.raise_alert(Alert::registration_source_banned(
                 ip,
-                failures: ban.failures,
-                window_secs: settings.window.as_secs(),
-                ban_secs: ban.remaining.as_secs(),
-            });
+                ban.failures,
+                settings.window.as_secs(),
+                ban.remaining.as_secs(),
+            ));
         }
     }
 
@@ -719,15 +720,12 @@ impl Registrar {
                 );
             }
             match &e {
-                HookError::Status(status) => self.raise_alert(&Alert::WebhookFailure {
-                    account_sid: account.account_sid.clone(),
-                    url: hook.url.clone(),
-                    status: *status,
-                }),
-                e if e.is_connection_failure() => self.raise_alert(&Alert::WebhookConnectionFailure {
-                    account_sid: account.account_sid.clone(),
-                    url: hook.url.clone(),
-                }),
+                HookError::Status(status) => {
+                    self.raise_alert(alerts::webhook_failure(&account.account_sid, &hook.url, *status))
+                }
+                e if e.is_connection_failure() => {
+                    self.raise_alert(alerts::webhook_connection_failure(&account.account_sid, &hook.url))
+                }
                 _ => {}
             }
             Reply::new(e.sip_status())

@@ -56,11 +56,11 @@ impl MysqlPool {
             .write_timeout(Some(s.timeout * 5))
             .pool_opts(PoolOpts::new().with_constraints(constraints))
             .into();
-        let pool = Pool::new(opts).map_err(|e| StoreError::MysqlUnavailable(e.to_string()))?;
+        let pool = Pool::new(opts).map_err(|e| StoreError::MysqlUnavailable(Box::new(e)))?;
         Ok(MysqlPool { pool, timeout: s.timeout })
     }
 
     pub fn conn(&self) -> Result<PooledConn, StoreError> {
-        self.pool.try_get_conn(self.timeout).map_err(|e| StoreError::MysqlUnavailable(e.to_string()))
+        self.pool.try_get_conn(self.timeout).map_err(|e| StoreError::MysqlUnavailable(Box::new(e)))
     }
 }

@@ -244,7 +244,7 @@ pub fn pool(settings: &RedisSettings) -> Result<RedisPool, StoreError> {
 
 /// Checks a connection out of the pool, mapping the failure to `StoreError::RedisUnavailable`.
 pub fn checkout(pool: &RedisPool) -> Result<RedisConn, StoreError> {
-    pool.get().map_err(|e| StoreError::RedisUnavailable(e.to_string()))
+    pool.get().map_err(|e| StoreError::RedisUnavailable(Box::new(e)))
 }
 
 /// Runs `op` on a pooled connection. When the connection turns out to have died while it sat
@@ -274,7 +274,7 @@ pub fn retry_on_lost_connection<T>(
             other => return other,
         }
     }
-    Err(StoreError::RedisConnectionLost(last.unwrap_or_default()))
+    Err(StoreError::RedisConnectionLost(last.unwrap_or_else(|| "".into())))
 }
 
 #[cfg(test)]

@@ -1,6 +1,5 @@
-//! Alerts written to InfluxDB 1.x (spec 10.2): database `alerts`, measurement `alerts`, tags
-//! `account_sid`, `alert_type`, `service_provider_sid`, fields `message` (and `detail` when
-//! there is one), nanosecond timestamps.
+//! The alerts writer: the thread that takes [`Alert`]s from the roles and writes them to
+//! InfluxDB 1.x (spec 10.2) through the [`Influx`] client.
 //!
 //! Callers hold an [`AlertSender`] and never wait: [`AlertSender::send`] is a `try_send` into a
 //! bounded channel. One writer thread ([`AlertWriter`]) collects the alerts and writes them in
@@ -12,22 +11,18 @@
 //! newest alerts are dropped by `send`. Every drop is counted ([`AlertStats`]); the log says
 //! so when the state changes (queue full / has room again, InfluxDB down / back) and in a
 //! summary once a minute while drops go on — never once per alert.
-//!
-//! Unlike the Node client, a tag without a value is left out instead of being written as the
-//! string `undefined` (spec 14, item 24).
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select, tick, Receiver, Sender, TrySendError};
 use log::{debug, info, warn};
-use ureq::Agent;
 
-use super::line_protocol::write_point;
+use super::alert::{Alert, AlertType};
+use super::influx::{AlertError, Influx};
 use crate::config::Config;
 
 /// InfluxDB 1.x HTTP port (the Node program had it fixed).
@@ -45,232 +40,12 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long [`AlertWriter::shutdown`] may spend writing what is still queued.
 pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(2);
 
-const MEASUREMENT: &str = "alerts";
 /// While alerts are being dropped, a summary line at most this often.
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 /// InfluxDB's own advice for one write request; more than this goes in several requests.
 const MAX_POINTS_PER_WRITE: usize = 5000;
-/// Error bodies are read for the log line only.
-const MAX_ERROR_BODY: u64 = 4096;
 /// Guards against settings that would turn the flush timer into a busy loop.
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
-
-// ------------------------------------------------------------------------------------------
-// Alerts
-// ------------------------------------------------------------------------------------------
-
-/// The `alert_type` tag values the sidecar writes. Carrier and OPTIONS-ping alerts have none,
-/// as in the Node program (the portal lists them without a type).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AlertType {
-    AccountDeviceLimit,
-    WebhookFailure,
-    WebhookConnectionFailure,
-}
-
-impl AlertType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AlertType::AccountDeviceLimit => "account-device-limit",
-            AlertType::WebhookFailure => "webhook-failure",
-            AlertType::WebhookConnectionFailure => "webhook-connection-failure",
-        }
-    }
-}
-
-impl fmt::Display for AlertType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// How a gateway OPTIONS ping failed (spec 7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PingFailure<'a> {
-    /// A final response other than 200.
-    Status(u16),
-    /// The request could not be sent; the text of the error.
-    Error(&'a str),
-}
-
-/// One alert point. Build it with the constructor named after the situation; the wording of
-/// every message is the Node sidecar's, because the portal shows it to customers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Alert {
-    alert_type: Option<AlertType>,
-    account_sid: Option<String>,
-    service_provider_sid: Option<String>,
-    message: String,
-    detail: Option<String>,
-    time: SystemTime,
-}
-
-impl Alert {
-    fn new(alert_type: Option<AlertType>, account_sid: Option<&str>, sp_sid: Option<&str>, message: String) -> Alert {
-        Alert {
-            alert_type,
-            account_sid: non_empty(account_sid),
-            service_provider_sid: non_empty(sp_sid),
-            message,
-            detail: None,
-            time: SystemTime::now(),
-        }
-    }
-
-    /// Hosting mode: the account's device limit is 0 or exceeded (spec 4.1 step 6); `count`
-    /// is the limit.
-    pub fn account_device_limit(account_sid: &str, count: u64) -> Alert {
-        Alert::new(
-            Some(AlertType::AccountDeviceLimit),
-            Some(account_sid),
-            None,
-            format!(
-                "you have exceeded your account limit of {count} registered devices; please consider upgrading your plan"
-            ),
-        )
-    }
-
-    /// The registration webhook answered with an HTTP status other than 200.
-    pub fn webhook_failure(account_sid: &str, url: &str, status: u16) -> Alert {
-        Alert::new(Some(AlertType::WebhookFailure), Some(account_sid), None, format!("{url} returned {status}"))
-    }
-
-    /// The registration webhook could not be reached (refused, DNS, TLS, timeout).
-    pub fn webhook_connection_failure(account_sid: &str, url: &str) -> Alert {
-        Alert::new(
-            Some(AlertType::WebhookConnectionFailure),
-            Some(account_sid),
-            None,
-            format!("failed to connect to {url}"),
-        )
-    }
-
-    /// Too many registration failures: `requires_register` switched off (spec 6.4).
-    pub fn carrier_disabled(name: &str, sid: &str, account_sid: Option<&str>, sp_sid: Option<&str>) -> Alert {
-        Alert::new(None, account_sid, sp_sid, format!("Disabling Outbound Registration for carrier {name} (sid:{sid})"))
-    }
-
-    /// Too many registration failures of a registration trunk: carrier deactivated (spec 6.4).
-    pub fn carrier_deactivated(name: &str, sid: &str, account_sid: Option<&str>, sp_sid: Option<&str>) -> Alert {
-        Alert::new(
-            None,
-            account_sid,
-            sp_sid,
-            format!("Deactivating carrier {name} (sid:{sid}) due to registration errors"),
-        )
-    }
-
-    /// A gateway OPTIONS ping failed (spec 7). `port` is shown only when set and not 0, and
-    /// `protocol` is the gateway's protocol column as it is.
-    pub fn options_ping_failed(
-        ipv4: &str,
-        port: Option<u16>,
-        protocol: &str,
-        failure: PingFailure<'_>,
-        account_sid: Option<&str>,
-        sp_sid: Option<&str>,
-    ) -> Alert {
-        let port = port.filter(|p| *p != 0).map(|p| format!(":{p}")).unwrap_or_default();
-        let outcome = match failure {
-            PingFailure::Status(status) => format!("received: {status}"),
-            PingFailure::Error(error) => format!("error: {error}"),
-        };
-        Alert::new(
-            None,
-            account_sid,
-            sp_sid,
-            format!("Options ping {ipv4}{port};transport={protocol} unsuccessfully, {outcome}"),
-        )
-    }
-
-    /// The answer to a gateway OPTIONS ping is in `OPTIONS_RESPONSE_REMOVE`: pings switched
-    /// off for that gateway (spec 7).
-    pub fn options_ping_disabled(
-        ipv4: &str,
-        carrier_name: &str,
-        carrier_sid: &str,
-        status: u16,
-        account_sid: Option<&str>,
-        sp_sid: Option<&str>,
-    ) -> Alert {
-        Alert::new(
-            None,
-            account_sid,
-            sp_sid,
-            format!("Disabling Options ping for {ipv4} in carrier {carrier_name}:{carrier_sid} due to {status}"),
-        )
-    }
-
-    /// An alert without `alert_type`, as the regbot and gateway-pinger alerts are (spec 10.2).
-    pub fn without_type(account_sid: Option<&str>, sp_sid: Option<&str>, message: String) -> Alert {
-        Alert::new(None, account_sid, sp_sid, message)
-    }
-
-    /// Adds the optional `detail` field (the alerts schema has it; the sidecar's alerts of
-    /// spec 10.2 do not use it).
-    pub fn with_detail(mut self, detail: impl Into<String>) -> Alert {
-        self.detail = Some(detail.into()).filter(|d| !d.is_empty());
-        self
-    }
-
-    /// Replaces the timestamp (taken when the alert was built).
-    pub fn with_time(mut self, time: SystemTime) -> Alert {
-        self.time = time;
-        self
-    }
-
-    pub fn alert_type(&self) -> Option<AlertType> {
-        self.alert_type
-    }
-
-    pub fn account_sid(&self) -> Option<&str> {
-        self.account_sid.as_deref()
-    }
-
-    pub fn service_provider_sid(&self) -> Option<&str> {
-        self.service_provider_sid.as_deref()
-    }
-
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-
-    pub fn detail(&self) -> Option<&str> {
-        self.detail.as_deref()
-    }
-
-    pub fn time(&self) -> SystemTime {
-        self.time
-    }
-
-    fn unix_nanos(&self) -> u128 {
-        self.time.duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
-    }
-
-    /// One line of line protocol, tags in key order.
-    fn write_line(&self, out: &mut String, timestamp_ns: u128) {
-        let tags = [
-            ("account_sid", self.account_sid.as_deref().unwrap_or("")),
-            ("alert_type", self.alert_type.map(AlertType::as_str).unwrap_or("")),
-            ("service_provider_sid", self.service_provider_sid.as_deref().unwrap_or("")),
-        ];
-        match &self.detail {
-            Some(detail) => {
-                write_point(out, MEASUREMENT, &tags, &[("message", &self.message), ("detail", detail)], timestamp_ns)
-            }
-            None => write_point(out, MEASUREMENT, &tags, &[("message", &self.message)], timestamp_ns),
-        }
-    }
-}
-
-/// A NULL column and an empty string both mean "no tag".
-fn non_empty(value: Option<&str>) -> Option<String> {
-    value.filter(|v| !v.is_empty()).map(str::to_string)
-}
-
-// ------------------------------------------------------------------------------------------
-// Settings, errors, counters
-// ------------------------------------------------------------------------------------------
 
 /// Where and how alerts are written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -315,7 +90,7 @@ impl AlertSettings {
     }
 
     /// `http://host:port`, with an IPv6 literal in brackets.
-    fn base_url(&self) -> String {
+    pub(super) fn base_url(&self) -> String {
         if self.host.contains(':') && !self.host.starts_with('[') {
             format!("http://[{}]:{}", self.host, self.port)
         } else {
@@ -332,42 +107,6 @@ impl AlertSettings {
         self
     }
 }
-
-/// Why alerts could not be written (or the writer not started).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum AlertError {
-    /// No HTTP answer: connection refused, DNS failure, timeout, connection reset.
-    Unreachable(String),
-    /// InfluxDB answered with an unexpected HTTP status; `body` is the start of its answer.
-    Status { status: u16, body: String },
-    /// `CREATE DATABASE` was answered 200 with an error in the JSON.
-    Query(String),
-    /// The writer thread could not be started.
-    Spawn(String),
-}
-
-impl AlertError {
-    /// InfluxDB refused the points themselves: sending them again will not help. Auth errors,
-    /// a missing database and overload are states that may pass, so they are retried.
-    fn is_rejection(&self) -> bool {
-        matches!(self, AlertError::Status { status, .. }
-            if (400..500).contains(status) && ![401, 403, 404, 408, 429].contains(status))
-    }
-}
-
-impl fmt::Display for AlertError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AlertError::Unreachable(e) => write!(f, "InfluxDB unreachable: {e}"),
-            AlertError::Status { status, body } => write!(f, "InfluxDB answered HTTP {status}: {}", body.trim()),
-            AlertError::Query(e) => write!(f, "InfluxDB query failed: {e}"),
-            AlertError::Spawn(e) => write!(f, "cannot start the alerts thread: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for AlertError {}
 
 /// What happened to the alerts so far. `queued == written + dropped_unavailable + rejected +
 /// (still waiting)`; the other drops never entered the queue.
@@ -545,84 +284,6 @@ impl AlertWriter {
         }
         sender.stats()
     }
-}
-
-/// The InfluxDB HTTP API calls the writer makes.
-struct Influx {
-    agent: Agent,
-    write_url: String,
-    query_url: String,
-    database: String,
-}
-
-impl Influx {
-    fn new(settings: &AlertSettings) -> Influx {
-        // Plain http as in the Node program. Statuses are answers here, not errors; redirects
-        // are not followed (an InfluxDB does not redirect writes).
-        let config = Agent::config_builder()
-            .timeout_global(Some(settings.timeout))
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .user_agent(concat!("sbc-sidecar/", env!("CARGO_PKG_VERSION")))
-            .build();
-        let base = settings.base_url();
-        Influx {
-            agent: Agent::new_with_config(config),
-            write_url: format!("{base}/write"),
-            query_url: format!("{base}/query"),
-            database: settings.database.clone(),
-        }
-    }
-
-    /// `CREATE DATABASE` is a no-op when the database exists, so no need to list them first.
-    fn create_database(&self, timeout: Duration) -> Result<(), AlertError> {
-        let statement = format!("CREATE DATABASE \"{}\"", self.database.replace('\\', "\\\\").replace('"', "\\\""));
-        let mut response = self
-            .agent
-            .post(&self.query_url)
-            .config()
-            .timeout_global(Some(timeout))
-            .build()
-            .send_form([("q", statement.as_str())])
-            .map_err(unreachable)?;
-        let status = response.status().as_u16();
-        let body = response.body_mut().with_config().limit(MAX_ERROR_BODY).read_to_string().unwrap_or_default();
-        if status != 200 {
-            return Err(AlertError::Status { status, body });
-        }
-        // A failed statement still gets 200, with {"results":[{"error":"…"}]}.
-        let error = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["results"][0]["error"].as_str().map(str::to_string));
-        match error {
-            Some(error) => Err(AlertError::Query(error)),
-            None => Ok(()),
-        }
-    }
-
-    fn write(&self, lines: &str, timeout: Duration) -> Result<(), AlertError> {
-        let mut response = self
-            .agent
-            .post(&self.write_url)
-            .query("db", &self.database)
-            .query("precision", "ns")
-            .header("Content-Type", "text/plain; charset=utf-8")
-            .config()
-            .timeout_global(Some(timeout))
-            .build()
-            .send(lines)
-            .map_err(unreachable)?;
-        let status = response.status().as_u16();
-        if (200..300).contains(&status) {
-            return Ok(());
-        }
-        let body = response.body_mut().with_config().limit(MAX_ERROR_BODY).read_to_string().unwrap_or_default();
-        Err(AlertError::Status { status, body })
-    }
-}
-
-fn unreachable(e: ureq::Error) -> AlertError {
-    AlertError::Unreachable(e.to_string())
 }
 
 /// The writer thread's state.
@@ -827,76 +488,9 @@ impl Worker {
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
-
-    fn line(alert: &Alert) -> String {
-        let mut out = String::new();
-        alert.write_line(&mut out, 42);
-        out
-    }
-
-    #[test]
-    fn messages_and_types_are_the_node_sidecars() {
-        let a = Alert::account_device_limit("acc", 5);
-        assert_eq!(a.alert_type(), Some(AlertType::AccountDeviceLimit));
-        assert_eq!(
-            a.message(),
-            "you have exceeded your account limit of 5 registered devices; please consider upgrading your plan"
-        );
-        assert_eq!(a.account_sid(), Some("acc"));
-
-        let w = Alert::webhook_failure("acc", "https://h/reg", 404);
-        assert_eq!(
-            (w.alert_type().map(AlertType::as_str), w.message()),
-            (Some("webhook-failure"), "https://h/reg returned 404")
-        );
-        let c = Alert::webhook_connection_failure("acc", "https://h/reg");
-        assert_eq!(
-            (c.alert_type().map(AlertType::as_str), c.message()),
-            (Some("webhook-connection-failure"), "failed to connect to https://h/reg")
-        );
-
-        let d = Alert::carrier_disabled("Twilio", "c1", Some("acc"), Some("sp"));
-        assert_eq!(
-            (d.alert_type(), d.message()),
-            (None, "Disabling Outbound Registration for carrier Twilio (sid:c1)")
-        );
-        assert_eq!((d.account_sid(), d.service_provider_sid()), (Some("acc"), Some("sp")));
-        let x = Alert::carrier_deactivated("Reg", "c2", None, Some("sp"));
-        assert_eq!(x.message(), "Deactivating carrier Reg (sid:c2) due to registration errors");
-
-        let p = Alert::options_ping_failed("1.2.3.4", Some(5061), "tls", PingFailure::Status(503), None, None);
-        assert_eq!(p.message(), "Options ping 1.2.3.4:5061;transport=tls unsuccessfully, received: 503");
-        let p = Alert::options_ping_failed("1.2.3.4", None, "udp", PingFailure::Error("no route"), None, None);
-        assert_eq!(p.message(), "Options ping 1.2.3.4;transport=udp unsuccessfully, error: no route");
-        let p = Alert::options_ping_failed("1.2.3.4", Some(0), "udp", PingFailure::Status(408), None, None);
-        assert_eq!(p.message(), "Options ping 1.2.3.4;transport=udp unsuccessfully, received: 408");
-
-        let o = Alert::options_ping_disabled("1.2.3.4", "Carrier A", "c3", 403, Some("acc"), None);
-        assert_eq!(o.message(), "Disabling Options ping for 1.2.3.4 in carrier Carrier A:c3 due to 403");
-        assert_eq!(o.alert_type(), None);
-    }
-
-    #[test]
-    fn missing_or_empty_sids_are_no_tags() {
-        let a = Alert::carrier_disabled("C", "c1", Some(""), None);
-        assert_eq!((a.account_sid(), a.service_provider_sid()), (None, None));
-        assert_eq!(line(&a), "alerts message=\"Disabling Outbound Registration for carrier C (sid:c1)\" 42\n");
-    }
-
-    #[test]
-    fn the_point_has_the_tags_in_key_order_and_the_detail_when_given() {
-        let a = Alert::webhook_failure("acc 1", "http://h/x", 500).with_detail("boom");
-        assert_eq!(
-            line(&a),
-            "alerts,account_sid=acc\\ 1,alert_type=webhook-failure message=\"http://h/x returned 500\",detail=\"boom\" 42\n"
-        );
-        let p = Alert::options_ping_failed("1.2.3.4", None, "udp", PingFailure::Status(503), Some("a"), Some("s"));
-        assert_eq!(
-            line(&p),
-            "alerts,account_sid=a,service_provider_sid=s message=\"Options ping 1.2.3.4;transport=udp unsuccessfully, received: 503\" 42\n"
-        );
-    }
 
     #[test]
     fn settings_follow_the_config() {
@@ -926,17 +520,6 @@ mod tests {
         assert!(!sender.send(Alert::account_device_limit("a", 5)));
         let stats = sender.stats();
         assert_eq!((stats.queued, stats.dropped_writer_stopped, stats.dropped()), (3, 1, 101));
-    }
-
-    #[test]
-    fn rejections_are_4xx_other_than_auth_missing_database_and_overload() {
-        let status = |status| AlertError::Status { status, body: String::new() };
-        assert!(status(400).is_rejection());
-        assert!(status(413).is_rejection());
-        for retried in [401, 403, 404, 408, 429, 500, 503] {
-            assert!(!status(retried).is_rejection(), "{retried}");
-        }
-        assert!(!AlertError::Unreachable("refused".into()).is_rejection());
     }
 
     #[test]

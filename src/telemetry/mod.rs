@@ -57,9 +57,13 @@
 //! Unit tests of a role that raises alerts can use [`AlertSender::in_memory`] and read what
 //! the role sent from the returned receiver, without any writer thread or InfluxDB.
 
+pub mod alert;
 pub mod alerts;
+mod influx;
 mod line_protocol;
 pub mod metrics;
 
-pub use alerts::{Alert, AlertError, AlertSender, AlertSettings, AlertStats, AlertType, AlertWriter, PingFailure};
+pub use alert::{Alert, AlertType, PingFailure};
+pub use alerts::{AlertSender, AlertSettings, AlertStats, AlertWriter};
+pub use influx::AlertError;
 pub use metrics::{Metrics, MetricsError, MetricsSettings};

@@ -2,21 +2,36 @@
 //! own thread, socket path and cluster id, against the real Redis; its keys removed on drop.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Sender};
-use sbc_sidecar::ctl::{CtlError, CtlServer, CtlSettings, RegbotStatus};
+use sbc_sidecar::ctl::{CtlError, CtlServer, CtlSettings};
 use sbc_sidecar::drachtio::ConnectionEvent;
 use sbc_sidecar::heartbeat::ClusterSets;
-use sbc_sidecar::regbot::StatusRequest;
+use sbc_sidecar::regbot::{RegbotSnapshot, StatusRequest};
 use sbc_sidecar::registrar::bans::{BanSettings, Bans};
 use sbc_sidecar::store::redis::{pool, RedisPool, RedisSettings};
 
 /// A pool to the Redis at 127.0.0.1:`port` (a closed port makes an unreachable Redis).
 pub fn redis_at(port: u16, timeout: Duration) -> RedisPool {
     pool(&RedisSettings::direct("127.0.0.1", port, timeout, 4)).expect("redis pool")
+}
+
+/// A fake regbot role, as the server sees one: it answers every snapshot request with the
+/// snapshot in the returned `Mutex` (which the test may change) until the server drops its end
+/// of the channel.
+pub fn fake_regbot(snapshot: RegbotSnapshot) -> (Sender<StatusRequest>, Arc<Mutex<RegbotSnapshot>>) {
+    let (tx, rx) = unbounded::<StatusRequest>();
+    let current = Arc::new(Mutex::new(snapshot));
+    let answer = Arc::clone(&current);
+    std::thread::spawn(move || {
+        for request in rx {
+            let _ = request.reply.send(answer.lock().unwrap().clone());
+        }
+    });
+    (tx, current)
 }
 
 pub fn temp_socket_path() -> PathBuf {
@@ -31,8 +46,6 @@ pub struct Server {
     pub redis: RedisPool,
     /// What the drachtio client would send the server.
     pub conn_events: Sender<ConnectionEvent>,
-    /// Regbot status pushed to the server.
-    pub regbot: Sender<RegbotStatus>,
     /// The ban table `bans` and `bans-clear` act on, when the server has one; failures
     /// recorded here are what the registrar would record.
     pub bans: Option<Arc<Bans>>,
@@ -60,15 +73,8 @@ impl Server {
         let path = temp_socket_path();
         let cluster_id = format!("test-{}", uuid::Uuid::new_v4().simple());
         let (conn_tx, conn_rx) = unbounded();
-        let (regbot_tx, regbot_rx) = unbounded();
-        let server = CtlServer::bind(
-            &path,
-            CtlSettings { cluster_id: cluster_id.clone() },
-            redis.clone(),
-            conn_rx,
-            Some(regbot_rx),
-        )
-        .expect("CLI server binds");
+        let server = CtlServer::bind(&path, CtlSettings { cluster_id: cluster_id.clone() }, redis.clone(), conn_rx)
+            .expect("CLI server binds");
         let server = match regbot_queries {
             Some(queries) => server.with_regbot(queries),
             None => server,
@@ -85,7 +91,6 @@ impl Server {
             cluster_id,
             redis,
             conn_events: conn_tx,
-            regbot: regbot_tx,
             bans,
             stop: Some(stop_tx),
             thread: Some(thread),

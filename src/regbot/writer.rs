@@ -1,6 +1,7 @@
-//! The regbot's writes, on a thread of their own so that a slow database, Redis or DNS never
-//! holds up the scheduler: `register_status` (spec 6.4), disabling a carrier after too many
-//! failures, and the ephemeral gateways of registration trunks (spec 6.6).
+//! The `regbot-store` thread: the regbot's writes, on a thread of their own so that a slow
+//! database, Redis or DNS never holds up the scheduler: `register_status` (spec 6.4),
+//! disabling a carrier after too many failures, and the ephemeral gateways of registration
+//! trunks (spec 6.6). The SQL it runs is in [`crate::store::carriers`].
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -8,14 +9,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{select, Receiver, Sender};
 use log::{debug, info, warn};
 
-use super::alerts::{Alert, AlertSink};
+use super::alerts::AlertSink;
 use super::cluster::{self, SbcEntry};
 use super::ephemeral::{EphGateway, EphemeralGateways};
-use super::queries;
 use super::register_status::RegisterStatus;
+use crate::store::carriers;
 use crate::store::mysql::MysqlPool;
 use crate::store::redis::{run, RedisPool};
 use crate::store::StoreError;
+use crate::telemetry::Alert;
 
 /// Lifetime of the cluster's failure counter of a carrier after its last failure.
 const FAILURES_TTL_SECS: u64 = 24 * 3600;
@@ -120,7 +122,7 @@ impl StoreWriter {
         match job {
             StoreJob::Status { voip_carrier_sid, status } => {
                 let json = status.to_json();
-                queries::write_register_status(&mut self.mysql_write.conn()?, &voip_carrier_sid, &json)?;
+                carriers::write_register_status(&mut self.mysql_write.conn()?, &voip_carrier_sid, &json)?;
                 debug!("register_status carrier={voip_carrier_sid} {json}");
                 Ok(())
             }
@@ -177,7 +179,7 @@ impl StoreWriter {
                     _ => RegisterStatus::Failure { reason: "not registered from any SBC".into() }.to_json(),
                 };
                 let json = cluster::aggregate_status(&entries, &sbc, &fallback, unix_now());
-                queries::write_register_status(&mut self.mysql_write.conn()?, &voip_carrier_sid, &json)?;
+                carriers::write_register_status(&mut self.mysql_write.conn()?, &voip_carrier_sid, &json)?;
                 info!("regbot: SBC {sbc} withdrew from carrier {voip_carrier_sid}: {json}");
                 Ok(())
             }
@@ -237,7 +239,7 @@ impl StoreWriter {
         pipe.cmd("HGETALL").arg(&key);
         let (raw,): (HashMap<String, String>,) = run(&self.redis, |conn| Ok(pipe.query(&mut **conn)?))?;
         let json = cluster::aggregate_status(&cluster::parse_entries(&raw), sbc, &status.to_json(), now);
-        queries::write_register_status(&mut self.mysql_write.conn()?, voip_carrier_sid, &json)?;
+        carriers::write_register_status(&mut self.mysql_write.conn()?, voip_carrier_sid, &json)?;
         debug!("register_status carrier={voip_carrier_sid} sbc={sbc} {json}");
         Ok(())
     }
@@ -245,23 +247,20 @@ impl StoreWriter {
     /// Spec 6.4 after the threshold. A carrier that vanished meanwhile is only logged (Node
     /// dereferenced null there, spec 14.9).
     fn disable(&mut self, voip_carrier_sid: &str) -> Result<(), StoreError> {
-        let Some(carrier) = queries::carrier_by_sid(&mut self.mysql_read.conn()?, voip_carrier_sid)? else {
+        let Some(carrier) = carriers::carrier_by_sid(&mut self.mysql_read.conn()?, voip_carrier_sid)? else {
             info!("regbot: carrier {voip_carrier_sid} is gone; nothing to disable");
             return Ok(());
         };
         let mut conn = self.mysql_write.conn()?;
-        let message = if carrier.trunk_type != "reg" {
-            queries::disable_registration(&mut conn, voip_carrier_sid)?;
-            Alert::registration_disabled(&carrier.name, voip_carrier_sid)
+        let (account_sid, sp_sid) = (carrier.account_sid.as_deref(), carrier.service_provider_sid.as_deref());
+        let alert = if carrier.trunk_type != "reg" {
+            carriers::disable_registration(&mut conn, voip_carrier_sid)?;
+            Alert::carrier_disabled(&carrier.name, voip_carrier_sid, account_sid, sp_sid)
         } else {
-            queries::deactivate_carrier(&mut conn, voip_carrier_sid)?;
-            Alert::carrier_deactivated(&carrier.name, voip_carrier_sid)
+            carriers::deactivate_carrier(&mut conn, voip_carrier_sid)?;
+            Alert::carrier_deactivated(&carrier.name, voip_carrier_sid, account_sid, sp_sid)
         };
-        self.alerts.raise(&Alert {
-            message,
-            account_sid: carrier.account_sid,
-            service_provider_sid: carrier.service_provider_sid,
-        });
+        self.alerts.raise(alert);
         Ok(())
     }
 }
