@@ -22,7 +22,7 @@ use rand::Rng;
 use super::frame::{self, FrameDecoder};
 use super::message::{self, Reply, ReplyStatus, ServerMessage, SipDelivery};
 use super::{ConnectionEvent, ConnectionInfo, IncomingRequest, Responder, UNANSWERED_RESPONSE};
-use crate::config::Cidr;
+use crate::net::Cidr;
 use crate::sip::{ResponseBuilder, SipMessage};
 use crate::telemetry::Metrics;
 
