@@ -11,7 +11,7 @@ fn read(rel: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
-/// Every `"NAME"` string literal in src/config.rs that looks like one of our variables.
+/// Every `"NAME"` string literal in src/config/ that looks like one of our variables.
 fn variables_read_by_config() -> BTreeSet<String> {
     const PREFIXES: [&str; 15] = [
         "JAMBONES_",
@@ -30,7 +30,14 @@ fn variables_read_by_config() -> BTreeSet<String> {
         "JWT_",
         "NODE_",
     ];
-    let source = read("src/config.rs");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("src/config: {e}"))
+        .map(|entry| entry.expect("src/config entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "rs"))
+        .collect();
+    files.sort();
+    let source: String = files.iter().map(|path| std::fs::read_to_string(path).expect("config source")).collect();
     let mut out = BTreeSet::new();
     for piece in source.split('"').skip(1).step_by(2) {
         let is_name =
