@@ -7,11 +7,11 @@ use std::time::Duration;
 use log::LevelFilter;
 
 use super::cli::CommandLine;
-use super::roles::{ban, drachtio, metrics, parse_cidrs, regbot};
+use super::roles::{ban, drachtio, metrics, metrics_enabled, parse_cidrs, regbot};
 use super::stores::{mysql_pools, redis};
 use super::{
-    Config, ConfigError, Secret, DEFAULT_HEARTBEAT_CIDRS, DEFAULT_NETWORK_CIDR, DEFAULT_SOCKET_PATH, MAX_MILLIS,
-    MAX_SECS,
+    Config, ConfigError, Secret, DEFAULT_HEARTBEAT_CIDRS, DEFAULT_NETWORK_CIDR, DEFAULT_SOCKET_PATH, IGNORED_VARIABLES,
+    MAX_MILLIS, MAX_SECS,
 };
 use crate::logging::{self, LogFacility};
 
@@ -243,6 +243,7 @@ pub(super) fn parse_env(env: &Env<'_>, command_line: CommandLine) -> Result<Conf
             "at least one CIDR block such as 10.0.0.0/8".into(),
         ));
     }
+    warnings.extend(ignored_variables(env));
 
     Ok(Config {
         run_mode: command_line.run_mode,
@@ -255,10 +256,6 @@ pub(super) fn parse_env(env: &Env<'_>, command_line: CommandLine) -> Result<Conf
         drachtio: drachtio(env, &required)?,
         mysql,
         mysql_write,
-        // "If set" in db-helpers; a zero TTL or interval means nothing useful, so none.
-        mysql_refresh_ttl: Some(env.secs("JAMBONES_MYSQL_REFRESH_TTL", 0, 0)?).filter(|d| !d.is_zero()),
-        mysql_keep_alive_interval: Some(env.millis("JAMBONES_MYSQL_KEEP_ALIVE_INTERVAL_MS", 0, 0)?)
-            .filter(|d| !d.is_zero()),
         redis: redis(env, required.redis_sentinels, &mut warnings)?,
         time_series_host: required.time_series_host.to_string(),
         time_series_port: env.port("SBC_TIME_SERIES_PORT", 8086)?,
@@ -291,6 +288,26 @@ pub(super) fn parse_env(env: &Env<'_>, command_line: CommandLine) -> Result<Conf
         ban: ban(env)?,
         warnings,
     })
+}
+
+/// The one warning about [`IGNORED_VARIABLES`] set to anything but `0` (which asks for
+/// nothing). The `STATS_*` ones count only with metrics on: otherwise nothing reads them.
+pub(super) fn ignored_variables(env: &Env<'_>) -> Option<String> {
+    let metrics = metrics_enabled(env);
+    let set: Vec<&str> = IGNORED_VARIABLES
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| metrics || !name.starts_with("STATS_"))
+        .filter(|name| env.get(name).is_some_and(|value| value.trim() != "0"))
+        .collect();
+    if set.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{} set but ignored: sbc-sidecar has no SELECT cache, no MySQL connection pings and no statsd buffer \
+         (every metric is sent at once); see sbc-sidecar(8)",
+        set.join(", ")
+    ))
 }
 
 /// The range checks above keep these far below the target types' limits; saturate rather
@@ -474,8 +491,6 @@ mod tests {
         assert_eq!(c.socket_path, PathBuf::from("/run/sbc/ctl.sock"));
         assert_eq!(c.mysql.port, 3307);
         assert_eq!(c.mysql.connection_limit, 25);
-        assert_eq!(c.mysql_refresh_ttl, Some(Duration::from_secs(30)));
-        assert_eq!(c.mysql_keep_alive_interval, None);
         match &c.redis.mode {
             RedisMode::Standalone { port, username, password, .. } => {
                 assert_eq!(*port, 6380);
@@ -496,5 +511,41 @@ mod tests {
         assert_eq!(c.regbot.user_agent, "Acme SBC");
         assert_eq!(c.http_user_agent.as_deref(), Some("jambonz"));
         assert_eq!(c.auth_workers, 4);
+    }
+
+    /// The Node program's SELECT cache, MySQL pings and statsd buffer are not implemented:
+    /// asking for them starts the daemon with one warning naming what is ignored.
+    #[test]
+    fn ignored_variables_are_named_in_one_warning() {
+        let c = run(
+            &with(
+                minimal_env(),
+                &[("JAMBONES_MYSQL_REFRESH_TTL", "30"), ("JAMBONES_MYSQL_KEEP_ALIVE_INTERVAL_MS", "abc")],
+            ),
+            &[],
+        );
+        assert_eq!(
+            c.warnings,
+            ["JAMBONES_MYSQL_REFRESH_TTL, JAMBONES_MYSQL_KEEP_ALIVE_INTERVAL_MS set but ignored: sbc-sidecar has no \
+              SELECT cache, no MySQL connection pings and no statsd buffer (every metric is sent at once); see \
+              sbc-sidecar(8)"]
+        );
+        // 0 asks for nothing; the STATS_* ones matter only with metrics on.
+        let quiet = [
+            ("JAMBONES_MYSQL_REFRESH_TTL", "0"),
+            ("JAMBONES_MYSQL_KEEP_ALIVE_INTERVAL_MS", " 0"),
+            ("STATS_MAX_BUFFER_SIZE", "1400"),
+            ("STATS_BUFFER_FLUSH_INTERVAL", "500"),
+        ];
+        assert!(run(&with(minimal_env(), &quiet), &[]).warnings.is_empty());
+        let metrics = run(&with(with(minimal_env(), &quiet), &[("ENABLE_METRICS", "1")]), &[]);
+        assert_eq!(metrics.warnings.len(), 1);
+        assert!(
+            metrics.warnings[0].starts_with("STATS_MAX_BUFFER_SIZE, STATS_BUFFER_FLUSH_INTERVAL set but ignored"),
+            "{:?}",
+            metrics.warnings
+        );
+        let zero = run(&with(minimal_env(), &[("ENABLE_METRICS", "1"), ("STATS_MAX_BUFFER_SIZE", "0")]), &[]);
+        assert!(zero.warnings.is_empty(), "{:?}", zero.warnings);
     }
 }

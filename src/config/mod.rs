@@ -12,6 +12,7 @@
 //! interval) we refuse to start with one line naming the variable and what was expected.
 //! Configurations the Node program accepted but half-ignored (three of the four
 //! `JAMBONES_MYSQL_WRITE_*` variables) still start, with a line in [`Config::warnings`].
+//! So do the helper-library variables listed in [`IGNORED_VARIABLES`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -144,6 +145,16 @@ pub const NEW_VARIABLES: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Variables of the Node program's helper libraries that we accept and ignore:
+/// `(name, what the Node program did with it)`. Set to anything but `0`, they are named in
+/// one startup warning; the man page and README say the same.
+pub const IGNORED_VARIABLES: &[(&str, &str)] = &[
+    ("JAMBONES_MYSQL_REFRESH_TTL", "db-helpers cached every SELECT result in memory for this many seconds"),
+    ("JAMBONES_MYSQL_KEEP_ALIVE_INTERVAL_MS", "db-helpers pinged every pool connection at this interval"),
+    ("STATS_MAX_BUFFER_SIZE", "stats-collector buffered metrics up to this many bytes"),
+    ("STATS_BUFFER_FLUSH_INTERVAL", "stats-collector flushed its metrics buffer at this interval"),
+];
+
 /// Upper bound of every duration: large enough for any sane setting, small enough that
 /// `Instant::now() + d` can never overflow (which would panic) in the roles.
 const MAX_MILLIS: u64 = 365 * 24 * 3600 * 1000;
@@ -264,10 +275,6 @@ pub struct Config {
     /// A separate pool for UPDATE/INSERT/DELETE, when all four `JAMBONES_MYSQL_WRITE_*`
     /// variables are set.
     pub mysql_write: Option<MysqlConfig>,
-    /// `JAMBONES_MYSQL_REFRESH_TTL` (s): cache SELECT results this long; `None` = no cache.
-    pub mysql_refresh_ttl: Option<Duration>,
-    /// `JAMBONES_MYSQL_KEEP_ALIVE_INTERVAL_MS`: ping idle pool connections; `None` = never.
-    pub mysql_keep_alive_interval: Option<Duration>,
     pub redis: RedisConfig,
     /// `JAMBONES_TIME_SERIES_HOST`: InfluxDB 1.x host (port 8086, http) for alerts.
     pub time_series_host: String,
@@ -446,10 +453,6 @@ pub struct MetricsConfig {
     pub tags: Vec<String>,
     /// Default 1.
     pub sample_rate: f64,
-    /// `STATS_MAX_BUFFER_SIZE` bytes, default 0 (send each metric at once).
-    pub max_buffer_size: usize,
-    /// `STATS_BUFFER_FLUSH_INTERVAL` (ms), used with a buffer.
-    pub buffer_flush_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

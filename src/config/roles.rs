@@ -85,7 +85,7 @@ pub(super) fn parse_cidrs(var: &str, list: &str) -> Result<Vec<Cidr>, ConfigErro
 /// in stats-collector. The `STATS_*` variables are read only then: with metrics off the Node
 /// program never looked at them, so neither do we.
 pub(super) fn metrics(env: &Env<'_>) -> Result<Option<MetricsConfig>, ConfigError> {
-    if env.get("ENABLE_METRICS").and_then(js_parse_int) != Some(1) {
+    if !metrics_enabled(env) {
         return Ok(None);
     }
     let protocol = match env.get("STATS_PROTOCOL").map(|p| p.trim().to_ascii_lowercase()) {
@@ -112,12 +112,12 @@ pub(super) fn metrics(env: &Env<'_>) -> Result<Option<MetricsConfig>, ConfigErro
         prefix: env.string("STATS_PREFIX", ""),
         tags: env.get("STATS_TAGS").map(|tags| list_items(tags).map(str::to_string).collect()).unwrap_or_default(),
         sample_rate,
-        max_buffer_size: usize_from(env.count("STATS_MAX_BUFFER_SIZE", 0, 0, 1 << 20)?),
-        buffer_flush_interval: match env.get("STATS_BUFFER_FLUSH_INTERVAL") {
-            None => None,
-            Some(_) => Some(env.millis("STATS_BUFFER_FLUSH_INTERVAL", 0, 1)?),
-        },
     }))
+}
+
+/// `ENABLE_METRICS` parses (JavaScript `parseInt`) to exactly 1.
+pub(super) fn metrics_enabled(env: &Env<'_>) -> bool {
+    env.get("ENABLE_METRICS").and_then(js_parse_int) == Some(1)
 }
 
 #[cfg(test)]
@@ -230,8 +230,6 @@ mod tests {
                     prefix: String::new(),
                     tags: Vec::new(),
                     sample_rate: 1.0,
-                    max_buffer_size: 0,
-                    buffer_flush_interval: None,
                 }),
                 "ENABLE_METRICS={on}"
             );
@@ -246,8 +244,6 @@ mod tests {
                 ("STATS_PREFIX", "sbc."),
                 ("STATS_TAGS", "env:prod, region:eu"),
                 ("STATS_SAMPLE_RATE", "0.5"),
-                ("STATS_MAX_BUFFER_SIZE", "1400"),
-                ("STATS_BUFFER_FLUSH_INTERVAL", "500"),
             ],
         );
         let m = run(&env, &[]).metrics.unwrap();
@@ -257,8 +253,6 @@ mod tests {
         assert_eq!(m.prefix, "sbc.");
         assert_eq!(m.tags, ["env:prod", "region:eu"]);
         assert_eq!(m.sample_rate, 0.5);
-        assert_eq!(m.max_buffer_size, 1400);
-        assert_eq!(m.buffer_flush_interval, Some(Duration::from_millis(500)));
 
         assert_eq!(
             env_error(&[("ENABLE_METRICS", "1"), ("STATS_SAMPLE_RATE", "2")]),

@@ -92,8 +92,6 @@ fn every_default() {
     assert_eq!(c.mysql.tls, None);
     assert_eq!(c.mysql.timeout, Duration::from_millis(1000));
     assert_eq!(c.mysql_write, None);
-    assert_eq!(c.mysql_refresh_ttl, None);
-    assert_eq!(c.mysql_keep_alive_interval, None);
 
     assert_eq!(
         c.redis.mode,
