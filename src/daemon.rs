@@ -13,7 +13,7 @@ use log::{debug, error, info, warn};
 
 use crate::config::{Config, MysqlConfig, RedisMode, RunMode, PROGRAM};
 use crate::ctl::{CtlServer, CtlSettings};
-use crate::drachtio::{self, ConnectionEvent, DrachtioClient, Route};
+use crate::drachtio::{ConnectionEvent, DrachtioClient, Route};
 use crate::heartbeat::{HeartbeatRole, HeartbeatSettings};
 use crate::regbot;
 use crate::registrar::bans::Bans;
@@ -22,7 +22,7 @@ use crate::store::mysql::{MysqlPool, MysqlSettings};
 use crate::store::redis::{self as redis_store, RedisPool, RedisSettings, RedisTarget};
 use crate::store::tls::{self, TlsFileError};
 use crate::supervise::{self, RoleEnded};
-use crate::telemetry::{AlertSettings, AlertWriter, Metrics, MetricsSettings};
+use crate::telemetry::{AlertSettings, AlertWriter, Metrics};
 use crate::{logging, signals};
 
 /// Exit status after a clean stop.
@@ -212,7 +212,7 @@ fn start_and_wait(config: &Config, stores: &StoreSettings) -> Result<Stop, Strin
     log_store_tls(config);
     let pools = build_pools(stores)?;
     let alert_writer = AlertWriter::start(AlertSettings::from_config(config)).map_err(|e| format!("alerts: {e}"))?;
-    let metrics = match Metrics::new(&MetricsSettings::from_config(config)) {
+    let metrics = match Metrics::new(&config.metrics) {
         Ok(m) => m,
         Err(e) => {
             warn!("statsd metrics disabled: {e}");
@@ -280,7 +280,7 @@ fn start_and_wait(config: &Config, stores: &StoreSettings) -> Result<Stop, Strin
         Route { method: "REGISTER".into(), queue: register_tx },
         Route { method: "OPTIONS".into(), queue: options_tx },
     ];
-    let client = DrachtioClient::start(client_config(config), routes, subscribers)
+    let client = DrachtioClient::start(config.drachtio.clone(), routes, subscribers)
         .map_err(|e| format!("drachtio client: {e}"))?;
     client.set_metrics(metrics.clone());
     let regbot_pools = regbot::RegbotPools {
@@ -397,19 +397,6 @@ fn registrar_settings(config: &Config) -> RegistrarSettings {
         // (they share ENCRYPTION_SECRET), so a retried REGISTER is not challenged again.
         nonce_secret: Some(format!("sbc-sidecar nonce key:{}", config.encryption_secret.expose())),
         ..RegistrarSettings::default()
-    }
-}
-
-fn client_config(config: &Config) -> drachtio::ClientConfig {
-    drachtio::ClientConfig {
-        host: config.drachtio.host.clone(),
-        port: config.drachtio.port,
-        secret: config.drachtio.secret.expose().to_string(),
-        ping_interval: config.drachtio.ping_interval,
-        pong_timeout: config.drachtio.pong_timeout,
-        backoff_min: config.drachtio.backoff_min,
-        backoff_max: config.drachtio.backoff_max,
-        private_networks: config.network_cidrs.clone(),
     }
 }
 

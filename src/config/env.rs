@@ -7,7 +7,7 @@ use std::time::Duration;
 use log::LevelFilter;
 
 use super::cli::CommandLine;
-use super::roles::{ban, drachtio, metrics, metrics_enabled, parse_cidrs, regbot};
+use super::roles::{ban, cluster_id, drachtio, metrics, metrics_enabled, parse_cidrs, regbot};
 use super::stores::{mysql_pools, redis};
 use super::{
     Config, ConfigError, Secret, DEFAULT_HEARTBEAT_CIDRS, DEFAULT_NETWORK_CIDR, DEFAULT_SOCKET_PATH, IGNORED_VARIABLES,
@@ -253,7 +253,7 @@ pub(super) fn parse_env(env: &Env<'_>, command_line: CommandLine) -> Result<Conf
         syslog_socket: env.absolute_path("SBC_SYSLOG_SOCKET", "/dev/log")?,
         log_level_file: env.absolute_path("SBC_LOG_LEVEL_FILE", "/etc/default/sbc-sidecar")?,
         socket_path,
-        drachtio: drachtio(env, &required)?,
+        drachtio: drachtio(env, &required, network_cidrs)?,
         mysql,
         mysql_write,
         redis: redis(env, required.redis_sentinels, &mut warnings)?,
@@ -262,17 +262,10 @@ pub(super) fn parse_env(env: &Env<'_>, command_line: CommandLine) -> Result<Conf
         metrics: metrics(env)?,
         node_env_test: env.get("NODE_ENV") == Some("test"),
         hosting: env.truthy("JAMBONES_HOSTING"),
-        cluster_id: env.string("JAMBONES_CLUSTER_ID", "default"),
-        network_cidrs,
+        cluster_id: cluster_id(env),
         heartbeat_cidrs,
-        sbc_public_address_keep_alive: env.millis("SBC_PUBLIC_ADDRESS_KEEP_ALIVE_IN_MILISECOND", 900_000, 1)?,
-        dead_sbc_age: env.secs("DEAD_SBC_IN_SECOND", 3600, 1)?,
         check_expires_interval: env.millis("CHECK_EXPIRES_INTERVAL", 20_000, 1)?,
         expires_interval: env.millis("EXPIRES_INTERVAL", 60_000, 1)?,
-        options_ping_interval: env.secs("SEND_OPTIONS_PING_INTERVAL", 60, 1)?,
-        options_ping_ttl: env.secs("OPTIONS_PING_TTL", 300, 1)?,
-        options_response_remove: env.status_list("OPTIONS_RESPONSE_REMOVE")?,
-        register_response_remove: env.status_list("REGISTER_RESPONSE_REMOVE")?,
         regbot: regbot(env)?,
         encryption_secret: Secret::new(required.encryption_secret),
         legacy_crypto: env.truthy("LEGACY_CRYPTO"),
@@ -505,9 +498,9 @@ mod tests {
         assert!(c.regbot.contact_use_ip);
         assert!(c.legacy_crypto);
         assert_eq!(c.cluster_id, "eu1");
-        assert_eq!(c.network_cidrs.len(), 2);
-        assert_eq!(c.options_response_remove, [403, 404, 405]);
-        assert_eq!(c.register_response_remove, [401]);
+        assert_eq!(c.drachtio.private_networks.len(), 2);
+        assert_eq!(c.regbot.options_response_remove, [403, 404, 405]);
+        assert_eq!(c.regbot.register_response_remove, [401]);
         assert_eq!(c.regbot.user_agent, "Acme SBC");
         assert_eq!(c.http_user_agent.as_deref(), Some("jambonz"));
         assert_eq!(c.auth_workers, 4);

@@ -13,6 +13,11 @@
 //! Configurations the Node program accepted but half-ignored (three of the four
 //! `JAMBONES_MYSQL_WRITE_*` variables) still start, with a line in [`Config::warnings`].
 //! So do the helper-library variables listed in [`IGNORED_VARIABLES`].
+//!
+//! Each role owns its settings type ([`ClientConfig`], [`RegbotSettings`],
+//! [`MetricsSettings`], [`BanSettings`]); this module fills them directly, so there is no
+//! copy of a setting between here and the role. [`cli`] reads the command line, [`env`] the
+//! environment; [`stores`] and [`roles`] turn groups of variables into settings.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -22,9 +27,12 @@ use std::time::Duration;
 
 use log::LevelFilter;
 
+use crate::drachtio::ClientConfig;
 use crate::logging::{LogFacility, LogTarget};
 use crate::net::Cidr;
+use crate::regbot::RegbotSettings;
 use crate::registrar::bans::BanSettings;
+use crate::telemetry::MetricsSettings;
 
 mod cli;
 mod env;
@@ -188,6 +196,13 @@ impl Secret {
     }
 }
 
+/// For settings written in code (tests, tools).
+impl From<&str> for Secret {
+    fn from(value: &str) -> Secret {
+        Secret::new(value)
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
@@ -269,7 +284,8 @@ pub struct Config {
     pub socket_path: PathBuf,
 
     // --- connections --------------------------------------------------------------------
-    pub drachtio: DrachtioConfig,
+    /// `DRACHTIO_*`, `SBC_DRACHTIO_*` and `JAMBONES_NETWORK_CIDR`.
+    pub drachtio: ClientConfig,
     /// The read pool (and the write pool too when `mysql_write` is `None`).
     pub mysql: MysqlConfig,
     /// A separate pool for UPDATE/INSERT/DELETE, when all four `JAMBONES_MYSQL_WRITE_*`
@@ -280,8 +296,8 @@ pub struct Config {
     pub time_series_host: String,
     /// `SBC_TIME_SERIES_PORT`, default 8086 (the Node client's fixed port).
     pub time_series_port: u16,
-    /// `None` unless `ENABLE_METRICS` parses to the integer 1.
-    pub metrics: Option<MetricsConfig>,
+    /// statsd: disabled unless `ENABLE_METRICS` parses to the integer 1.
+    pub metrics: MetricsSettings,
 
     // --- behaviour ----------------------------------------------------------------------
     /// `NODE_ENV=test`: Influx flush every 7 s instead of 20 s.
@@ -290,28 +306,16 @@ pub struct Config {
     pub hosting: bool,
     /// `JAMBONES_CLUSTER_ID`, default `default`: prefix of cluster-scoped Redis keys.
     pub cluster_id: String,
-    /// `JAMBONES_NETWORK_CIDR`: used to pick the private TCP SIP address.
-    pub network_cidrs: Vec<Cidr>,
     /// `SBC_HEARTBEAT_CIDRS`, default [`DEFAULT_HEARTBEAT_CIDRS`]: the only sources whose
     /// feature/RTP-server heartbeats are accepted.
     pub heartbeat_cidrs: Vec<Cidr>,
-    /// `SBC_PUBLIC_ADDRESS_KEEP_ALIVE_IN_MILISECOND` (sic), default 900 000 ms.
-    pub sbc_public_address_keep_alive: Duration,
-    /// `DEAD_SBC_IN_SECOND`, default 3600 s: `sbc_addresses` rows older than this are deleted.
-    pub dead_sbc_age: Duration,
     /// `CHECK_EXPIRES_INTERVAL`, default 20 000 ms between FS/RTP expiry sweeps.
     pub check_expires_interval: Duration,
     /// `EXPIRES_INTERVAL`, default 60 000 ms without a check-in before a server is removed.
     pub expires_interval: Duration,
-    /// `SEND_OPTIONS_PING_INTERVAL`, default 60 s between gateway OPTIONS rounds.
-    pub options_ping_interval: Duration,
-    /// `OPTIONS_PING_TTL`, default 300 s: TTL of the gateway blacklist key.
-    pub options_ping_ttl: Duration,
-    /// `OPTIONS_RESPONSE_REMOVE`: OPTIONS answers that switch a gateway's pings off.
-    pub options_response_remove: Vec<u16>,
-    /// `REGISTER_RESPONSE_REMOVE`: REGISTER answers counting toward auto-disable.
-    pub register_response_remove: Vec<u16>,
-    pub regbot: RegbotConfig,
+    /// Outbound registration, the gateway pinger and `sbc_addresses` (`JAMBONES_REGBOT_*`,
+    /// `SBC_REGBOT_*`, `*_RESPONSE_REMOVE`, `OPTIONS_PING_*`, …).
+    pub regbot: RegbotSettings,
 
     // --- registrar ----------------------------------------------------------------------
     /// `ENCRYPTION_SECRET`, else `JWT_SECRET`: key material for `clients.password`.
@@ -342,24 +346,6 @@ pub struct Config {
     /// Things an operator should know that did not stop the start; log them once the
     /// logger is up.
     pub warnings: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DrachtioConfig {
-    /// `DRACHTIO_HOST`
-    pub host: String,
-    /// `DRACHTIO_PORT`
-    pub port: u16,
-    /// `DRACHTIO_SECRET`
-    pub secret: Secret,
-    /// `SBC_DRACHTIO_PING_INTERVAL_MS`
-    pub ping_interval: Duration,
-    /// `SBC_DRACHTIO_PONG_TIMEOUT_MS`
-    pub pong_timeout: Duration,
-    /// `SBC_DRACHTIO_BACKOFF_MIN_MS`
-    pub backoff_min: Duration,
-    /// `SBC_DRACHTIO_BACKOFF_MAX_MS`
-    pub backoff_max: Duration,
 }
 
 /// One MySQL pool. TLS and the timeout apply to both pools, as in db-helpers.
@@ -438,56 +424,10 @@ pub struct RedisTls {
     pub key_file: Option<PathBuf>,
 }
 
-/// statsd settings (`STATS_*`), read only when `ENABLE_METRICS=1`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MetricsConfig {
-    /// Default `127.0.0.1`.
-    pub host: String,
-    /// Default 8125.
-    pub port: u16,
-    /// Default udp.
-    pub protocol: StatsProtocol,
-    /// Prepended verbatim to every metric name; default empty.
-    pub prefix: String,
-    /// Global tags, `STATS_TAGS` comma list.
-    pub tags: Vec<String>,
-    /// Default 1.
-    pub sample_rate: f64,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatsProtocol {
     Udp,
     Tcp,
-}
-
-/// Outbound registration settings (`JAMBONES_REGBOT_*` and our `SBC_REGBOT_*`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegbotConfig {
-    /// Consecutive "remove" failures before auto-disable; default 3.
-    pub failure_threshold: u32,
-    /// Default 300 s.
-    pub failure_retry_interval: Duration,
-    /// Expires we ask for, and the fallback when the 200 has none; default 3600 s.
-    pub default_expires: Duration,
-    /// Floor for the expires a carrier grants; default 30 s.
-    pub min_expires: Duration,
-    /// `JAMBONES_REGBOT_CONTACT_USE_IP` truthy.
-    pub contact_use_ip: bool,
-    /// Default `Jambonz 0.9.6`.
-    pub user_agent: String,
-    /// Pause after this many newly started regbots; default 10.
-    pub batch_size: usize,
-    /// Default 250 ms.
-    pub batch_sleep: Duration,
-    /// `SBC_REGBOT_STATUS_INTERVAL_MS`
-    pub status_interval: Duration,
-    /// `SBC_REGBOT_TOKEN_TTL_S`
-    pub token_ttl: Duration,
-    /// `SBC_REGBOT_CLAIM_JITTER_MS`
-    pub claim_jitter: Duration,
-    /// `SBC_REGBOT_MODE`
-    pub mode: RegbotMode,
 }
 
 /// Who registers to the carriers (`SBC_REGBOT_MODE`).

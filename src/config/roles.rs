@@ -2,15 +2,20 @@
 //! the networks and statsd.
 
 use super::env::{invalid, js_parse_int, list_items, parse_port, u32_from, usize_from, Env, Required};
-use super::{
-    ConfigError, DrachtioConfig, MetricsConfig, RegbotConfig, RegbotMode, Secret, StatsProtocol,
-    DEFAULT_REGBOT_USER_AGENT,
-};
+use super::{ConfigError, RegbotMode, Secret, StatsProtocol, DEFAULT_REGBOT_USER_AGENT};
+use crate::drachtio::ClientConfig;
 use crate::net::Cidr;
+use crate::regbot::{DnsSettings, RegbotSettings};
 use crate::registrar::bans::BanSettings;
+use crate::telemetry::MetricsSettings;
 
-pub(super) fn drachtio(env: &Env<'_>, required: &Required<'_>) -> Result<DrachtioConfig, ConfigError> {
-    let drachtio = DrachtioConfig {
+/// The drachtio connection; `private_networks` is `JAMBONES_NETWORK_CIDR`.
+pub(super) fn drachtio(
+    env: &Env<'_>,
+    required: &Required<'_>,
+    private_networks: Vec<Cidr>,
+) -> Result<ClientConfig, ConfigError> {
+    let drachtio = ClientConfig {
         host: required.drachtio_host.to_string(),
         port: parse_port("DRACHTIO_PORT", required.drachtio_port)?,
         secret: Secret::new(required.drachtio_secret),
@@ -18,6 +23,7 @@ pub(super) fn drachtio(env: &Env<'_>, required: &Required<'_>) -> Result<Drachti
         pong_timeout: env.millis("SBC_DRACHTIO_PONG_TIMEOUT_MS", 10_000, 1)?,
         backoff_min: env.millis("SBC_DRACHTIO_BACKOFF_MIN_MS", 150, 1)?,
         backoff_max: env.millis("SBC_DRACHTIO_BACKOFF_MAX_MS", 30_000, 1)?,
+        private_networks,
     };
     if drachtio.backoff_max < drachtio.backoff_min {
         return Err(invalid(
@@ -29,8 +35,15 @@ pub(super) fn drachtio(env: &Env<'_>, required: &Required<'_>) -> Result<Drachti
     Ok(drachtio)
 }
 
-pub(super) fn regbot(env: &Env<'_>) -> Result<RegbotConfig, ConfigError> {
-    let regbot = RegbotConfig {
+/// `JAMBONES_CLUSTER_ID`, default `default`: prefix of cluster-scoped Redis keys.
+pub(super) fn cluster_id(env: &Env<'_>) -> String {
+    env.string("JAMBONES_CLUSTER_ID", "default")
+}
+
+/// Outbound registration, the gateway pinger and the `sbc_addresses` publisher.
+pub(super) fn regbot(env: &Env<'_>) -> Result<RegbotSettings, ConfigError> {
+    let regbot = RegbotSettings {
+        cluster_id: cluster_id(env),
         failure_threshold: u32_from(env.count("JAMBONES_REGBOT_REGISTER_FAILURE_THRESHOLD", 3, 1, 10_000)?),
         failure_retry_interval: env.secs("JAMBONES_REGBOT_FAILURE_RETRY_INTERVAL", 300, 1)?,
         default_expires: env.secs("JAMBONES_REGBOT_DEFAULT_EXPIRES_INTERVAL", 3600, 1)?,
@@ -48,6 +61,14 @@ pub(super) fn regbot(env: &Env<'_>) -> Result<RegbotConfig, ConfigError> {
                 name.parse().map_err(|_| invalid("SBC_REGBOT_MODE", name, format!("one of {}", RegbotMode::NAMES)))?
             }
         },
+        register_response_remove: env.status_list("REGISTER_RESPONSE_REMOVE")?,
+        options_ping_interval: env.secs("SEND_OPTIONS_PING_INTERVAL", 60, 1)?,
+        options_ping_ttl: env.secs("OPTIONS_PING_TTL", 300, 1)?,
+        options_response_remove: env.status_list("OPTIONS_RESPONSE_REMOVE")?,
+        sbc_public_address_keep_alive: env.millis("SBC_PUBLIC_ADDRESS_KEEP_ALIVE_IN_MILISECOND", 900_000, 1)?,
+        dead_sbc_age: env.secs("DEAD_SBC_IN_SECOND", 3600, 1)?,
+        // Not from the environment: `regbot::start` reads /etc/resolv.conf.
+        dns: DnsSettings::parse_resolv_conf(""),
     };
     // A claim that lapses between two check-ins would hand the role to another SBC every
     // cycle.
@@ -84,9 +105,9 @@ pub(super) fn parse_cidrs(var: &str, list: &str) -> Result<Vec<Cidr>, ConfigErro
 /// statsd is on only when `ENABLE_METRICS` parses (JavaScript `parseInt`) to exactly 1, as
 /// in stats-collector. The `STATS_*` variables are read only then: with metrics off the Node
 /// program never looked at them, so neither do we.
-pub(super) fn metrics(env: &Env<'_>) -> Result<Option<MetricsConfig>, ConfigError> {
+pub(super) fn metrics(env: &Env<'_>) -> Result<MetricsSettings, ConfigError> {
     if !metrics_enabled(env) {
-        return Ok(None);
+        return Ok(MetricsSettings::disabled());
     }
     let protocol = match env.get("STATS_PROTOCOL").map(|p| p.trim().to_ascii_lowercase()) {
         None => StatsProtocol::Udp,
@@ -105,14 +126,15 @@ pub(super) fn metrics(env: &Env<'_>) -> Result<Option<MetricsConfig>, ConfigErro
             .filter(|r| (0.0..=1.0).contains(r))
             .ok_or_else(|| invalid("STATS_SAMPLE_RATE", raw, "a number from 0 to 1".into()))?,
     };
-    Ok(Some(MetricsConfig {
+    Ok(MetricsSettings {
+        enabled: true,
         host: env.string("STATS_HOST", "127.0.0.1"),
         port: env.port("STATS_PORT", 8125)?,
         protocol,
         prefix: env.string("STATS_PREFIX", ""),
         tags: env.get("STATS_TAGS").map(|tags| list_items(tags).map(str::to_string).collect()).unwrap_or_default(),
         sample_rate,
-    }))
+    })
 }
 
 /// `ENABLE_METRICS` parses (JavaScript `parseInt`) to exactly 1.
@@ -126,7 +148,7 @@ mod tests {
     use crate::config::tests::*;
     use std::time::Duration;
 
-    use crate::config::{Cidr, MetricsConfig, StatsProtocol};
+    use crate::config::StatsProtocol;
 
     #[test]
     fn heartbeat_cidrs_default_to_loopback_and_private_networks() {
@@ -213,24 +235,17 @@ mod tests {
     fn metrics_only_when_enable_metrics_parses_to_one() {
         for off in ["0", "true", "yes", "2", "-1"] {
             let c = run(&with(minimal_env(), &[("ENABLE_METRICS", off)]), &[]);
-            assert_eq!(c.metrics, None, "ENABLE_METRICS={off}");
+            assert_eq!(c.metrics, MetricsSettings::disabled(), "ENABLE_METRICS={off}");
         }
         // With metrics off the STATS_* variables are not looked at.
         let c = run(&with(minimal_env(), &[("ENABLE_METRICS", "0"), ("STATS_PORT", "x")]), &[]);
-        assert_eq!(c.metrics, None);
+        assert_eq!(c.metrics, MetricsSettings::disabled());
 
         for on in ["1", " 1", "1abc", "01", "1.5"] {
             let c = run(&with(minimal_env(), &[("ENABLE_METRICS", on)]), &[]);
             assert_eq!(
                 c.metrics,
-                Some(MetricsConfig {
-                    host: "127.0.0.1".into(),
-                    port: 8125,
-                    protocol: StatsProtocol::Udp,
-                    prefix: String::new(),
-                    tags: Vec::new(),
-                    sample_rate: 1.0,
-                }),
+                MetricsSettings { enabled: true, ..MetricsSettings::disabled() },
                 "ENABLE_METRICS={on}"
             );
         }
@@ -246,7 +261,8 @@ mod tests {
                 ("STATS_SAMPLE_RATE", "0.5"),
             ],
         );
-        let m = run(&env, &[]).metrics.unwrap();
+        let m = run(&env, &[]).metrics;
+        assert!(m.enabled);
         assert_eq!(m.host, "statsd.local");
         assert_eq!(m.port, 9125);
         assert_eq!(m.protocol, StatsProtocol::Tcp);
@@ -278,7 +294,7 @@ mod tests {
         let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
         // The narrow Node defaults: 192.168.1.x is *not* private by this list.
         let c = run(&minimal_env(), &[]);
-        let private = |s| c.network_cidrs.iter().any(|n| n.contains(ip(s)));
+        let private = |s| c.drachtio.private_networks.iter().any(|n| n.contains(ip(s)));
         assert!(private("192.168.0.10"));
         assert!(!private("192.168.1.10"));
         assert!(private("172.16.9.9"));

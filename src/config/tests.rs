@@ -82,6 +82,8 @@ fn every_default() {
     assert_eq!(c.drachtio.pong_timeout, Duration::from_millis(10_000));
     assert_eq!(c.drachtio.backoff_min, Duration::from_millis(150));
     assert_eq!(c.drachtio.backoff_max, Duration::from_millis(30_000));
+    let cidrs: Vec<String> = c.drachtio.private_networks.iter().map(Cidr::to_string).collect();
+    assert_eq!(cidrs, ["192.168.0.0/24", "172.16.0.0/16", "10.0.0.0/8"]);
 
     assert_eq!(c.mysql.host, "db.local");
     assert_eq!(c.mysql.port, 3306);
@@ -100,25 +102,18 @@ fn every_default() {
     assert_eq!(c.redis.tls, None);
     assert_eq!(c.redis.timeout, Duration::from_millis(1000));
     assert_eq!(c.time_series_host, "influx.local");
-    assert_eq!(c.metrics, None);
+    assert_eq!(c.metrics, MetricsSettings::disabled());
 
     assert!(!c.node_env_test);
     assert!(!c.hosting);
     assert_eq!(c.cluster_id, "default");
-    let cidrs: Vec<String> = c.network_cidrs.iter().map(Cidr::to_string).collect();
-    assert_eq!(cidrs, ["192.168.0.0/24", "172.16.0.0/16", "10.0.0.0/8"]);
-    assert_eq!(c.sbc_public_address_keep_alive, Duration::from_millis(900_000));
-    assert_eq!(c.dead_sbc_age, Duration::from_secs(3600));
     assert_eq!(c.check_expires_interval, Duration::from_millis(20_000));
     assert_eq!(c.expires_interval, Duration::from_millis(60_000));
-    assert_eq!(c.options_ping_interval, Duration::from_secs(60));
-    assert_eq!(c.options_ping_ttl, Duration::from_secs(300));
-    assert!(c.options_response_remove.is_empty());
-    assert!(c.register_response_remove.is_empty());
 
     assert_eq!(
         c.regbot,
-        RegbotConfig {
+        RegbotSettings {
+            cluster_id: "default".into(),
             failure_threshold: 3,
             failure_retry_interval: Duration::from_secs(300),
             default_expires: Duration::from_secs(3600),
@@ -131,6 +126,13 @@ fn every_default() {
             token_ttl: Duration::from_secs(70),
             claim_jitter: Duration::from_millis(15_000),
             mode: RegbotMode::Leader,
+            register_response_remove: Vec::new(),
+            options_ping_interval: Duration::from_secs(60),
+            options_ping_ttl: Duration::from_secs(300),
+            options_response_remove: Vec::new(),
+            sbc_public_address_keep_alive: Duration::from_millis(900_000),
+            dead_sbc_age: Duration::from_secs(3600),
+            dns: crate::regbot::DnsSettings::parse_resolv_conf(""),
         }
     );
 
