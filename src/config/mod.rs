@@ -16,8 +16,11 @@
 //!
 //! Each role owns its settings type ([`ClientConfig`], [`RegbotSettings`],
 //! [`MetricsSettings`], [`BanSettings`]); this module fills them directly, so there is no
-//! copy of a setting between here and the role. [`cli`] reads the command line, [`env`] the
-//! environment; [`stores`] and [`roles`] turn groups of variables into settings.
+//! copy of a setting between here and the role. `cli.rs` reads the command line, `env.rs` the
+//! environment; `stores.rs` and `roles.rs` turn groups of variables into settings.
+//! The MySQL and Redis pools are the exception: their settings hold TLS material read from
+//! files, which this pure function does not read, so `daemon::StoreSettings` builds them
+//! from [`MysqlConfig`] and [`RedisConfig`] once `store::tls` has checked the files.
 
 use std::collections::HashMap;
 use std::fmt;
