@@ -80,7 +80,7 @@ pub fn redis_settings(config: &Config) -> Result<RedisSettings, TlsFileError> {
         ),
         RedisMode::Sentinel { sentinels, master_name, username, password, sentinel_password } => (
             RedisTarget::Sentinel {
-                sentinels: sentinels.iter().map(|s| (s.host.clone(), s.port)).collect(),
+                sentinels: sentinels.clone(),
                 master_name: master_name.clone(),
                 sentinel_username: None,
                 sentinel_password: sentinel_password.as_ref().map(|p| p.expose().to_string()),

@@ -400,8 +400,9 @@ pub enum RedisMode {
     Standalone { host: String, port: u16, username: Option<String>, password: Option<Secret> },
     /// `JAMBONES_REDIS_SENTINELS` is set.
     Sentinel {
-        /// `host[:port]` entries, port default 26379.
-        sentinels: Vec<HostPort>,
+        /// `host[:port]` entries, port default 26379, as the store connects to them (an IPv6
+        /// host without brackets).
+        sentinels: Vec<(String, u16)>,
         /// `JAMBONES_REDIS_SENTINEL_MASTER_NAME`
         master_name: String,
         /// `JAMBONES_REDIS_SENTINEL_USERNAME`: for the master found through the sentinels.
@@ -411,12 +412,6 @@ pub enum RedisMode {
         /// `JAMBONES_REDIS_SENTINEL_SERVER_PASSWORD`: for the sentinels themselves.
         sentinel_password: Option<Secret>,
     },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostPort {
-    pub host: String,
-    pub port: u16,
 }
 
 /// PEM files for Redis TLS; any of them may be absent (system trust store, no client cert).

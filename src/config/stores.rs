@@ -4,8 +4,7 @@ use std::net::Ipv6Addr;
 
 use super::env::{invalid, list_items, parse_decimal, u32_from, Env};
 use super::{
-    ConfigError, HostPort, MysqlConfig, MysqlTls, MysqlTlsFiles, RedisConfig, RedisMode, RedisTls, Secret,
-    DEFAULT_SENTINEL_PORT,
+    ConfigError, MysqlConfig, MysqlTls, MysqlTlsFiles, RedisConfig, RedisMode, RedisTls, Secret, DEFAULT_SENTINEL_PORT,
 };
 
 /// The read pool and, when all four `JAMBONES_MYSQL_WRITE_*` variables are set, the write
@@ -121,7 +120,7 @@ fn mysql_tls(env: &Env<'_>, warnings: &mut Vec<String>) -> Option<MysqlTls> {
 }
 
 /// `host[:port]` entries; IPv6 hosts as `[::1]:26379` or bare `::1`.
-fn parse_sentinels(list: &str) -> Result<Vec<HostPort>, ConfigError> {
+fn parse_sentinels(list: &str) -> Result<Vec<(String, u16)>, ConfigError> {
     const VAR: &str = "JAMBONES_REDIS_SENTINELS";
     let bad = |item: &str| invalid(VAR, item, "a comma list of host[:port]".into());
     let mut sentinels = Vec::new();
@@ -150,7 +149,7 @@ fn parse_sentinels(list: &str) -> Result<Vec<HostPort>, ConfigError> {
                 .and_then(|p| u16::try_from(p).ok())
                 .ok_or_else(|| bad(item))?,
         };
-        sentinels.push(HostPort { host: host.to_string(), port });
+        sentinels.push((host.to_string(), port));
     }
     if sentinels.is_empty() {
         return Err(bad(list));
@@ -241,7 +240,7 @@ mod tests {
             ],
         );
         let c = run(&env, &[]);
-        let hp = |host: &str, port| HostPort { host: host.into(), port };
+        let hp = |host: &str, port| (host.to_string(), port);
         assert_eq!(
             c.redis.mode,
             RedisMode::Sentinel {
