@@ -43,10 +43,6 @@ impl<'a> Env<'a> {
         self.get(name).map(str::to_string)
     }
 
-    pub(super) fn secret(&self, name: &str) -> Option<Secret> {
-        self.get(name).map(Secret::new)
-    }
-
     pub(super) fn path(&self, name: &str) -> Option<PathBuf> {
         self.get(name).map(PathBuf::from)
     }
@@ -244,6 +240,7 @@ pub(super) fn parse_env(env: &Env<'_>, command_line: CommandLine) -> Result<Conf
         ));
     }
     warnings.extend(ignored_variables(env));
+    let auth_workers = usize_from(env.count("SBC_AUTH_WORKERS", 8, 1, 1024)?);
 
     Ok(Config {
         run_mode: command_line.run_mode,
@@ -256,7 +253,7 @@ pub(super) fn parse_env(env: &Env<'_>, command_line: CommandLine) -> Result<Conf
         drachtio: drachtio(env, &required, network_cidrs)?,
         mysql,
         mysql_write,
-        redis: redis(env, required.redis_sentinels, &mut warnings)?,
+        redis: redis(env, required.redis_sentinels, auth_workers, &mut warnings)?,
         time_series_host: required.time_series_host.to_string(),
         time_series_port: env.port("SBC_TIME_SERIES_PORT", 8086)?,
         metrics: metrics(env)?,
@@ -272,7 +269,7 @@ pub(super) fn parse_env(env: &Env<'_>, command_line: CommandLine) -> Result<Conf
         http_user_agent: env.optional("JAMBONES_HTTP_USER_AGENT_HEADER"),
         webhook_timeout: env.millis("SBC_WEBHOOK_TIMEOUT_MS", 3000, 1)?,
         shutdown_grace: env.millis("SBC_SHUTDOWN_GRACE_MS", 5000, 0)?,
-        auth_workers: usize_from(env.count("SBC_AUTH_WORKERS", 8, 1, 1024)?),
+        auth_workers,
         // The queue is a bounded channel allocated up front: cap it.
         auth_queue: usize_from(env.count("SBC_AUTH_QUEUE", 1024, 1, 1_000_000)?),
         nonce_ttl: env.secs("SBC_NONCE_TTL_S", 300, 1)?,
@@ -317,7 +314,8 @@ pub(super) fn usize_from(n: u64) -> usize {
 mod tests {
     use super::*;
     use crate::config::tests::*;
-    use crate::config::{RedisMode, RegbotMode};
+    use crate::config::RegbotMode;
+    use crate::store::redis::RedisTarget;
 
     #[test]
     fn empty_values_count_as_unset() {
@@ -484,14 +482,9 @@ mod tests {
         assert_eq!(c.socket_path, PathBuf::from("/run/sbc/ctl.sock"));
         assert_eq!(c.mysql.port, 3307);
         assert_eq!(c.mysql.connection_limit, 25);
-        match &c.redis.mode {
-            RedisMode::Standalone { port, username, password, .. } => {
-                assert_eq!(*port, 6380);
-                assert_eq!(username.as_deref(), Some("sbc"));
-                assert_eq!(password.as_ref().map(Secret::expose), Some("redis-pw"));
-            }
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(c.redis.target, RedisTarget::Direct { host: "redis.local".into(), port: 6380 });
+        assert_eq!(c.redis.username.as_deref(), Some("sbc"));
+        assert_eq!(c.redis.password.as_deref(), Some("redis-pw"));
         assert!(c.node_env_test);
         // Truthy is any non-empty string, as in Node.
         assert!(c.hosting);

@@ -15,12 +15,10 @@
 //! So do the helper-library variables listed in [`IGNORED_VARIABLES`].
 //!
 //! Each role owns its settings type ([`ClientConfig`], [`RegbotSettings`],
-//! [`MetricsSettings`], [`BanSettings`]); this module fills them directly, so there is no
-//! copy of a setting between here and the role. `cli.rs` reads the command line, `env.rs` the
+//! [`MetricsSettings`], [`BanSettings`], [`MysqlSettings`], [`RedisSettings`]); this module
+//! fills them directly, so there is no copy of a setting between here and the role. `cli.rs` reads the command line, `env.rs` the
 //! environment; `stores.rs` and `roles.rs` turn groups of variables into settings.
-//! The MySQL and Redis pools are the exception: their settings hold TLS material read from
-//! files, which this pure function does not read, so `daemon::StoreSettings` builds them
-//! from [`MysqlConfig`] and [`RedisConfig`] once `store::tls` has checked the files.
+//! TLS files are named here and read by the pools; the daemon checks them at startup.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -35,6 +33,8 @@ use crate::logging::{LogFacility, LogTarget};
 use crate::net::Cidr;
 use crate::regbot::RegbotSettings;
 use crate::registrar::bans::BanSettings;
+use crate::store::mysql::MysqlSettings;
+use crate::store::redis::RedisSettings;
 use crate::telemetry::MetricsSettings;
 
 mod cli;
@@ -290,11 +290,12 @@ pub struct Config {
     /// `DRACHTIO_*`, `SBC_DRACHTIO_*` and `JAMBONES_NETWORK_CIDR`.
     pub drachtio: ClientConfig,
     /// The read pool (and the write pool too when `mysql_write` is `None`).
-    pub mysql: MysqlConfig,
+    pub mysql: MysqlSettings,
     /// A separate pool for UPDATE/INSERT/DELETE, when all four `JAMBONES_MYSQL_WRITE_*`
     /// variables are set.
-    pub mysql_write: Option<MysqlConfig>,
-    pub redis: RedisConfig,
+    pub mysql_write: Option<MysqlSettings>,
+    /// `JAMBONES_REDIS_*`, `SBC_REDIS_*`; the pool size follows `SBC_AUTH_WORKERS`.
+    pub redis: RedisSettings,
     /// `JAMBONES_TIME_SERIES_HOST`: InfluxDB 1.x host (port 8086, http) for alerts.
     pub time_series_host: String,
     /// `SBC_TIME_SERIES_PORT`, default 8086 (the Node client's fixed port).
@@ -351,23 +352,6 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
-/// One MySQL pool. TLS and the timeout apply to both pools, as in db-helpers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MysqlConfig {
-    pub host: String,
-    /// Default 3306.
-    pub port: u16,
-    pub user: String,
-    pub password: Secret,
-    pub database: String,
-    /// Pool size: `JAMBONES_MYSQL_CONNECTION_LIMIT` (read) or
-    /// `JAMBONES_MYSQL_WRITE_CONNECTION_LIMIT` (write), default 10.
-    pub connection_limit: u32,
-    pub tls: Option<MysqlTls>,
-    /// `SBC_MYSQL_TIMEOUT_MS`: connect and checkout timeout.
-    pub timeout: Duration,
-}
-
 /// TLS to MySQL: on when `JAMBONES_MYSQL_REJECT_UNAUTHORIZED` is set or all three
 /// `JAMBONES_MYSQL_SSL_*_FILE` variables are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -382,36 +366,6 @@ pub struct MysqlTlsFiles {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisConfig {
-    pub mode: RedisMode,
-    /// `ENABLE_JAMBONES_REDIS_TLS` truthy: TLS to the Redis node. With Sentinel only when
-    /// `SBC_REDIS_SENTINEL_MASTER_TLS` is on too (see `redis()`); the sentinels are plain.
-    pub tls: Option<RedisTls>,
-    /// `SBC_REDIS_TIMEOUT_MS`: connect and pool checkout timeout.
-    pub timeout: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RedisMode {
-    /// `JAMBONES_REDIS_HOST` / `_PORT` (6379) / `_USERNAME` / `_PASSWORD`.
-    Standalone { host: String, port: u16, username: Option<String>, password: Option<Secret> },
-    /// `JAMBONES_REDIS_SENTINELS` is set.
-    Sentinel {
-        /// `host[:port]` entries, port default 26379, as the store connects to them (an IPv6
-        /// host without brackets).
-        sentinels: Vec<(String, u16)>,
-        /// `JAMBONES_REDIS_SENTINEL_MASTER_NAME`
-        master_name: String,
-        /// `JAMBONES_REDIS_SENTINEL_USERNAME`: for the master found through the sentinels.
-        username: Option<String>,
-        /// `JAMBONES_REDIS_SENTINEL_PASSWORD`: for the master found through the sentinels.
-        password: Option<Secret>,
-        /// `JAMBONES_REDIS_SENTINEL_SERVER_PASSWORD`: for the sentinels themselves.
-        sentinel_password: Option<Secret>,
-    },
 }
 
 /// PEM files for Redis TLS; any of them may be absent (system trust store, no client cert).

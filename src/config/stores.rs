@@ -2,28 +2,28 @@
 
 use std::net::Ipv6Addr;
 
-use super::env::{invalid, list_items, parse_decimal, u32_from, Env};
-use super::{
-    ConfigError, MysqlConfig, MysqlTls, MysqlTlsFiles, RedisConfig, RedisMode, RedisTls, Secret, DEFAULT_SENTINEL_PORT,
-};
+use super::env::{invalid, list_items, parse_decimal, usize_from, Env};
+use super::{ConfigError, MysqlTls, MysqlTlsFiles, RedisTls, DEFAULT_SENTINEL_PORT};
+use crate::store::mysql::MysqlSettings;
+use crate::store::redis::{RedisSettings, RedisTarget};
 
 /// The read pool and, when all four `JAMBONES_MYSQL_WRITE_*` variables are set, the write
 /// pool. Only called after the read pool's variables were checked present.
 pub(super) fn mysql_pools(
     env: &Env<'_>,
     warnings: &mut Vec<String>,
-) -> Result<(MysqlConfig, Option<MysqlConfig>), ConfigError> {
+) -> Result<(MysqlSettings, Option<MysqlSettings>), ConfigError> {
     let tls = mysql_tls(env, warnings);
     let timeout = env.millis("SBC_MYSQL_TIMEOUT_MS", 1000, 1)?;
-    let pool = |prefix: &str, limit_var: &str| -> Result<MysqlConfig, ConfigError> {
+    let pool = |prefix: &str, limit_var: &str| -> Result<MysqlSettings, ConfigError> {
         let var = |suffix: &str| format!("{prefix}{suffix}");
-        Ok(MysqlConfig {
+        Ok(MysqlSettings {
             host: env.string(&var("HOST"), ""),
             port: env.port(&var("PORT"), 3306)?,
             user: env.string(&var("USER"), ""),
-            password: Secret::new(env.string(&var("PASSWORD"), "")),
+            password: env.string(&var("PASSWORD"), ""),
             database: env.string(&var("DATABASE"), ""),
-            connection_limit: u32_from(env.count(limit_var, 10, 1, 1000)?),
+            connection_limit: usize_from(env.count(limit_var, 10, 1, 1000)?),
             tls: tls.clone(),
             timeout,
         })
@@ -52,25 +52,35 @@ pub(super) fn mysql_pools(
     Ok((read, write))
 }
 
+/// Standalone (`JAMBONES_REDIS_HOST`/`_PORT`/`_USERNAME`/`_PASSWORD`) or, when
+/// `JAMBONES_REDIS_SENTINELS` is set, through the sentinels: `JAMBONES_REDIS_SENTINEL_USERNAME`
+/// and `_PASSWORD` log in to the master they name, `_SERVER_PASSWORD` to the sentinels
+/// themselves. `max_connections` leaves room for every auth worker and the other roles.
 pub(super) fn redis(
     env: &Env<'_>,
     sentinels: Option<&str>,
+    auth_workers: usize,
     warnings: &mut Vec<String>,
-) -> Result<RedisConfig, ConfigError> {
-    let mode = match sentinels {
-        Some(list) => RedisMode::Sentinel {
-            sentinels: parse_sentinels(list)?,
-            master_name: env.string("JAMBONES_REDIS_SENTINEL_MASTER_NAME", ""),
-            username: env.optional("JAMBONES_REDIS_SENTINEL_USERNAME"),
-            password: env.secret("JAMBONES_REDIS_SENTINEL_PASSWORD"),
-            sentinel_password: env.secret("JAMBONES_REDIS_SENTINEL_SERVER_PASSWORD"),
-        },
-        None => RedisMode::Standalone {
-            host: env.string("JAMBONES_REDIS_HOST", ""),
-            port: env.port("JAMBONES_REDIS_PORT", 6379)?,
-            username: env.optional("JAMBONES_REDIS_USERNAME"),
-            password: env.secret("JAMBONES_REDIS_PASSWORD"),
-        },
+) -> Result<RedisSettings, ConfigError> {
+    let (target, username, password) = match sentinels {
+        Some(list) => (
+            RedisTarget::Sentinel {
+                sentinels: parse_sentinels(list)?,
+                master_name: env.string("JAMBONES_REDIS_SENTINEL_MASTER_NAME", ""),
+                sentinel_username: None,
+                sentinel_password: env.optional("JAMBONES_REDIS_SENTINEL_SERVER_PASSWORD"),
+            },
+            env.optional("JAMBONES_REDIS_SENTINEL_USERNAME"),
+            env.optional("JAMBONES_REDIS_SENTINEL_PASSWORD"),
+        ),
+        None => (
+            RedisTarget::Direct {
+                host: env.string("JAMBONES_REDIS_HOST", ""),
+                port: env.port("JAMBONES_REDIS_PORT", 6379)?,
+            },
+            env.optional("JAMBONES_REDIS_USERNAME"),
+            env.optional("JAMBONES_REDIS_PASSWORD"),
+        ),
     };
     let mut tls = env.truthy("ENABLE_JAMBONES_REDIS_TLS").then(|| RedisTls {
         ca_file: env.path("JAMBONES_REDIS_TLS_CA_FILE"),
@@ -83,7 +93,7 @@ pub(super) fn redis(
     // today therefore has a plain master port; following the variable would cut this SBC off
     // from it. TLS to the master is ours to opt into.
     let sentinel_master_tls = env.switch("SBC_REDIS_SENTINEL_MASTER_TLS", false)?;
-    if matches!(mode, RedisMode::Sentinel { .. }) && tls.is_some() && !sentinel_master_tls {
+    if matches!(target, RedisTarget::Sentinel { .. }) && tls.is_some() && !sentinel_master_tls {
         warnings.push(
             "ENABLE_JAMBONES_REDIS_TLS is set with JAMBONES_REDIS_SENTINELS: the master is reached over plain TCP, \
              as the Node sidecar does; set SBC_REDIS_SENTINEL_MASTER_TLS=1 for TLS to the master"
@@ -91,7 +101,15 @@ pub(super) fn redis(
         );
         tls = None;
     }
-    Ok(RedisConfig { mode, tls, timeout: env.millis("SBC_REDIS_TIMEOUT_MS", 1000, 1)? })
+    Ok(RedisSettings {
+        target,
+        username,
+        password,
+        db: 0,
+        timeout: env.millis("SBC_REDIS_TIMEOUT_MS", 1000, 1)?,
+        max_connections: u32::try_from(auth_workers).unwrap_or(u32::MAX).saturating_add(8),
+        tls,
+    })
 }
 
 /// db-helpers semantics: `JAMBONES_MYSQL_REJECT_UNAUTHORIZED` set ⇒ TLS, verifying unless it
@@ -175,7 +193,7 @@ mod tests {
         assert_eq!(w.host, "primary.local");
         assert_eq!(w.port, 3306);
         assert_eq!(w.user, "writer");
-        assert_eq!(w.password.expose(), "write-pw");
+        assert_eq!(w.password, "write-pw");
         assert_eq!(w.connection_limit, 10);
 
         let env = with(
@@ -242,15 +260,17 @@ mod tests {
         let c = run(&env, &[]);
         let hp = |host: &str, port| (host.to_string(), port);
         assert_eq!(
-            c.redis.mode,
-            RedisMode::Sentinel {
+            c.redis.target,
+            RedisTarget::Sentinel {
                 sentinels: vec![hp("s1.local", 26380), hp("s2.local", 26379), hp("::1", 26381), hp("::2", 26379)],
                 master_name: "mymaster".into(),
-                username: Some("app".into()),
-                password: Some(Secret::new("master-pw")),
-                sentinel_password: Some(Secret::new("sentinel-pw")),
+                sentinel_username: None,
+                sentinel_password: Some("sentinel-pw".into()),
             }
         );
+        // The master found through the sentinels is logged in to with these.
+        assert_eq!(c.redis.username.as_deref(), Some("app"));
+        assert_eq!(c.redis.password.as_deref(), Some("master-pw"));
         let bad = with(env.clone(), &[("JAMBONES_REDIS_SENTINELS", "s1.local:2637x")]);
         assert_eq!(
             error(&bad, &[]).to_string(),

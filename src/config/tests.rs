@@ -10,6 +10,7 @@ use log::LevelFilter;
 use super::*;
 use crate::logging::{LogFacility, LogTarget};
 use crate::registrar::bans::BanSettings;
+use crate::store::redis::RedisTarget;
 
 /// The smallest environment the program starts with.
 pub(super) fn minimal_env() -> HashMap<String, String> {
@@ -88,19 +89,20 @@ fn every_default() {
     assert_eq!(c.mysql.host, "db.local");
     assert_eq!(c.mysql.port, 3306);
     assert_eq!(c.mysql.user, "jambones");
-    assert_eq!(c.mysql.password.expose(), "mysql-pw-4711");
+    assert_eq!(c.mysql.password, "mysql-pw-4711");
     assert_eq!(c.mysql.database, "jambones");
     assert_eq!(c.mysql.connection_limit, 10);
     assert_eq!(c.mysql.tls, None);
     assert_eq!(c.mysql.timeout, Duration::from_millis(1000));
     assert_eq!(c.mysql_write, None);
 
-    assert_eq!(
-        c.redis.mode,
-        RedisMode::Standalone { host: "redis.local".into(), port: 6379, username: None, password: None }
-    );
+    assert_eq!(c.redis.target, RedisTarget::Direct { host: "redis.local".into(), port: 6379 });
+    assert_eq!((c.redis.username.as_deref(), c.redis.password.as_deref()), (None, None));
+    assert_eq!(c.redis.db, 0);
     assert_eq!(c.redis.tls, None);
     assert_eq!(c.redis.timeout, Duration::from_millis(1000));
+    // Room for every auth worker and the other roles.
+    assert_eq!(c.redis.max_connections, 16);
     assert_eq!(c.time_series_host, "influx.local");
     assert_eq!(c.metrics, MetricsSettings::disabled());
 
