@@ -16,9 +16,11 @@
 //!
 //! Each role owns its settings type ([`ClientConfig`], [`RegbotSettings`],
 //! [`MetricsSettings`], [`BanSettings`], [`MysqlSettings`], [`RedisSettings`]); this module
-//! fills them directly, so there is no copy of a setting between here and the role. `cli.rs` reads the command line, `env.rs` the
-//! environment; `stores.rs` and `roles.rs` turn groups of variables into settings.
-//! TLS files are named here and read by the pools; the daemon checks them at startup.
+//! fills them directly, so there is no copy of a setting between here and the role. TLS files
+//! are named here and read by the pools; the daemon checks them at startup.
+//!
+//! `cli.rs` reads the command line, `env.rs` the environment; `stores.rs` and `roles.rs`
+//! turn groups of variables into settings.
 
 use std::collections::HashMap;
 use std::fmt;
