@@ -14,19 +14,19 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
 use log::{debug, error, info, warn};
 
-use crate::config::{Config, MysqlConfig, RedisMode, RunMode, PROGRAM};
+use crate::config::{Config, RunMode, PROGRAM};
 use crate::ctl::{CtlError, CtlServer, CtlSettings};
-use crate::drachtio::{self, ConnectionEvent, DrachtioClient, Route};
+use crate::drachtio::{ConnectionEvent, DrachtioClient, Route};
 use crate::heartbeat::{HeartbeatRole, HeartbeatSettings};
 use crate::regbot::{self, RegbotError};
 use crate::registrar::bans::Bans;
 use crate::registrar::{AuthPool, Registrar, RegistrarSettings};
-use crate::store::mysql::{MysqlPool, MysqlSettings};
-use crate::store::redis::{self as redis_store, RedisPool, RedisSettings, RedisTarget};
+use crate::store::mysql::MysqlPool;
+use crate::store::redis::{self as redis_store, RedisPool, RedisTarget};
 use crate::store::tls::{self, TlsFileError};
 use crate::store::StoreError;
 use crate::supervise::{self, RoleEnded};
-use crate::telemetry::{AlertError, AlertSettings, AlertWriter, Metrics, MetricsSettings};
+use crate::telemetry::{AlertError, AlertSettings, AlertWriter, Metrics};
 use crate::{logging, signals};
 
 /// Exit status after a clean stop.
@@ -109,70 +109,26 @@ pub struct Pools {
     pub mysql_write: MysqlPool,
 }
 
-/// What the pools are built from: the configuration, with its TLS files read and checked.
-pub struct StoreSettings {
-    pub redis: RedisSettings,
-    pub mysql: MysqlSettings,
-    /// The separate write pool, when configured.
-    pub mysql_write: Option<MysqlSettings>,
-}
-
-impl StoreSettings {
-    pub fn from_config(config: &Config) -> Result<StoreSettings, TlsFileError> {
-        Ok(StoreSettings {
-            redis: redis_settings(config)?,
-            mysql: mysql_settings(&config.mysql)?,
-            mysql_write: config.mysql_write.as_ref().map(mysql_settings).transpose()?,
-        })
+/// Checks the stores' TLS files and names them by absolute path, before `--daemon` changes
+/// the working directory: a missing or broken file is a configuration error at startup (one
+/// line, exit status 78), not an unavailable store at the first connect. The pools read the
+/// files when they are built.
+pub fn check_store_tls(mut config: Config) -> Result<Config, TlsFileError> {
+    if let Some(redis_tls) = &config.redis.tls {
+        config.redis.tls = Some(tls::checked_redis(redis_tls)?);
     }
+    for mysql in std::iter::once(&mut config.mysql).chain(config.mysql_write.as_mut()) {
+        if let Some(mysql_tls) = &mysql.tls {
+            mysql.tls = Some(tls::checked_mysql(mysql_tls)?);
+        }
+    }
+    Ok(config)
 }
 
-pub fn redis_settings(config: &Config) -> Result<RedisSettings, TlsFileError> {
-    let (target, username, password) = match &config.redis.mode {
-        RedisMode::Standalone { host, port, username, password } => (
-            RedisTarget::Direct { host: host.clone(), port: *port },
-            username.clone(),
-            password.as_ref().map(|p| p.expose().to_string()),
-        ),
-        RedisMode::Sentinel { sentinels, master_name, username, password, sentinel_password } => (
-            RedisTarget::Sentinel {
-                sentinels: sentinels.iter().map(|s| (s.host.clone(), s.port)).collect(),
-                master_name: master_name.clone(),
-                sentinel_username: None,
-                sentinel_password: sentinel_password.as_ref().map(|p| p.expose().to_string()),
-            },
-            username.clone(),
-            password.as_ref().map(|p| p.expose().to_string()),
-        ),
-    };
-    Ok(RedisSettings {
-        target,
-        username,
-        password,
-        db: 0,
-        timeout: config.redis.timeout,
-        max_connections: (config.auth_workers as u32).saturating_add(8),
-        tls: config.redis.tls.as_ref().map(tls::redis_certificates).transpose()?,
-    })
-}
-
-pub fn mysql_settings(m: &MysqlConfig) -> Result<MysqlSettings, TlsFileError> {
-    Ok(MysqlSettings {
-        host: m.host.clone(),
-        port: m.port,
-        user: m.user.clone(),
-        password: m.password.expose().to_string(),
-        database: m.database.clone(),
-        connection_limit: m.connection_limit as usize,
-        timeout: m.timeout,
-        tls: m.tls.as_ref().map(tls::mysql_ssl_opts).transpose()?,
-    })
-}
-
-fn build_pools(stores: &StoreSettings) -> Result<Pools, StartError> {
-    let redis = redis_store::pool(&stores.redis).map_err(|source| StartError::Pool { pool: "redis", source })?;
-    let mysql = MysqlPool::new(&stores.mysql).map_err(|source| StartError::Pool { pool: "mysql", source })?;
-    let mysql_write = match &stores.mysql_write {
+fn build_pools(config: &Config) -> Result<Pools, StartError> {
+    let redis = redis_store::pool(&config.redis).map_err(|source| StartError::Pool { pool: "redis", source })?;
+    let mysql = MysqlPool::new(&config.mysql).map_err(|source| StartError::Pool { pool: "mysql", source })?;
+    let mysql_write = match &config.mysql_write {
         Some(w) => MysqlPool::new(w).map_err(|source| StartError::Pool { pool: "mysql write", source })?,
         None => mysql.clone(),
     };
@@ -182,9 +138,9 @@ fn build_pools(stores: &StoreSettings) -> Result<Pools, StartError> {
 /// Says once at startup that the stores are reached over TLS, and how (paths, never keys).
 fn log_store_tls(config: &Config) {
     if let Some(redis_tls) = &config.redis.tls {
-        let scope = match config.redis.mode {
-            RedisMode::Standalone { .. } => "",
-            RedisMode::Sentinel { .. } => {
+        let scope = match config.redis.target {
+            RedisTarget::Direct { .. } => "",
+            RedisTarget::Sentinel { .. } => {
                 " to the master (SBC_REDIS_SENTINEL_MASTER_TLS; the sentinels over plain TCP)"
             }
         };
@@ -210,8 +166,8 @@ fn spawn_role(name: &'static str, f: impl FnOnce() + Send + 'static) -> Result<R
 pub fn run(config: Config) -> i32 {
     // Before daemonizing: a bad TLS file is reported on the terminal that started us, as one
     // line and with the exit status of any other configuration error.
-    let stores = match StoreSettings::from_config(&config) {
-        Ok(stores) => stores,
+    let config = match check_store_tls(config) {
+        Ok(config) => config,
         Err(e) => {
             eprintln!("{PROGRAM}: {e}");
             return e.exit_code();
@@ -241,7 +197,7 @@ pub fn run(config: Config) -> i32 {
     for w in &config.warnings {
         warn!("{w}");
     }
-    match start_and_wait(&config, &stores) {
+    match start_and_wait(&config) {
         Ok(Stop::Requested) => EXIT_OK,
         Ok(Stop::RoleFailed) => EXIT_ROLE_FAILED,
         Err(e) => {
@@ -260,15 +216,15 @@ enum Stop {
     RoleFailed,
 }
 
-fn start_and_wait(config: &Config, stores: &StoreSettings) -> Result<Stop, StartError> {
+fn start_and_wait(config: &Config) -> Result<Stop, StartError> {
     info!("sbc-sidecar {} starting", env!("CARGO_PKG_VERSION"));
     let signals = signals::listen().map_err(StartError::Signals)?;
     // Before the first role starts: every role thread reports its end here.
     let role_ended = supervise::watch().unwrap_or_else(crossbeam_channel::never);
     log_store_tls(config);
-    let pools = build_pools(stores)?;
+    let pools = build_pools(config)?;
     let alert_writer = AlertWriter::start(AlertSettings::from_config(config)).map_err(StartError::Alerts)?;
-    let metrics = match Metrics::new(&MetricsSettings::from_config(config)) {
+    let metrics = match Metrics::new(&config.metrics) {
         Ok(m) => m,
         Err(e) => {
             warn!("statsd metrics disabled: {e}");
@@ -336,7 +292,7 @@ fn start_and_wait(config: &Config, stores: &StoreSettings) -> Result<Stop, Start
         Route { method: "REGISTER".into(), queue: register_tx },
         Route { method: "OPTIONS".into(), queue: options_tx },
     ];
-    let client = DrachtioClient::start(client_config(config), routes, subscribers).map_err(StartError::Drachtio)?;
+    let client = DrachtioClient::start(config.drachtio.clone(), routes, subscribers).map_err(StartError::Drachtio)?;
     client.set_metrics(metrics.clone());
     let regbot_pools = regbot::RegbotPools {
         redis: pools.redis.clone(),
@@ -446,19 +402,6 @@ fn registrar_settings(config: &Config) -> RegistrarSettings {
         // (they share ENCRYPTION_SECRET), so a retried REGISTER is not challenged again.
         nonce_secret: Some(format!("sbc-sidecar nonce key:{}", config.encryption_secret.expose())),
         ..RegistrarSettings::default()
-    }
-}
-
-fn client_config(config: &Config) -> drachtio::ClientConfig {
-    drachtio::ClientConfig {
-        host: config.drachtio.host.clone(),
-        port: config.drachtio.port,
-        secret: config.drachtio.secret.expose().to_string(),
-        ping_interval: config.drachtio.ping_interval,
-        pong_timeout: config.drachtio.pong_timeout,
-        backoff_min: config.drachtio.backoff_min,
-        backoff_max: config.drachtio.backoff_max,
-        private_networks: config.network_cidrs.clone(),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod drachtio;
 pub mod heartbeat;
 pub mod logging;
+pub mod net;
 pub mod regbot;
 pub mod registrar;
 pub mod signals;

@@ -5,13 +5,13 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use sbc_sidecar::config::NEW_VARIABLES;
+use sbc_sidecar::config::{IGNORED_VARIABLES, NEW_VARIABLES};
 
 fn read(rel: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
-/// Every `"NAME"` string literal in src/config.rs that looks like one of our variables.
+/// Every `"NAME"` string literal in src/config/ that looks like one of our variables.
 fn variables_read_by_config() -> BTreeSet<String> {
     const PREFIXES: [&str; 15] = [
         "JAMBONES_",
@@ -30,7 +30,14 @@ fn variables_read_by_config() -> BTreeSet<String> {
         "JWT_",
         "NODE_",
     ];
-    let source = read("src/config.rs");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("src/config: {e}"))
+        .map(|entry| entry.expect("src/config entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "rs"))
+        .collect();
+    files.sort();
+    let source: String = files.iter().map(|path| std::fs::read_to_string(path).expect("config source")).collect();
     let mut out = BTreeSet::new();
     for piece in source.split('"').skip(1).step_by(2) {
         let is_name =
@@ -53,6 +60,33 @@ fn every_variable_is_documented_in_readme_man_page_and_default_file() {
     ] {
         let missing: Vec<&String> = vars.iter().filter(|v| !text.contains(v.as_str())).collect();
         assert!(missing.is_empty(), "{doc} does not mention {missing:?}");
+    }
+}
+
+/// The variables we accept and ignore say so wherever an operator looks them up.
+#[test]
+fn ignored_variables_are_documented_as_ignored() {
+    let man = read("man/sbc-sidecar.8");
+    let readme = read("README.md");
+    let default_file = read("packaging/default/sbc-sidecar");
+    for (name, _) in IGNORED_VARIABLES {
+        let entry = man
+            .split(".TP\n")
+            .find(|e| e.starts_with(&format!(".B \\%{name}\n")))
+            .unwrap_or_else(|| panic!("sbc-sidecar(8) has no entry for {name}"));
+        assert!(entry.contains("Accepted and ignored"), "sbc-sidecar(8) on {name}: {entry}");
+        assert!(entry.contains("warning at startup"), "sbc-sidecar(8) on {name}: {entry}");
+        let row = readme
+            .lines()
+            .find(|l| l.starts_with('|') && l.contains(&format!("`{name}`")))
+            .unwrap_or_else(|| panic!("README has no table row for {name}"));
+        assert!(row.contains("accepted and ignored"), "README row of {name}: {row}");
+        let comment = default_file
+            .lines()
+            .take_while(|l| !l.starts_with(&format!("#{name}=")))
+            .last()
+            .unwrap_or_else(|| panic!("the default file has no {name}"));
+        assert!(comment.contains("Accepted and ignored"), "default file on {name}: {comment}");
     }
 }
 

@@ -1,15 +1,14 @@
 //! MySQL over TLS, against a private `mariadbd` with TLS: the pool the daemon builds from
 //! `JAMBONES_MYSQL_REJECT_UNAUTHORIZED` and the `JAMBONES_MYSQL_SSL_*` files (db-helpers'
-//! semantics), mapped by the daemon's own `mysql_settings`.
+//! semantics), as the daemon's configuration fills `MysqlSettings` with them.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use mysql::prelude::Queryable;
-use sbc_sidecar::config::{MysqlConfig, MysqlTls, MysqlTlsFiles, Secret};
-use sbc_sidecar::daemon::mysql_settings;
-use sbc_sidecar::store::mysql::MysqlPool;
+use sbc_sidecar::config::{MysqlTls, MysqlTlsFiles};
+use sbc_sidecar::store::mysql::{MysqlPool, MysqlSettings};
 use sbc_sidecar::store::StoreError;
 use support::tls::{MariadbUser, Pki, PrivateMariadb, ServerCert, SSL_USER, X509_USER};
 
@@ -17,12 +16,12 @@ const TIMEOUT: Duration = Duration::from_millis(1000);
 /// A failure must come within this, never a hang.
 const BOUND: Duration = Duration::from_secs(8);
 
-fn config(db: &PrivateMariadb, user: &MariadbUser, tls: Option<MysqlTls>) -> MysqlConfig {
-    MysqlConfig {
+fn config(db: &PrivateMariadb, user: &MariadbUser, tls: Option<MysqlTls>) -> MysqlSettings {
+    MysqlSettings {
         host: "127.0.0.1".into(),
         port: db.port,
         user: user.name.into(),
-        password: Secret::new(user.password),
+        password: user.password.into(),
         database: PrivateMariadb::DATABASE.into(),
         connection_limit: 2,
         tls,
@@ -45,15 +44,15 @@ fn unverified() -> MysqlTls {
 }
 
 /// The session's TLS cipher (empty when the session is not encrypted).
-fn cipher(config: &MysqlConfig) -> Result<String, StoreError> {
-    let pool = MysqlPool::new(&mysql_settings(config).expect("TLS files")).expect("pool");
+fn cipher(config: &MysqlSettings) -> Result<String, StoreError> {
+    let pool = MysqlPool::new(config).expect("pool");
     let mut conn = pool.conn()?;
     let row: Option<(String, String)> = conn.query_first("SHOW SESSION STATUS LIKE 'Ssl_cipher'")?;
     Ok(row.map(|(_, cipher)| cipher).unwrap_or_default())
 }
 
 /// Fails as "unavailable" within [`BOUND`]; returns the error text.
-fn refused(config: &MysqlConfig, what: &str) -> String {
+fn refused(config: &MysqlSettings, what: &str) -> String {
     let start = Instant::now();
     let err = cipher(config).expect_err(what);
     assert!(start.elapsed() < BOUND, "{what}: took {:?}", start.elapsed());

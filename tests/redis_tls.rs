@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use sbc_sidecar::config::RedisTls;
 use sbc_sidecar::store::redis::{pool, run, RedisPool, RedisSettings, RedisTarget};
-use sbc_sidecar::store::tls::{redis_certificates, TlsFileError};
+use sbc_sidecar::store::tls::{checked_redis, redis_certificates, TlsFileError};
 use sbc_sidecar::store::StoreError;
 use support::tls::{free_port, CertFiles, ClientAuth, Pki, ServerCert, TlsRedis};
 
@@ -35,7 +35,7 @@ fn settings(target: RedisTarget, tls: Option<&RedisTls>) -> RedisSettings {
         db: 0,
         timeout: TIMEOUT,
         max_connections: 2,
-        tls: tls.map(|t| redis_certificates(t).expect("TLS files")),
+        tls: tls.cloned(),
     }
 }
 
@@ -72,6 +72,28 @@ fn with_the_ca_file_a_tls_pool_sets_and_gets() {
     assert_eq!(set_and_get(&pool, "tls-test:ca").expect("SET/GET over TLS"), "over tls");
     let seen: String = redis::cmd("GET").arg("tls-test:ca").query(&mut server.admin()).unwrap();
     assert_eq!(seen, "over tls", "the same server saw the write");
+}
+
+/// The daemon checks the files before `--daemon` moves it to `/`, and keeps them by absolute
+/// path: a pool built afterwards from the checked settings reads the same files.
+#[test]
+fn checked_settings_name_the_files_by_absolute_path() {
+    let pki = Pki::generate();
+    let server = TlsRedis::start(&pki, ServerCert::Trusted, ClientAuth::Required);
+    let cwd = std::env::current_dir().unwrap();
+    let up: PathBuf = cwd.components().skip(1).map(|_| "..").collect();
+    let relative = |p: &Path| up.join(p.strip_prefix("/").unwrap());
+    let given = tls_files(
+        Some(&relative(&pki.ca)),
+        Some(&CertFiles { cert: relative(&pki.client.cert), key: relative(&pki.client.key) }),
+    );
+    assert!(given.ca_file.as_ref().unwrap().is_relative());
+    let checked = checked_redis(&given).expect("the files are good");
+    for path in [&checked.ca_file, &checked.cert_file, &checked.key_file] {
+        assert!(path.as_ref().unwrap().is_absolute(), "{path:?}");
+    }
+    let pool = tls_pool(server.port, Some(&checked));
+    assert_eq!(set_and_get(&pool, "tls-test:checked").expect("SET/GET over TLS"), "over tls");
 }
 
 #[test]

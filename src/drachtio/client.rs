@@ -25,7 +25,8 @@ use super::frame::FrameDecoder;
 use super::message::{self, Reply, ReplyStatus, ServerMessage, SipDelivery};
 use super::writer::{Outgoing, PendingReply, Wire, Writer, WriterStats};
 use super::{ConnectionEvent, ConnectionInfo, IncomingRequest, Responder};
-use crate::config::Cidr;
+use crate::config::Secret;
+use crate::net::Cidr;
 use crate::sip::{ResponseBuilder, SipMessage};
 use crate::telemetry::Metrics;
 
@@ -40,11 +41,12 @@ const WITHDRAW_WAIT: Duration = Duration::from_secs(2);
 /// `Retry-After` of the `503` a draining client answers new requests with (seconds).
 const DRAINING_RETRY_AFTER: &str = "5";
 
-#[derive(Debug, Clone)]
+/// The drachtio connection's settings (`DRACHTIO_*`, `SBC_DRACHTIO_*`), filled by `config`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
     pub host: String,
     pub port: u16,
-    pub secret: String,
+    pub secret: Secret,
     /// Interval between application-level pings once authenticated.
     pub ping_interval: Duration,
     /// A ping (or the authentication) unanswered for this long means the connection is dead.
@@ -396,7 +398,7 @@ impl Reader {
         self.wire.forget_owed();
         let _ = self.writer.send(Outgoing::Attach(writer_stream, self.generation));
         let auth_msg_id = message::new_message_id();
-        let payload = message::authenticate(&auth_msg_id, &self.config.secret);
+        let payload = message::authenticate(&auth_msg_id, self.config.secret.expose());
         let _ = self.writer.send(Outgoing::Frame { msg_id: auth_msg_id.clone(), payload, reply: None, answers: None });
         let now = Instant::now();
         self.conn = Some(Connection {

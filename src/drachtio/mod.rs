@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 
-use crate::config::Cidr;
+use crate::net::{parse_hostports, Cidr};
 use crate::sip::{ResponseBuilder, SipMessage};
 pub use client::{ClientConfig, DrachtioClient, DrachtioHandle, Route, UacError, UacEvent};
 pub use connect_error::ConnectError;
@@ -44,25 +44,6 @@ impl ConnectionInfo {
             .last()
             .map(|hp| format!("{}:{}", hp.ip, hp.port))
     }
-}
-
-/// One `<transport>/<ip>:<port>` entry of a drachtio hostport list.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostPort<'a> {
-    pub transport: &'a str,
-    pub ip: &'a str,
-    pub port: u16,
-}
-
-/// Parses `tcp/1.2.3.4:5060,udp/1.2.3.4:5060` (regex semantics `^(.*)/(.*):(\d+)$` per entry);
-/// entries that do not match are skipped.
-pub fn parse_hostports(list: &str) -> impl Iterator<Item = HostPort<'_>> {
-    list.split(',').filter_map(|entry| {
-        let (transport, rest) = entry.trim().split_once('/')?;
-        let (ip, port) = rest.rsplit_once(':')?;
-        let port = port.parse().ok()?;
-        Some(HostPort { transport, ip, port })
-    })
 }
 
 /// Connection state changes, sent to every subscriber.
@@ -218,13 +199,5 @@ mod tests {
             other => panic!("expected the response frame, got {other:?}"),
         }
         assert!(rx.try_recv().is_err(), "no fallback after an answer");
-    }
-
-    #[test]
-    fn hostport_entries_parse_like_the_node_regex() {
-        let v: Vec<HostPort> = parse_hostports("tcp/127.0.0.1:5060,bogus,udp/[::1]:5060").collect();
-        assert_eq!(v[0], HostPort { transport: "tcp", ip: "127.0.0.1", port: 5060 });
-        assert_eq!(v[1], HostPort { transport: "udp", ip: "[::1]", port: 5060 });
-        assert_eq!(v.len(), 2);
     }
 }

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use log::warn;
 
 use super::tracker::ServerKind;
-use crate::config::{Cidr, DEFAULT_HEARTBEAT_CIDRS};
+use crate::config::DEFAULT_HEARTBEAT_CIDRS;
+use crate::net::Cidr;
 
 /// At most one warning line per kind of refusal in this interval.
 pub const WARNING_INTERVAL: Duration = Duration::from_secs(10);

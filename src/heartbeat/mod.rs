@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{never, select, tick, Receiver};
 use log::{debug, info, warn};
 
-use crate::config::Cidr;
 use crate::drachtio::IncomingRequest;
+use crate::net::Cidr;
 use crate::store::redis::RedisPool;
 use crate::telemetry::Metrics;
 pub use drain::{fs_member_key, DrainedServers, FsEndpoint};

@@ -3,30 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-/// One `<transport>/<ip>:<port>` entry of a hostports list.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostPort {
-    pub transport: String,
-    pub ip: String,
-    pub port: u16,
-}
-
-/// Parses `tcp/1.2.3.4:5060,udp/1.2.3.4:5060,…` with the Node regex `^(.*)/(.*):(\d+)$`
-/// (greedy: the transport runs to the last `/`, the ip to the last `:`). Entries that do not
-/// match are skipped.
-pub fn parse_hostports(list: &str) -> Vec<HostPort> {
-    list.split(',')
-        .filter_map(|entry| {
-            let entry = entry.trim();
-            let (head, port) = entry.rsplit_once(':')?;
-            if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            let (transport, ip) = head.rsplit_once('/')?;
-            Some(HostPort { transport: transport.to_string(), ip: ip.to_string(), port: port.parse().ok()? })
-        })
-        .collect()
-}
+use crate::net::parse_hostports;
 
 /// `sbcPublicIpAddress` of the Node sidecar: `ip:port` per transport, from the public
 /// hostports. The last entry of a transport wins; `tcp` and `ws` entries are ignored.
@@ -43,9 +20,9 @@ impl PublicAddresses {
         let mut last_udp_ip = None;
         for hp in parse_hostports(list) {
             let value = format!("{}:{}", hp.ip, hp.port);
-            match hp.transport.as_str() {
+            match hp.transport {
                 "udp" => {
-                    last_udp_ip = Some(hp.ip.clone());
+                    last_udp_ip = Some(hp.ip);
                     out.udp = Some(value);
                 }
                 "tls" => out.tls = Some(value),
@@ -88,18 +65,18 @@ pub struct SbcAddressRow {
 pub fn sbc_address_rows(list: &str) -> Vec<SbcAddressRow> {
     let mut rows: Vec<SbcAddressRow> = Vec::new();
     for hp in parse_hostports(list) {
-        if !matches!(hp.transport.as_str(), "udp" | "tls" | "wss") || is_rfc1918(&hp.ip) {
+        if !matches!(hp.transport, "udp" | "tls" | "wss") || is_rfc1918(hp.ip) {
             continue;
         }
         let at = match rows.iter().position(|r| r.ipv4 == hp.ip) {
             Some(at) => at,
             None => {
-                rows.push(SbcAddressRow { ipv4: hp.ip.clone(), port: 5060, tls_port: None, wss_port: None });
+                rows.push(SbcAddressRow { ipv4: hp.ip.to_string(), port: 5060, tls_port: None, wss_port: None });
                 rows.len() - 1
             }
         };
         let row = &mut rows[at];
-        match hp.transport.as_str() {
+        match hp.transport {
             "udp" => row.port = hp.port,
             "tls" => row.tls_port = Some(hp.port),
             _ => row.wss_port = Some(hp.port),
@@ -116,15 +93,6 @@ pub fn is_rfc1918(ip: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hostports_are_parsed_like_the_node_regex() {
-        let hps =
-            parse_hostports("tcp/3.148.70.168:5060,tls/3.148.70.168:5061,wss/3.148.70.168:8443,bad,udp/[::1]:5060");
-        assert_eq!(hps.len(), 4);
-        assert_eq!(hps[0], HostPort { transport: "tcp".into(), ip: "3.148.70.168".into(), port: 5060 });
-        assert_eq!(hps[3].ip, "[::1]");
-    }
 
     #[test]
     fn public_addresses_take_the_last_entry_and_default_tls_to_5061() {

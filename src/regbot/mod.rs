@@ -64,65 +64,52 @@ const STORE_QUEUE: usize = 4096;
 /// CLI status requests waiting for the scheduler.
 const STATUS_QUEUE: usize = 16;
 
-/// Everything the roles of this module read from the configuration.
+/// Everything the roles of this module read from the configuration; `config` fills it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegbotSettings {
     /// `JAMBONES_CLUSTER_ID`: prefix of `<cluster>:regbot-token`.
     pub cluster_id: String,
+    /// `JAMBONES_REGBOT_REGISTER_FAILURE_THRESHOLD`: consecutive "remove" failures before
+    /// auto-disable; default 3.
     pub failure_threshold: u32,
+    /// `JAMBONES_REGBOT_FAILURE_RETRY_INTERVAL`, default 300 s.
     pub failure_retry_interval: Duration,
+    /// `JAMBONES_REGBOT_DEFAULT_EXPIRES_INTERVAL`: the Expires we ask for, and the fallback
+    /// when the 200 has none; default 3600 s.
     pub default_expires: Duration,
+    /// `JAMBONES_REGBOT_MIN_EXPIRES_INTERVAL`: floor for the expires a carrier grants; 30 s.
     pub min_expires: Duration,
+    /// `JAMBONES_REGBOT_CONTACT_USE_IP` truthy.
     pub contact_use_ip: bool,
+    /// `JAMBONES_REGBOT_USER_AGENT`, default `Jambonz 0.9.6`.
     pub user_agent: String,
+    /// `JAMBONES_REGBOT_BATCH_SIZE`: pause after this many newly started regbots; default 10.
     pub batch_size: usize,
+    /// `JAMBONES_REGBOT_BATCH_SLEEP_MS`, default 250 ms.
     pub batch_sleep: Duration,
+    /// `SBC_REGBOT_STATUS_INTERVAL_MS`
     pub status_interval: Duration,
+    /// `SBC_REGBOT_TOKEN_TTL_S`
     pub token_ttl: Duration,
+    /// `SBC_REGBOT_CLAIM_JITTER_MS`
     pub claim_jitter: Duration,
     /// `SBC_REGBOT_MODE`: one elected SBC, or every SBC, registers.
     pub mode: RegbotMode,
-    /// `REGISTER_RESPONSE_REMOVE`
+    /// `REGISTER_RESPONSE_REMOVE`: REGISTER answers counting toward auto-disable.
     pub register_response_remove: Vec<u16>,
-    /// `SEND_OPTIONS_PING_INTERVAL`
+    /// `SEND_OPTIONS_PING_INTERVAL`, default 60 s between gateway OPTIONS rounds.
     pub options_ping_interval: Duration,
-    /// `OPTIONS_PING_TTL`
+    /// `OPTIONS_PING_TTL`, default 300 s: TTL of the gateway blacklist key.
     pub options_ping_ttl: Duration,
-    /// `OPTIONS_RESPONSE_REMOVE`
+    /// `OPTIONS_RESPONSE_REMOVE`: OPTIONS answers that switch a gateway's pings off.
     pub options_response_remove: Vec<u16>,
+    /// `SBC_PUBLIC_ADDRESS_KEEP_ALIVE_IN_MILISECOND` (sic), default 900 000 ms.
     pub sbc_public_address_keep_alive: Duration,
+    /// `DEAD_SBC_IN_SECOND`, default 3600 s: `sbc_addresses` rows older than this are deleted.
     pub dead_sbc_age: Duration,
-    /// Where SRV/A lookups for registration trunks go.
+    /// Where SRV/A lookups for registration trunks go. `config` is a pure function of the
+    /// environment and leaves glibc's fallback (127.0.0.1); [`start`] reads `/etc/resolv.conf`.
     pub dns: DnsSettings,
-}
-
-impl RegbotSettings {
-    /// From the daemon configuration, with the DNS servers of `/etc/resolv.conf`.
-    pub fn from_config(config: &Config) -> RegbotSettings {
-        let r = &config.regbot;
-        RegbotSettings {
-            cluster_id: config.cluster_id.clone(),
-            failure_threshold: r.failure_threshold,
-            failure_retry_interval: r.failure_retry_interval,
-            default_expires: r.default_expires,
-            min_expires: r.min_expires,
-            contact_use_ip: r.contact_use_ip,
-            user_agent: r.user_agent.clone(),
-            batch_size: r.batch_size,
-            batch_sleep: r.batch_sleep,
-            status_interval: r.status_interval,
-            token_ttl: r.token_ttl,
-            claim_jitter: r.claim_jitter,
-            mode: r.mode,
-            register_response_remove: config.register_response_remove.clone(),
-            options_ping_interval: config.options_ping_interval,
-            options_ping_ttl: config.options_ping_ttl,
-            options_response_remove: config.options_response_remove.clone(),
-            sbc_public_address_keep_alive: config.sbc_public_address_keep_alive,
-            dead_sbc_age: config.dead_sbc_age,
-            dns: DnsSettings::from_resolv_conf(Path::new("/etc/resolv.conf")),
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -197,7 +184,9 @@ pub fn start(
     shutdown: Receiver<()>,
     alerts: AlertSender,
 ) -> Result<RegbotHandles, RegbotError> {
-    start_roles(RegbotSettings::from_config(config), AlertSink::new(alerts), pools, drachtio, events, shutdown)
+    let settings =
+        RegbotSettings { dns: DnsSettings::from_resolv_conf(Path::new("/etc/resolv.conf")), ..config.regbot.clone() };
+    start_roles(settings, AlertSink::new(alerts), pools, drachtio, events, shutdown)
 }
 
 /// The drachtio connection events of the roles of this module, one subscription each.

@@ -4,20 +4,25 @@ use std::time::Duration;
 
 use mysql::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, PooledConn, SslOpts};
 
-use super::StoreError;
+use super::{tls, StoreError};
+use crate::config::MysqlTls;
 
-#[derive(Clone)]
+/// One MySQL pool, filled by `config`. TLS and the timeout apply to both pools, as in
+/// db-helpers.
+#[derive(Clone, PartialEq, Eq)]
 pub struct MysqlSettings {
     pub host: String,
     pub port: u16,
     pub user: String,
     pub password: String,
     pub database: String,
+    /// `JAMBONES_MYSQL_CONNECTION_LIMIT` (read) or `JAMBONES_MYSQL_WRITE_CONNECTION_LIMIT`
+    /// (write), default 10.
     pub connection_limit: usize,
-    /// Connect, read and write timeout, and the checkout timeout.
+    /// `SBC_MYSQL_TIMEOUT_MS`: connect, read and write timeout, and the checkout timeout.
     pub timeout: Duration,
-    /// TLS, with the files already checked (see `store::tls`); `None` for plain TCP.
-    pub tls: Option<SslOpts>,
+    /// TLS; `None` for plain TCP. The daemon checks the files at startup (`store::tls`).
+    pub tls: Option<MysqlTls>,
 }
 
 impl std::fmt::Debug for MysqlSettings {
@@ -40,6 +45,12 @@ pub struct MysqlPool {
 impl MysqlPool {
     /// Builds the pool without connecting (minimum of zero idle connections).
     pub fn new(s: &MysqlSettings) -> Result<MysqlPool, StoreError> {
+        let ssl_opts: Option<SslOpts> = s
+            .tls
+            .as_ref()
+            .map(tls::mysql_ssl_opts)
+            .transpose()
+            .map_err(|e| StoreError::MysqlUnavailable(Box::new(e)))?;
         let constraints = PoolConstraints::new(0, s.connection_limit.max(1))
             .ok_or_else(|| StoreError::BadData("mysql pool constraints".into()))?;
         let opts: Opts = OptsBuilder::new()
@@ -50,7 +61,7 @@ impl MysqlPool {
             .db_name(Some(s.database.clone()))
             .prefer_socket(false)
             // The handshake runs on the socket with the read and write timeouts below.
-            .ssl_opts(s.tls.clone())
+            .ssl_opts(ssl_opts)
             .tcp_connect_timeout(Some(s.timeout))
             .read_timeout(Some(s.timeout * 5))
             .write_timeout(Some(s.timeout * 5))

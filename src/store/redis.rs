@@ -5,7 +5,7 @@
 //! returned. The sentinels themselves are asked over plain TCP, as ioredis does unless given
 //! `sentinelTLS` (which the Node program never sets).
 //!
-//! Whether a Sentinel master gets TLS is the configuration's decision (`config::redis`): the
+//! Whether a Sentinel master gets TLS is the configuration's decision (`config`): the
 //! Node program reached it in clear text, so by default so do we.
 
 use std::time::Duration;
@@ -15,10 +15,11 @@ use redis::{
     TlsCertificates,
 };
 
-use super::StoreError;
+use super::{tls, StoreError};
+use crate::config::RedisTls;
 
-/// Where Redis is and how to log in.
-#[derive(Clone)]
+/// Where Redis is and how to log in; filled by `config`.
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisSettings {
     pub target: RedisTarget,
     pub username: Option<String>,
@@ -28,9 +29,9 @@ pub struct RedisSettings {
     /// Connect, read and write timeout of every connection, and the pool checkout timeout.
     pub timeout: Duration,
     pub max_connections: u32,
-    /// TLS to the Redis node, with the certificates already read (see `store::tls`); `None`
-    /// for plain TCP.
-    pub tls: Option<TlsCertificates>,
+    /// TLS to the Redis node (`ENABLE_JAMBONES_REDIS_TLS`); `None` for plain TCP. [`pool`]
+    /// reads the files; the daemon checks them at startup (`store::tls`).
+    pub tls: Option<RedisTls>,
 }
 
 impl RedisSettings {
@@ -61,7 +62,7 @@ impl std::fmt::Debug for RedisSettings {
     }
 }
 
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum RedisTarget {
     Direct {
         host: String,
@@ -204,8 +205,14 @@ impl r2d2::ManageConnection for RedisManager {
 
 /// Builds the pool without connecting: the first checkout connects.
 pub fn pool(settings: &RedisSettings) -> Result<RedisPool, StoreError> {
+    let certificates = settings
+        .tls
+        .as_ref()
+        .map(tls::redis_certificates)
+        .transpose()
+        .map_err(|e| StoreError::RedisUnavailable(Box::new(e)))?;
     let source = match &settings.target {
-        RedisTarget::Direct { host, port } => Source::Direct(node_addr(host, *port, settings.tls.as_ref())?),
+        RedisTarget::Direct { host, port } => Source::Direct(node_addr(host, *port, certificates.as_ref())?),
         RedisTarget::Sentinel { sentinels, master_name, sentinel_username, sentinel_password } => {
             let mut sentinel_auth = RedisConnectionInfo::default();
             if let Some(u) = sentinel_username {
@@ -229,7 +236,7 @@ pub fn pool(settings: &RedisSettings) -> Result<RedisPool, StoreError> {
     if let Some(p) = &settings.password {
         node_info = node_info.set_password(p);
     }
-    let manager = RedisManager { source, node_info, tls: settings.tls.clone(), timeout: settings.timeout };
+    let manager = RedisManager { source, node_info, tls: certificates, timeout: settings.timeout };
     Ok(r2d2::Pool::builder()
         .max_size(settings.max_connections.max(1))
         .min_idle(Some(0))

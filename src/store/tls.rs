@@ -9,6 +9,9 @@
 //! * MySQL: the mysql crate takes paths and reads the files on every new connection, so they
 //!   are only checked here, and handed over as absolute paths (`--daemon` changes the working
 //!   directory to `/` after this check).
+//!
+//! [`checked_redis`] and [`checked_mysql`] are the startup check: the daemon keeps the
+//! settings they return (absolute paths), and the pools read the files from those.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -17,7 +20,7 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{MysqlTls, RedisTls, EX_CONFIG};
+use crate::config::{MysqlTls, MysqlTlsFiles, RedisTls, EX_CONFIG};
 
 /// A TLS file that cannot be used. Every variant names the variable and the file.
 #[derive(Debug)]
@@ -122,6 +125,34 @@ pub fn mysql_ssl_opts(tls: &MysqlTls) -> Result<mysql::SslOpts, TlsFileError> {
     Ok(opts)
 }
 
+/// Checks the Redis TLS files ([`redis_certificates`]) and returns the settings with every
+/// file as an absolute path, so that the pool reads the same files after `--daemon` changed
+/// the working directory to `/`.
+pub fn checked_redis(tls: &RedisTls) -> Result<RedisTls, TlsFileError> {
+    redis_certificates(tls)?;
+    let resolve = |var, path: &Option<PathBuf>| path.as_deref().map(|p| absolute(var, p)).transpose();
+    Ok(RedisTls {
+        ca_file: resolve(REDIS_CA, &tls.ca_file)?,
+        cert_file: resolve(REDIS_CERT, &tls.cert_file)?,
+        key_file: resolve(REDIS_KEY, &tls.key_file)?,
+    })
+}
+
+/// Checks the MySQL TLS files ([`mysql_ssl_opts`]) and returns the settings with every file
+/// as an absolute path (see [`checked_redis`]).
+pub fn checked_mysql(tls: &MysqlTls) -> Result<MysqlTls, TlsFileError> {
+    mysql_ssl_opts(tls)?;
+    let files = match &tls.files {
+        Some(f) => Some(MysqlTlsFiles {
+            ca: absolute(MYSQL_CA, &f.ca)?,
+            cert: absolute(MYSQL_CERT, &f.cert)?,
+            key: absolute(MYSQL_KEY, &f.key)?,
+        }),
+        None => None,
+    };
+    Ok(MysqlTls { verify: tls.verify, files })
+}
+
 /// One line for the startup log: which files are used (paths only, never their content).
 pub fn describe_redis(tls: &RedisTls) -> String {
     let trust = match &tls.ca_file {
@@ -223,7 +254,6 @@ fn check_identity(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::MysqlTlsFiles;
 
     /// A file in its own temporary directory, removed on drop.
     struct TempFile {

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use log::{info, warn};
 
-use crate::config::{Config, StatsProtocol};
+use crate::config::StatsProtocol;
 
 pub const DEFAULT_HOST: &str = "127.0.0.1";
 /// hot-shots' default port.
@@ -52,7 +52,7 @@ pub const FEATURE_SERVERS: &str = "featureservers";
 pub const RTP_SERVERS: &str = "rtpservers";
 pub const USERS_COUNT: &str = "sbc.users.count";
 
-/// statsd settings; `enabled` is false unless `ENABLE_METRICS=1`.
+/// statsd settings, filled by `config`; `enabled` is false unless `ENABLE_METRICS=1`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricsSettings {
     pub enabled: bool,
@@ -81,21 +81,6 @@ impl MetricsSettings {
             prefix: String::new(),
             tags: Vec::new(),
             sample_rate: 1.0,
-        }
-    }
-
-    pub fn from_config(config: &Config) -> MetricsSettings {
-        match &config.metrics {
-            None => MetricsSettings::disabled(),
-            Some(m) => MetricsSettings {
-                enabled: true,
-                host: m.host.clone(),
-                port: m.port,
-                protocol: m.protocol,
-                prefix: m.prefix.clone(),
-                tags: m.tags.clone(),
-                sample_rate: m.sample_rate,
-            },
         }
     }
 }

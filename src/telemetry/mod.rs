@@ -16,7 +16,7 @@
 //!
 //! ```ignore
 //! let alerts = AlertWriter::start(AlertSettings::from_config(&config))?;
-//! let metrics = Metrics::new(&MetricsSettings::from_config(&config)).unwrap_or_else(|e| {
+//! let metrics = Metrics::new(&config.metrics).unwrap_or_else(|e| {
 //!     log::error!("metrics disabled: {e}");
 //!     Metrics::disabled()
 //! });

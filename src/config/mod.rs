@@ -1,0 +1,445 @@
+//! Environment + command line → a validated [`Config`].
+//!
+//! [`parse`] is a pure function of an environment map and the arguments, so every default
+//! and every error message is unit-tested without touching the process environment.
+//!
+//! The environment variables are the Node sidecar's (spec section 3): same names, same
+//! defaults, same units, with `""` treated as unset because the Node program reads
+//! `process.env.X || default`. "Truthy" means any non-empty string (`"0"` and `"false"`
+//! included), as in Node. Our own additions are listed in [`NEW_VARIABLES`].
+//!
+//! Where the Node program accepted nonsense silently (a port of `abc`, a negative
+//! interval) we refuse to start with one line naming the variable and what was expected.
+//! Configurations the Node program accepted but half-ignored (three of the four
+//! `JAMBONES_MYSQL_WRITE_*` variables) still start, with a line in [`Config::warnings`].
+//! So do the helper-library variables listed in [`IGNORED_VARIABLES`].
+//!
+//! Each role owns its settings type ([`ClientConfig`], [`RegbotSettings`],
+//! [`MetricsSettings`], [`BanSettings`], [`MysqlSettings`], [`RedisSettings`]); this module
+//! fills them directly, so there is no copy of a setting between here and the role. TLS files
+//! are named here and read by the pools; the daemon checks them at startup.
+//!
+//! `cli.rs` reads the command line, `env.rs` the environment; `stores.rs` and `roles.rs`
+//! turn groups of variables into settings.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use log::LevelFilter;
+
+use crate::drachtio::ClientConfig;
+use crate::logging::{LogFacility, LogTarget};
+use crate::net::Cidr;
+use crate::regbot::RegbotSettings;
+use crate::registrar::bans::BanSettings;
+use crate::store::mysql::MysqlSettings;
+use crate::store::redis::RedisSettings;
+use crate::telemetry::MetricsSettings;
+
+mod cli;
+mod env;
+mod roles;
+mod stores;
+#[cfg(test)]
+mod tests;
+
+pub use cli::{usage, version};
+
+/// The program name used in usage and version texts.
+pub const PROGRAM: &str = "sbc-sidecar";
+
+/// Exit status for a command-line mistake (sysexits.h `EX_USAGE`).
+pub const EX_USAGE: i32 = 64;
+/// Exit status for a missing or malformed environment variable (sysexits.h `EX_CONFIG`).
+pub const EX_CONFIG: i32 = 78;
+
+pub const DEFAULT_SOCKET_PATH: &str = "/tmp/sbc-sip-sidecar.sock";
+/// Exactly the Node default, narrow `/24` and `/16` included (spec 14, item 22).
+pub const DEFAULT_NETWORK_CIDR: &str = "192.168.0.0/24,172.16.0.0/16,10.0.0.0/8";
+/// Where feature servers and RTP servers live unless `SBC_HEARTBEAT_CIDRS` says otherwise:
+/// loopback, RFC 1918, RFC 6598 (carrier-grade NAT, used by some clouds), IPv6 unique-local
+/// and link-local. Heartbeats from anywhere else are refused.
+pub const DEFAULT_HEARTBEAT_CIDRS: &str =
+    "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7,fe80::/10";
+/// `Jambonz ` + the version of the Node package we replace: carriers may match on it.
+pub const DEFAULT_REGBOT_USER_AGENT: &str = "Jambonz 0.9.6";
+pub const DEFAULT_SENTINEL_PORT: u16 = 26379;
+
+/// Environment variables this program adds to the Node program's set:
+/// `(name, default, meaning)`. README and the man page are checked against this table, and a
+/// unit test checks that every default here is the default [`parse`] applies.
+pub const NEW_VARIABLES: &[(&str, &str, &str)] = &[
+    ("SBC_WEBHOOK_TIMEOUT_MS", "3000", "timeout of one registration-webhook HTTP request, connect to last byte (ms)"),
+    (
+        "SBC_SHUTDOWN_GRACE_MS",
+        "5000",
+        "after SIGTERM, how long (beyond SBC_WEBHOOK_TIMEOUT_MS) roles may finish what they hold; \
+         whatever is left is then answered 503 and the daemon exits 0 (ms)",
+    ),
+    ("SBC_AUTH_WORKERS", "8", "number of threads authenticating REGISTERs (webhook or clients table)"),
+    ("SBC_AUTH_QUEUE", "1024", "REGISTERs waiting for an auth worker; when full, new ones are answered 503"),
+    ("SBC_REDIS_TIMEOUT_MS", "1000", "Redis connect and pool checkout timeout (ms)"),
+    ("SBC_MYSQL_TIMEOUT_MS", "1000", "MySQL connect and pool checkout timeout (ms)"),
+    (
+        "SBC_REDIS_SENTINEL_MASTER_TLS",
+        "0",
+        "1: with JAMBONES_REDIS_SENTINELS and ENABLE_JAMBONES_REDIS_TLS, reach the master over TLS \
+         (the Node sidecar, and 0, use plain TCP)",
+    ),
+    (
+        "SBC_DRACHTIO_PING_INTERVAL_MS",
+        "15000",
+        "interval between keep-alive pings on the drachtio control connection (ms)",
+    ),
+    (
+        "SBC_DRACHTIO_PONG_TIMEOUT_MS",
+        "10000",
+        "a ping unanswered this long drops and re-opens the drachtio connection (ms)",
+    ),
+    ("SBC_DRACHTIO_BACKOFF_MIN_MS", "150", "first delay before reconnecting to drachtio (ms); grows ×1.7 per attempt"),
+    ("SBC_DRACHTIO_BACKOFF_MAX_MS", "30000", "longest delay between drachtio reconnect attempts (ms)"),
+    (
+        "SBC_ACCOUNT_CACHE_MS",
+        "5000",
+        "how long an account looked up by realm is reused by the registrar; 0 disables (ms)",
+    ),
+    ("SBC_NONCE_TTL_S", "300", "lifetime of a digest nonce; older ones are answered 401 with stale=true (s)"),
+    (
+        "SBC_WEBHOOK_AOR_CHECK",
+        "1",
+        "1: the Authorization username/realm must be the To user/host for webhook accounts too; \
+         0 for webhooks that map users to addresses of record themselves",
+    ),
+    (
+        "SBC_AUTH_BAN_FAILURES",
+        "10",
+        "failed authentications from one source IP within SBC_AUTH_BAN_WINDOW_S that ban it; 0 disables the ban",
+    ),
+    ("SBC_AUTH_BAN_WINDOW_S", "60", "how long failures from one source are counted from its first one (s)"),
+    ("SBC_AUTH_BAN_TIME_S", "300", "how long a banned source's REGISTERs are answered 403 without authentication (s)"),
+    (
+        "SBC_AUTH_BAN_TABLE_SIZE",
+        "65536",
+        "most source IPs the ban table tracks; when full, the least recently failed unbanned one is forgotten",
+    ),
+    ("SBC_LOG_FACILITY", "daemon", "syslog facility with --log syslog: daemon, user, local0 … local7"),
+    ("SBC_SYSLOG_SOCKET", "/dev/log", "the syslog socket used with --log syslog"),
+    ("SBC_TIME_SERIES_PORT", "8086", "HTTP port of the InfluxDB at JAMBONES_TIME_SERIES_HOST"),
+    (
+        "SBC_LOG_LEVEL_FILE",
+        "/etc/default/sbc-sidecar",
+        "on SIGHUP the log level is re-read from the JAMBONES_LOGLEVEL line of this file",
+    ),
+    (
+        "SBC_REGBOT_STATUS_INTERVAL_MS",
+        "60000",
+        "how often the regbot leader extends its claim and others check it (ms)",
+    ),
+    ("SBC_REGBOT_TOKEN_TTL_S", "70", "lifetime of the regbot leader key; must exceed the status interval (s)"),
+    (
+        "SBC_REGBOT_CLAIM_JITTER_MS",
+        "15000",
+        "random delay, 0 up to this, before first trying to claim the regbot role (ms)",
+    ),
+    (
+        "SBC_REGBOT_MODE",
+        "leader",
+        "leader: one elected SBC per cluster registers to the carriers (the Node behaviour); \
+         every: each SBC registers every registration carrier itself, with its own Contact and Call-ID",
+    ),
+    (
+        "SBC_HEARTBEAT_CIDRS",
+        DEFAULT_HEARTBEAT_CIDRS,
+        "OPTIONS with X-FS-Status or X-RTP-Status are accepted only from these networks (comma list); \
+         others get 403 and change nothing",
+    ),
+];
+
+/// Variables of the Node program's helper libraries that we accept and ignore:
+/// `(name, what the Node program did with it)`. Set to anything but `0`, they are named in
+/// one startup warning; the man page and README say the same.
+pub const IGNORED_VARIABLES: &[(&str, &str)] = &[
+    ("JAMBONES_MYSQL_REFRESH_TTL", "db-helpers cached every SELECT result in memory for this many seconds"),
+    ("JAMBONES_MYSQL_KEEP_ALIVE_INTERVAL_MS", "db-helpers pinged every pool connection at this interval"),
+    ("STATS_MAX_BUFFER_SIZE", "stats-collector buffered metrics up to this many bytes"),
+    ("STATS_BUFFER_FLUSH_INTERVAL", "stats-collector flushed its metrics buffer at this interval"),
+];
+
+/// Upper bound of every duration: large enough for any sane setting, small enough that
+/// `Instant::now() + d` can never overflow (which would panic) in the roles.
+const MAX_MILLIS: u64 = 365 * 24 * 3600 * 1000;
+const MAX_SECS: u64 = MAX_MILLIS / 1000;
+
+/// What `parse` decided the process should do.
+// `Run` is much bigger than the others; the value is built once at start and moved into
+// `main`, so boxing it would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Run(Config),
+    /// `--help`: the usage text to print on stdout.
+    Help(String),
+    /// `--version`: the version line to print on stdout.
+    Version(String),
+}
+
+/// A value that must never reach a log line: `Debug` and `Display` print `<redacted>`.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The actual value, for the one place that needs it (a hash, an AUTH command).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// For settings written in code (tests, tools).
+impl From<&str> for Secret {
+    fn from(value: &str) -> Secret {
+        Secret::new(value)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Why the configuration was refused. See [`ConfigError::exit_code`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The command line is wrong: an unknown option, a missing argument, a bad option value.
+    /// The text starts with getopts' own message where getopts found the problem.
+    Usage(String),
+    /// A required environment variable is missing. The text is the Node program's assertion
+    /// message (e.g. `missing DRACHTIO_HOST env var`), so existing runbooks still match.
+    Missing(String),
+    /// An environment variable is set to something we cannot use. `value` is `<redacted>`
+    /// for passwords and secrets.
+    Invalid { var: String, value: String, expected: String },
+}
+
+impl ConfigError {
+    /// The process exit status for this error, from sysexits.h:
+    ///
+    /// * `64` (`EX_USAGE`): the command line is wrong ([`ConfigError::Usage`]);
+    /// * `78` (`EX_CONFIG`): the environment is incomplete or malformed
+    ///   ([`ConfigError::Missing`], [`ConfigError::Invalid`]).
+    ///
+    /// systemd shows both by name. Restarting cannot fix either, so a unit file can list them
+    /// in `RestartPreventExitStatus=64 78`.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ConfigError::Usage(_) => EX_USAGE,
+            ConfigError::Missing(_) | ConfigError::Invalid { .. } => EX_CONFIG,
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Usage(message) => write!(f, "{message}; try '{PROGRAM} --help'"),
+            ConfigError::Missing(message) => f.write_str(message),
+            ConfigError::Invalid { var, value, expected } => write!(f, "invalid {var}={value:?}: expected {expected}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Foreground (the default, and what systemd runs) or detached with `--daemon`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunMode {
+    Foreground,
+    Daemon { pidfile: Option<PathBuf> },
+}
+
+/// The whole validated configuration, built once at start and shared read-only.
+/// Deriving `Debug` is safe: every secret is a [`Secret`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    // --- command line -------------------------------------------------------------------
+    pub run_mode: RunMode,
+    pub log_target: LogTarget,
+    /// `--log-level`, else `JAMBONES_LOGLEVEL` (pino names), default `info`.
+    pub log_level: LevelFilter,
+    /// `SBC_LOG_FACILITY`, default `daemon`.
+    pub log_facility: LogFacility,
+    /// `SBC_SYSLOG_SOCKET`: syslog socket path, `/dev/log` by default.
+    pub syslog_socket: PathBuf,
+    /// `SBC_LOG_LEVEL_FILE`: where SIGHUP re-reads `JAMBONES_LOGLEVEL` (an environment file).
+    pub log_level_file: PathBuf,
+    /// `--socket`, else `SBC_SOCKET_PATH`, default `/tmp/sbc-sip-sidecar.sock`.
+    pub socket_path: PathBuf,
+
+    // --- connections --------------------------------------------------------------------
+    /// `DRACHTIO_*`, `SBC_DRACHTIO_*` and `JAMBONES_NETWORK_CIDR`.
+    pub drachtio: ClientConfig,
+    /// The read pool (and the write pool too when `mysql_write` is `None`).
+    pub mysql: MysqlSettings,
+    /// A separate pool for UPDATE/INSERT/DELETE, when all four `JAMBONES_MYSQL_WRITE_*`
+    /// variables are set.
+    pub mysql_write: Option<MysqlSettings>,
+    /// `JAMBONES_REDIS_*`, `SBC_REDIS_*`; the pool size follows `SBC_AUTH_WORKERS`.
+    pub redis: RedisSettings,
+    /// `JAMBONES_TIME_SERIES_HOST`: InfluxDB 1.x host (port 8086, http) for alerts.
+    pub time_series_host: String,
+    /// `SBC_TIME_SERIES_PORT`, default 8086 (the Node client's fixed port).
+    pub time_series_port: u16,
+    /// statsd: disabled unless `ENABLE_METRICS` parses to the integer 1.
+    pub metrics: MetricsSettings,
+
+    // --- behaviour ----------------------------------------------------------------------
+    /// `NODE_ENV=test`: Influx flush every 7 s instead of 20 s.
+    pub node_env_test: bool,
+    /// `JAMBONES_HOSTING` truthy: unknown realm → 403, device limits enforced.
+    pub hosting: bool,
+    /// `JAMBONES_CLUSTER_ID`, default `default`: prefix of cluster-scoped Redis keys.
+    pub cluster_id: String,
+    /// `SBC_HEARTBEAT_CIDRS`, default [`DEFAULT_HEARTBEAT_CIDRS`]: the only sources whose
+    /// feature/RTP-server heartbeats are accepted.
+    pub heartbeat_cidrs: Vec<Cidr>,
+    /// `CHECK_EXPIRES_INTERVAL`, default 20 000 ms between FS/RTP expiry sweeps.
+    pub check_expires_interval: Duration,
+    /// `EXPIRES_INTERVAL`, default 60 000 ms without a check-in before a server is removed.
+    pub expires_interval: Duration,
+    /// Outbound registration, the gateway pinger and `sbc_addresses` (`JAMBONES_REGBOT_*`,
+    /// `SBC_REGBOT_*`, `*_RESPONSE_REMOVE`, `OPTIONS_PING_*`, …).
+    pub regbot: RegbotSettings,
+
+    // --- registrar ----------------------------------------------------------------------
+    /// `ENCRYPTION_SECRET`, else `JWT_SECRET`: key material for `clients.password`.
+    pub encryption_secret: Secret,
+    /// `LEGACY_CRYPTO` truthy: AES-256-CTR instead of AES-256-CBC.
+    pub legacy_crypto: bool,
+    /// `JAMBONES_HTTP_USER_AGENT_HEADER`: `user-agent` of registration-webhook requests.
+    pub http_user_agent: Option<String>,
+    /// `SBC_WEBHOOK_TIMEOUT_MS`.
+    pub webhook_timeout: Duration,
+    /// `SBC_SHUTDOWN_GRACE_MS`: the drain after SIGTERM lasts at most this plus the webhook
+    /// timeout.
+    pub shutdown_grace: Duration,
+    /// `SBC_AUTH_WORKERS`.
+    pub auth_workers: usize,
+    /// `SBC_AUTH_QUEUE`.
+    pub auth_queue: usize,
+    /// `SBC_NONCE_TTL_S`.
+    pub nonce_ttl: Duration,
+    /// `SBC_WEBHOOK_AOR_CHECK`, default on.
+    pub webhook_aor_check: bool,
+    /// `SBC_ACCOUNT_CACHE_MS`: how long the registrar reuses an account lookup (0 = never).
+    pub account_cache_ttl: Duration,
+    /// `SBC_AUTH_BAN_FAILURES`, `SBC_AUTH_BAN_WINDOW_S`, `SBC_AUTH_BAN_TIME_S`,
+    /// `SBC_AUTH_BAN_TABLE_SIZE`: the brute-force defence (`max_failures` 0 = off).
+    pub ban: BanSettings,
+
+    /// Things an operator should know that did not stop the start; log them once the
+    /// logger is up.
+    pub warnings: Vec<String>,
+}
+
+/// TLS to MySQL: on when `JAMBONES_MYSQL_REJECT_UNAUTHORIZED` is set or all three
+/// `JAMBONES_MYSQL_SSL_*_FILE` variables are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MysqlTls {
+    /// Verify the server certificate: false only for `JAMBONES_MYSQL_REJECT_UNAUTHORIZED=0`.
+    pub verify: bool,
+    pub files: Option<MysqlTlsFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MysqlTlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// PEM files for Redis TLS; any of them may be absent (system trust store, no client cert).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisTls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsProtocol {
+    Udp,
+    Tcp,
+}
+
+/// Who registers to the carriers (`SBC_REGBOT_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RegbotMode {
+    /// One elected SBC per cluster (the Node behaviour).
+    #[default]
+    Leader,
+    /// Every SBC, each with its own Contact and Call-ID.
+    Every,
+}
+
+impl RegbotMode {
+    pub const NAMES: &'static str = "leader, every";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegbotMode::Leader => "leader",
+            RegbotMode::Every => "every",
+        }
+    }
+}
+
+impl FromStr for RegbotMode {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<RegbotMode, ()> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "leader" => Ok(RegbotMode::Leader),
+            "every" => Ok(RegbotMode::Every),
+            _ => Err(()),
+        }
+    }
+}
+
+impl fmt::Display for RegbotMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Parses the command line and the environment.
+///
+/// `args` is the command line **without** the program name (`env::args().skip(1)`), so a
+/// stray program path shows up as an unexpected argument instead of silently shifting
+/// everything. `--help` and `--version` win over everything else and need no environment.
+/// Options given on the command line win over their environment variables.
+pub fn parse(env: &HashMap<String, String>, args: &[String]) -> Result<Command, ConfigError> {
+    let matches = cli::options().parse(args).map_err(|e| ConfigError::Usage(e.to_string()))?;
+    if matches.opt_present("help") {
+        return Ok(Command::Help(usage()));
+    }
+    if matches.opt_present("version") {
+        return Ok(Command::Version(version()));
+    }
+    if let Some(extra) = matches.free.first() {
+        return Err(ConfigError::Usage(format!("unexpected argument {extra:?}")));
+    }
+    let command_line = cli::command_line(&matches)?;
+    env::parse_env(&env::Env::new(env), command_line).map(Command::Run)
+}
