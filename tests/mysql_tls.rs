@@ -2,8 +2,6 @@
 //! `JAMBONES_MYSQL_REJECT_UNAUTHORIZED` and the `JAMBONES_MYSQL_SSL_*` files (db-helpers'
 //! semantics), mapped by the daemon's own `mysql_settings`.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use mysql::prelude::Queryable;
@@ -11,7 +9,7 @@ use sbc_sidecar::config::{MysqlConfig, MysqlTls, MysqlTlsFiles, Secret};
 use sbc_sidecar::daemon::mysql_settings;
 use sbc_sidecar::store::mysql::MysqlPool;
 use sbc_sidecar::store::StoreError;
-use support::tls::{MariadbUser, Pki, PrivateMariadb, ServerCert, SSL_USER, X509_USER};
+use sbc_test_tools::tls::{MariadbUser, Pki, PrivateMariadb, ServerCert, SSL_USER, X509_USER};
 
 const TIMEOUT: Duration = Duration::from_millis(1000);
 /// A failure must come within this, never a hang.

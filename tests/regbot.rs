@@ -7,10 +7,6 @@
 //! Every test has its own database, cluster id (hence leader key) and IP addresses, and every
 //! wait is bounded.
 
-#[path = "support/double/mod.rs"]
-mod double;
-mod support;
-
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,7 +14,6 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{bounded, unbounded, Sender};
-use double::{Double, DoubleConfig};
 use mysql::prelude::Queryable;
 use sbc_sidecar::config::RegbotMode;
 use sbc_sidecar::drachtio::{ClientConfig, DrachtioClient};
@@ -28,9 +23,10 @@ use sbc_sidecar::regbot::{
 };
 use sbc_sidecar::store::mysql::{MysqlPool, MysqlSettings};
 use sbc_sidecar::store::redis::{pool, RedisPool, RedisSettings};
-use support::carrier::Peer;
-use support::db::{mysql_password, mysql_user, TestDb};
-use support::wait_until;
+use sbc_test_tools::carrier::Peer;
+use sbc_test_tools::db::{mysql_password, mysql_user, TestDb};
+use sbc_test_tools::double::{Double, DoubleConfig};
+use sbc_test_tools::wait_until;
 
 const WAIT: Duration = Duration::from_secs(10);
 
