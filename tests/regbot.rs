@@ -17,6 +17,7 @@ use crossbeam_channel::{bounded, unbounded, Sender};
 use mysql::prelude::Queryable;
 use sbc_sidecar::config::RegbotMode;
 use sbc_sidecar::drachtio::{ClientConfig, DrachtioClient};
+use sbc_sidecar::regbot::leader::{Extension, LeaderElection};
 use sbc_sidecar::regbot::{
     self, query_status, DnsSettings, RegbotHandles, RegbotRole, RegbotSettings, RegbotSnapshot, RegbotState,
     StatusRequest,
@@ -545,6 +546,28 @@ fn new_regbots_start_in_batches() {
     assert_eq!(regs.len(), 3, "one REGISTER per gateway (distinct credentials on one host)");
     let gaps: Vec<f64> = regs.windows(2).map(|w| w[1].at - w[0].at).collect();
     assert!(gaps.iter().all(|g| (0.3..=1.0).contains(g)), "one regbot per 400 ms batch: {gaps:?}");
+}
+
+#[test]
+fn claim_extend_and_release_are_compare_and_set() {
+    let cluster = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let a = LeaderElection::new(redis(), &cluster, "token-a".into(), Duration::from_secs(30));
+    let b = LeaderElection::new(redis(), &cluster, "token-b".into(), Duration::from_secs(30));
+    assert_eq!(a.key(), format!("{cluster}:regbot-token"));
+    assert!(a.claim().unwrap());
+    assert!(!b.claim().unwrap(), "NX: only one holder");
+    let mut conn = redis().get().unwrap();
+    let ttl: i64 = redis::cmd("TTL").arg(a.key()).query(&mut *conn).unwrap();
+    assert!((1..=30).contains(&ttl), "claimed with a TTL in one step: {ttl}");
+    assert_eq!(a.extend().unwrap(), Extension::Extended);
+    assert_eq!(b.extend().unwrap(), Extension::TakenByOther, "b cannot extend a's claim");
+    assert!(!b.release().unwrap(), "nor release it");
+    let value: String = redis::cmd("GET").arg(a.key()).query(&mut *conn).unwrap();
+    assert_eq!(value, "token-a");
+    assert!(a.release().unwrap());
+    assert_eq!(a.extend().unwrap(), Extension::Lapsed);
+    assert!(b.claim().unwrap());
+    assert!(b.release().unwrap());
 }
 
 #[test]
