@@ -7,8 +7,9 @@ export SBC_TEST_MYSQL_PASSWORD ?= sbc_test
 
 all: build
 
+# The daemon's programs and the test tools (drachtio-double, sbc-bench, sbc-soak).
 build:
-	$(CARGO) build --release --bins
+	$(CARGO) build --release --workspace --bins
 
 # Installs/starts MariaDB, Redis and sipp when missing (uses sudo when not root).
 services:
@@ -17,29 +18,30 @@ services:
 # The daemon on local defaults: local MariaDB (database sbc_local with the schema), local Redis,
 # and the drachtio double on 127.0.0.1:9022 / SIP 127.0.0.1:5060 when no drachtio-server answers.
 run: services
-	$(CARGO) build --release --bins
+	$(CARGO) build --release --workspace --bins
 	bash .ci/run-local.sh
 
-# Every test, against real MariaDB, Redis and sipp.
+# Every test of every crate of the workspace, against real MariaDB, Redis and sipp.
 test: services
-	$(CARGO) test --all-targets -- --test-threads=2
+	$(CARGO) test --workspace --all-targets -- --test-threads=2
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 bench: services
-	$(CARGO) build --release --bins
-	$(CARGO) run --release --bin sbc-bench
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) run --release -p sbc-test-tools --bin sbc-bench
 
-# A bounded chaos run of the release daemon with invariants (see tests/support/soak_main.rs):
+# A bounded chaos run of the release daemon with invariants (see test-tools/src/bin/sbc-soak.rs):
 # SOAK_SECONDS (default 300), SOAK_RATE (REGISTERs per second, default 100). Exits non-zero
 # when an invariant fails.
 soak: services
-	$(CARGO) build --release --bins
-	$(CARGO) run --release --bin sbc-soak
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) run --release -p sbc-test-tools --bin sbc-soak
 
-# The Debian package target/debian/sbc-sidecar_<version>_<arch>.deb (see packaging/build-deb.sh).
+# The Debian package target/debian/sbc-sidecar_<version>_<arch>.deb with sbc-sidecar and sbcctl
+# only (see packaging/build-deb.sh).
 deb:
 	CARGO="$(CARGO)" bash packaging/build-deb.sh
 

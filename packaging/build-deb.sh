@@ -10,6 +10,10 @@
 #
 # Environment: CARGO (default cargo); SBC_DEB_NO_CARGO_BUILD=1 packages the binaries already
 # in target/release without running cargo build.
+#
+# The cargo build is the one `cargo build --release` does (the daemon's package only, nothing
+# added to its environment), so that neither rebuilds what the other built: SOURCE_DATE_EPOCH,
+# which ring's build script watches, is exported only after it, for the packaging steps.
 set -euo pipefail
 umask 022
 export LC_ALL=C
@@ -61,18 +65,20 @@ done
 trailer=$(grep -m 1 '^ -- ' "$src/debian/changelog")
 maintainer=$(printf '%s\n' "$trailer" | sed 's/^ -- \(.*>\)  .*/\1/')
 changelog_date=$(printf '%s\n' "$trailer" | sed 's/^ -- .*>  //')
-SOURCE_DATE_EPOCH=$(date -d "$changelog_date" +%s) || die "bad date in the changelog trailer: $changelog_date"
-export SOURCE_DATE_EPOCH
+source_date_epoch=$(date -d "$changelog_date" +%s) || die "bad date in the changelog trailer: $changelog_date"
 arch=$(dpkg --print-architecture)
 
 # --- binaries -----------------------------------------------------------------------------
 if [ "${SBC_DEB_NO_CARGO_BUILD:-0}" != 1 ]; then
-	say "cargo build --release --bins"
-	"${CARGO:-cargo}" build --release --bins >&2 || die "cargo build failed"
+	say "cargo build --release -p $pkg --bins"
+	"${CARGO:-cargo}" build --release -p "$pkg" --bins >&2 || die "cargo build failed"
 fi
 for bin in sbc-sidecar sbcctl; do
-	[ -x "target/release/$bin" ] || die "target/release/$bin is missing (run: cargo build --release --bins)"
+	[ -x "target/release/$bin" ] || die "target/release/$bin is missing (run: cargo build --release -p $pkg --bins)"
 done
+
+# Same timestamps (and dpkg-deb member dates) on every build of one changelog entry.
+export SOURCE_DATE_EPOCH=$source_date_epoch
 
 # --- file tree ----------------------------------------------------------------------------
 say "staging $pkg $version ($arch) in $root"
@@ -81,7 +87,7 @@ install -d -m 0755 "$root/DEBIAN" "$root/usr/sbin" "$root/usr/bin" "$root/usr/sh
 	"$root/lib/systemd/system" "$root/etc/default" "$root/usr/share/doc/$pkg" \
 	"$root/usr/share/lintian/overrides"
 
-# Stripped as dh_strip does; the test-support binary drachtio-double is never packaged.
+# Stripped as dh_strip does; the test tools (package sbc-test-tools) are never packaged.
 strip --remove-section=.comment --remove-section=.note -o "$root/usr/sbin/sbc-sidecar" target/release/sbc-sidecar
 strip --remove-section=.comment --remove-section=.note -o "$root/usr/bin/sbcctl" target/release/sbcctl
 chmod 0755 "$root/usr/sbin/sbc-sidecar" "$root/usr/bin/sbcctl"

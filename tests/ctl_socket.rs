@@ -13,11 +13,19 @@ use sbc_sidecar::drachtio::{ConnectionEvent, ConnectionInfo};
 use sbc_sidecar::regbot::{RegbotInfo, RegbotRole, RegbotSnapshot, RegbotState, StatusRequest};
 use sbc_sidecar::store::redis::RedisPool;
 
-mod support;
+use sbc_test_tools::ctl_server::{fake_regbot, redis_at, temp_socket_path, Server};
 
-use support::ctl_server::{fake_regbot, redis_at, temp_socket_path, Server};
+/// What these tests add to the shared test server.
+trait ServerExt {
+    fn start() -> Server;
+    fn start_with(redis: RedisPool) -> Server;
+    fn start_with_regbot(queries: Sender<StatusRequest>) -> Server;
+    fn client(&self) -> Client;
+    fn ask(&self, line: &str) -> String;
+    fn redis_cmd(&self, args: &[&str]);
+}
 
-impl Server {
+impl ServerExt for Server {
     fn start() -> Server {
         Server::start_with(redis_at(6379, Duration::from_secs(2)))
     }

@@ -1,19 +1,15 @@
 //! The daemon as a process, between the drachtio double and sipp:
 //! sipp → double → sbc-sidecar → double → sipp.
 
-#[path = "support/double/mod.rs"]
-mod double;
-mod support;
-
 use std::time::Duration;
 
 use mysql::prelude::Queryable;
 
-use double::{Double, DoubleConfig};
-use support::daemon::{base_env, Daemon};
-use support::db::TestDb;
-use support::sipp;
-use support::tls::{ClientAuth, Pki, PrivateMariadb, ServerCert, TlsRedis, X509_USER};
+use sbc_test_tools::daemon::{base_env, Daemon};
+use sbc_test_tools::db::TestDb;
+use sbc_test_tools::double::{Double, DoubleConfig};
+use sbc_test_tools::sipp;
+use sbc_test_tools::tls::{ClientAuth, Pki, PrivateMariadb, ServerCert, TlsRedis, X509_USER};
 
 const WAIT: Duration = Duration::from_secs(10);
 

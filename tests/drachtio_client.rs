@@ -1,8 +1,6 @@
 //! The drachtio client against a scripted server that sends the bytes captured from a live
 //! drachtio-server (tests/fixtures/drachtio-capture*.txt) and checks what the client sends.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -12,7 +10,7 @@ use sbc_sidecar::drachtio::frame::FrameDecoder;
 use sbc_sidecar::drachtio::{
     ClientConfig, ConnectionEvent, DrachtioClient, IncomingRequest, Route, UacError, UacEvent,
 };
-use support::capture::{self, CapturedFrame, Dir};
+use sbc_test_tools::capture::{self, CapturedFrame, Dir};
 
 const WAIT: Duration = Duration::from_secs(5);
 

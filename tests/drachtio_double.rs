@@ -3,9 +3,6 @@
 //! token by token (ids, times, tags and branches differ; counts, positions and texts must not).
 //! The app side is a raw TCP client; the SIP side is sipp or a raw UDP socket.
 
-#[path = "support/double/mod.rs"]
-mod double;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -13,9 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use double::{Direction, Double, DoubleConfig};
 use sbc_sidecar::drachtio::frame::{encode_unchecked, FrameDecoder};
 use sbc_sidecar::drachtio::message::new_message_id;
+use sbc_test_tools::double::{Direction, Double, DoubleConfig};
 
 /// How long any single expected event may take.
 const WAIT: Duration = Duration::from_secs(5);

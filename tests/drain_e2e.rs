@@ -4,23 +4,15 @@
 //! server that takes its time, bindings in real Redis) → double → phones. The phones count
 //! every transaction by `(Call-ID, CSeq)`.
 
-#[path = "support/double/mod.rs"]
-mod double;
-#[path = "support/regload.rs"]
-mod regload;
-mod support;
-#[path = "support/webhook.rs"]
-mod webhook;
-
 use std::time::{Duration, Instant};
 
-use double::{Double, DoubleConfig};
 use mysql::prelude::Queryable;
 use redis::Commands;
-use regload::{Phone, RegLoad, Transport};
-use support::daemon::{base_env, Daemon};
-use support::db::TestDb;
-use webhook::WebhookServer;
+use sbc_test_tools::daemon::{base_env, Daemon};
+use sbc_test_tools::db::TestDb;
+use sbc_test_tools::double::{Double, DoubleConfig};
+use sbc_test_tools::regload::{Phone, RegLoad, Transport};
+use sbc_test_tools::webhook::WebhookServer;
 
 const WAIT: Duration = Duration::from_secs(10);
 const SOURCES: [&str; 4] = ["127.0.0.61", "127.0.0.62", "127.0.0.63", "127.0.0.64"];

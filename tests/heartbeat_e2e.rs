@@ -1,17 +1,13 @@
 //! Feature-server and RTP-server heartbeats end to end: sipp on several 127.0.0.x addresses →
 //! drachtio double → sbc-sidecar → real Redis; drain and status through the real sbcctl.
 
-#[path = "support/double/mod.rs"]
-mod double;
-mod support;
-
 use std::time::{Duration, Instant};
 
-use double::{Double, DoubleConfig};
 use redis::Commands;
-use support::daemon::{base_env, Daemon};
-use support::db::TestDb;
-use support::sipp;
+use sbc_test_tools::daemon::{base_env, Daemon};
+use sbc_test_tools::db::TestDb;
+use sbc_test_tools::double::{Double, DoubleConfig};
+use sbc_test_tools::sipp;
 
 const WAIT: Duration = Duration::from_secs(10);
 

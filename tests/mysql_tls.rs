@@ -2,15 +2,13 @@
 //! `JAMBONES_MYSQL_REJECT_UNAUTHORIZED` and the `JAMBONES_MYSQL_SSL_*` files (db-helpers'
 //! semantics), as the daemon's configuration fills `MysqlSettings` with them.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use mysql::prelude::Queryable;
 use sbc_sidecar::config::{MysqlTls, MysqlTlsFiles};
 use sbc_sidecar::store::mysql::{MysqlPool, MysqlSettings};
 use sbc_sidecar::store::StoreError;
-use support::tls::{MariadbUser, Pki, PrivateMariadb, ServerCert, SSL_USER, X509_USER};
+use sbc_test_tools::tls::{MariadbUser, Pki, PrivateMariadb, ServerCert, SSL_USER, X509_USER};
 
 const TIMEOUT: Duration = Duration::from_millis(1000);
 /// A failure must come within this, never a hang.

@@ -1,15 +1,11 @@
 //! Operating the daemon: syslog output, SIGHUP log level, --daemon with a pidfile.
 
-#[path = "support/double/mod.rs"]
-mod double;
-mod support;
-
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use double::{Double, DoubleConfig};
-use support::daemon::{base_env, Daemon};
-use support::db::TestDb;
+use sbc_test_tools::daemon::{base_env, Daemon};
+use sbc_test_tools::db::TestDb;
+use sbc_test_tools::double::{Double, DoubleConfig};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -17,7 +13,7 @@ const WAIT: Duration = Duration::from_secs(10);
 fn syslog_lines_reach_the_socket_with_ident_and_pid() {
     let db = TestDb::create();
     let double = Double::start(DoubleConfig::default()).unwrap();
-    let dir = support::sipp::tempdir();
+    let dir = sbc_test_tools::sipp::tempdir();
     let socket_path = dir.join("log.sock");
     let syslog = UnixDatagram::bind(&socket_path).unwrap();
     syslog.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
@@ -48,7 +44,7 @@ fn syslog_lines_reach_the_socket_with_ident_and_pid() {
 fn sighup_rereads_the_log_level_from_the_environment_file() {
     let db = TestDb::create();
     let double = Double::start(DoubleConfig::default()).unwrap();
-    let dir = support::sipp::tempdir();
+    let dir = sbc_test_tools::sipp::tempdir();
     let level_file = dir.join("sbc-sidecar.default");
     std::fs::write(&level_file, "JAMBONES_LOGLEVEL=info\n").unwrap();
     let mut env = base_env(double.admin_addr().port(), &db.name);
@@ -73,7 +69,7 @@ fn sighup_rereads_the_log_level_from_the_environment_file() {
 fn daemon_mode_writes_the_pidfile_and_stops_on_sigterm() {
     let db = TestDb::create();
     let double = Double::start(DoubleConfig::default()).unwrap();
-    let dir = support::sipp::tempdir();
+    let dir = sbc_test_tools::sipp::tempdir();
     let pidfile = dir.join("sbc.pid");
     let env = base_env(double.admin_addr().port(), &db.name);
     let pidfile_arg = pidfile.display().to_string();
@@ -100,7 +96,7 @@ fn daemon_mode_writes_the_pidfile_and_stops_on_sigterm() {
 fn systemd_is_told_ready_watchdog_and_stopping() {
     let db = TestDb::create();
     let double = Double::start(DoubleConfig::default()).unwrap();
-    let dir = support::sipp::tempdir();
+    let dir = sbc_test_tools::sipp::tempdir();
     let notify_path = dir.join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify.set_read_timeout(Some(Duration::from_millis(200))).unwrap();

@@ -1,8 +1,6 @@
 //! Redis over TLS, against private TLS-only `redis-server`s: the pool the daemon builds from
 //! `ENABLE_JAMBONES_REDIS_TLS` and the `JAMBONES_REDIS_TLS_*` files.
 
-mod support;
-
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,7 +10,7 @@ use sbc_sidecar::config::RedisTls;
 use sbc_sidecar::store::redis::{pool, run, RedisPool, RedisSettings, RedisTarget};
 use sbc_sidecar::store::tls::{checked_redis, redis_certificates, TlsFileError};
 use sbc_sidecar::store::StoreError;
-use support::tls::{free_port, CertFiles, ClientAuth, Pki, ServerCert, TlsRedis};
+use sbc_test_tools::tls::{free_port, CertFiles, ClientAuth, Pki, ServerCert, TlsRedis};
 
 /// Connect, read and write timeout of the pools under test.
 const TIMEOUT: Duration = Duration::from_millis(500);

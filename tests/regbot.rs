@@ -7,10 +7,6 @@
 //! Every test has its own database, cluster id (hence leader key) and IP addresses, and every
 //! wait is bounded.
 
-#[path = "support/double/mod.rs"]
-mod double;
-mod support;
-
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,19 +14,20 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{bounded, unbounded, Sender};
-use double::{Double, DoubleConfig};
 use mysql::prelude::Queryable;
 use sbc_sidecar::config::RegbotMode;
 use sbc_sidecar::drachtio::{ClientConfig, DrachtioClient};
+use sbc_sidecar::regbot::leader::{Extension, LeaderElection};
 use sbc_sidecar::regbot::{
     self, query_status, DnsSettings, RegbotHandles, RegbotRole, RegbotSettings, RegbotSnapshot, RegbotState,
     StatusRequest,
 };
 use sbc_sidecar::store::mysql::{MysqlPool, MysqlSettings};
 use sbc_sidecar::store::redis::{pool, RedisPool, RedisSettings};
-use support::carrier::Peer;
-use support::db::{mysql_password, mysql_user, TestDb};
-use support::wait_until;
+use sbc_test_tools::carrier::Peer;
+use sbc_test_tools::db::{mysql_password, mysql_user, TestDb};
+use sbc_test_tools::double::{Double, DoubleConfig};
+use sbc_test_tools::wait_until;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -548,6 +545,28 @@ fn new_regbots_start_in_batches() {
     assert_eq!(regs.len(), 3, "one REGISTER per gateway (distinct credentials on one host)");
     let gaps: Vec<f64> = regs.windows(2).map(|w| w[1].at - w[0].at).collect();
     assert!(gaps.iter().all(|g| (0.3..=1.0).contains(g)), "one regbot per 400 ms batch: {gaps:?}");
+}
+
+#[test]
+fn claim_extend_and_release_are_compare_and_set() {
+    let cluster = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let a = LeaderElection::new(redis(), &cluster, "token-a".into(), Duration::from_secs(30));
+    let b = LeaderElection::new(redis(), &cluster, "token-b".into(), Duration::from_secs(30));
+    assert_eq!(a.key(), format!("{cluster}:regbot-token"));
+    assert!(a.claim().unwrap());
+    assert!(!b.claim().unwrap(), "NX: only one holder");
+    let mut conn = redis().get().unwrap();
+    let ttl: i64 = redis::cmd("TTL").arg(a.key()).query(&mut *conn).unwrap();
+    assert!((1..=30).contains(&ttl), "claimed with a TTL in one step: {ttl}");
+    assert_eq!(a.extend().unwrap(), Extension::Extended);
+    assert_eq!(b.extend().unwrap(), Extension::TakenByOther, "b cannot extend a's claim");
+    assert!(!b.release().unwrap(), "nor release it");
+    let value: String = redis::cmd("GET").arg(a.key()).query(&mut *conn).unwrap();
+    assert_eq!(value, "token-a");
+    assert!(a.release().unwrap());
+    assert_eq!(a.extend().unwrap(), Extension::Lapsed);
+    assert!(b.claim().unwrap());
+    assert!(b.release().unwrap());
 }
 
 #[test]

@@ -15,10 +15,6 @@
 //! The intervals are short (role key 2 s, check every 300 ms, carrier grants 4 s) and every
 //! wait is bounded.
 
-#[path = "support/double/mod.rs"]
-mod double;
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::process::Command;
@@ -27,13 +23,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use double::{Double, DoubleConfig};
 use mysql::prelude::Queryable;
-use support::carrier::{Peer, Traced};
-use support::daemon::{base_env, Daemon};
-use support::db::TestDb;
-use support::tcp_proxy::TcpProxy;
-use support::wait_until;
+use sbc_test_tools::carrier::{Peer, Traced};
+use sbc_test_tools::daemon::{base_env, Daemon};
+use sbc_test_tools::db::TestDb;
+use sbc_test_tools::double::{Double, DoubleConfig};
+use sbc_test_tools::tcp_proxy::TcpProxy;
+use sbc_test_tools::wait_until;
 
 const TOKEN_TTL: Duration = Duration::from_secs(2);
 const STATUS_INTERVAL: Duration = Duration::from_millis(300);
@@ -51,7 +47,7 @@ const WAIT: Duration = Duration::from_secs(15);
 /// `regbot_reply_each.xml`), so that it answers whichever SBC sent it.
 fn carrier(ip: &str, status: &str, reason: &str, expires: &str) -> Peer {
     let keys = [("status", status), ("reason", reason), ("expires", expires)];
-    Peer::start_with("regbot_reply_each.xml", ip, support::sipp::free_port(ip), &keys, &["-deadcall_wait", "0"])
+    Peer::start_with("regbot_reply_each.xml", ip, sbc_test_tools::sipp::free_port(ip), &keys, &["-deadcall_wait", "0"])
 }
 
 fn unix_now() -> u64 {

@@ -1,19 +1,15 @@
 //! The daemon as an operator runs it registers a carrier: a sipp registrar (401 then 200), a
 //! carrier and a gateway in MariaDB, the drachtio double, and `sbcctl regbot list` / `status`.
 
-#[path = "support/double/mod.rs"]
-mod double;
-mod support;
-
 use std::net::UdpSocket;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use double::{Double, DoubleConfig};
 use mysql::prelude::Queryable;
-use support::daemon::{base_env, Daemon};
-use support::db::TestDb;
-use support::sipp;
+use sbc_test_tools::daemon::{base_env, Daemon};
+use sbc_test_tools::db::TestDb;
+use sbc_test_tools::double::{Double, DoubleConfig};
+use sbc_test_tools::sipp;
 
 const WAIT: Duration = Duration::from_secs(15);
 

@@ -1,22 +1,16 @@
 //! Phones registering through the drachtio double: sipp → double → sbc-sidecar (webhook
 //! authentication against a real HTTP server, bindings in real Redis) → double → sipp.
 
-#[path = "support/double/mod.rs"]
-mod double;
-mod support;
-#[path = "support/webhook.rs"]
-mod webhook;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use double::{Double, DoubleConfig};
 use mysql::prelude::Queryable;
 use redis::Commands;
-use support::daemon::{base_env, Daemon};
-use support::db::TestDb;
-use support::sipp::{self, Sipp};
-use webhook::WebhookServer;
+use sbc_test_tools::daemon::{base_env, Daemon};
+use sbc_test_tools::db::TestDb;
+use sbc_test_tools::double::{Double, DoubleConfig};
+use sbc_test_tools::sipp::{self, Sipp};
+use sbc_test_tools::webhook::{self, WebhookServer};
 
 const WAIT: Duration = Duration::from_secs(10);
 const WEBHOOK_SECRET: &str = "wh-secret-e2e";
@@ -297,7 +291,7 @@ fn redis_going_away_gives_503_and_registrations_resume_when_it_returns() {
 
 #[test]
 fn a_failing_webhook_raises_an_alert_in_influxdb_and_response_times_reach_statsd() {
-    let influx = support::influx::Influxd::start();
+    let influx = sbc_test_tools::influx::Influxd::start();
     let statsd = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     statsd.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let rig = Rig::start(&[

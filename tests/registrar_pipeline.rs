@@ -1,15 +1,10 @@
 //! The REGISTER pipeline end to end, against a real MariaDB (a database per test, created from
-//! the project's schema), a real Redis and a real HTTP webhook (tests/support/webhook.rs).
+//! the project's schema), a real Redis and a real HTTP webhook (test-tools/src/webhook.rs).
 //! Requests are built from SIP text and answered through a `Responder`, exactly as the
 //! drachtio reader hands them to the auth workers.
 //!
 //! Redis keys: every test uses its own random realm, so `user:<aor>` keys and `active-user`
 //! members never collide with parallel tests; each fixture removes what it created.
-
-#[path = "support/db.rs"]
-mod db;
-#[path = "support/webhook.rs"]
-mod webhook;
 
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
@@ -32,8 +27,8 @@ use sbc_sidecar::sip::SipMessage;
 use sbc_sidecar::store::mysql::{MysqlPool, MysqlSettings};
 use sbc_sidecar::store::redis::{pool as redis_pool, RedisPool, RedisSettings};
 
-use db::TestDb;
-use webhook::{digest_response, WebhookServer};
+use sbc_test_tools::db::{self, TestDb};
+use sbc_test_tools::webhook::{digest_response, WebhookServer};
 
 const SBC_HOSTPORT: &str = "tcp/192.0.2.10:5060,udp/192.0.2.10:5060,tls/192.0.2.10:5061,wss/192.0.2.10:8443";
 const PRIVATE_SBC: &str = "127.0.10.10:5060";

@@ -50,11 +50,17 @@ Examples:
   sbcctl fs active
 ";
 
-mod support;
+use sbc_test_tools::ctl_server::{fake_regbot, redis_at, temp_socket_path, Server};
 
-use support::ctl_server::{fake_regbot, redis_at, temp_socket_path, Server};
+/// What these tests add to the shared test server.
+trait ServerExt {
+    fn start() -> Server;
+    fn start_with_regbot(snapshot: RegbotSnapshot) -> Server;
+    fn sbcctl(&self, args: &[&str]) -> Run;
+    fn sadd(&self, set: &str, members: &[&str]);
+}
 
-impl Server {
+impl ServerExt for Server {
     fn start() -> Server {
         Server::launch(redis_at(6379, Duration::from_secs(2)), None)
     }

@@ -5,10 +5,6 @@
 //! sentinel has promoted the replica, heartbeats land on the new master and the daemon is
 //! still up.
 
-#[path = "support/double/mod.rs"]
-mod double;
-mod support;
-
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -16,10 +12,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use double::{Double, DoubleConfig};
-use support::daemon::{base_env, Daemon};
-use support::db::TestDb;
-use support::sipp::{self, Sipp};
+use sbc_test_tools::daemon::{base_env, Daemon};
+use sbc_test_tools::db::TestDb;
+use sbc_test_tools::double::{Double, DoubleConfig};
+use sbc_test_tools::sipp::{self, Sipp};
 
 const WAIT: Duration = Duration::from_secs(10);
 /// How long the sentinel may take to promote the replica after the master died.

@@ -2,8 +2,6 @@
 //! `influxdb`, started by each test on its own ports and data directory and killed at the end)
 //! and real UDP / TCP sockets bound by the tests as the statsd server.
 
-mod support;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, UdpSocket};
@@ -14,8 +12,8 @@ use std::time::{Duration, Instant};
 use log::{LevelFilter, Log, Metadata, Record};
 use sbc_sidecar::config::StatsProtocol;
 use sbc_sidecar::telemetry::{Alert, AlertSettings, AlertWriter, Metrics, MetricsSettings, PingFailure};
+use sbc_test_tools::influx::{free_port, Influxd};
 use serde_json::Value;
-use support::influx::{free_port, Influxd};
 
 fn text(row: &HashMap<String, Value>, column: &str) -> Option<String> {
     row.get(column).and_then(Value::as_str).map(str::to_string)

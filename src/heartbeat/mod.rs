@@ -125,6 +125,3 @@ fn answer(tracker: &mut Tracker, request: IncomingRequest) {
     let response = tracker.answer(&request, Instant::now());
     request.respond(response);
 }
-
-#[cfg(test)]
-mod tests;

@@ -288,25 +288,6 @@ pub fn retry_on_lost_connection<T>(
 mod tests {
     use super::*;
 
-    fn local_pool() -> RedisPool {
-        pool(&RedisSettings::direct("127.0.0.1", 6379, Duration::from_millis(500), 1)).expect("pool")
-    }
-
-    #[test]
-    fn a_pooled_connection_killed_by_the_server_is_replaced_without_an_error() {
-        let pool = local_pool();
-        let id: i64 = run(&pool, |c| Ok(redis::cmd("CLIENT").arg("ID").query(&mut **c)?)).expect("Redis on 6379");
-        let mut admin = redis::Client::open("redis://127.0.0.1:6379/").unwrap().get_connection().unwrap();
-        let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).query(&mut admin).unwrap();
-        assert_eq!(killed, 1);
-        // The pool still holds the dead connection; `run` finds out and uses a new one.
-        let pong: String =
-            run(&pool, |c| Ok(redis::cmd("PING").query(&mut **c)?)).expect("retried on a new connection");
-        assert_eq!(pong, "PONG");
-        let new_id: i64 = run(&pool, |c| Ok(redis::cmd("CLIENT").arg("ID").query(&mut **c)?)).unwrap();
-        assert_ne!(new_id, id);
-    }
-
     #[test]
     fn an_unreachable_server_is_reported_as_unavailable() {
         let pool = pool(&RedisSettings::direct("127.0.0.1", 1, Duration::from_millis(200), 1)).unwrap();

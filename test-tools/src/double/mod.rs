@@ -2,12 +2,11 @@
 //! byte-compatible with the captures in `spec/drachtio-capture*.txt`, bridged to real SIP over
 //! UDP and TCP so that sipp can play the phones, carriers and feature servers.
 //!
-//! Include it from a test crate with
+//! Use it from a test with
 //!
 //! ```ignore
-//! #[path = "support/double/mod.rs"]
-//! mod double;
-//! let d = double::Double::start(double::DoubleConfig::default())?;
+//! use sbc_test_tools::double::{Double, DoubleConfig};
+//! let d = Double::start(DoubleConfig::default())?;
 //! ```
 //!
 //! Threads: one accepts app connections, one reads each app connection, one reads the SIP UDP

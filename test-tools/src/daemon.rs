@@ -12,6 +12,22 @@ pub struct Daemon {
     pub dir: PathBuf,
 }
 
+/// A program of the daemon's package (`sbc-sidecar`, `sbcctl`) as cargo built it for the
+/// running integration test: `CARGO_BIN_EXE_<name>` when cargo sets it at run time (1.94 and
+/// later), else the file next to the `deps/` directory the test executable runs from, where
+/// cargo puts the package's binaries before it runs its integration tests.
+pub fn program(name: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(format!("CARGO_BIN_EXE_{name}")) {
+        return PathBuf::from(path);
+    }
+    let test = std::env::current_exe().expect("the test executable's path");
+    let profile_dir =
+        test.parent().and_then(|deps| deps.parent()).expect("a test executable in <target>/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(path.is_file(), "{} is missing: run the test through cargo test", path.display());
+    path
+}
+
 /// The variables every run needs; tests add or override.
 pub fn base_env(drachtio_port: u16, database: &str) -> HashMap<String, String> {
     let mut env = HashMap::new();
@@ -42,7 +58,7 @@ impl Daemon {
         let socket_path = dir.join("sbc.sock");
         env.entry("SBC_SOCKET_PATH".into()).or_insert_with(|| socket_path.display().to_string());
         let log = std::fs::File::create(&log_path).expect("daemon log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_sbc-sidecar"))
+        let child = Command::new(program("sbc-sidecar"))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(&env)
@@ -58,7 +74,7 @@ impl Daemon {
 
     /// `sbcctl --socket <this daemon's socket> <args>`: (exit code, stdout, stderr).
     pub fn sbcctl(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_sbcctl"))
+        let out = Command::new(program("sbcctl"))
             .arg("--socket")
             .arg(&self.socket_path)
             .args(args)

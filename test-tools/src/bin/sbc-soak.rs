@@ -25,15 +25,6 @@
 //! Knobs: `SOAK_SECONDS` (default 300), `SOAK_RATE` (REGISTERs started per second, default 100),
 //! `SOAK_DIR` (where logs go, default target/soak).
 
-#[path = "double/mod.rs"]
-mod double;
-#[path = "regload.rs"]
-mod regload;
-#[path = "soak_servers.rs"]
-mod soak_servers;
-#[path = "webhook.rs"]
-mod webhook;
-
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -46,11 +37,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use mysql::prelude::Queryable;
 use redis::Commands;
-
-use double::{Double, DoubleConfig};
-use regload::{Granted, Phone, RegLoad, Transport};
-use soak_servers::{PrivateMariadb, PrivateRedis};
-use webhook::WebhookServer;
+use sbc_test_tools::double::{Double, DoubleConfig};
+use sbc_test_tools::regload::{Granted, Phone, RegLoad, Transport};
+use sbc_test_tools::soak_servers::{self, PrivateMariadb, PrivateRedis};
+use sbc_test_tools::webhook::WebhookServer;
 
 /// Each recovery must happen within this after its fault ended.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(45);
@@ -461,7 +451,7 @@ fn main() -> ExitCode {
 fn run() -> Result<bool, String> {
     let total = Duration::from_secs(env_num("SOAK_SECONDS", 300).max(30));
     let rate = env_num("SOAK_RATE", 100).max(1) as f64;
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = sbc_test_tools::repo_root();
     let dir = std::env::var("SOAK_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target/soak"));
     let dir = dir.join(format!("run-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -906,7 +896,7 @@ fn carrier_port() -> u16 {
 
 /// sipp as the carrier's registrar (401, then 200 with Expires 60), for the whole run.
 fn start_carrier(total: Duration, dir: &Path) -> Result<Child, String> {
-    let scenario = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios/regbot_challenge.xml");
+    let scenario = sbc_test_tools::repo_root().join("tests/scenarios/regbot_challenge.xml");
     let media = 20_000 + 4 * (rand::random::<u16>() % 2_000);
     let timeout = format!("{}s", total.as_secs() + 180);
     Command::new("sipp")

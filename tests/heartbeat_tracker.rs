@@ -1,15 +1,15 @@
-//! Heartbeat tests against the real Redis at 127.0.0.1:6379; each test has its own cluster id.
+//! The heartbeat tracker and role against the real Redis at 127.0.0.1:6379; each test has its
+//! own cluster id.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver};
 
-use super::*;
-use crate::drachtio::Outgoing;
-use crate::drachtio::{Responder, SipDelivery};
-use crate::sip::SipMessage;
-use crate::store::redis::{pool, RedisSettings};
+use sbc_sidecar::drachtio::{IncomingRequest, Outgoing, Responder, SipDelivery};
+use sbc_sidecar::heartbeat::{classify, ClusterSets, HeartbeatRole, HeartbeatSettings, Ping, ServerKind, Tracker};
+use sbc_sidecar::sip::SipMessage;
+use sbc_sidecar::store::redis::{pool, RedisPool, RedisSettings};
 
 const EXPIRES: Duration = Duration::from_secs(60);
 

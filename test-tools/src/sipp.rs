@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 pub fn scenario(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios").join(name)
+    crate::repo_root().join("tests/scenarios").join(name)
 }
 
 /// A port for sipp's media sockets (`-mp`): sipp binds its RTP sockets there and two above

@@ -54,8 +54,9 @@ use std::time::{Duration, Instant};
 use mysql::prelude::Queryable;
 use serde_json::{json, Value};
 
-use crate::db::{self, TestDb};
-use crate::double::{Double, DoubleConfig};
+use sbc_test_tools::db::{self, TestDb};
+use sbc_test_tools::double::{Double, DoubleConfig};
+
 use crate::{cpu_micros, memory_kib};
 
 const REALM: &str = "sip.bench.test";
@@ -78,7 +79,7 @@ pub fn main_phase() {
         return;
     }
     let binary = std::env::var("SBC_BENCH_DAEMON")
-        .unwrap_or_else(|_| format!("{}/target/release/sbc-sidecar", env!("CARGO_MANIFEST_DIR")));
+        .unwrap_or_else(|_| sbc_test_tools::repo_root().join("target/release/sbc-sidecar").display().to_string());
     let report = run(gateways, &binary);
     print_summary(&report);
     println!("{}", json!({ "regbot": report }));

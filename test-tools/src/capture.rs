@@ -46,7 +46,7 @@ impl CapturedFrame {
 }
 
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    crate::repo_root().join("tests/fixtures").join(name)
 }
 
 /// All frames of a capture file, in order.

@@ -8,12 +8,11 @@
 //! Prints `drachtio-double listening admin=<addr> sip=<addr>` once ready, traces every frame and
 //! SIP message on stderr, and runs until it is killed.
 
-#[path = "double/mod.rs"]
-mod double;
-
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
+
+use sbc_test_tools::double;
 
 const USAGE: &str =
     "usage: drachtio-double --admin <ip:port> --sip <ip:port> --secret <secret> [--uac-timeout-ms <ms>] [--quiet]";

@@ -14,25 +14,16 @@
 //! in flight at saturation, default 200), `SBC_BENCH_SECONDS` (upper bound per phase, default
 //! 120).
 
-#[path = "bench_regbot.rs"]
-mod bench_regbot;
-#[path = "db.rs"]
-mod db;
-#[path = "double/mod.rs"]
-mod double;
-#[path = "loadgen.rs"]
-mod loadgen;
-#[path = "webhook.rs"]
-mod webhook;
+mod regbot;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use mysql::prelude::Queryable;
 use redis::Commands;
-
-use double::{Double, DoubleConfig};
-use loadgen::{LoadGen, LoadResult, Pace, User};
+use sbc_test_tools::double::{Double, DoubleConfig};
+use sbc_test_tools::loadgen::{LoadGen, LoadResult, Pace, User};
+use sbc_test_tools::{db, webhook};
 
 const SOURCES: [&str; 8] = [
     "127.0.0.101",
@@ -132,14 +123,14 @@ fn run_phase(name: impl Into<String>, gen: &LoadGen, users: &[User], pid: u32, p
 fn main() {
     // The regbot phase alone (it starts its own daemon, database and drachtio double).
     if std::env::var("SBC_BENCH_SKIP_REGISTRAR").is_ok_and(|v| v == "1") {
-        bench_regbot::main_phase();
+        regbot::main_phase();
         return;
     }
     let total_users = env_num("SBC_BENCH_USERS", 20_000) as usize;
     let window = env_num("SBC_BENCH_WINDOW", 200) as usize;
     let limit = Duration::from_secs(env_num("SBC_BENCH_SECONDS", 120));
     let binary = std::env::var("SBC_BENCH_DAEMON")
-        .unwrap_or_else(|_| format!("{}/target/release/sbc-sidecar", env!("CARGO_MANIFEST_DIR")));
+        .unwrap_or_else(|_| sbc_test_tools::repo_root().join("target/release/sbc-sidecar").display().to_string());
 
     let db = db::TestDb::create();
     let hook = webhook::WebhookServer::start();
@@ -275,5 +266,5 @@ fn main() {
             let _: Result<(), _> = r.zrem("active-user", &key);
         }
     }
-    bench_regbot::main_phase();
+    regbot::main_phase();
 }
