@@ -17,6 +17,8 @@ export JAMBONES_TIME_SERIES_HOST=${JAMBONES_TIME_SERIES_HOST:-127.0.0.1}
 export ENCRYPTION_SECRET=${ENCRYPTION_SECRET:-local-development-secret}
 export SBC_SOCKET_PATH=${SBC_SOCKET_PATH:-/tmp/sbc-sip-sidecar.sock}
 export JAMBONES_LOGLEVEL=${JAMBONES_LOGLEVEL:-info}
+# The drachtio double's SIP address (used only when no drachtio-server answers).
+DOUBLE_SIP_ADDRESS=${DOUBLE_SIP_ADDRESS:-127.0.0.1:5060}
 
 mysql -h"$JAMBONES_MYSQL_HOST" -u"$JAMBONES_MYSQL_USER" -p"$JAMBONES_MYSQL_PASSWORD" \
   -e "CREATE DATABASE IF NOT EXISTS \`$JAMBONES_MYSQL_DATABASE\`"
@@ -26,10 +28,18 @@ mysql -h"$JAMBONES_MYSQL_HOST" -u"$JAMBONES_MYSQL_USER" -p"$JAMBONES_MYSQL_PASSW
 double_pid=""
 cleanup() { [ -n "$double_pid" ] && kill "$double_pid" 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
+sip="<the SIP address of your drachtio-server>"
 if ! (exec 3<>"/dev/tcp/$DRACHTIO_HOST/$DRACHTIO_PORT") 2>/dev/null; then
-  echo "run: no drachtio-server on $DRACHTIO_HOST:$DRACHTIO_PORT; starting the drachtio double (SIP on 127.0.0.1:5060)"
-  "$BIN/drachtio-double" --admin "$DRACHTIO_HOST:$DRACHTIO_PORT" --sip 127.0.0.1:5060 --secret "$DRACHTIO_SECRET" &
+  echo "run: no drachtio-server on $DRACHTIO_HOST:$DRACHTIO_PORT; starting the drachtio double (SIP on $DOUBLE_SIP_ADDRESS)"
+  "$BIN/drachtio-double" --admin "$DRACHTIO_HOST:$DRACHTIO_PORT" --sip "$DOUBLE_SIP_ADDRESS" --secret "$DRACHTIO_SECRET" &
   double_pid=$!
+  sip=$DOUBLE_SIP_ADDRESS
   sleep 0.5
 fi
+
+# The demo account (local database only) and how to register it; see the README's quick start.
+echo "run: ----------------------------------------------------------------------------"
+bash .ci/local-demo.sh "$sip" | sed 's/^/run: /'
+echo "run:   then:    $BIN/sbcctl --socket $SBC_SOCKET_PATH status"
+echo "run: ----------------------------------------------------------------------------"
 "$BIN/sbc-sidecar" --foreground --log stderr
