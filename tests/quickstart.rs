@@ -4,10 +4,6 @@
 //! 200, the binding in Redis and `sbcctl status` counting it. The credentials are taken from the
 //! loader's output and must be the ones the README shows, so neither can drift from the other.
 
-#[path = "support/double/mod.rs"]
-mod double;
-mod support;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -15,10 +11,10 @@ use std::time::Duration;
 use mysql::prelude::Queryable;
 use redis::Commands;
 
-use double::{Double, DoubleConfig};
-use support::daemon::{base_env, Daemon};
-use support::db::TestDb;
-use support::sipp;
+use sbc_test_tools::daemon::{base_env, Daemon};
+use sbc_test_tools::db::TestDb;
+use sbc_test_tools::double::{Double, DoubleConfig};
+use sbc_test_tools::sipp;
 
 const WAIT: Duration = Duration::from_secs(10);
 /// The SIP address the README and `make run` use (the double's default).
