@@ -30,6 +30,7 @@ pub mod auth_pool;
 pub mod bans;
 pub mod bindings;
 pub mod clients;
+mod complete;
 pub mod credentials;
 pub mod crypto;
 pub mod device_count;

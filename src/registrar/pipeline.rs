@@ -5,8 +5,9 @@
 //! account and device limit, challenge, the form of the Authorization, nonce, digest `uri`,
 //! identity — and answers whatever ends there. A request that passes them all becomes a
 //! [`Checked`] request: owned, parsed once, with its account. An auth worker then runs
-//! [`Registrar::complete`]: one-time use of the nonce, the webhook or `clients` table, and
-//! the binding. Each step returns `Result<_, Reply>`; the first final response stops the
+//! [`Registrar::complete`] (`complete.rs`): one-time use of the nonce, the webhook or
+//! `clients` table, and the binding. This file also holds the batch read
+//! ([`Registrar::prefetch`]) and the store helpers both steps use. Each step returns `Result<_, Reply>`; the first final response stops the
 //! chain.
 
 use std::net::IpAddr;
@@ -17,19 +18,14 @@ use log::{debug, error, info, warn};
 use mysql::PooledConn;
 
 use super::accounts::{self, Account};
-use super::alerts;
-use super::bindings::{self, NewBinding, StoredBinding};
-use super::clients;
+use super::bindings::{self, StoredBinding};
 use super::credentials::{self, FormProblem, NonceUse};
-use super::grant::{AuthVerdict, Denial, Grant};
 use super::health::StoreHealth;
-use super::hook_breaker::{Admission, Transition};
 use super::nonce::NonceCheck;
 use super::replay;
 use super::reply::Reply;
 use super::request::{self, Aor, Kind, Registration};
-use super::webhook::{self, HookError, RegistrationHook};
-use super::{unix_millis, unix_secs, Registrar};
+use super::{unix_millis, Registrar};
 use crate::drachtio::IncomingRequest;
 use crate::sip::digest::DigestCredentials;
 use crate::sip::{parse_authorization, replace_first_expires, www_authenticate, SipError};
@@ -38,7 +34,7 @@ use crate::store::StoreError;
 use crate::telemetry::Alert;
 
 /// The cache window and the interval UDP clients are told (the Node `NAT_EXPIRES`).
-const NAT_EXPIRES: u32 = 30;
+pub(super) const NAT_EXPIRES: u32 = 30;
 const NAT_EXPIRES_MS: u64 = NAT_EXPIRES as u64 * 1000;
 
 pub const DEACTIVATED_REASON: &str = "Account has been deactivated";
@@ -78,15 +74,15 @@ pub enum Triage {
 /// A REGISTER that passed every check of the triage thread, with what it found out: all an
 /// auth worker needs to authenticate, store and answer it.
 pub struct Checked {
-    req: IncomingRequest,
-    ctx: Ctx,
-    account: Account,
-    credentials: DigestCredentials,
-    nonce_use: NonceUse,
+    pub(super) req: IncomingRequest,
+    pub(super) ctx: Ctx,
+    pub(super) account: Account,
+    pub(super) credentials: DigestCredentials,
+    pub(super) nonce_use: NonceUse,
     /// The batch read already recorded this answer's nonce use as its first.
-    claimed: bool,
+    pub(super) claimed: bool,
     /// When the triage thread took the request (response-time metrics cover the whole path).
-    started: Instant,
+    pub(super) started: Instant,
 }
 
 /// What the triage thread read from Redis for one request of a batch (see
@@ -127,16 +123,16 @@ impl Checked {
 }
 
 /// The request facts every step needs, computed once.
-struct Ctx {
-    reg: Registration,
-    aor: Aor,
-    aor_key: String,
+pub(super) struct Ctx {
+    pub(super) reg: Registration,
+    pub(super) aor: Aor,
+    pub(super) aor_key: String,
     /// `sip:<source ip>:<source port>`.
-    proxy: String,
+    pub(super) proxy: String,
     /// The source address, when drachtio gave a parseable one (for bans).
-    source_ip: Option<IpAddr>,
+    pub(super) source_ip: Option<IpAddr>,
     /// Arrived over UDP: the device is assumed to be behind NAT and told 30 s.
-    over_udp: bool,
+    pub(super) over_udp: bool,
 }
 
 impl Registrar {
@@ -175,19 +171,9 @@ impl Registrar {
         Triage::Answered
     }
 
-    /// Authenticates a checked request (webhook or `clients` table), stores or removes its
-    /// binding and sends the one final response.
-    pub fn complete(&self, checked: Checked) {
-        let reply = match panic::catch_unwind(AssertUnwindSafe(|| self.authenticate_and_store(&checked))) {
-            Ok(Ok(reply)) | Ok(Err(reply)) => reply,
-            Err(_) => self.internal_error(&checked.req),
-        };
-        self.answer(checked.req, reply, checked.started);
-    }
-
     /// A panic in the pipeline (a bug) still answers `500`, so the device is not left
     /// retransmitting into the void.
-    fn internal_error(&self, req: &IncomingRequest) -> Reply {
+    pub(super) fn internal_error(&self, req: &IncomingRequest) -> Reply {
         error!(
             "registrar: internal error handling REGISTER source={}:{}; answering 500",
             req.meta.address, req.meta.port
@@ -195,7 +181,7 @@ impl Registrar {
         Reply::internal_error()
     }
 
-    fn answer(&self, req: IncomingRequest, reply: Reply, started: Instant) {
+    pub(super) fn answer(&self, req: IncomingRequest, reply: Reply, started: Instant) {
         self.metrics.registration_response_time(reply.cached, reply.status, started.elapsed());
         debug!(
             "registrar: answered REGISTER status={} cached={} source={}:{} elapsed_ms={}",
@@ -290,7 +276,7 @@ impl Registrar {
     }
 
     /// How long a one-time record is kept: as long as its nonce can be valid.
-    fn one_time_ttl(&self) -> u64 {
+    pub(super) fn one_time_ttl(&self) -> u64 {
         self.settings.nonce_ttl.as_secs().saturating_add(super::nonce::FUTURE_SKEW_SECS)
     }
 
@@ -321,15 +307,6 @@ impl Registrar {
         let account = self.check_account(&ctx, existing.is_some())?;
         let answer = self.check_challenge(req, &ctx, &account, prefetched.claim)?;
         Ok((ctx, account, answer))
-    }
-
-    /// An auth worker's part: the credentials proven once, then the binding.
-    fn authenticate_and_store(&self, c: &Checked) -> Result<Reply, Reply> {
-        let grant = self.authenticate(c)?;
-        match c.ctx.reg.kind {
-            Kind::Register => self.register(&c.req, &c.ctx, &grant),
-            Kind::Unregister => self.unregister(&c.ctx),
-        }
     }
 
     /// checkCache: a device re-registering from the same ip:port while its binding has more
@@ -537,23 +514,7 @@ impl Registrar {
         Ok(Answer { credentials, nonce_use, claimed: claimed.is_some() })
     }
 
-    /// Records the answer to a challenge as used, cluster-wide, unless the batch read did
-    /// already; a second use of the same nonce, `nc` and `cnonce` is a replay and gets a fresh
-    /// `401`.
-    fn claim_nonce(&self, c: &Checked) -> Result<(), Reply> {
-        if c.claimed {
-            return Ok(());
-        }
-        let nonce = c.credentials.nonce.as_deref().unwrap_or("");
-        let key = replay::key(nonce, &c.nonce_use);
-        let ttl = self.one_time_ttl();
-        if self.redis("recording the use of the nonce", |conn| replay::claim(conn, &key, ttl))? {
-            return Ok(());
-        }
-        Err(self.replayed(&c.ctx))
-    }
-
-    fn replayed(&self, ctx: &Ctx) -> Reply {
+    pub(super) fn replayed(&self, ctx: &Ctx) -> Reply {
         info!(
             "registrar: replayed Authorization (nonce, nc and cnonce already used) aor={} source={}: challenged again",
             ctx.aor_key, ctx.proxy
@@ -581,7 +542,7 @@ impl Registrar {
 
     /// Counts a failed authentication against the source; the failure that starts a ban is
     /// logged and alerted once.
-    fn authentication_failed(&self, ctx: &Ctx, what: &str) {
+    pub(super) fn authentication_failed(&self, ctx: &Ctx, what: &str) {
         let Some(ip) = ctx.source_ip else { return };
         if let Some(ban) = self.bans.record_failure(ip, Instant::now()) {
             let settings = self.bans.settings();
@@ -602,181 +563,12 @@ impl Registrar {
         }
     }
 
-    /// The account's webhook if it has one, else the `clients` table; a denial is `403`.
-    /// The nonce use is claimed before the webhook call (a replay never reaches the
-    /// customer) — by the batch read as a rule — and at the latest after a `clients` check that
-    /// succeeded.
-    fn authenticate(&self, c: &Checked) -> Result<Grant, Reply> {
-        let (ctx, account, credentials) = (&c.ctx, &c.account, &c.credentials);
-        let verdict = match &account.hook {
-            Some(hook) => {
-                self.claim_nonce(c)?;
-                self.webhook_auth(&c.req, ctx, account, hook, credentials)?
-            }
-            None => {
-                let started = Instant::now();
-                let verdict = self.clients_auth(account, credentials)?;
-                self.metrics.hook_response_time(verdict.status(), started.elapsed());
-                if matches!(verdict, AuthVerdict::Granted(_)) {
-                    self.claim_nonce(c)?;
-                }
-                verdict
-            }
-        };
-        match verdict {
-            AuthVerdict::Granted(grant) => Ok(grant),
-            AuthVerdict::Denied(denial) => {
-                info!(
-                    "registrar: authentication failed aor={} username={} source={} blacklist={}",
-                    ctx.aor_key,
-                    credentials.username.as_deref().unwrap_or(""),
-                    ctx.proxy,
-                    denial.blacklist
-                );
-                self.authentication_failed(ctx, "invalid credentials");
-                Err(self.denied(&c.req, denial))
-            }
-        }
-    }
-
-    fn denied(&self, req: &IncomingRequest, denial: Denial) -> Reply {
-        let x_reason = if denial.blacklist {
-            format!("detected potential spammer from {}:{}", req.meta.address, req.meta.port)
-        } else {
-            INVALID_CREDENTIALS_REASON.to_string()
-        };
-        let mut reply = Reply::with_reason(403, &x_reason);
-        reply.headers.extend(denial.headers);
-        reply
-    }
-
-    fn webhook_auth(
-        &self,
-        req: &IncomingRequest,
-        ctx: &Ctx,
-        account: &Account,
-        hook: &RegistrationHook,
-        credentials: &DigestCredentials,
-    ) -> Result<AuthVerdict, Reply> {
-        let started = Instant::now();
-        if let Admission::Refuse { retry_after } = self.hook_breaker.admit(&account.account_sid, started) {
-            debug!(
-                "registrar: webhook of account_sid={} not called after repeated timeouts aor={}: 503",
-                account.account_sid, ctx.aor_key
-            );
-            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-            return Err(Reply::unavailable(u32::try_from(secs.max(1)).unwrap_or(u32::MAX)));
-        }
-        let meta = &req.meta;
-        let data = webhook::payload(&meta.address, meta.port, &req.message, hook.method, ctx.reg.expires, credentials);
-        let request = webhook::build_request(hook, account.webhook_secret.as_deref(), &data, unix_secs());
-        let result = self.hook.send(&request).and_then(|response| webhook::interpret(&response));
-        let timed_out = matches!(result, Err(HookError::Timeout));
-        match self.hook_breaker.record(&account.account_sid, timed_out, started, Instant::now()) {
-            Transition::Opened => warn!(
-                "registrar: registration webhook of account_sid={} url={} timed out {} times in a row; \
-                 its REGISTERs get 503 without calling it for {} s, then one is tried",
-                account.account_sid,
-                webhook::url_for_logs(&hook.url),
-                self.settings.webhook_breaker.threshold,
-                self.settings.webhook_breaker.cooldown.as_secs_f32()
-            ),
-            Transition::Closed => info!(
-                "registrar: registration webhook of account_sid={} answers again; calling it for every REGISTER",
-                account.account_sid
-            ),
-            Transition::StillOpen | Transition::None => {}
-        }
-        // `app.hook.response_time` is only measured for answers the webhook gave with HTTP 200.
-        if let Ok(verdict) = &result {
-            self.metrics.hook_response_time(verdict.status(), started.elapsed());
-            if self.hook_health.succeeded(&account.account_sid) {
-                info!(
-                    "registrar: registration webhook of account_sid={} answers again url={}",
-                    account.account_sid,
-                    webhook::url_for_logs(&hook.url)
-                );
-            }
-        }
-        debug!(
-            "registrar: webhook answered account_sid={} ok={} elapsed_ms={}",
-            account.account_sid,
-            result.is_ok(),
-            started.elapsed().as_millis()
-        );
-        result.map_err(|e| {
-            // Once per change: a dead webhook fails every REGISTER of the account.
-            if self.hook_health.failed(&account.account_sid) {
-                warn!(
-                    "registrar: registration webhook failing account_sid={} url={} aor={}: {e}",
-                    account.account_sid,
-                    webhook::url_for_logs(&hook.url),
-                    ctx.aor_key
-                );
-            } else {
-                debug!(
-                    "registrar: registration webhook still failing account_sid={} aor={}: {e}",
-                    account.account_sid, ctx.aor_key
-                );
-            }
-            match &e {
-                HookError::Status(status) => {
-                    self.raise_alert(alerts::webhook_failure(&account.account_sid, &hook.url, *status))
-                }
-                e if e.is_connection_failure() => {
-                    self.raise_alert(alerts::webhook_connection_failure(&account.account_sid, &hook.url))
-                }
-                _ => {}
-            }
-            Reply::new(e.sip_status())
-        })
-    }
-
-    fn clients_auth(&self, account: &Account, credentials: &DigestCredentials) -> Result<AuthVerdict, Reply> {
-        let username = credentials.username.as_deref().unwrap_or("");
-        let row = self.mysql("looking up the client", |conn| accounts::client(conn, &account.account_sid, username))?;
-        clients::authenticate(row.as_ref(), credentials, &self.password_key).map_err(|e| {
-            error!("registrar: account_sid={} username={username}: {e}", account.account_sid);
-            Reply::internal_error()
-        })
-    }
-
-    /// Stores the binding for the granted interval and answers 200. UDP devices are told 30 s
-    /// when the grant is longer (every UDP client is assumed to be behind NAT); Redis keeps
-    /// the full grant. If the binding cannot be stored the device is told so (500/503).
-    fn register(&self, req: &IncomingRequest, ctx: &Ctx, grant: &Grant) -> Result<Reply, Reply> {
-        let granted = grant.granted_expires(ctx.reg.expires);
-        let response_expires = if ctx.over_udp && granted > NAT_EXPIRES { NAT_EXPIRES } else { granted };
-        let expiry_time_ms = unix_millis() + u64::from(granted) * 1000;
-        let binding = NewBinding {
-            contact: ctx.reg.contact_uri.as_deref(),
-            sbc_address: &req.server_hostport,
-            private_sbc_address: req.private_sip_address.as_deref().or(self.settings.private_sbc_address.as_deref()),
-            protocol: bindings::via_protocol(&req.message),
-            proxy: &ctx.proxy,
-            grant,
-        };
-        let json = bindings::binding_json(&binding, expiry_time_ms);
-        self.redis("storing the registration", |conn| {
-            bindings::add(conn, &ctx.aor_key, granted, &json, expiry_time_ms)
-        })?;
-        if self.settings.hosting {
-            self.devices.note_registered(ctx.aor.realm(), ctx.aor.user_part());
-        }
-        debug!("registrar: registered aor={} source={} granted={granted}", ctx.aor_key, ctx.proxy);
-        Ok(Reply::new(200)
-            .header("Contact", replace_first_expires(&ctx.reg.raw_contact, response_expires))
-            .header("Expires", response_expires.to_string()))
-    }
-
-    fn unregister(&self, ctx: &Ctx) -> Result<Reply, Reply> {
-        self.redis("removing the registration", |conn| bindings::remove(conn, &ctx.aor_key))?;
-        debug!("registrar: unregistered aor={} source={}", ctx.aor_key, ctx.proxy);
-        Ok(Reply::new(200).header("Contact", ctx.reg.raw_contact.clone()).header("Expires", "0"))
-    }
-
     /// Runs a Redis operation on a pooled connection.
-    fn redis<T>(&self, what: &str, op: impl FnMut(&mut RedisConn) -> Result<T, StoreError>) -> Result<T, Reply> {
+    pub(super) fn redis<T>(
+        &self,
+        what: &str,
+        op: impl FnMut(&mut RedisConn) -> Result<T, StoreError>,
+    ) -> Result<T, Reply> {
         if !self.redis_health.admit() {
             return Err(Reply::unavailable(self.settings.retry_after_secs));
         }
@@ -785,7 +577,11 @@ impl Registrar {
     }
 
     /// Runs MySQL statements on a pooled connection.
-    fn mysql<T>(&self, what: &str, op: impl FnOnce(&mut PooledConn) -> Result<T, StoreError>) -> Result<T, Reply> {
+    pub(super) fn mysql<T>(
+        &self,
+        what: &str,
+        op: impl FnOnce(&mut PooledConn) -> Result<T, StoreError>,
+    ) -> Result<T, Reply> {
         if !self.mysql_health.admit() {
             return Err(Reply::unavailable(self.settings.retry_after_secs));
         }
