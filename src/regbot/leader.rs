@@ -231,18 +231,8 @@ impl LeaderRole {
                 default(waited.saturating_duration_since(Instant::now())) => break,
             }
         }
-        let ticker = tick(self.settings.status_interval.max(Duration::from_millis(50)));
-        self.check();
-        let mut events = self.events.clone();
-        loop {
-            select! {
-                recv(ticker) -> _ => self.check(),
-                // Later connection events do not concern the election; drain them.
-                recv(events) -> ev => if ev.is_err() { events = never() },
-                recv(self.prepare) -> req => self.on_prepare(req.ok()),
-                recv(self.shutdown) -> _ => break,
-                recv(self.scheduler_alive) -> _ => return self.scheduler_gone(),
-            }
+        if self.serve(Self::check) == Served::SchedulerGone {
+            return self.scheduler_gone();
         }
         self.leave();
         if self.leader {
@@ -261,23 +251,29 @@ impl LeaderRole {
         info!("regbot: registering from every SBC (SBC_REGBOT_MODE=every)");
         self.leader = true;
         let _ = self.scheduler.send(SchedulerCmd::Leadership(true));
-        let ticker = tick(self.settings.status_interval.max(Duration::from_millis(50)));
-        self.check_every();
-        let mut events = self.events.clone();
-        loop {
-            select! {
-                recv(ticker) -> _ => self.check_every(),
-                recv(events) -> ev => if ev.is_err() { events = never() },
-                recv(self.prepare) -> req => self.on_prepare(req.ok()),
-                recv(self.shutdown) -> _ => break,
-                recv(self.scheduler_alive) -> _ => {
-                    error!("the regbot scheduler thread is gone");
-                    break;
-                }
-            }
+        if self.serve(Self::check_every) == Served::SchedulerGone {
+            error!("the regbot scheduler thread is gone");
         }
         self.leave();
         debug!("regbot (every SBC) stopped");
+    }
+
+    /// Runs `check` now and at every status interval, and answers `prepare` requests, until
+    /// shutdown or the scheduler thread ends.
+    fn serve(&mut self, check: fn(&mut Self)) -> Served {
+        let ticker = tick(self.settings.status_interval.max(Duration::from_millis(50)));
+        check(self);
+        let mut events = self.events.clone();
+        loop {
+            select! {
+                recv(ticker) -> _ => check(self),
+                // Later connection events do not concern the election; drain them.
+                recv(events) -> ev => if ev.is_err() { events = never() },
+                recv(self.prepare) -> req => self.on_prepare(req.ok()),
+                recv(self.shutdown) -> _ => return Served::Shutdown,
+                recv(self.scheduler_alive) -> _ => return Served::SchedulerGone,
+            }
+        }
     }
 
     fn check_every(&mut self) {
@@ -534,6 +530,13 @@ impl LeaderRole {
             HashMap::new()
         })
     }
+}
+
+/// Why [`LeaderRole::serve`] returned.
+#[derive(Debug, PartialEq, Eq)]
+enum Served {
+    Shutdown,
+    SchedulerGone,
 }
 
 #[cfg(test)]
