@@ -15,7 +15,8 @@ build:
 services:
 	bash .ci/services.sh
 
-# The daemon on local defaults: local MariaDB (database sbc_local with the schema), local Redis,
+# The daemon on local defaults: local MariaDB (database sbc_local with the schema and a demo
+# account whose credentials it prints, see README "Quick start"), local Redis,
 # and the drachtio double on 127.0.0.1:9022 / SIP 127.0.0.1:5060 when no drachtio-server answers.
 run: services
 	$(CARGO) build --release --workspace --bins
