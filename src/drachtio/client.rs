@@ -199,7 +199,7 @@ impl DrachtioClient {
     }
 
     /// Withdraws our routes (answering `503` to whatever drachtio delivers until it confirms,
-    /// at most [`WITHDRAW_WAIT`]), stops reading, lets the writer flush what roles queued —
+    /// at most `WITHDRAW_WAIT`), stops reading, lets the writer flush what roles queued —
     /// answering `503` for every request still owed — closes the connection and joins both
     /// threads.
     pub fn shutdown(self) -> WriterStats {

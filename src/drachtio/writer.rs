@@ -1,8 +1,8 @@
-//! The write side of the drachtio connection: the [`Wire`] every frame goes out through, and
+//! The write side of the drachtio connection: the `Wire` every frame goes out through, and
 //! the writer thread.
 //!
 //! Frames never interleave: every write happens under the wire's lock. The thread that holds
-//! an answer writes it itself when it can ([`Wire::try_answer`]: the lock is free, nothing is
+//! an answer writes it itself when it can (`Wire::try_answer`: the lock is free, nothing is
 //! waiting to go out first and the socket takes the frame at once); everything else — the
 //! reader's frames, requests roles send, answers that could not go out directly — goes
 //! through the writer thread, which batches what arrives together into one write. At
@@ -11,7 +11,7 @@
 //! path finds the lock busy and the writer batches as before.
 //!
 //! The socket is non-blocking (it shares its file description with the reader's mio stream).
-//! The writer waits for room with its own `mio::Poll`, at most [`WRITE_TIMEOUT`] without
+//! The writer waits for room with its own `mio::Poll`, at most `WRITE_TIMEOUT` without
 //! progress; a direct writer never waits.
 
 use std::collections::HashSet;
@@ -54,7 +54,7 @@ pub enum Outgoing {
     /// The [`Responder`](super::Responder) of this transaction was dropped without answering:
     /// answer `503`.
     Unanswered { transaction_id: String },
-    /// A direct write went out in part: write the rest (see [`Wire::try_answer`]).
+    /// A direct write went out in part: write the rest (see `Wire::try_answer`).
     Unfinished,
     /// Where to count unanswered requests (`sbc.sip.unanswered`).
     Metrics(Metrics),

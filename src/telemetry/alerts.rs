@@ -1,5 +1,5 @@
 //! The alerts writer: the thread that takes [`Alert`]s from the roles and writes them to
-//! InfluxDB 1.x (spec 10.2) through the [`Influx`] client.
+//! InfluxDB 1.x (spec 10.2) through the `Influx` client (`influx.rs`).
 //!
 //! Callers hold an [`AlertSender`] and never wait: [`AlertSender::send`] is a `try_send` into a
 //! bounded channel. One writer thread ([`AlertWriter`]) collects the alerts and writes them in
