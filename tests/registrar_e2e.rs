@@ -418,7 +418,8 @@ fn a_captured_authorization_sent_again_from_another_socket_is_challenged_and_cha
 
 #[test]
 fn wrong_passwords_from_one_source_ban_it_and_sbcctl_lifts_the_ban() {
-    let rig = Rig::start(&[]);
+    let influx = sbc_test_tools::influx::Influxd::start();
+    let rig = Rig::start(&[("SBC_TIME_SERIES_PORT", influx.port.to_string())]);
     rig.hook.set_password("wes", "wes-pw");
     let guesser = RawPhone::new("127.0.0.60", rig.double.sip_addr());
     let mut cseq = 0;
@@ -455,4 +456,20 @@ fn wrong_passwords_from_one_source_ban_it_and_sbcctl_lifts_the_ban() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(status_of(&guesser.register(&rig.realm, "wes", 200, None)), 401, "challenged again after the clear");
     rig.forget(&[vec!["wes".to_string()]]);
+
+    // One alert for the ban, read back from InfluxDB (flushed at the latest when the daemon stops).
+    let mut daemon = rig.daemon;
+    assert_eq!(daemon.stop(Duration::from_secs(10)).and_then(|s| s.code()), Some(0));
+    influx.wait_for_count(1, WAIT);
+    let rows = influx.query("SELECT * FROM alerts");
+    let bans: Vec<_> = rows
+        .iter()
+        .filter(|r| r.get("message").and_then(|v| v.as_str()).is_some_and(|m| m.starts_with("registrations from")))
+        .collect();
+    assert_eq!(bans.len(), 1, "one alert per ban: {rows:?}");
+    assert_eq!(
+        bans[0]["message"],
+        "registrations from 127.0.0.60 refused for 300 s after 10 failed authentications within 60 s"
+    );
+    assert!(!rows.iter().any(|r| r.values().any(|v| v.as_str().is_some_and(|t| t.contains("guess-")))), "no password");
 }
