@@ -397,3 +397,73 @@ fn write_waiting(poll: &mut Poll, events: &mut Events, stream: &mut TcpStream, b
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// A wire attached (generation 1) to one end of a loopback connection; the other end.
+    fn attached_wire() -> (Wire, std::net::TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (theirs, _) = listener.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let wire = Wire::default();
+        {
+            let mut state = locked(&wire.state);
+            state.stream = Some(TcpStream::from_std(ours));
+            state.generation = 1;
+        }
+        theirs.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        (wire, theirs)
+    }
+
+    fn read_exactly(peer: &mut std::net::TcpStream, n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n];
+        peer.read_exact(&mut buf).unwrap();
+        buf
+    }
+
+    #[test]
+    fn an_answer_on_a_free_wire_is_written_whole_and_no_longer_owed() {
+        let (wire, mut peer) = attached_wire();
+        wire.owe("txn-1".into());
+        let payload = b"m1|sip|txn-1|\r\nSIP/2.0 200 OK\r\n\r\n";
+        assert_eq!(wire.try_answer("txn-1", payload, 1), DirectWrite::Written);
+        let expected = frame::encode(payload).unwrap();
+        assert_eq!(read_exactly(&mut peer, expected.len()), expected);
+        assert!(locked(&wire.owed).is_empty());
+    }
+
+    #[test]
+    fn answers_go_to_the_writer_when_the_wire_is_not_theirs_to_use() {
+        let payload = b"m1|sip|txn-1|\r\nSIP/2.0 200 OK\r\n\r\n";
+        // delivered on an earlier connection
+        let (wire, _peer) = attached_wire();
+        wire.owe("txn-1".into());
+        assert_eq!(wire.try_answer("txn-1", payload, 0), DirectWrite::Declined);
+        // the writer is writing (holds the lock)
+        {
+            let _held = locked(&wire.state);
+            assert_eq!(wire.try_answer("txn-1", payload, 1), DirectWrite::Declined);
+        }
+        // the rest of an earlier frame must go first
+        locked(&wire.state).unfinished.extend_from_slice(b"tail");
+        assert_eq!(wire.try_answer("txn-1", payload, 1), DirectWrite::Declined);
+        locked(&wire.state).unfinished.clear();
+        // too large to share drachtio's read buffer
+        let large = vec![b'x'; LARGE_FRAME + 1];
+        assert_eq!(wire.try_answer("txn-1", &large, 1), DirectWrite::Declined);
+        // closing: what is owed is the writer's to answer
+        locked(&wire.state).closing = true;
+        assert_eq!(wire.try_answer("txn-1", payload, 1), DirectWrite::Declined);
+        // nothing declined was taken off the owed set
+        assert!(locked(&wire.owed).contains("txn-1"));
+        // no connection at all
+        let idle = Wire::default();
+        assert_eq!(idle.try_answer("txn-1", payload, 0), DirectWrite::Declined);
+    }
+}
