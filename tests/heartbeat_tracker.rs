@@ -54,15 +54,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if let Ok(mut conn) = self.redis.get() {
-            let s = &self.sets;
-            let _: Result<i64, _> = redis::cmd("DEL")
-                .arg(&s.active_fs)
-                .arg(&s.active_rtp)
-                .arg(&s.fs_service_url)
-                .arg(&s.drained_fs)
-                .query(&mut *conn);
-        }
+        sbc_test_tools::ctl_server::delete_cluster_sets(&self.redis, &self.sets);
     }
 }
 

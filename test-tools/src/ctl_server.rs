@@ -113,14 +113,19 @@ impl Drop for Server {
         if !std::thread::panicking() {
             self.shutdown();
         }
-        if let Ok(mut conn) = self.redis.get() {
-            let s = &self.sets;
-            let _: Result<i64, _> = redis::cmd("DEL")
-                .arg(&s.active_fs)
-                .arg(&s.active_rtp)
-                .arg(&s.fs_service_url)
-                .arg(&s.drained_fs)
-                .query(&mut *conn);
-        }
+        delete_cluster_sets(&self.redis, &self.sets);
+    }
+}
+
+/// Deletes a test cluster's feature-server and RTP-server sets (best effort: at the end of a
+/// test, Redis may be the thing the test stopped).
+pub fn delete_cluster_sets(redis: &RedisPool, sets: &ClusterSets) {
+    if let Ok(mut conn) = redis.get() {
+        let _: Result<i64, _> = redis::cmd("DEL")
+            .arg(&sets.active_fs)
+            .arg(&sets.active_rtp)
+            .arg(&sets.fs_service_url)
+            .arg(&sets.drained_fs)
+            .query(&mut *conn);
     }
 }
