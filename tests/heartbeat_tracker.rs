@@ -127,10 +127,10 @@ fn ping(
 fn rtp_status_wins_over_fs_status() {
     let both = options(&[("X-FS-Status", "open"), ("X-RTP-Status", "closed")]);
     assert_eq!(classify(&both), Ping::Internal { kind: ServerKind::Rtp, status: "closed", service_url: None });
-    let fs = options(&[("x-fs-status", "open"), ("X-FS-ServiceUrl", "http://10.0.0.5:3000")]);
+    let fs = options(&[("x-fs-status", "open"), ("X-FS-ServiceUrl", "http://127.0.0.5:3000")]);
     assert_eq!(
         classify(&fs),
-        Ping::Internal { kind: ServerKind::Feature, status: "open", service_url: Some("http://10.0.0.5:3000") }
+        Ping::Internal { kind: ServerKind::Feature, status: "open", service_url: Some("http://127.0.0.5:3000") }
     );
     let rtp = options(&[("X-RTP-Status", "open"), ("X-RTP-Calls", "3")]);
     assert_eq!(classify(&rtp), Ping::Internal { kind: ServerKind::Rtp, status: "open", service_url: None });
@@ -366,24 +366,24 @@ fn a_steady_check_in_refreshes_last_seen_and_restores_a_missing_url() {
 #[test]
 fn heartbeats_from_outside_the_allowed_networks_get_403_and_change_nothing() {
     let c = Cluster::new();
-    c.add(&c.sets.active_fs, "10.0.0.5:5070");
-    c.add(&c.sets.active_rtp, "10.0.0.6");
+    c.add(&c.sets.active_fs, "127.0.0.5:5070");
+    c.add(&c.sets.active_rtp, "127.0.0.6");
     let mut t = c.tracker();
-    t.set_allowed_sources(vec!["10.0.0.0/8".parse().unwrap()]);
+    t.set_allowed_sources(vec!["127.0.0.0/8".parse().unwrap()]);
     let now = Instant::now();
     let url = ("X-FS-ServiceUrl", "http://203.0.113.9:3000");
     assert_eq!(ping(&mut t, "203.0.113.9", 5070, &[("X-FS-Status", "open"), url], now), (403, None));
     // nor can an outsider take a real server out
     assert_eq!(ping(&mut t, "203.0.113.9", 5070, &[("X-RTP-Status", "closed")], now), (403, None));
     assert_eq!(ping(&mut t, "not-an-address", 5070, &[("X-FS-Status", "closed")], now), (403, None));
-    assert_eq!(c.members(&c.sets.active_fs), vec!["10.0.0.5:5070"]);
-    assert_eq!(c.members(&c.sets.active_rtp), vec!["10.0.0.6"]);
+    assert_eq!(c.members(&c.sets.active_fs), vec!["127.0.0.5:5070"]);
+    assert_eq!(c.members(&c.sets.active_rtp), vec!["127.0.0.6"]);
     assert!(c.members(&c.sets.fs_service_url).is_empty());
     assert_eq!(t.tracked(ServerKind::Feature), 0);
     // a plain OPTIONS from the same source is still answered 200
     assert_eq!(ping(&mut t, "203.0.113.9", 5070, &[("User-Agent", "carrier")], now), (200, None));
     // and a heartbeat from inside still counts
-    assert_eq!(ping(&mut t, "10.0.0.7", 5070, &[("X-FS-Status", "open")], now), (200, Some("2".into())));
+    assert_eq!(ping(&mut t, "127.0.0.7", 5070, &[("X-FS-Status", "open")], now), (200, Some("2".into())));
 }
 
 #[test]
