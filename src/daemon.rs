@@ -19,7 +19,9 @@ use crate::ctl::{CtlError, CtlServer, CtlSettings};
 use crate::drachtio::{ConnectionEvent, DrachtioClient, Route};
 use crate::heartbeat::{HeartbeatRole, HeartbeatSettings};
 use crate::regbot::{self, RegbotError};
+use crate::registrar::auth_pool::{self, AUTH_GAUGE_INTERVAL};
 use crate::registrar::bans::Bans;
+use crate::registrar::fair_pool::LoadProbe;
 use crate::registrar::{AuthPool, Registrar, RegistrarSettings};
 use crate::store::mysql::MysqlPool;
 use crate::store::redis::{self as redis_store, RedisPool, RedisTarget};
@@ -270,8 +272,8 @@ fn start_and_wait(config: &Config) -> Result<Stop, StartError> {
             .with_telemetry(alert_writer.sender(), metrics.clone())
             .with_bans(Arc::clone(&bans)),
     );
-    let (register_tx, register_rx) = bounded(config.auth_queue);
-    let auth_pool = AuthPool::start(config.auth_workers, registrar.clone(), register_rx, shutdown_rx.clone())
+    let (register_tx, register_rx) = bounded(config.auth.queue);
+    let auth_pool = AuthPool::start(config.auth, registrar.clone(), register_rx, shutdown_rx.clone())
         .map_err(StartError::AuthWorkers)?;
 
     let (events_tx, events_rx) = unbounded::<ConnectionEvent>();
@@ -287,7 +289,8 @@ fn start_and_wait(config: &Config) -> Result<Stop, StartError> {
         ctl_events_rx,
     )
     .map_err(|source| StartError::CliSocket { path: config.socket_path.clone(), source })?
-    .with_bans(Arc::clone(&bans));
+    .with_bans(Arc::clone(&bans))
+    .with_auth_load(auth_pool.load_probe());
     let routes = vec![
         Route { method: "REGISTER".into(), queue: register_tx },
         Route { method: "OPTIONS".into(), queue: options_tx },
@@ -314,7 +317,9 @@ fn start_and_wait(config: &Config) -> Result<Stop, StartError> {
         }
     })?);
 
-    let (stop, stop_reason) = wait_for_stop(config, &signals, &events_rx, &role_ended, &registrar, &metrics);
+    let auth_load = auth_pool.load_probe();
+    let (stop, stop_reason) =
+        wait_for_stop(config, &signals, &events_rx, &role_ended, &registrar, &metrics, &auth_load);
     match stop {
         Stop::Requested => info!("{stop_reason}: stopping"),
         Stop::RoleFailed => error!("{stop_reason}: stopping (exit status {EXIT_ROLE_FAILED}, to be restarted)"),
@@ -397,7 +402,8 @@ fn registrar_settings(config: &Config) -> RegistrarSettings {
         nonce_ttl: config.nonce_ttl,
         webhook_aor_check: config.webhook_aor_check,
         account_cache_ttl: config.account_cache_ttl,
-        webhook_idle_connections: config.auth_workers,
+        // Every authentication in flight may be a call to the same webhook host.
+        webhook_idle_connections: config.auth.max_in_flight,
         // A stable key: nonces survive a restart and are accepted by every SBC of the cluster
         // (they share ENCRYPTION_SECRET), so a retried REGISTER is not challenged again.
         nonce_secret: Some(format!("sbc-sidecar nonce key:{}", config.encryption_secret.expose())),
@@ -445,9 +451,12 @@ fn wait_for_stop(
     role_ended: &Receiver<RoleEnded>,
     registrar: &Registrar,
     metrics: &Metrics,
+    auth_load: &LoadProbe,
 ) -> (Stop, String) {
-    let users_gauge =
-        if metrics.is_enabled() { crossbeam_channel::tick(USERS_GAUGE_INTERVAL) } else { crossbeam_channel::never() };
+    let every =
+        |interval| if metrics.is_enabled() { crossbeam_channel::tick(interval) } else { crossbeam_channel::never() };
+    let users_gauge = every(USERS_GAUGE_INTERVAL);
+    let auth_gauge = every(AUTH_GAUGE_INTERVAL);
     // Expired members of `active-user` are pruned every 10 minutes, as the Node registrar did.
     let prune = crossbeam_channel::tick(ACTIVE_USER_PRUNE_INTERVAL);
     let mut ready = false;
@@ -491,6 +500,7 @@ fn wait_for_stop(
                 Ok(n) => metrics.users_count(n),
                 Err(e) => debug!("sbc.users.count not sent: {e}"),
             },
+            recv(auth_gauge) -> _ => auth_pool::report_load(&auth_load.load(), metrics),
             recv(watchdog) -> _ => {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
             }

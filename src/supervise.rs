@@ -44,10 +44,16 @@ pub fn watch() -> Option<Receiver<RoleEnded>> {
 /// unwound.
 struct Notify {
     role: String,
+    /// Whether a plain return counts as an end too (a role), or only a panic does (an elastic
+    /// worker returns when it is no longer needed).
+    report_return: bool,
 }
 
 impl Drop for Notify {
     fn drop(&mut self) {
+        if !self.report_return && !thread::panicking() {
+            return;
+        }
         if let Some(tx) = ENDED.get() {
             let _ = tx.send(RoleEnded { role: std::mem::take(&mut self.role), panicked: thread::panicking() });
         }
@@ -62,11 +68,27 @@ where
 {
     let name = name.into();
     thread::Builder::new().name(name.clone()).spawn(move || {
-        let notify = Notify { role: name };
+        let notify = Notify { role: name, report_return: true };
         debug_panic(&notify.role);
         let result = f();
         drop(notify);
         result
+    })
+}
+
+/// Starts `f` on a thread named `name` with a stack of `stack_size` bytes, for a pool that
+/// grows and shrinks: only a panic is reported to the [`watch`] receiver, since such a thread
+/// returns whenever the pool no longer needs it.
+pub fn spawn_worker<F>(name: impl Into<String>, stack_size: usize, f: F) -> io::Result<JoinHandle<()>>
+where
+    F: FnOnce() + Send + 'static,
+{
+    let name = name.into();
+    thread::Builder::new().name(name.clone()).stack_size(stack_size).spawn(move || {
+        let notify = Notify { role: name, report_return: false };
+        debug_panic(&notify.role);
+        f();
+        drop(notify);
     })
 }
 

@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use sbc_sidecar::drachtio::{IncomingRequest, Outgoing, Responder, SipDelivery};
+use sbc_sidecar::registrar::fair_pool::PoolLimits;
 use sbc_sidecar::registrar::nonce::NonceSigner;
 use sbc_sidecar::registrar::{
     AuthPool, HookError, HookRequest, HookResponse, HookTransport, Registrar, RegistrarSettings,
@@ -1160,6 +1161,12 @@ fn binding_that_cannot_be_stored_is_500_not_a_false_200() {
 // ---------------------------------------------------------------------------------------------
 // The worker pool.
 
+/// `n` auth workers that neither grow nor shrink, one account may use them all, and as many
+/// may wait for them as the reader's queue holds.
+fn fixed_workers(n: usize, queue: &crossbeam_channel::Receiver<IncomingRequest>) -> PoolLimits {
+    PoolLimits::from_share(n, n, queue.capacity().unwrap_or(1024), 100)
+}
+
 #[test]
 fn auth_pool_answers_every_request_once_and_stops_on_shutdown() {
     let fx = Fx::new();
@@ -1170,7 +1177,8 @@ fn auth_pool_answers_every_request_once_and_stops_on_shutdown() {
     ));
     let (queue_tx, queue_rx) = bounded::<IncomingRequest>(16);
     let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
-    let pool = AuthPool::start(2, registrar.clone(), queue_rx.clone(), shutdown_rx.clone()).unwrap();
+    let pool =
+        AuthPool::start(fixed_workers(2, &queue_rx), registrar.clone(), queue_rx.clone(), shutdown_rx.clone()).unwrap();
 
     // IPv4 Request-URIs are answered without touching any store
     let mut reg = fx.reg("pool");
@@ -1191,7 +1199,7 @@ fn auth_pool_answers_every_request_once_and_stops_on_shutdown() {
     // a worker took it first, else refused with 503 + Retry-After.
     let (late, late_rx) = incoming(&reg);
     queue_tx.send(late).unwrap();
-    let pool = AuthPool::start(1, registrar, queue_rx, shutdown_rx).unwrap();
+    let pool = AuthPool::start(fixed_workers(1, &queue_rx), registrar, queue_rx, shutdown_rx).unwrap();
     pool.join();
     let r = response_from(&late_rx);
     assert!(r.status == 503 || r.status == 403, "{}", r.raw);
@@ -1245,7 +1253,7 @@ fn a_worker_takes_queued_registers_as_a_batch_and_answers_each_once() {
     }
     let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
     let hook_calls_before = fx.hook.request_count();
-    let pool = AuthPool::start(1, registrar, queue_rx, shutdown_rx).unwrap();
+    let pool = AuthPool::start(fixed_workers(1, &queue_rx), registrar, queue_rx, shutdown_rx).unwrap();
     for (rx, status, expires, user) in &expected {
         let r = response_from(rx);
         assert_eq!(r.status, *status, "{user}: {}", r.raw);
@@ -1291,7 +1299,7 @@ fn a_replay_in_a_batch_is_challenged_by_the_triage_thread() {
     let (req, replay_rx) = incoming(&replay);
     queue_tx.send(req).unwrap();
     let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
-    let pool = AuthPool::start(1, registrar, queue_rx, shutdown_rx).unwrap();
+    let pool = AuthPool::start(fixed_workers(1, &queue_rx), registrar, queue_rx, shutdown_rx).unwrap();
     assert_eq!(response_from(&first_rx).status, 200);
     assert_challenge(&response_from(&replay_rx), &fx.realm, false);
     // and again in a batch of its own
@@ -1333,7 +1341,7 @@ fn a_banned_source_creates_no_one_time_keys() {
     let (req, rx) = incoming(&fx.reg("lou").authorized(PASSWORD, &nonce));
     queue_tx.send(req).unwrap();
     let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
-    let pool = AuthPool::start(1, registrar, queue_rx, shutdown_rx).unwrap();
+    let pool = AuthPool::start(fixed_workers(1, &queue_rx), registrar, queue_rx, shutdown_rx).unwrap();
     let r = response_from(&rx);
     assert_eq!((r.status, r.header("X-Reason")), (403, Some("Too many failed authentications")));
     let key = replay::key(&nonce, &NonceUse { nc: 1, cnonce: "0a4f113b".into() });
@@ -1531,7 +1539,7 @@ fn cache_window_refreshes_are_answered_while_every_auth_worker_waits_on_a_webhoo
 
     let (queue_tx, queue_rx) = bounded::<IncomingRequest>(16);
     let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
-    let pool = AuthPool::start(1, registrar, queue_rx, shutdown_rx).unwrap();
+    let pool = AuthPool::start(fixed_workers(1, &queue_rx), registrar, queue_rx, shutdown_rx).unwrap();
     fx.hook.delay(Duration::from_secs(2));
     let (slow, slow_rx) = incoming(&fx.reg("slowpoke").authorized(PASSWORD, &nonce));
     queue_tx.send(slow).unwrap();
@@ -1603,7 +1611,7 @@ fn a_redis_that_never_answers_costs_one_timeout_not_one_per_register() {
         answers.push(rx);
     }
     let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
-    let pool = AuthPool::start(2, registrar, queue_rx, shutdown_rx).unwrap();
+    let pool = AuthPool::start(fixed_workers(2, &queue_rx), registrar, queue_rx, shutdown_rx).unwrap();
     for rx in &answers {
         let r = response_from(rx);
         assert_eq!((r.status, r.header("Retry-After")), (503, Some("5")), "{}", r.raw);
@@ -1645,7 +1653,7 @@ fn a_full_auth_queue_answers_503_at_once_and_every_request_once() {
 
     let (queue_tx, queue_rx) = bounded::<IncomingRequest>(QUEUE);
     let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
-    let pool = AuthPool::start(1, registrar, queue_rx, shutdown_rx).unwrap();
+    let pool = AuthPool::start(fixed_workers(1, &queue_rx), registrar, queue_rx, shutdown_rx).unwrap();
     fx.hook.delay(Duration::from_millis(1500));
     let mut answers = Vec::new();
     // The first holds the only worker inside the webhook call.

@@ -342,7 +342,31 @@ fn status(client: &Client) -> Result<(), Failure> {
     if let Some(e) = reply.get("regbot_error").and_then(Value::as_str) {
         println!("  regbot query failed: {e}");
     }
+    if let Some(auth) = reply.get("auth").and_then(Value::as_object) {
+        print_auth(auth);
+    }
     Ok(())
+}
+
+/// The auth workers' part of `status`: how many authentications run and wait, and who holds
+/// them.
+fn print_auth(auth: &Map<String, Value>) {
+    let n = |name: &str| auth.get(name).and_then(Value::as_u64).unwrap_or(0);
+    println!(
+        "auth: {} running (at most {}, {} per account while others wait), {} waiting, {} threads (peak {}), {} refused",
+        n("in_flight"),
+        n("max_in_flight"),
+        n("account_share"),
+        n("waiting"),
+        n("threads"),
+        n("peak_threads"),
+        n("refused")
+    );
+    for account in auth.get("accounts").and_then(Value::as_array).into_iter().flatten() {
+        let n = |name: &str| account.get(name).and_then(Value::as_u64).unwrap_or(0);
+        let sid = account.get("account_sid").and_then(Value::as_str).unwrap_or("?");
+        println!("  account {sid}: {} running, {} waiting", n("in_flight"), n("waiting"));
+    }
 }
 
 /// Column headers of `regbot list`, in the order of [`regbot_row`].

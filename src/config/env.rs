@@ -7,7 +7,7 @@ use std::time::Duration;
 use log::LevelFilter;
 
 use super::cli::CommandLine;
-use super::roles::{ban, cluster_id, drachtio, metrics, metrics_enabled, parse_cidrs, regbot};
+use super::roles::{auth_limits, ban, cluster_id, drachtio, metrics, metrics_enabled, parse_cidrs, regbot};
 use super::stores::{mysql_pools, redis};
 use super::{
     Config, ConfigError, Secret, DEFAULT_HEARTBEAT_CIDRS, DEFAULT_NETWORK_CIDR, DEFAULT_SOCKET_PATH, IGNORED_VARIABLES,
@@ -240,7 +240,7 @@ pub(super) fn parse_env(env: &Env<'_>, command_line: CommandLine) -> Result<Conf
         ));
     }
     warnings.extend(ignored_variables(env));
-    let auth_workers = usize_from(env.count("SBC_AUTH_WORKERS", 8, 1, 1024)?);
+    let auth = auth_limits(env)?;
 
     Ok(Config {
         run_mode: command_line.run_mode,
@@ -253,7 +253,7 @@ pub(super) fn parse_env(env: &Env<'_>, command_line: CommandLine) -> Result<Conf
         drachtio: drachtio(env, &required, network_cidrs)?,
         mysql,
         mysql_write,
-        redis: redis(env, required.redis_sentinels, auth_workers, &mut warnings)?,
+        redis: redis(env, required.redis_sentinels, &auth, &mut warnings)?,
         time_series_host: required.time_series_host.to_string(),
         time_series_port: env.port("SBC_TIME_SERIES_PORT", 8086)?,
         metrics: metrics(env)?,
@@ -269,9 +269,7 @@ pub(super) fn parse_env(env: &Env<'_>, command_line: CommandLine) -> Result<Conf
         http_user_agent: env.optional("JAMBONES_HTTP_USER_AGENT_HEADER"),
         webhook_timeout: env.millis("SBC_WEBHOOK_TIMEOUT_MS", 3000, 1)?,
         shutdown_grace: env.millis("SBC_SHUTDOWN_GRACE_MS", 5000, 0)?,
-        auth_workers,
-        // The queue is a bounded channel allocated up front: cap it.
-        auth_queue: usize_from(env.count("SBC_AUTH_QUEUE", 1024, 1, 1_000_000)?),
+        auth,
         nonce_ttl: env.secs("SBC_NONCE_TTL_S", 300, 1)?,
         webhook_aor_check: env.switch("SBC_WEBHOOK_AOR_CHECK", true)?,
         account_cache_ttl: env.millis("SBC_ACCOUNT_CACHE_MS", 5000, 0)?,
@@ -496,7 +494,7 @@ mod tests {
         assert_eq!(c.regbot.register_response_remove, [401]);
         assert_eq!(c.regbot.user_agent, "Acme SBC");
         assert_eq!(c.http_user_agent.as_deref(), Some("jambonz"));
-        assert_eq!(c.auth_workers, 4);
+        assert_eq!(c.auth.min_threads, 4);
     }
 
     /// The Node program's SELECT cache, MySQL pings and statsd buffer are not implemented:

@@ -35,6 +35,7 @@ use crate::logging::{LogFacility, LogTarget};
 use crate::net::Cidr;
 use crate::regbot::RegbotSettings;
 use crate::registrar::bans::BanSettings;
+use crate::registrar::fair_pool::PoolLimits;
 use crate::store::mysql::MysqlSettings;
 use crate::store::redis::RedisSettings;
 use crate::telemetry::MetricsSettings;
@@ -79,8 +80,29 @@ pub const NEW_VARIABLES: &[(&str, &str, &str)] = &[
         "after SIGTERM, how long (beyond SBC_WEBHOOK_TIMEOUT_MS) roles may finish what they hold; \
          whatever is left is then answered 503 and the daemon exits 0 (ms)",
     ),
-    ("SBC_AUTH_WORKERS", "8", "number of threads authenticating REGISTERs (webhook or clients table)"),
-    ("SBC_AUTH_QUEUE", "1024", "REGISTERs waiting for an auth worker; when full, new ones are answered 503"),
+    (
+        "SBC_AUTH_WORKERS",
+        "8",
+        "threads authenticating REGISTERs (webhook or clients table) kept even when idle; more are started \
+         while authentications wait, up to SBC_AUTH_MAX_INFLIGHT",
+    ),
+    (
+        "SBC_AUTH_MAX_INFLIGHT",
+        "512",
+        "most authentications (webhook calls, clients-table lookups) in progress at once, one thread each; \
+         threads idle for 10 s end",
+    ),
+    (
+        "SBC_AUTH_ACCOUNT_SHARE",
+        "25",
+        "percent of SBC_AUTH_MAX_INFLIGHT and of SBC_AUTH_QUEUE one account may hold while others need them; \
+         beyond it an account only borrows idle threads and never the last share",
+    ),
+    (
+        "SBC_AUTH_QUEUE",
+        "1024",
+        "REGISTERs waiting for an authentication; when full, or when one account's part is, new ones are answered 503",
+    ),
     ("SBC_REDIS_TIMEOUT_MS", "1000", "Redis connect and pool checkout timeout (ms)"),
     ("SBC_MYSQL_TIMEOUT_MS", "1000", "MySQL connect and pool checkout timeout (ms)"),
     (
@@ -335,10 +357,9 @@ pub struct Config {
     /// `SBC_SHUTDOWN_GRACE_MS`: the drain after SIGTERM lasts at most this plus the webhook
     /// timeout.
     pub shutdown_grace: Duration,
-    /// `SBC_AUTH_WORKERS`.
-    pub auth_workers: usize,
-    /// `SBC_AUTH_QUEUE`.
-    pub auth_queue: usize,
+    /// `SBC_AUTH_WORKERS`, `SBC_AUTH_MAX_INFLIGHT`, `SBC_AUTH_ACCOUNT_SHARE`, `SBC_AUTH_QUEUE`:
+    /// the auth workers' pool.
+    pub auth: PoolLimits,
     /// `SBC_NONCE_TTL_S`.
     pub nonce_ttl: Duration,
     /// `SBC_WEBHOOK_AOR_CHECK`, default on.

@@ -7,6 +7,7 @@ use crate::drachtio::ClientConfig;
 use crate::net::Cidr;
 use crate::regbot::{DnsSettings, RegbotSettings};
 use crate::registrar::bans::BanSettings;
+use crate::registrar::fair_pool::PoolLimits;
 use crate::telemetry::MetricsSettings;
 
 /// The drachtio connection; `private_networks` is `JAMBONES_NETWORK_CIDR`.
@@ -91,6 +92,26 @@ pub(super) fn ban(env: &Env<'_>) -> Result<BanSettings, ConfigError> {
         ban: env.secs("SBC_AUTH_BAN_TIME_S", 300, 1)?,
         capacity: usize_from(env.count("SBC_AUTH_BAN_TABLE_SIZE", 65536, 1, 1_000_000)?),
     })
+}
+
+/// The auth workers: `SBC_AUTH_WORKERS` threads kept, up to `SBC_AUTH_MAX_INFLIGHT`
+/// authentications at once, `SBC_AUTH_ACCOUNT_SHARE` percent of those (and of the
+/// `SBC_AUTH_QUEUE` waiting places) per account. The defaults carry 400 registrations/s
+/// through a webhook that answers in 1 s. The queue is capped because the reader's queue in
+/// front of it is a channel allocated up front.
+pub(super) fn auth_limits(env: &Env<'_>) -> Result<PoolLimits, ConfigError> {
+    let min_threads = usize_from(env.count("SBC_AUTH_WORKERS", 8, 1, 1024)?);
+    let max_in_flight = usize_from(env.count("SBC_AUTH_MAX_INFLIGHT", 512, 1, 4096)?);
+    if max_in_flight < min_threads {
+        return Err(invalid(
+            "SBC_AUTH_MAX_INFLIGHT",
+            &max_in_flight.to_string(),
+            format!("at least SBC_AUTH_WORKERS ({min_threads})"),
+        ));
+    }
+    let share = env.count("SBC_AUTH_ACCOUNT_SHARE", 25, 1, 100)?;
+    let queue = usize_from(env.count("SBC_AUTH_QUEUE", 1024, 1, 1_000_000)?);
+    Ok(PoolLimits::from_share(min_threads, max_in_flight, queue, u8::try_from(share).unwrap_or(100)))
 }
 
 pub(super) fn parse_cidrs(var: &str, list: &str) -> Result<Vec<Cidr>, ConfigError> {

@@ -4,6 +4,7 @@ use std::net::Ipv6Addr;
 
 use super::env::{invalid, list_items, parse_decimal, usize_from, Env};
 use super::{ConfigError, MysqlTls, MysqlTlsFiles, RedisTls, DEFAULT_SENTINEL_PORT};
+use crate::registrar::fair_pool::PoolLimits;
 use crate::store::mysql::MysqlSettings;
 use crate::store::redis::{RedisSettings, RedisTarget};
 
@@ -55,11 +56,13 @@ pub(super) fn mysql_pools(
 /// Standalone (`JAMBONES_REDIS_HOST`/`_PORT`/`_USERNAME`/`_PASSWORD`) or, when
 /// `JAMBONES_REDIS_SENTINELS` is set, through the sentinels: `JAMBONES_REDIS_SENTINEL_USERNAME`
 /// and `_PASSWORD` log in to the master they name, `_SERVER_PASSWORD` to the sentinels
-/// themselves. `max_connections` leaves room for every auth worker and the other roles.
+/// themselves. `max_connections`: an auth worker holds a connection for well under a
+/// millisecond after its webhook answered, so a sixteenth of the in-flight limit (at least the
+/// workers always kept, at most 64) plus room for the other roles keeps them from waiting.
 pub(super) fn redis(
     env: &Env<'_>,
     sentinels: Option<&str>,
-    auth_workers: usize,
+    auth: &PoolLimits,
     warnings: &mut Vec<String>,
 ) -> Result<RedisSettings, ConfigError> {
     let (target, username, password) = match sentinels {
@@ -107,7 +110,9 @@ pub(super) fn redis(
         password,
         db: 0,
         timeout: env.millis("SBC_REDIS_TIMEOUT_MS", 1000, 1)?,
-        max_connections: u32::try_from(auth_workers).unwrap_or(u32::MAX).saturating_add(8),
+        max_connections: u32::try_from((auth.max_in_flight / 16).clamp(auth.min_threads, 64.max(auth.min_threads)))
+            .unwrap_or(u32::MAX)
+            .saturating_add(8),
         tls,
     })
 }

@@ -10,6 +10,7 @@ use log::LevelFilter;
 use super::*;
 use crate::logging::{LogFacility, LogTarget};
 use crate::registrar::bans::BanSettings;
+use crate::registrar::fair_pool::PoolLimits;
 use crate::store::redis::RedisTarget;
 
 /// The smallest environment the program starts with.
@@ -101,8 +102,8 @@ fn every_default() {
     assert_eq!(c.redis.db, 0);
     assert_eq!(c.redis.tls, None);
     assert_eq!(c.redis.timeout, Duration::from_millis(1000));
-    // Room for every auth worker and the other roles.
-    assert_eq!(c.redis.max_connections, 16);
+    // A sixteenth of the in-flight limit (at least the workers kept) and the other roles.
+    assert_eq!(c.redis.max_connections, 40);
     assert_eq!(c.time_series_host, "influx.local");
     assert_eq!(c.metrics, MetricsSettings::disabled());
 
@@ -143,8 +144,8 @@ fn every_default() {
     assert_eq!(c.http_user_agent, None);
     assert_eq!(c.webhook_timeout, Duration::from_millis(3000));
     assert_eq!(c.shutdown_grace, Duration::from_millis(5000));
-    assert_eq!(c.auth_workers, 8);
-    assert_eq!(c.auth_queue, 1024);
+    assert_eq!(c.auth, PoolLimits::from_share(8, 512, 1024, 25));
+    assert_eq!((c.auth.share, c.auth.key_queue), (128, 256));
     assert_eq!(c.nonce_ttl, Duration::from_secs(300));
     assert!(c.webhook_aor_check);
     assert_eq!(

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
 use log::{info, warn};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use super::protocol::{action, error, failure, parse_ban_ip, success, validate_server};
 use super::regbot_link::{self, QUERY_TIMEOUT};
@@ -18,6 +18,7 @@ use crate::heartbeat::keys::ACTIVE_USER;
 use crate::heartbeat::{ClusterSets, DrainedServers};
 use crate::regbot::{cluster, RegbotRole, StatusRequest};
 use crate::registrar::bans::Bans;
+use crate::registrar::fair_pool::{LoadProbe, PoolLoad};
 use crate::store::redis::{checkout, RedisConn, RedisPool};
 
 pub(crate) struct Commands {
@@ -36,6 +37,8 @@ pub(crate) struct Commands {
     conn_events: Receiver<ConnectionEvent>,
     /// The registrar's brute-force ban table; `None` when this daemon has none.
     bans: Option<Arc<Bans>>,
+    /// How busy the registrar's auth workers are; `None` when this daemon has none.
+    auth_load: Option<LoadProbe>,
 }
 
 impl Commands {
@@ -50,7 +53,12 @@ impl Commands {
             drachtio: None,
             regbot_queries: None,
             bans: None,
+            auth_load: None,
         }
+    }
+
+    pub(crate) fn set_auth_load(&mut self, load: LoadProbe) {
+        self.auth_load = Some(load);
     }
 
     pub(crate) fn set_bans(&mut self, bans: Arc<Bans>) {
@@ -331,6 +339,9 @@ impl Commands {
         if let Some(e) = regbot_error {
             reply.insert("regbot_error".into(), Value::String(e));
         }
+        if let Some(probe) = &self.auth_load {
+            reply.insert("auth".into(), auth_json(&probe.load()));
+        }
         success(reply)
     }
 
@@ -531,6 +542,26 @@ fn strings(list: Vec<String>) -> Value {
 
 fn opt_string(s: Option<&str>) -> Value {
     s.map(|s| Value::String(s.to_string())).unwrap_or(Value::Null)
+}
+
+/// The `auth` part of `status`: the auth workers' load and the busiest accounts.
+fn auth_json(load: &PoolLoad) -> Value {
+    let accounts: Vec<Value> = load
+        .busiest
+        .iter()
+        .map(|a| json!({"account_sid": a.key, "in_flight": a.in_flight, "waiting": a.waiting}))
+        .collect();
+    json!({
+        "in_flight": load.in_flight,
+        "waiting": load.waiting,
+        "threads": load.threads,
+        "idle_threads": load.idle_threads,
+        "max_in_flight": load.max_in_flight,
+        "account_share": load.share,
+        "peak_threads": load.peak_threads,
+        "refused": load.refused,
+        "accounts": accounts,
+    })
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ use super::CtlError;
 use crate::drachtio::ConnectionEvent;
 use crate::regbot::StatusRequest;
 use crate::registrar::bans::Bans;
+use crate::registrar::fair_pool::LoadProbe;
 use crate::store::redis::RedisPool;
 
 const LISTENER: Token = Token(0);
@@ -105,6 +106,12 @@ impl CtlServer {
     /// `Ban table not available`.
     pub fn with_bans(mut self, bans: Arc<Bans>) -> CtlServer {
         self.commands.set_bans(bans);
+        self
+    }
+
+    /// Shows how busy the registrar's auth workers are in `status`.
+    pub fn with_auth_load(mut self, load: LoadProbe) -> CtlServer {
+        self.commands.set_auth_load(load);
         self
     }
 

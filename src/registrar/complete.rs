@@ -14,7 +14,7 @@ use super::bindings::{self, NewBinding};
 use super::clients;
 use super::grant::{AuthVerdict, Denial, Grant};
 use super::hook_breaker::{Admission, Transition};
-use super::pipeline::{Checked, Ctx, INVALID_CREDENTIALS_REASON, NAT_EXPIRES};
+use super::pipeline::{Checked, Ctx, BANNED_REASON, INVALID_CREDENTIALS_REASON, NAT_EXPIRES};
 use super::replay;
 use super::reply::Reply;
 use super::request::Kind;
@@ -37,6 +37,12 @@ impl Registrar {
 
     /// An auth worker's part: the credentials proven once, then the binding.
     fn authenticate_and_store(&self, c: &Checked) -> Result<Reply, Reply> {
+        // Banned while it waited for a worker (other requests of the same source failed
+        // meanwhile): no webhook or MySQL work for it either.
+        if let Some(ban) = c.ctx.source_ip.and_then(|ip| self.bans.banned(ip, Instant::now())) {
+            debug!("registrar: REGISTER from source={} banned while it waited for a worker: 403", ban.ip);
+            return Err(Reply::with_reason(403, BANNED_REASON));
+        }
         let grant = self.authenticate(c)?;
         match c.ctx.reg.kind {
             Kind::Register => self.register(&c.req, &c.ctx, &grant),

@@ -32,8 +32,15 @@ impl UreqTransport {
             // Under Node's default keep-alive timeout (5 s), so that a connection is rarely
             // reused just as a Node webhook server closes it.
             .max_idle_age(Duration::from_secs(4))
-            // A few webhook hosts per platform (one per account at most).
-            .max_idle_connections(idle_per_host.saturating_mul(4).max(16))
+            // A few webhook hosts per platform (one per account at most), all of them busy at
+            // once seldom: twice the per-host bound.
+            .max_idle_connections(idle_per_host.saturating_mul(2).max(16))
+            // A webhook exchange is a few KB each way; ureq's 128 KB buffers per connection
+            // added up to tens of MB with a few hundred kept-alive connections (one per
+            // authentication in flight). The input buffer still holds any response head our
+            // 64 KB body limit would let through in practice.
+            .input_buffer_size(32 * 1024)
+            .output_buffer_size(16 * 1024)
             .timeout_global(Some(timeout))
             .http_status_as_error(false)
             .max_redirects(0)

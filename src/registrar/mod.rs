@@ -21,7 +21,8 @@
 //! `credentials` (what an Authorization must say), `accounts` (MySQL reads), `webhook` +
 //! `hook_transport` (the HTTP hook), `clients` + `crypto` (the `clients` table), `nonce`,
 //! `replay`, `bans`, `bindings` (Redis), `device_count`, `grant`, `reply`, `alerts`, `health`,
-//! `auth_pool` (the worker threads), `settings`.
+//! `auth_pool` (the triage thread and the workers), `fair_pool` (the elastic, fair worker
+//! pool), `settings`.
 
 mod account_cache;
 pub mod accounts;
@@ -34,6 +35,7 @@ mod complete;
 pub mod credentials;
 pub mod crypto;
 pub mod device_count;
+pub mod fair_pool;
 pub mod grant;
 mod health;
 pub mod hook_breaker;

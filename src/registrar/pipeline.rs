@@ -120,6 +120,11 @@ impl Checked {
     pub fn into_request(self) -> IncomingRequest {
         self.req
     }
+
+    /// The account whose share of the auth workers this request uses.
+    pub fn account_sid(&self) -> &str {
+        &self.account.account_sid
+    }
 }
 
 /// The request facts every step needs, computed once.

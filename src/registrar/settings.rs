@@ -45,9 +45,10 @@ pub struct RegistrarSettings {
     /// How long an account lookup by realm is reused (`SBC_ACCOUNT_CACHE_MS`); zero disables
     /// the cache. Default 5 s.
     pub account_cache_ttl: Duration,
-    /// Idle connections kept open to each webhook host: one per auth worker, so workers
-    /// calling the same webhook at once all reuse a connection (ureq keeps 3 by default, and
-    /// the rest were closed and opened again on every call).
+    /// Idle connections kept open to each webhook host: one per authentication that may be in
+    /// flight, so workers calling the same webhook at once all reuse a connection (ureq keeps
+    /// 3 by default, and the rest were closed and opened again — a TCP and TLS handshake — on
+    /// every call).
     pub webhook_idle_connections: usize,
     /// When an account's webhook has timed out too often in a row, its REGISTERs get `503`
     /// without calling it for a while (see `hook_breaker`). Default: 3 timeouts, 10 s.

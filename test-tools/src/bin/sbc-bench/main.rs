@@ -8,9 +8,14 @@
 //! then cached refreshes offered at constant rates, where every thread hand-off costs a sleep
 //! and a wake-up — then the saturation phases (a window of transactions in flight).
 //!
+//! Customers' webhooks answer in 50–500 ms, so the full-registration steps run once per
+//! webhook latency (the bench's webhook sleeps that long before answering): throughput must
+//! not depend on it. The daemon's thread count and memory are sampled during every step.
+//!
 //! Knobs (environment): `SBC_BENCH_RATES` (registrations/s of the fixed-rate steps, default
-//! `100,400,1600`; empty skips them), `SBC_BENCH_STEP_SECONDS` (length of each step, default
-//! 10), `SBC_BENCH_USERS` (saturation users, default 20000), `SBC_BENCH_WINDOW` (transactions
+//! `100,400,1600`; empty skips them), `SBC_BENCH_HOOK_DELAY_MS` (webhook latencies of the
+//! full-registration steps, default `0,100,500`), `SBC_BENCH_STEP_SECONDS` (length of each
+//! step, default 10), `SBC_BENCH_SKIP_REGBOT=1` (leave out the regbot phase at the end), `SBC_BENCH_USERS` (saturation users, default 20000), `SBC_BENCH_WINDOW` (transactions
 //! in flight at saturation, default 200), `SBC_BENCH_SECONDS` (upper bound per phase, default
 //! 120).
 
@@ -66,12 +71,43 @@ fn memory_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// The daemon's thread count (`Threads:` of /proc/<pid>/status).
+fn threads(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// The most threads and the most resident memory the daemon had while `f` ran (sampled every
+/// 50 ms).
+fn sampled<T>(pid: u32, f: impl FnOnce() -> T) -> (T, u64, u64) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut max_threads, mut max_rss) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                max_threads = max_threads.max(threads(pid));
+                max_rss = max_rss.max(memory_kib(pid).0);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (max_threads, max_rss)
+        })
+    };
+    let result = f();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (max_threads, max_rss) = sampler.join().unwrap_or((0, 0));
+    (result, max_threads, max_rss)
+}
+
 struct Phase {
     name: String,
     result: LoadResult,
     cpu_us: u64,
     /// What the CPU is divided by: REGISTER requests (cached) or registrations (full auth).
     per: u64,
+    /// The most threads and resident KiB the daemon had during the phase.
+    max_threads: u64,
+    max_rss_kib: u64,
 }
 
 impl Phase {
@@ -82,7 +118,7 @@ impl Phase {
     fn print(&self) {
         let r = &self.result;
         println!(
-            "{:<24} {:>7} ok {:>5} failed {:>9.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  cpu {:>7.1} µs/{}",
+            "{:<30} {:>7} ok {:>5} failed {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  cpu {:>7.1} µs/{:<12}  threads ≤{:>4}  RSS ≤{:>6.1} MB",
             self.name,
             r.ok,
             r.failed,
@@ -91,6 +127,8 @@ impl Phase {
             r.percentile(0.99).as_secs_f64() * 1e3,
             self.cpu_per(),
             if self.name.starts_with("cached") { "REGISTER" } else { "registration" },
+            self.max_threads,
+            self.max_rss_kib as f64 / 1024.0,
         );
         if r.failed > 0 {
             println!("{:<24} statuses: {:?}", "", r.statuses);
@@ -105,6 +143,8 @@ impl Phase {
             "p50_ms": self.result.percentile(0.50).as_secs_f64() * 1e3,
             "p99_ms": self.result.percentile(0.99).as_secs_f64() * 1e3,
             "cpu_us_per": (self.cpu_per() * 10.0).round() / 10.0,
+            "max_threads": self.max_threads,
+            "max_rss_kib": self.max_rss_kib,
         })
     }
 }
@@ -112,12 +152,12 @@ impl Phase {
 fn run_phase(name: impl Into<String>, gen: &LoadGen, users: &[User], pid: u32, pace: Pace, limit: Duration) -> Phase {
     let name = name.into();
     let before = cpu_micros(pid);
-    let result = gen.run(users, pace, Duration::from_secs(10), limit);
+    let (result, max_threads, max_rss_kib) = sampled(pid, || gen.run(users, pace, Duration::from_secs(10), limit));
     // Let the daemon finish what is in flight before reading its clock.
     std::thread::sleep(Duration::from_millis(200));
     let cpu_us = cpu_micros(pid).saturating_sub(before);
     let per = result.ok.max(1);
-    Phase { name, result, cpu_us, per }
+    Phase { name, result, cpu_us, per, max_threads, max_rss_kib }
 }
 
 fn main() {
@@ -201,30 +241,48 @@ fn main() {
         .filter_map(|r| r.trim().parse().ok())
         .filter(|r| *r > 0)
         .collect();
+    let delays: Vec<u64> = std::env::var("SBC_BENCH_HOOK_DELAY_MS")
+        .unwrap_or_else(|_| "0,100,500".into())
+        .split(',')
+        .filter_map(|d| d.trim().parse().ok())
+        .collect();
     let step = env_num("SBC_BENCH_STEP_SECONDS", 10).max(1);
     let mut fixed_full = Vec::new();
     let mut fixed_cached = Vec::new();
-    let mut step_users = Vec::new();
-    for rate in &rates {
-        let users: Vec<User> = (0..(rate * step) as usize)
-            .map(|i| User {
-                name: format!("f{rate}-{i}"),
-                password: password.to_string(),
-                socket: i % gen.socket_count(),
-            })
-            .collect();
-        for u in &users {
-            hook.set_password(&u.name, password);
+    // Fresh users for every (latency, rate) step; the cached steps refresh the first latency's.
+    let mut step_users: Vec<Vec<Vec<User>>> = Vec::new();
+    for delay in &delays {
+        let mut per_rate = Vec::new();
+        for rate in &rates {
+            let users: Vec<User> = (0..(rate * step) as usize)
+                .map(|i| User {
+                    name: format!("f{delay}-{rate}-{i}"),
+                    password: password.to_string(),
+                    socket: i % gen.socket_count(),
+                })
+                .collect();
+            for u in &users {
+                hook.set_password(&u.name, password);
+            }
+            per_rate.push(users);
         }
-        step_users.push(users);
+        step_users.push(per_rate);
     }
-    // Pace at the rate, with room for a second of answers in flight.
-    let paced = |rate: u64| Pace::Rate { per_second: rate as f64, max_in_flight: (rate as usize).max(100) };
-    for (rate, users) in rates.iter().zip(&step_users) {
-        fixed_full.push(run_phase(format!("full auth @{rate}/s"), &gen, users, pid, paced(*rate), limit));
+    // Pace at the rate, with room for two seconds of answers in flight (a 500 ms webhook holds
+    // each registration that long).
+    let paced = |rate: u64| Pace::Rate { per_second: rate as f64, max_in_flight: (2 * rate as usize).max(100) };
+    for (delay, per_rate) in delays.iter().zip(&step_users) {
+        hook.delay(Duration::from_millis(*delay));
+        for (rate, users) in rates.iter().zip(per_rate) {
+            let name = format!("full auth @{rate}/s hook {delay} ms");
+            fixed_full.push(((*delay, *rate), run_phase(name, &gen, users, pid, paced(*rate), limit)));
+        }
     }
-    for (rate, users) in rates.iter().zip(&step_users) {
-        fixed_cached.push(run_phase(format!("cached refresh @{rate}/s"), &gen, users, pid, paced(*rate), limit));
+    hook.delay(Duration::ZERO);
+    if let Some(per_rate) = step_users.first() {
+        for (rate, users) in rates.iter().zip(per_rate) {
+            fixed_cached.push(run_phase(format!("cached refresh @{rate}/s"), &gen, users, pid, paced(*rate), limit));
+        }
     }
 
     let full = run_phase("full auth", &gen, &users[first..], pid, saturation, limit);
@@ -232,7 +290,7 @@ fn main() {
     let cached = run_phase("cached refresh", &gen, &users[..total_users.min(20_000)], pid, saturation, limit);
     let (rss_end, hwm) = memory_kib(pid);
 
-    for p in fixed_full.iter().chain(&fixed_cached) {
+    for p in fixed_full.iter().map(|(_, p)| p).chain(&fixed_cached) {
         p.print();
     }
     warm.print();
@@ -249,7 +307,7 @@ fn main() {
         "cached": cached.json(),
         "step_seconds": step,
         "fixed_rate": {
-            "full_auth": rates.iter().zip(&fixed_full).map(|(r, p)| (r.to_string(), p.json())).collect::<serde_json::Map<_, _>>(),
+            "full_auth": fixed_full.iter().map(|((d, r), p)| (format!("{r}@hook{d}ms"), p.json())).collect::<serde_json::Map<_, _>>(),
             "cached": rates.iter().zip(&fixed_cached).map(|(r, p)| (r.to_string(), p.json())).collect::<serde_json::Map<_, _>>(),
         },
         "rss_kib": {"start": rss_start, "after_1k": rss_1k, "after_all": rss_all, "end": rss_end, "peak": hwm},
@@ -258,13 +316,16 @@ fn main() {
 
     let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
     let _ = daemon.wait();
+    let skip_regbot = std::env::var("SBC_BENCH_SKIP_REGBOT").is_ok_and(|v| v == "1");
     // Leave Redis as we found it.
     if let Ok(mut r) = redis::Client::open("redis://127.0.0.1:6379/").and_then(|c| c.get_connection()) {
-        for u in users.iter().chain(step_users.iter().flatten()) {
+        for u in users.iter().chain(step_users.iter().flatten().flatten()) {
             let key = format!("user:{}@{realm}", u.name);
             let _: Result<(), _> = r.del(&key);
             let _: Result<(), _> = r.zrem("active-user", &key);
         }
     }
-    regbot::main_phase();
+    if !skip_regbot {
+        regbot::main_phase();
+    }
 }
