@@ -133,8 +133,7 @@ impl Sbc {
 /// A carrier answering every REGISTER 200 (expires 4) and its row with one gateway.
 fn carrier(db: &TestDb, ip: &str) -> (Peer, String) {
     let keys = [("status", "200"), ("reason", "OK"), ("expires", "4")];
-    let peer =
-        Peer::start_with("regbot_reply_each.xml", ip, sipp::free_port(ip), &keys, &["-deadcall_wait", "0"]);
+    let peer = Peer::start_with("regbot_reply_each.xml", ip, sipp::free_port(ip), &keys, &["-deadcall_wait", "0"]);
     let carrier_sid = uuid();
     let mut c = db.conn();
     c.exec_drop(
@@ -192,7 +191,9 @@ fn a_node_leader_keeps_sbc_sidecar_standby_and_sbc_sidecar_takes_over_when_it_st
     let registered = wait_until(TAKEOVER, || !carrier.requests("REGISTER").is_empty());
     let took = last_write.elapsed();
     assert!(registered, "no REGISTER {TAKEOVER:?} after the Node leader stopped; log:\n{}", sbc.log());
-    eprintln!("take-over after the Node leader's last refresh: {took:?} (TTL {TOKEN_TTL:?} + interval {STATUS_INTERVAL:?})");
+    eprintln!(
+        "take-over after the Node leader's last refresh: {took:?} (TTL {TOKEN_TTL:?} + interval {STATUS_INTERVAL:?})"
+    );
     assert_eq!(sbc.role(), "leader");
     let key_value = token_in(&node.key).expect("sbc-sidecar holds the key");
     assert_ne!(key_value, node.token);
@@ -261,8 +262,11 @@ fn while_sbc_sidecar_leads_a_node_contender_never_gets_the_key_and_takes_over_af
 fn webhook_account(db: &TestDb, hook: &WebhookServer, realm: &str) -> String {
     let mut c = db.conn();
     let hook_sid = uuid();
-    c.exec_drop("INSERT INTO webhooks (webhook_sid, url, method) VALUES (?, ?, 'POST')", (&hook_sid, hook.url("/auth")))
-        .unwrap();
+    c.exec_drop(
+        "INSERT INTO webhooks (webhook_sid, url, method) VALUES (?, ?, 'POST')",
+        (&hook_sid, hook.url("/auth")),
+    )
+    .unwrap();
     let sid = uuid();
     c.exec_drop(
         "INSERT INTO accounts (account_sid, name, sip_realm, service_provider_sid, registration_hook_sid, \
@@ -284,8 +288,11 @@ fn device_limit(db: &TestDb, account_sid: &str, devices: i64) {
     .unwrap();
     for (category, quantity) in [("voice_call_session", 0), ("device", devices)] {
         let product = uuid();
-        c.exec_drop("INSERT INTO products (product_sid, name, category) VALUES (?, ?, ?)", (&product, category, category))
-            .unwrap();
+        c.exec_drop(
+            "INSERT INTO products (product_sid, name, category) VALUES (?, ?, ?)",
+            (&product, category, category),
+        )
+        .unwrap();
         c.exec_drop(
             "INSERT INTO account_products (account_product_sid, account_subscription_sid, product_sid, quantity) \
              VALUES (?, ?, ?, ?)",
@@ -367,7 +374,12 @@ fn bindings_written_by_node_are_answered_from_the_cache_window_and_count_as_devi
     assert_eq!(status_of(&fresh), 401, "{fresh}");
     let ours = challenge_nonce(&fresh).expect("a nonce");
     assert_ne!(ours, nonce);
-    assert_eq!(hook.request_count(), 0, "{:?}", hook.requests().iter().map(|r| r.path().to_string()).collect::<Vec<_>>());
+    assert_eq!(
+        hook.request_count(),
+        0,
+        "{:?}",
+        hook.requests().iter().map(|r| r.path().to_string()).collect::<Vec<_>>()
+    );
     // … and registers with it: a registered AOR may move even at the limit.
     let ok = other.register(&realm, "nina", 3, Some(&authorization(&realm, "nina", "nina-pw", &ours)));
     assert_eq!(status_of(&ok), 200, "{ok}\nlog:\n{}", sbc.log());

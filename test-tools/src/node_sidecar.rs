@@ -188,8 +188,7 @@ mod tests {
         };
         let v: Value = serde_json::from_str(&b.json()).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-        let want: Vec<&str> =
-            BINDING_FIELDS.iter().copied().filter(|f| keys.contains(f)).collect();
+        let want: Vec<&str> = BINDING_FIELDS.iter().copied().filter(|f| keys.contains(f)).collect();
         assert_eq!(keys, want);
         assert!(!keys.contains(&"privateSbcAddress"));
         assert!(!node_cache_hit(&b.json(), "127.0.0.9", 5060, 0), "expiry 5 ms is past the window");
