@@ -287,7 +287,8 @@ fn start_and_wait(config: &Config) -> Result<Stop, StartError> {
         ctl_events_rx,
     )
     .map_err(|source| StartError::CliSocket { path: config.socket_path.clone(), source })?
-    .with_bans(Arc::clone(&bans));
+    .with_bans(Arc::clone(&bans))
+    .with_registrar(Arc::clone(&registrar));
     let routes = vec![
         Route { method: "REGISTER".into(), queue: register_tx },
         Route { method: "OPTIONS".into(), queue: options_tx },

@@ -18,6 +18,7 @@ use crate::heartbeat::keys::ACTIVE_USER;
 use crate::heartbeat::{ClusterSets, DrainedServers};
 use crate::regbot::{cluster, RegbotRole, StatusRequest};
 use crate::registrar::bans::Bans;
+use crate::registrar::Registrar;
 use crate::store::redis::{checkout, RedisConn, RedisPool};
 
 pub(crate) struct Commands {
@@ -36,6 +37,8 @@ pub(crate) struct Commands {
     conn_events: Receiver<ConnectionEvent>,
     /// The registrar's brute-force ban table; `None` when this daemon has none.
     bans: Option<Arc<Bans>>,
+    /// The registrar, for the `status` sections that explain failing registrations.
+    registrar: Option<Arc<Registrar>>,
 }
 
 impl Commands {
@@ -50,11 +53,16 @@ impl Commands {
             drachtio: None,
             regbot_queries: None,
             bans: None,
+            registrar: None,
         }
     }
 
     pub(crate) fn set_bans(&mut self, bans: Arc<Bans>) {
         self.bans = Some(bans);
+    }
+
+    pub(crate) fn set_registrar(&mut self, registrar: Arc<Registrar>) {
+        self.registrar = Some(registrar);
     }
 
     pub(crate) fn set_regbot_queries(&mut self, queries: Sender<StatusRequest>) {
@@ -330,6 +338,9 @@ impl Commands {
         reply.insert("regbot".into(), Value::Object(regbot));
         if let Some(e) = regbot_error {
             reply.insert("regbot_error".into(), Value::String(e));
+        }
+        if let Some(registrar) = &self.registrar {
+            super::status::add_sections(&mut reply, &registrar.status_report());
         }
         success(reply)
     }

@@ -34,6 +34,7 @@ use super::CtlError;
 use crate::drachtio::ConnectionEvent;
 use crate::regbot::StatusRequest;
 use crate::registrar::bans::Bans;
+use crate::registrar::Registrar;
 use crate::store::redis::RedisPool;
 
 const LISTENER: Token = Token(0);
@@ -105,6 +106,13 @@ impl CtlServer {
     /// `Ban table not available`.
     pub fn with_bans(mut self, bans: Arc<Bans>) -> CtlServer {
         self.commands.set_bans(bans);
+        self
+    }
+
+    /// Links `status` to the registrar: store health, open webhook breakers, active bans and
+    /// the REGISTER outcomes of the last minute. Without it `status` has none of these.
+    pub fn with_registrar(mut self, registrar: Arc<Registrar>) -> CtlServer {
+        self.commands.set_registrar(registrar);
         self
     }
 

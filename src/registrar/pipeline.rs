@@ -183,6 +183,7 @@ impl Registrar {
 
     pub(super) fn answer(&self, req: IncomingRequest, reply: Reply, started: Instant) {
         self.metrics.registration_response_time(reply.cached, reply.status, started.elapsed());
+        self.outcomes.record(reply.status);
         debug!(
             "registrar: answered REGISTER status={} cached={} source={}:{} elapsed_ms={}",
             reply.status,
