@@ -158,7 +158,7 @@ mod tests {
         assert_eq!(exit_code(&[line(Outcome::Ok("a".into())), line(Outcome::Warn("b".into()))]), 0);
         let down = line(Outcome::unavailable("refused", "start it"));
         let wrong = line(Outcome::config("denied", "grant it"));
-        assert_eq!(exit_code(&[down.clone()]), 69);
+        assert_eq!(exit_code(std::slice::from_ref(&down)), 69);
         assert_eq!(exit_code(&[down, wrong]), 78);
     }
 
