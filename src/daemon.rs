@@ -290,7 +290,8 @@ fn start_and_wait(config: &Config) -> Result<Stop, StartError> {
     )
     .map_err(|source| StartError::CliSocket { path: config.socket_path.clone(), source })?
     .with_bans(Arc::clone(&bans))
-    .with_auth_load(auth_pool.load_probe());
+    .with_auth_load(auth_pool.load_probe())
+    .with_registrar(Arc::clone(&registrar));
     let routes = vec![
         Route { method: "REGISTER".into(), queue: register_tx },
         Route { method: "OPTIONS".into(), queue: options_tx },

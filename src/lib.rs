@@ -8,6 +8,7 @@ pub mod drachtio;
 pub mod heartbeat;
 pub mod logging;
 pub mod net;
+pub mod preflight;
 pub mod regbot;
 pub mod registrar;
 pub mod signals;

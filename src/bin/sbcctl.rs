@@ -342,10 +342,67 @@ fn status(client: &Client) -> Result<(), Failure> {
     if let Some(e) = reply.get("regbot_error").and_then(Value::as_str) {
         println!("  regbot query failed: {e}");
     }
+    print_registrar_sections(&reply);
     if let Some(auth) = reply.get("auth").and_then(Value::as_object) {
         print_auth(auth);
     }
     Ok(())
+}
+
+/// The sections that explain failing registrations (absent from daemons without them).
+fn print_registrar_sections(reply: &Map<String, Value>) {
+    if let Some(stores) = reply.get("stores").and_then(Value::as_object) {
+        for (name, s) in stores {
+            let for_s = s.get("for_s").and_then(Value::as_u64).unwrap_or(0);
+            let state = if s.get("reachable").and_then(Value::as_bool).unwrap_or(false) {
+                format!("reachable (for {})", format_uptime(for_s))
+            } else {
+                format!("DOWN (for {})", format_uptime(for_s))
+            };
+            println!("{name}: {state}");
+            if let Some(e) = s.get("last_error").and_then(Value::as_str) {
+                let ago = s
+                    .get("last_error_ms")
+                    .and_then(Value::as_u64)
+                    .map(|at| {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_millis() as u64)
+                            .unwrap_or(at);
+                        format!(" ({} ago)", format_uptime(now.saturating_sub(at) / 1000))
+                    })
+                    .unwrap_or_default();
+                println!("  last error{ago}: {e}");
+            }
+        }
+    }
+    if let Some(breakers) = reply.get("webhooks").and_then(|w| w.get("open_breakers")).and_then(Value::as_array) {
+        if breakers.is_empty() {
+            println!("webhook breakers open: none");
+        } else {
+            println!("webhook breakers open: {}", breakers.len());
+            for b in breakers {
+                println!(
+                    "  account {}: {} timeouts in a row, next try in {} s",
+                    b.get("account_sid").and_then(Value::as_str).unwrap_or("?"),
+                    b.get("timeouts").and_then(Value::as_u64).unwrap_or(0),
+                    b.get("retry_in_s").and_then(Value::as_u64).unwrap_or(0)
+                );
+            }
+        }
+    }
+    if let Some(n) = reply.get("bans").and_then(|b| b.get("active")).and_then(Value::as_u64) {
+        println!("banned sources: {n}");
+    }
+    if let Some(register) = reply.get("register").and_then(Value::as_object) {
+        let window = register.get("window_s").and_then(Value::as_u64).unwrap_or(60);
+        let classes: Vec<String> = register
+            .iter()
+            .filter(|(k, _)| k.as_str() != "window_s")
+            .map(|(k, v)| format!("{k}={}", v.as_u64().unwrap_or(0)))
+            .collect();
+        println!("REGISTER answers, last {window} s: {}", classes.join(" "));
+    }
 }
 
 /// The auth workers' part of `status`: how many authentications run and wait, and who holds

@@ -12,6 +12,12 @@ pub(super) fn options() -> Options {
     let mut opts = Options::new();
     opts.optflag("h", "help", "print this help and exit");
     opts.optflag("V", "version", "print the version and exit");
+    opts.optflag(
+        "",
+        "check",
+        "check the configuration and try every dependency once (MySQL, Redis, drachtio, hosts, socket \
+         directory), print one line per check and exit: 0 all ok, 78 configuration, 69 unavailable",
+    );
     opts.optflag("", "foreground", "stay in the foreground (the default; what systemd runs)");
     opts.optflag("", "daemon", "detach from the terminal and run in the background");
     opts.optopt("", "pidfile", "with --daemon: write the process id to PATH", "PATH");
@@ -41,7 +47,8 @@ pub fn usage() -> String {
     );
     format!(
         "{}\nExit status: 0 on a clean shutdown, {EX_USAGE} for a command-line mistake, \
-         {EX_CONFIG} for a missing or malformed environment variable.\n",
+         {EX_CONFIG} for a missing or malformed environment variable; with --check 0, {EX_CONFIG} or \
+         69 (a dependency unavailable).\n",
         options().usage(&brief)
     )
 }
@@ -57,10 +64,16 @@ pub(super) struct CommandLine {
     pub(super) log_target: LogTarget,
     pub(super) log_level: Option<LevelFilter>,
     pub(super) socket_path: Option<PathBuf>,
+    /// `--check`: run the preflight checks instead of the daemon.
+    pub(super) check: bool,
 }
 
 pub(super) fn command_line(matches: &getopts::Matches) -> Result<CommandLine, ConfigError> {
     let daemon = matches.opt_present("daemon");
+    let check = matches.opt_present("check");
+    if check && daemon {
+        return Err(ConfigError::Usage("--check runs in the foreground; leave out --daemon".into()));
+    }
     if daemon && matches.opt_present("foreground") {
         return Err(ConfigError::Usage("--daemon and --foreground exclude each other".into()));
     }
@@ -85,7 +98,7 @@ pub(super) fn command_line(matches: &getopts::Matches) -> Result<CommandLine, Co
         Some(path) if path.is_empty() => return Err(ConfigError::Usage("--socket needs a non-empty path".into())),
         other => other.map(PathBuf::from),
     };
-    Ok(CommandLine { run_mode, log_target, log_level, socket_path })
+    Ok(CommandLine { run_mode, log_target, log_level, socket_path, check })
 }
 
 #[cfg(test)]

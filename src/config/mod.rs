@@ -202,6 +202,8 @@ const MAX_SECS: u64 = MAX_MILLIS / 1000;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Run(Config),
+    /// `--check`: validate the configuration, try every dependency once, report, exit.
+    Check(Config),
     /// `--help`: the usage text to print on stdout.
     Help(String),
     /// `--version`: the version line to print on stdout.
@@ -462,5 +464,7 @@ pub fn parse(env: &HashMap<String, String>, args: &[String]) -> Result<Command, 
         return Err(ConfigError::Usage(format!("unexpected argument {extra:?}")));
     }
     let command_line = cli::command_line(&matches)?;
-    env::parse_env(&env::Env::new(env), command_line).map(Command::Run)
+    let check = command_line.check;
+    let config = env::parse_env(&env::Env::new(env), command_line)?;
+    Ok(if check { Command::Check(config) } else { Command::Run(config) })
 }

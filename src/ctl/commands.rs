@@ -19,6 +19,7 @@ use crate::heartbeat::{ClusterSets, DrainedServers};
 use crate::regbot::{cluster, RegbotRole, StatusRequest};
 use crate::registrar::bans::Bans;
 use crate::registrar::fair_pool::{LoadProbe, PoolLoad};
+use crate::registrar::Registrar;
 use crate::store::redis::{checkout, RedisConn, RedisPool};
 
 pub(crate) struct Commands {
@@ -39,6 +40,8 @@ pub(crate) struct Commands {
     bans: Option<Arc<Bans>>,
     /// How busy the registrar's auth workers are; `None` when this daemon has none.
     auth_load: Option<LoadProbe>,
+    /// The registrar, for the `status` sections that explain failing registrations.
+    registrar: Option<Arc<Registrar>>,
 }
 
 impl Commands {
@@ -54,6 +57,7 @@ impl Commands {
             regbot_queries: None,
             bans: None,
             auth_load: None,
+            registrar: None,
         }
     }
 
@@ -63,6 +67,10 @@ impl Commands {
 
     pub(crate) fn set_bans(&mut self, bans: Arc<Bans>) {
         self.bans = Some(bans);
+    }
+
+    pub(crate) fn set_registrar(&mut self, registrar: Arc<Registrar>) {
+        self.registrar = Some(registrar);
     }
 
     pub(crate) fn set_regbot_queries(&mut self, queries: Sender<StatusRequest>) {
@@ -338,6 +346,9 @@ impl Commands {
         reply.insert("regbot".into(), Value::Object(regbot));
         if let Some(e) = regbot_error {
             reply.insert("regbot_error".into(), Value::String(e));
+        }
+        if let Some(registrar) = &self.registrar {
+            super::status::add_sections(&mut reply, &registrar.status_report());
         }
         if let Some(probe) = &self.auth_load {
             reply.insert("auth".into(), auth_json(&probe.load()));

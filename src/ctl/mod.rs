@@ -9,6 +9,7 @@ mod commands;
 pub mod protocol;
 mod regbot_link;
 mod server;
+mod status;
 
 use std::fmt;
 use std::io;

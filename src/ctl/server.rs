@@ -35,6 +35,7 @@ use crate::drachtio::ConnectionEvent;
 use crate::regbot::StatusRequest;
 use crate::registrar::bans::Bans;
 use crate::registrar::fair_pool::LoadProbe;
+use crate::registrar::Registrar;
 use crate::store::redis::RedisPool;
 
 const LISTENER: Token = Token(0);
@@ -112,6 +113,13 @@ impl CtlServer {
     /// Shows how busy the registrar's auth workers are in `status`.
     pub fn with_auth_load(mut self, load: LoadProbe) -> CtlServer {
         self.commands.set_auth_load(load);
+        self
+    }
+
+    /// Links `status` to the registrar: store health, open webhook breakers, active bans and
+    /// the REGISTER outcomes of the last minute. Without it `status` has none of these.
+    pub fn with_registrar(mut self, registrar: Arc<Registrar>) -> CtlServer {
+        self.commands.set_registrar(registrar);
         self
     }
 

@@ -71,6 +71,16 @@ impl AccountState {
     }
 }
 
+/// An account whose breaker is open (or half open, its probe running), for `sbcctl status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenBreaker {
+    pub account_sid: String,
+    /// Timeouts in a row that opened it (and kept it open).
+    pub timeouts: u32,
+    /// Until the next probe may go (zero while a probe is due or running).
+    pub retry_in: Duration,
+}
+
 /// Accounts whose webhook was called (healthy ones are forgotten first when the map is full).
 pub struct HookBreaker {
     settings: BreakerSettings,
@@ -84,6 +94,24 @@ const MAX_TRACKED: usize = 10_000;
 impl HookBreaker {
     pub fn new(settings: BreakerSettings) -> HookBreaker {
         HookBreaker { settings, accounts: Mutex::new(HashMap::new()) }
+    }
+
+    /// The accounts whose breaker is open, sorted by account sid.
+    pub fn open(&self, now: Instant) -> Vec<OpenBreaker> {
+        let accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open: Vec<OpenBreaker> = accounts
+            .iter()
+            .filter_map(|(sid, state)| {
+                let until = state.open_until?;
+                Some(OpenBreaker {
+                    account_sid: sid.clone(),
+                    timeouts: state.timeouts_in_a_row,
+                    retry_in: until.saturating_duration_since(now),
+                })
+            })
+            .collect();
+        open.sort_by(|a, b| a.account_sid.cmp(&b.account_sid));
+        open
     }
 
     pub fn admit(&self, account_sid: &str, now: Instant) -> Admission {
@@ -166,6 +194,24 @@ mod tests {
             Admission::Refuse { retry_after: COOLDOWN - Duration::from_secs(4) }
         );
         assert_eq!(b.admit("a2", t0), Admission::Call, "other accounts are not affected");
+    }
+
+    #[test]
+    fn open_breakers_are_listed_until_the_webhook_answers() {
+        let b = breaker();
+        let t0 = Instant::now();
+        assert!(b.open(t0).is_empty());
+        for _ in 0..3 {
+            b.record("a2", true, t0, t0);
+        }
+        b.record("a1", true, t0, t0);
+        let open = b.open(t0 + Duration::from_secs(4));
+        assert_eq!(
+            open,
+            vec![OpenBreaker { account_sid: "a2".into(), timeouts: 3, retry_in: COOLDOWN - Duration::from_secs(4) }]
+        );
+        b.record("a2", false, t0, t0 + COOLDOWN);
+        assert!(b.open(t0 + COOLDOWN).is_empty());
     }
 
     #[test]

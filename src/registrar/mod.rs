@@ -42,9 +42,11 @@ pub mod hook_breaker;
 pub mod hook_resolver;
 pub mod hook_transport;
 pub mod nonce;
+pub mod outcomes;
 mod pipeline;
 pub mod replay;
 pub mod reply;
+pub mod report;
 pub mod request;
 pub mod settings;
 pub mod webhook;
@@ -92,6 +94,7 @@ pub struct Registrar {
     redis_health: StoreHealth,
     hook_health: HookHealth,
     hook_breaker: HookBreaker,
+    outcomes: outcomes::RegisterOutcomes,
     /// Where alerts go (InfluxDB); `None` until the daemon plugs the writer in.
     alerts: Option<AlertSender>,
     metrics: Metrics,
@@ -137,6 +140,7 @@ impl Registrar {
             redis_health: StoreHealth::new("redis"),
             hook_health: HookHealth::new(),
             hook_breaker,
+            outcomes: outcomes::RegisterOutcomes::new(),
             alerts: None,
             metrics: Metrics::disabled(),
         }
@@ -189,6 +193,11 @@ fn since_epoch() -> std::time::Duration {
 
 pub(crate) fn unix_secs() -> u64 {
     since_epoch().as_secs()
+}
+
+/// Unix milliseconds now (for the CLI's status).
+pub fn unix_millis_now() -> u64 {
+    unix_millis()
 }
 
 pub(crate) fn unix_millis() -> u64 {

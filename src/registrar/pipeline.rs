@@ -188,6 +188,7 @@ impl Registrar {
 
     pub(super) fn answer(&self, req: IncomingRequest, reply: Reply, started: Instant) {
         self.metrics.registration_response_time(reply.cached, reply.status, started.elapsed());
+        self.outcomes.record(reply.status);
         debug!(
             "registrar: answered REGISTER status={} cached={} source={}:{} elapsed_ms={}",
             reply.status,
@@ -201,8 +202,9 @@ impl Registrar {
     }
 
     /// Answers `503` with `Retry-After` without looking at the request: for requests still
-    /// queued when the daemon shuts down.
+    /// queued when the daemon shuts down, and those the auth workers' queues have no room for.
     pub fn answer_unavailable(&self, req: IncomingRequest) {
+        self.outcomes.record(503);
         let response = Reply::unavailable(self.settings.retry_after_secs).to_builder(&req);
         req.respond(response);
     }

@@ -15,6 +15,8 @@ pub mod db;
 pub mod double;
 pub mod influx;
 pub mod loadgen;
+pub mod node_leader;
+pub mod node_sidecar;
 pub mod regload;
 pub mod sipp;
 pub mod soak_servers;
