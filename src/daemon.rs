@@ -255,7 +255,7 @@ fn start_and_wait(config: &Config) -> Result<Stop, StartError> {
 
     // The brute-force defence: failed authentications per source IP, and the bans they lead
     // to; counted by the registrar, listed and lifted over the CLI socket.
-    let bans = Arc::new(Bans::new(config.ban));
+    let bans = Arc::new(Bans::new(config.ban.clone()));
     if config.ban.max_failures == 0 {
         info!("brute-force defence off (SBC_AUTH_BAN_FAILURES=0)");
     } else {

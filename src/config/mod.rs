@@ -147,6 +147,11 @@ pub const NEW_VARIABLES: &[(&str, &str, &str)] = &[
         "65536",
         "most source IPs the ban table tracks; when full, the least recently failed unbanned one is forgotten",
     ),
+    (
+        "SBC_AUTH_BAN_EXEMPT",
+        "",
+        "comma list of CIDR blocks whose sources are never counted or banned (an office NAT, partners' gateways)",
+    ),
     ("SBC_LOG_FACILITY", "daemon", "syslog facility with --log syslog: daemon, user, local0 … local7"),
     ("SBC_SYSLOG_SOCKET", "/dev/log", "the syslog socket used with --log syslog"),
     ("SBC_TIME_SERIES_PORT", "8086", "HTTP port of the InfluxDB at JAMBONES_TIME_SERIES_HOST"),

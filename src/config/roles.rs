@@ -91,6 +91,7 @@ pub(super) fn ban(env: &Env<'_>) -> Result<BanSettings, ConfigError> {
         window: env.secs("SBC_AUTH_BAN_WINDOW_S", 60, 1)?,
         ban: env.secs("SBC_AUTH_BAN_TIME_S", 300, 1)?,
         capacity: usize_from(env.count("SBC_AUTH_BAN_TABLE_SIZE", 65536, 1, 1_000_000)?),
+        exempt: parse_cidrs("SBC_AUTH_BAN_EXEMPT", env.get("SBC_AUTH_BAN_EXEMPT").unwrap_or(""))?,
     })
 }
 
@@ -215,6 +216,7 @@ mod tests {
                 ("SBC_AUTH_BAN_WINDOW_S", "30"),
                 ("SBC_AUTH_BAN_TIME_S", "3600"),
                 ("SBC_AUTH_BAN_TABLE_SIZE", "1000"),
+                ("SBC_AUTH_BAN_EXEMPT", "192.0.2.0/24, 2001:db8::/32"),
             ],
         );
         assert_eq!(
@@ -223,7 +225,8 @@ mod tests {
                 max_failures: 5,
                 window: Duration::from_secs(30),
                 ban: Duration::from_secs(3600),
-                capacity: 1000
+                capacity: 1000,
+                exempt: vec!["192.0.2.0/24".parse().unwrap(), "2001:db8::/32".parse().unwrap()],
             }
         );
         // 0 failures switches the defence off; the other settings stay as they are.

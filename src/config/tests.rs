@@ -154,7 +154,8 @@ fn every_default() {
             max_failures: 10,
             window: Duration::from_secs(60),
             ban: Duration::from_secs(300),
-            capacity: 65536
+            capacity: 65536,
+            exempt: Vec::new(),
         }
     );
     assert_eq!(c.ban, BanSettings::default());

@@ -443,7 +443,8 @@ impl Commands {
             .into_iter()
             .map(|ban| {
                 let mut entry = Map::new();
-                entry.insert("ip".into(), Value::String(ban.ip.to_string()));
+                let source = if ban.prefix_len == 64 { format!("{}/64", ban.ip) } else { ban.ip.to_string() };
+                entry.insert("ip".into(), Value::String(source));
                 entry.insert("failures".into(), Value::from(ban.failures));
                 entry.insert("remaining_s".into(), Value::from(secs_rounded_up(ban.remaining)));
                 Value::Object(entry)

@@ -115,7 +115,9 @@ pub fn validate_server(server: &str) -> Result<String, String> {
 /// address is returned as the IPv4 address, as the ban table counts it. Otherwise the error
 /// text `Invalid IP address: <ip>`.
 pub fn parse_ban_ip(ip: &str) -> Result<IpAddr, String> {
-    ip.parse::<IpAddr>().map(|addr| addr.to_canonical()).map_err(|_| error::invalid_ip(ip))
+    // `bans` lists an IPv6 source as its /64 (`2001:db8:1:2::/64`): that text clears it too.
+    let addr = ip.strip_suffix("/64").filter(|a| a.contains(':')).unwrap_or(ip);
+    addr.parse::<IpAddr>().map(|addr| addr.to_canonical()).map_err(|_| error::invalid_ip(ip))
 }
 
 /// `{"success":true, …fields}`.

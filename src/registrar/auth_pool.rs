@@ -17,7 +17,6 @@
 
 use std::cell::Cell;
 use std::io;
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -26,7 +25,7 @@ use crossbeam_channel::{select, Receiver};
 use log::{debug, error, warn};
 
 use super::fair_pool::{FairPool, LoadProbe, PoolLimits, PoolLoad, Refusal};
-use super::{Checked, Prefetched, Registrar, Triage};
+use super::{Checked, Registrar};
 use crate::drachtio::IncomingRequest;
 use crate::telemetry::Metrics;
 
@@ -130,7 +129,7 @@ impl TriageThread {
                         refused += 1;
                     }
                     self.workers.close(|checked| {
-                        self.registrar.answer_unavailable(checked.into_request());
+                        self.registrar.refuse_checked(checked);
                         refused += 1;
                     });
                     if refused > 0 {
@@ -151,27 +150,20 @@ impl TriageThread {
                 Err(_) => break,
             }
         }
-        // The pipeline catches its own panics; this is the one other place a bug could take
-        // the thread — and with it every registration — down.
-        let prefetched =
-            panic::catch_unwind(AssertUnwindSafe(|| self.registrar.prefetch(&batch))).unwrap_or_else(|_| {
-                error!("registrar: internal error reading a batch of bindings; each REGISTER reads its own");
-                batch.iter().map(|_| Prefetched::default()).collect()
-            });
-        for (req, stored) in batch.into_iter().zip(prefetched) {
-            let Triage::NeedsAuthentication(checked) = self.registrar.triage(req, stored) else { continue };
+        // Every step catches its own panics and answers 500.
+        for checked in self.registrar.triage_batch(batch) {
             let account_sid = checked.account_sid().to_string();
             match self.workers.submit(&account_sid, checked) {
                 Ok(()) => {}
                 // Only after our own close, which ends this thread: answer it here all the same.
-                Err((checked, Refusal::Closed)) => self.registrar.answer_unavailable(checked.into_request()),
+                Err((checked, Refusal::Closed)) => self.registrar.refuse_checked(checked),
                 Err((checked, why)) => {
                     let req = checked.request();
                     debug!(
                         "registrar: {why} (account_sid={account_sid}); REGISTER from {}:{} answered 503",
                         req.meta.address, req.meta.port
                     );
-                    self.registrar.answer_unavailable(checked.into_request());
+                    self.registrar.refuse_checked(checked);
                     self.note_refusal(why);
                 }
             }

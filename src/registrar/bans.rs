@@ -14,7 +14,13 @@
 //!   gains nothing by stopping, and a phone with a wrong password that retries every few
 //!   seconds still gets a chance once the ban is over. Those failures are still counted
 //!   (they show in `sbcctl bans`). After the ban ends the source starts from zero.
-//! * IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`) count as the IPv4 address.
+//! * IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`) count as the IPv4 address. An IPv6
+//!   source counts as its /64: one subscriber line or host gets a /64, and a guesser that
+//!   rotates through the addresses of its own /64 is still one source.
+//! * Sources inside [`BanSettings::exempt`] (`SBC_AUTH_BAN_EXEMPT`: an office NAT, a partner's
+//!   gateways) are never counted or banned.
+//! * Only failures the source provably made itself are recorded (the caller's rule): an answer
+//!   to a nonce issued to this very source IP, or one over a connection.
 //! * The table holds at most [`BanSettings::capacity`] sources. When a new source would
 //!   exceed it, expired bans are dropped first; if none, the source with the oldest last
 //!   failure that is *not* banned is forgotten; only when every entry is a ban in force does the
@@ -33,8 +39,10 @@ use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::net::Cidr;
+
 /// How the defence counts and bans.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BanSettings {
     /// Failures within [`window`](Self::window) that start a ban. Zero disables the defence.
     pub max_failures: u32,
@@ -44,6 +52,8 @@ pub struct BanSettings {
     pub ban: Duration,
     /// Most sources tracked at once (zero is taken as one).
     pub capacity: usize,
+    /// Sources never counted or banned.
+    pub exempt: Vec<Cidr>,
 }
 
 impl Default for BanSettings {
@@ -54,6 +64,7 @@ impl Default for BanSettings {
             window: Duration::from_secs(60),
             ban: Duration::from_secs(300),
             capacity: 65536,
+            exempt: Vec::new(),
         }
     }
 }
@@ -62,8 +73,10 @@ impl Default for BanSettings {
 /// [`Bans::record_failure`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BanEntry {
-    /// The source, IPv4-mapped IPv6 shown as IPv4.
+    /// The source, IPv4-mapped IPv6 shown as IPv4; for IPv6 the network address of its /64.
     pub ip: IpAddr,
+    /// 32 for an IPv4 source, 64 for an IPv6 one.
+    pub prefix_len: u8,
     /// Failures counted since its window started, those during the ban included.
     pub failures: u32,
     /// Until the ban ends.
@@ -87,7 +100,7 @@ impl Bans {
         if self.disabled() {
             return None;
         }
-        let ip = ip.to_canonical();
+        let ip = self.source_of(ip)?;
         let table = self.lock();
         let slot = table.entries.get(&ip)?;
         self.ban_in_force(ip, slot, now)
@@ -100,7 +113,7 @@ impl Bans {
         if self.disabled() {
             return None;
         }
-        let ip = ip.to_canonical();
+        let ip = self.source_of(ip)?;
         let mut guard = self.lock();
         let table = &mut *guard;
         if !table.entries.contains_key(&ip) {
@@ -125,7 +138,7 @@ impl Bans {
             slot.banned = true;
             slot.since = now;
             table.banned.push_back((ip, seq));
-            Some(BanEntry { ip, failures: slot.failures, remaining: self.settings.ban })
+            Some(BanEntry { ip, prefix_len: prefix_len(ip), failures: slot.failures, remaining: self.settings.ban })
         } else {
             table.counting.push_back((ip, seq));
             None
@@ -154,7 +167,7 @@ impl Bans {
     /// [`clear`](Self::clear) with an explicit clock. The source's failures are forgotten
     /// whether or not a ban was in force.
     pub fn clear_at(&self, ip: IpAddr, now: Instant) -> bool {
-        let ip = ip.to_canonical();
+        let ip = source_key(ip);
         let mut table = self.lock();
         let Some(slot) = table.entries.remove(&ip) else {
             return false;
@@ -172,6 +185,12 @@ impl Bans {
     /// dropped to make room). Never more than the capacity.
     pub fn tracked(&self) -> usize {
         self.lock().entries.len()
+    }
+
+    /// The table's key for `ip` (see [`source_key`]), or `None` when it is exempt.
+    fn source_of(&self, ip: IpAddr) -> Option<IpAddr> {
+        let ip = ip.to_canonical();
+        (!self.settings.exempt.iter().any(|c| c.contains(ip))).then(|| source_key(ip))
     }
 
     fn disabled(&self) -> bool {
@@ -192,7 +211,23 @@ impl Bans {
         }
         let elapsed = now.saturating_duration_since(slot.since);
         let remaining = self.settings.ban.checked_sub(elapsed).filter(|r| !r.is_zero())?;
-        Some(BanEntry { ip, failures: slot.failures, remaining })
+        Some(BanEntry { ip, prefix_len: prefix_len(ip), failures: slot.failures, remaining })
+    }
+}
+
+/// What one source is: the IPv4 address, or the /64 of an IPv6 one (its network address).
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        v4 => v4,
+    }
+}
+
+fn prefix_len(key: IpAddr) -> u8 {
+    if key.is_ipv4() {
+        32
+    } else {
+        64
     }
 }
 
@@ -289,7 +324,7 @@ mod tests {
     const BAN: Duration = Duration::from_secs(300);
 
     fn settings(max_failures: u32, capacity: usize) -> BanSettings {
-        BanSettings { max_failures, window: WINDOW, ban: BAN, capacity }
+        BanSettings { max_failures, window: WINDOW, ban: BAN, capacity, exempt: Vec::new() }
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -313,7 +348,7 @@ mod tests {
     fn the_defaults_are_ten_failures_a_minute_five_minutes_65536_sources() {
         assert_eq!(
             BanSettings::default(),
-            BanSettings { max_failures: 10, window: secs(60), ban: secs(300), capacity: 65536 }
+            BanSettings { max_failures: 10, window: secs(60), ban: secs(300), capacity: 65536, exempt: Vec::new() }
         );
         let bans = Bans::new(BanSettings::default());
         assert_eq!(bans.settings(), &BanSettings::default());
@@ -328,14 +363,14 @@ mod tests {
             assert_eq!(bans.banned(ip("192.0.2.1"), t0 + secs(i)), None);
         }
         let started = bans.record_failure(ip("192.0.2.1"), t0 + secs(9));
-        let expected = BanEntry { ip: ip("192.0.2.1"), failures: 10, remaining: BAN };
+        let expected = BanEntry { ip: ip("192.0.2.1"), prefix_len: 32, failures: 10, remaining: BAN };
         assert_eq!(started, Some(expected.clone()));
         assert_eq!(bans.banned(ip("192.0.2.1"), t0 + secs(9)), Some(expected));
         // The next failures are counted but start nothing and extend nothing.
         assert_eq!(bans.record_failure(ip("192.0.2.1"), t0 + secs(100)), None);
         assert_eq!(
             bans.banned(ip("192.0.2.1"), t0 + secs(109)),
-            Some(BanEntry { ip: ip("192.0.2.1"), failures: 11, remaining: BAN - secs(100) })
+            Some(BanEntry { ip: ip("192.0.2.1"), prefix_len: 32, failures: 11, remaining: BAN - secs(100) })
         );
         // Other sources are not affected.
         assert_eq!(bans.banned(ip("192.0.2.2"), t0 + secs(9)), None);
@@ -358,7 +393,7 @@ mod tests {
         assert_eq!(bans.banned(ip("192.0.2.1"), end), None);
         assert_eq!(
             fail(&bans, "192.0.2.1", 1, end + secs(1)),
-            Some(BanEntry { ip: ip("192.0.2.1"), failures: 3, remaining: BAN })
+            Some(BanEntry { ip: ip("192.0.2.1"), prefix_len: 32, failures: 3, remaining: BAN })
         );
     }
 
@@ -373,7 +408,7 @@ mod tests {
         // The window is counted from the first failure, not the last.
         assert_eq!(
             fail(&bans, "192.0.2.1", 1, t0 + WINDOW + secs(59)),
-            Some(BanEntry { ip: ip("192.0.2.1"), failures: 3, remaining: BAN })
+            Some(BanEntry { ip: ip("192.0.2.1"), prefix_len: 32, failures: 3, remaining: BAN })
         );
         let bans = Bans::new(settings(3, 100));
         assert_eq!(fail(&bans, "192.0.2.9", 1, t0), None);
@@ -387,12 +422,12 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(fail(&bans, "::ffff:192.0.2.7", 1, t0), None);
         let started = fail(&bans, "192.0.2.7", 1, t0);
-        assert_eq!(started, Some(BanEntry { ip: ip("192.0.2.7"), failures: 2, remaining: BAN }));
+        assert_eq!(started, Some(BanEntry { ip: ip("192.0.2.7"), prefix_len: 32, failures: 2, remaining: BAN }));
         assert!(bans.banned(ip("::ffff:192.0.2.7"), t0).is_some());
         assert!(bans.clear_at(ip("::ffff:192.0.2.7"), t0));
         assert_eq!(bans.banned(ip("192.0.2.7"), t0), None);
-        // Plain IPv6 is its own source.
-        assert_eq!(fail(&bans, "2001:db8::7", 2, t0).map(|e| e.ip), Some(ip("2001:db8::7")));
+        // Plain IPv6 is a source of its own, by its /64.
+        assert_eq!(fail(&bans, "2001:db8::7", 2, t0).map(|e| e.ip), Some(ip("2001:db8::")));
     }
 
     #[test]
@@ -410,7 +445,7 @@ mod tests {
         assert_eq!(
             listed,
             vec![
-                (ip("2001:db8::1"), 3, 290),
+                (ip("2001:db8::"), 3, 290),
                 (ip("192.0.2.3"), 2, 285),
                 (ip("192.0.2.5"), 2, 285),
                 (ip("192.0.2.1"), 2, 280)
@@ -584,5 +619,41 @@ mod tests {
         let started: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
         assert_eq!(started, 1, "exactly one failure starts the ban");
         assert_eq!(bans.banned(ip("192.0.2.1"), t0).map(|e| e.failures), Some(400));
+    }
+
+    #[test]
+    fn an_ipv6_source_is_its_slash_64() {
+        let bans = Bans::new(settings(3, 100));
+        let now = Instant::now();
+        let in_64 = |host: u16| -> IpAddr { format!("2001:db8:1:2::{host:x}").parse().unwrap() };
+        assert_eq!(bans.record_failure(in_64(1), now), None);
+        assert_eq!(bans.record_failure(in_64(2), now), None);
+        let ban = bans.record_failure(in_64(0xbeef), now).expect("the third failure of the /64 bans it");
+        assert_eq!((ban.ip, ban.prefix_len), ("2001:db8:1:2::".parse().unwrap(), 64));
+        assert!(bans.banned("2001:db8:1:2:ffff::9".parse().unwrap(), now).is_some(), "every address of the /64");
+        assert!(bans.banned("2001:db8:1:3::1".parse().unwrap(), now).is_none(), "not the next /64");
+        assert_eq!(bans.tracked(), 1);
+        assert!(bans.clear_at(in_64(7), now), "clearing any address of it lifts it");
+        // IPv4 stays per address
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..3 {
+            bans.record_failure(v4, now);
+        }
+        assert_eq!(bans.banned(v4, now).map(|b| b.prefix_len), Some(32));
+        assert!(bans.banned("192.0.2.8".parse().unwrap(), now).is_none());
+    }
+
+    #[test]
+    fn exempt_sources_are_never_counted_or_banned() {
+        let exempt = vec!["192.0.2.0/24".parse().unwrap(), "2001:db8::/32".parse().unwrap()];
+        let bans = Bans::new(BanSettings { exempt, ..settings(1, 100) });
+        let now = Instant::now();
+        for ip in ["192.0.2.9", "2001:db8:5::1", "::ffff:192.0.2.10"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(bans.record_failure(ip, now), None, "{ip}");
+            assert_eq!(bans.banned(ip, now), None, "{ip}");
+        }
+        assert_eq!(bans.tracked(), 0);
+        assert!(bans.record_failure("198.51.100.1".parse().unwrap(), now).is_some(), "others still are");
     }
 }

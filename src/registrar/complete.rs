@@ -28,22 +28,30 @@ impl Registrar {
     /// Authenticates a checked request (webhook or `clients` table), stores or removes its
     /// binding and sends the one final response.
     pub fn complete(&self, checked: Checked) {
-        let reply = match panic::catch_unwind(AssertUnwindSafe(|| self.authenticate_and_store(&checked))) {
+        let mut claim = checked.claim.clone();
+        let reply = match panic::catch_unwind(AssertUnwindSafe(|| self.authenticate_and_store(&checked, &mut claim))) {
             Ok(Ok(reply)) | Ok(Err(reply)) => reply,
             Err(_) => self.internal_error(&checked.req),
         };
+        // Ours to blame (a webhook that timed out, a store that failed): the phone will send
+        // the same answer again, and it must not be taken for a replay then.
+        if reply.status >= 500 {
+            if let Some(key) = &claim {
+                self.release_claim(key);
+            }
+        }
         self.answer(checked.req, reply, checked.started);
     }
 
     /// An auth worker's part: the credentials proven once, then the binding.
-    fn authenticate_and_store(&self, c: &Checked) -> Result<Reply, Reply> {
+    fn authenticate_and_store(&self, c: &Checked, claim: &mut Option<String>) -> Result<Reply, Reply> {
         // Banned while it waited for a worker (other requests of the same source failed
         // meanwhile): no webhook or MySQL work for it either.
         if let Some(ban) = c.ctx.source_ip.and_then(|ip| self.bans.banned(ip, Instant::now())) {
             debug!("registrar: REGISTER from source={} banned while it waited for a worker: 403", ban.ip);
             return Err(Reply::with_reason(403, BANNED_REASON));
         }
-        let grant = self.authenticate(c)?;
+        let grant = self.authenticate(c, claim)?;
         match c.ctx.reg.kind {
             Kind::Register => self.register(&c.req, &c.ctx, &grant),
             Kind::Unregister => self.unregister(&c.ctx),
@@ -51,16 +59,17 @@ impl Registrar {
     }
 
     /// Records the answer to a challenge as used, cluster-wide, unless the batch read did
-    /// already; a second use of the same nonce, `nc` and `cnonce` is a replay and gets a fresh
-    /// `401`.
-    fn claim_nonce(&self, c: &Checked) -> Result<(), Reply> {
-        if c.claimed {
+    /// already (`claim` then holds its key); a second use of the same nonce, `nc` and `cnonce`
+    /// is a replay and gets a fresh `401`.
+    fn claim_nonce(&self, c: &Checked, claim: &mut Option<String>) -> Result<(), Reply> {
+        if claim.is_some() {
             return Ok(());
         }
         let nonce = c.credentials.nonce.as_deref().unwrap_or("");
         let key = replay::key(nonce, &c.nonce_use);
         let ttl = self.one_time_ttl();
         if self.redis("recording the use of the nonce", |conn| replay::claim(conn, &key, ttl))? {
+            *claim = Some(key);
             return Ok(());
         }
         Err(self.replayed(&c.ctx))
@@ -70,11 +79,11 @@ impl Registrar {
     /// The nonce use is claimed before the webhook call (a replay never reaches the
     /// customer) — by the batch read as a rule — and at the latest after a `clients` check that
     /// succeeded.
-    fn authenticate(&self, c: &Checked) -> Result<Grant, Reply> {
+    fn authenticate(&self, c: &Checked, claim: &mut Option<String>) -> Result<Grant, Reply> {
         let (ctx, account, credentials) = (&c.ctx, &c.account, &c.credentials);
         let verdict = match &account.hook {
             Some(hook) => {
-                self.claim_nonce(c)?;
+                self.claim_nonce(c, claim)?;
                 self.webhook_auth(&c.req, ctx, account, hook, credentials)?
             }
             None => {
@@ -82,7 +91,7 @@ impl Registrar {
                 let verdict = self.clients_auth(account, credentials)?;
                 self.metrics.hook_response_time(verdict.status(), started.elapsed());
                 if matches!(verdict, AuthVerdict::Granted(_)) {
-                    self.claim_nonce(c)?;
+                    self.claim_nonce(c, claim)?;
                 }
                 verdict
             }

@@ -14,7 +14,7 @@ use crate::sip::SipUri;
 /// `X-Reason` of the `403` for credentials of another identity than the To URI.
 pub const AOR_MISMATCH_REASON: &str = "Authorization user does not match the address of record";
 /// `X-Reason` of the `400` for a digest `uri` other than the Request-URI.
-pub const URI_MISMATCH_REASON: &str = "Digest uri does not match the Request-URI";
+pub const URI_MISMATCH_REASON: &str = "Digest uri names neither the Request-URI nor this SBC";
 /// `X-Reason` of the `400` for an algorithm we did not offer.
 pub const UNSUPPORTED_ALGORITHM_REASON: &str = "Unsupported digest algorithm (only MD5 is offered)";
 
@@ -64,6 +64,29 @@ fn parse_nc(text: &str) -> Option<u32> {
         return None;
     }
     u32::from_str_radix(text, 16).ok().filter(|n| *n > 0)
+}
+
+/// Whether a device may answer with this digest `uri`: the Request-URI ([`uri_matches`]), or a
+/// SIP URI whose host is an address this SBC listens on — one of drachtio's `hostports`
+/// (`udp/1.2.3.4:5060,tcp/…`) or its private address (`ip:port`) — with no port or one of that
+/// address's ports. sipp computes `sip:<registrar ip>:<port>`, and so do gateways given a proxy
+/// address and a domain (AudioCodes' ProxyName); the Node sidecar accepted them. With one-time
+/// nonces bound to the source, a stricter `uri` would add no protection against replay.
+pub fn uri_acceptable(digest_uri: &str, request_uri: &str, hostports: &str, private_address: Option<&str>) -> bool {
+    if uri_matches(digest_uri, request_uri) {
+        return true;
+    }
+    let Ok(d) = SipUri::parse(digest_uri) else {
+        return false;
+    };
+    let host = d.host.trim_matches(['[', ']']);
+    let ours = |ip: &str, port: u16| {
+        ip.trim_matches(['[', ']']).eq_ignore_ascii_case(host) && d.port.is_none_or(|p| p == port)
+    };
+    let private =
+        private_address.and_then(|a| a.rsplit_once(':')).and_then(|(ip, port)| Some((ip, port.parse().ok()?)));
+    crate::net::parse_hostports(hostports).any(|hp| ours(hp.ip, hp.port))
+        || private.is_some_and(|(ip, port)| ours(ip, port))
 }
 
 /// Whether the digest `uri` names the Request-URI: the same text, or the same scheme, user,
@@ -157,5 +180,22 @@ mod tests {
         assert!(!identity_matches(&c, &aor(Some("John"), "jambonz.org")));
         assert!(!identity_matches(&c, &aor(Some("john"), "sub.jambonz.org")));
         assert!(!identity_matches(&c, &aor(None, "jambonz.org")));
+    }
+
+    #[test]
+    fn a_digest_uri_naming_this_sbc_is_accepted_as_sipp_and_gateways_send_it() {
+        let hostports = "tcp/203.0.113.5:5060,udp/203.0.113.5:5060,wss/203.0.113.5:8443,udp/[2001:db8::5]:5060";
+        let ok = |uri: &str| uri_acceptable(uri, "sip:jambonz.org", hostports, Some("10.0.0.5:5080"));
+        assert!(ok("sip:jambonz.org"), "the Request-URI");
+        assert!(ok("sip:203.0.113.5:5060"), "sipp's default");
+        assert!(ok("sip:203.0.113.5"), "no port");
+        assert!(ok("sip:203.0.113.5:8443"), "another of its ports");
+        assert!(ok("sip:[2001:db8::5]:5060"));
+        assert!(ok("sip:10.0.0.5:5080"), "the private address");
+        assert!(!ok("sip:203.0.113.5:5070"), "a port it does not listen on");
+        assert!(!ok("sip:203.0.113.6:5060"), "another host");
+        assert!(!ok("sip:10.0.0.5:5060"), "the private address on another port");
+        assert!(!ok("sip:evil.example.com"));
+        assert!(!ok("garbage"));
     }
 }

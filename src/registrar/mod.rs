@@ -28,6 +28,7 @@ mod account_cache;
 pub mod accounts;
 pub mod alerts;
 pub mod auth_pool;
+mod authorization;
 pub mod bans;
 pub mod bindings;
 pub mod clients;
@@ -56,7 +57,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use auth_pool::AuthPool;
 pub use bans::{BanSettings, Bans};
-pub use pipeline::{Checked, Prefetched, Triage};
+pub use pipeline::Checked;
 pub use settings::RegistrarSettings;
 pub use webhook::{HookError, HookRequest, HookResponse, HookTransport};
 

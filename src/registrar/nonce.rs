@@ -3,12 +3,18 @@
 //! The Node sidecar issued a counter-based nonce and never checked it, so a captured
 //! Authorization could be replayed for as long as the webhook accepted it. Here a nonce is
 //! `<unix seconds>.<16 hex random>.<32 hex MAC>` where the MAC is HMAC-SHA256(key, realm +
-//! "\n" + seconds + "\n" + random), truncated to 128 bits. The random part makes every
+//! "\n" + seconds + "\n" + random + "\n" + source), truncated to 128 bits. The source is the
+//! client's IP address — an IPv6 one as its /64, not the port: a NAT that rebinds the port keeps
+//! the address — so a nonce only verifies when it comes back from the address it was sent to.
+//! That is what lets a failed answer count against its source (`bans.rs`): a blind spoofer
+//! never receives a nonce for the address it forges, so whatever it sends with that address
+//! fails the MAC and is merely challenged again. The random part makes every
 //! challenge's nonce different (two devices challenged in the same second no longer share
 //! one), and nothing is stored: any worker thread (or, with a shared `nonce_secret`, any SBC
 //! of the cluster) can verify a nonce another one issued, and it expires by itself. That a
 //! nonce is answered only once per `nc`/`cnonce` is checked separately (`replay.rs`).
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -60,29 +66,40 @@ impl NonceSigner {
         NonceSigner { key: h.finalize().into(), ttl }
     }
 
-    pub fn issue(&self, realm: &str) -> String {
-        self.issue_at(realm, super::unix_secs())
+    /// A nonce for a challenge of `realm` sent to `source` (`None`: a source drachtio did not
+    /// give as an address; such a nonce verifies only for such a source).
+    pub fn issue(&self, realm: &str, source: Option<IpAddr>) -> String {
+        self.issue_at(realm, source, super::unix_secs())
     }
 
     /// A nonce stamped `unix_secs` (tests make old ones).
-    pub fn issue_at(&self, realm: &str, unix_secs: u64) -> String {
+    pub fn issue_at(&self, realm: &str, source: Option<IpAddr>, unix_secs: u64) -> String {
         let mut random = [0u8; RANDOM_BYTES];
         rand::thread_rng().fill_bytes(&mut random);
-        self.issue_with(realm, unix_secs, &random)
+        self.issue_with(realm, source, unix_secs, &random)
     }
 
-    /// The nonce for `realm` stamped `unix_secs` with the given random part (tests pin both).
-    pub fn issue_with(&self, realm: &str, unix_secs: u64, random: &[u8; RANDOM_BYTES]) -> String {
+    /// The nonce for `realm` and `source` stamped `unix_secs` with the given random part
+    /// (tests pin both).
+    pub fn issue_with(
+        &self,
+        realm: &str,
+        source: Option<IpAddr>,
+        unix_secs: u64,
+        random: &[u8; RANDOM_BYTES],
+    ) -> String {
         let random_hex = hex::encode(random);
-        let mac = self.mac(realm, unix_secs, &random_hex);
+        let mac = self.hmac(realm, source, unix_secs, &random_hex).finalize().into_bytes();
         format!("{unix_secs}.{random_hex}.{}", hex::encode(&mac[..MAC_BYTES]))
     }
 
-    pub fn check(&self, realm: &str, nonce: &str) -> NonceCheck {
-        self.check_at(realm, nonce, super::unix_secs())
+    /// Whether `nonce` is one we issued for `realm` to `source`, and still fresh. A nonce
+    /// issued to another address is [`NonceCheck::Forged`]: for this source it is.
+    pub fn check(&self, realm: &str, nonce: &str, source: Option<IpAddr>) -> NonceCheck {
+        self.check_at(realm, nonce, source, super::unix_secs())
     }
 
-    pub fn check_at(&self, realm: &str, nonce: &str, now_secs: u64) -> NonceCheck {
+    pub fn check_at(&self, realm: &str, nonce: &str, source: Option<IpAddr>, now_secs: u64) -> NonceCheck {
         if nonce.len() > MAX_NONCE_LEN {
             return NonceCheck::Forged;
         }
@@ -106,7 +123,7 @@ impl NonceSigner {
             return NonceCheck::Forged;
         };
         // `verify_truncated_left` compares in constant time.
-        if self.hmac(realm, ts, random_hex).verify_truncated_left(&mac).is_err() {
+        if self.hmac(realm, source, ts, random_hex).verify_truncated_left(&mac).is_err() {
             return NonceCheck::Forged;
         }
         // Re-serialising must give the same text, so `0012.…` cannot stand in for `12.…`.
@@ -119,7 +136,7 @@ impl NonceSigner {
         NonceCheck::Valid
     }
 
-    fn hmac(&self, realm: &str, unix_secs: u64, random_hex: &str) -> HmacSha256 {
+    fn hmac(&self, realm: &str, source: Option<IpAddr>, unix_secs: u64, random_hex: &str) -> HmacSha256 {
         // A key of any length is accepted by HMAC, so this cannot fail.
         let mut m = <HmacSha256 as Mac>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!());
         // The realm is case-insensitive (a host name); the separators keep `a1`+`23` apart
@@ -129,11 +146,20 @@ impl NonceSigner {
         m.update(unix_secs.to_string().as_bytes());
         m.update(b"\n");
         m.update(random_hex.as_bytes());
+        m.update(b"\n");
+        // A tag byte, then the bytes that identify the source: IPv4 and IPv6 never collide.
+        match source.map(super::bans::source_key) {
+            Some(IpAddr::V4(v4)) => {
+                m.update(b"4");
+                m.update(&v4.octets());
+            }
+            Some(IpAddr::V6(v6)) => {
+                m.update(b"6");
+                m.update(&v6.octets()[..8]);
+            }
+            None => m.update(b"-"),
+        }
         m
-    }
-
-    fn mac(&self, realm: &str, unix_secs: u64, random_hex: &str) -> [u8; 32] {
-        self.hmac(realm, unix_secs, random_hex).finalize().into_bytes().into()
     }
 }
 
@@ -143,45 +169,68 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(300);
     const R1: [u8; RANDOM_BYTES] = [1, 2, 3, 4, 5, 6, 7, 8];
+    const SRC: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 10)));
+
+    fn ip(text: &str) -> Option<IpAddr> {
+        Some(text.parse().unwrap())
+    }
+
+    #[test]
+    fn a_nonce_verifies_only_from_the_address_it_was_sent_to() {
+        let s = NonceSigner::random(TTL);
+        let n = s.issue_with("r.org", ip("192.0.2.10"), 5_000, &R1);
+        assert_eq!(s.check_at("r.org", &n, ip("192.0.2.10"), 5_001), NonceCheck::Valid);
+        assert_eq!(s.check_at("r.org", &n, ip("::ffff:192.0.2.10"), 5_001), NonceCheck::Valid);
+        assert_eq!(s.check_at("r.org", &n, ip("192.0.2.11"), 5_001), NonceCheck::Forged);
+        assert_eq!(s.check_at("r.org", &n, None, 5_001), NonceCheck::Forged);
+        // IPv6: the /64 (privacy addresses change within it)
+        let v6 = s.issue_with("r.org", ip("2001:db8:1:2::10"), 5_000, &R1);
+        assert_eq!(s.check_at("r.org", &v6, ip("2001:db8:1:2:abcd::1"), 5_001), NonceCheck::Valid);
+        assert_eq!(s.check_at("r.org", &v6, ip("2001:db8:1:3::10"), 5_001), NonceCheck::Forged);
+        // unknown sources only match each other
+        let none = s.issue_with("r.org", None, 5_000, &R1);
+        assert_eq!(s.check_at("r.org", &none, None, 5_001), NonceCheck::Valid);
+        assert_eq!(s.check_at("r.org", &none, SRC, 5_001), NonceCheck::Forged);
+    }
 
     #[test]
     fn a_fresh_nonce_verifies_for_its_realm_only() {
         let s = NonceSigner::random(TTL);
-        let n = s.issue_with("jambonz.org", 1_700_000_000, &R1);
+        let n = s.issue_with("jambonz.org", SRC, 1_700_000_000, &R1);
         assert!(n.starts_with("1700000000.0102030405060708."), "{n}");
         assert_eq!(n.len(), "1700000000.".len() + 2 * RANDOM_BYTES + 1 + 2 * MAC_BYTES);
         assert!(n.len() <= MAX_NONCE_LEN);
-        assert_eq!(s.check_at("jambonz.org", &n, 1_700_000_010), NonceCheck::Valid);
-        assert_eq!(s.check_at("JAMBONZ.org", &n, 1_700_000_010), NonceCheck::Valid);
-        assert_eq!(s.check_at("other.org", &n, 1_700_000_010), NonceCheck::Forged);
+        assert_eq!(s.check_at("jambonz.org", &n, SRC, 1_700_000_010), NonceCheck::Valid);
+        assert_eq!(s.check_at("JAMBONZ.org", &n, SRC, 1_700_000_010), NonceCheck::Valid);
+        assert_eq!(s.check_at("other.org", &n, SRC, 1_700_000_010), NonceCheck::Forged);
     }
 
     #[test]
     fn two_challenges_in_the_same_second_get_different_nonces() {
         let s = NonceSigner::random(TTL);
-        let a = s.issue("r.org");
-        let b = s.issue("r.org");
+        let a = s.issue("r.org", SRC);
+        let b = s.issue("r.org", SRC);
         assert_ne!(a, b);
         assert_eq!(a.split('.').next(), b.split('.').next(), "same second expected: {a} {b}");
-        assert_eq!(s.check("r.org", &a), NonceCheck::Valid);
-        assert_eq!(s.check("r.org", &b), NonceCheck::Valid);
+        assert_eq!(s.check("r.org", &a, SRC), NonceCheck::Valid);
+        assert_eq!(s.check("r.org", &b, SRC), NonceCheck::Valid);
     }
 
     #[test]
     fn an_old_nonce_is_stale() {
         let s = NonceSigner::random(TTL);
-        let n = s.issue_with("r.org", 1_000, &R1);
-        assert_eq!(s.check_at("r.org", &n, 1_300), NonceCheck::Valid);
-        assert_eq!(s.check_at("r.org", &n, 1_301), NonceCheck::Stale);
+        let n = s.issue_with("r.org", SRC, 1_000, &R1);
+        assert_eq!(s.check_at("r.org", &n, SRC, 1_300), NonceCheck::Valid);
+        assert_eq!(s.check_at("r.org", &n, SRC, 1_301), NonceCheck::Stale);
         // far in the future: our clock went backwards, or another SBC's is way off
-        assert_eq!(s.check_at("r.org", &n, 1_000 - FUTURE_SKEW_SECS - 1), NonceCheck::Stale);
-        assert_eq!(s.check_at("r.org", &n, 1_000 - FUTURE_SKEW_SECS), NonceCheck::Valid);
+        assert_eq!(s.check_at("r.org", &n, SRC, 1_000 - FUTURE_SKEW_SECS - 1), NonceCheck::Stale);
+        assert_eq!(s.check_at("r.org", &n, SRC, 1_000 - FUTURE_SKEW_SECS), NonceCheck::Valid);
     }
 
     #[test]
     fn tampered_or_foreign_nonces_are_forged() {
         let s = NonceSigner::random(TTL);
-        let n = s.issue_with("r.org", 5_000, &R1);
+        let n = s.issue_with("r.org", SRC, 5_000, &R1);
         let mut parts = n.split('.');
         let (ts, random, mac) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
         let other_ts = format!("5001.{random}.{mac}");
@@ -206,10 +255,10 @@ mod tests {
             extra.as_str(),
             long.as_str(),
         ] {
-            assert_eq!(s.check_at("r.org", bad, 5_000), NonceCheck::Forged, "{bad:?}");
+            assert_eq!(s.check_at("r.org", bad, SRC, 5_000), NonceCheck::Forged, "{bad:?}");
         }
         let stranger = NonceSigner::random(TTL);
-        assert_eq!(stranger.check_at("r.org", &n, 5_000), NonceCheck::Forged);
+        assert_eq!(stranger.check_at("r.org", &n, SRC, 5_000), NonceCheck::Forged);
     }
 
     #[test]
@@ -217,8 +266,8 @@ mod tests {
         let a = NonceSigner::from_secret("cluster secret", TTL);
         let b = NonceSigner::from_secret("cluster secret", TTL);
         let c = NonceSigner::from_secret("another secret", TTL);
-        let n = a.issue_with("r.org", 42, &R1);
-        assert_eq!(b.check_at("r.org", &n, 50), NonceCheck::Valid);
-        assert_eq!(c.check_at("r.org", &n, 50), NonceCheck::Forged);
+        let n = a.issue_with("r.org", SRC, 42, &R1);
+        assert_eq!(b.check_at("r.org", &n, SRC, 50), NonceCheck::Valid);
+        assert_eq!(c.check_at("r.org", &n, SRC, 50), NonceCheck::Forged);
     }
 }

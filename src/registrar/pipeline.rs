@@ -1,14 +1,21 @@
-//! The REGISTER pipeline of spec 4.1, in one pass.
+//! The REGISTER pipeline of spec 4.1, in one pass per batch.
 //!
-//! The triage thread runs [`Registrar::triage`]: every check that needs no authentication
-//! call — source ban, Request-URI, Contact and expires, address of record, cache window,
-//! account and device limit, challenge, the form of the Authorization, nonce, digest `uri`,
-//! identity — and answers whatever ends there. A request that passes them all becomes a
-//! [`Checked`] request: owned, parsed once, with its account. An auth worker then runs
-//! [`Registrar::complete`] (`complete.rs`): one-time use of the nonce, the webhook or
-//! `clients` table, and the binding. This file also holds the batch read
-//! ([`Registrar::prefetch`]) and the store helpers both steps use. Each step returns `Result<_, Reply>`; the first final response stops the
-//! chain.
+//! The triage thread runs [`Registrar::triage_batch`] on the REGISTERs waiting in the queue:
+//!
+//! 1. **Local checks** of each request ([`Registrar::prepare`]), no Redis: source ban,
+//!    Request-URI, Contact and expires, address of record, the account of the realm (cache or
+//!    MySQL), and what the Authorization must say (`authorization.rs`). What they find is kept,
+//!    not yet answered.
+//! 2. **One Redis round trip** for the whole batch ([`Registrar::read`]): the stored bindings of
+//!    those that will consult the cache window (one `MGET`), and — pipelined with it — the claim
+//!    of the one-time use of each answer that passed every local check (`SET … NX`, see
+//!    `replay.rs`). A request refused by a local check creates no key.
+//! 3. **The decision** ([`Registrar::decide`]), in spec order: the cache window, the ban, the
+//!    account and its device limit, the Authorization, the replay. What needs its credentials
+//!    proven becomes a [`Checked`] request for an auth worker (`complete.rs`): the webhook or
+//!    the `clients` table, then the binding.
+//!
+//! Each step returns `Result<_, Reply>`: the first final response stops the chain.
 
 use std::net::IpAddr;
 use std::panic::{self, AssertUnwindSafe};
@@ -18,17 +25,17 @@ use log::{debug, error, info, warn};
 use mysql::PooledConn;
 
 use super::accounts::{self, Account};
+use super::authorization::{source_ip, Answer, AnswerProblem};
 use super::bindings::{self, StoredBinding};
-use super::credentials::{self, FormProblem, NonceUse};
+use super::credentials::NonceUse;
 use super::health::StoreHealth;
-use super::nonce::NonceCheck;
 use super::replay;
 use super::reply::Reply;
 use super::request::{self, Aor, Kind, Registration};
 use super::{unix_millis, Registrar};
 use crate::drachtio::IncomingRequest;
 use crate::sip::digest::DigestCredentials;
-use crate::sip::{parse_authorization, replace_first_expires, www_authenticate, SipError};
+use crate::sip::replace_first_expires;
 use crate::store::redis::{self as redis_store, RedisConn};
 use crate::store::StoreError;
 use crate::telemetry::Alert;
@@ -55,22 +62,6 @@ fn remaining_secs(expiry_time_ms: f64, now_ms: u64) -> u32 {
     }
 }
 
-/// The source address drachtio reported, when it parses (`[…]` around IPv6 allowed).
-fn source_ip(req: &IncomingRequest) -> Option<IpAddr> {
-    req.meta.address.trim_matches(['[', ']']).parse().ok()
-}
-
-/// What [`Registrar::triage`] did with a request.
-// Returned once per request and moved on at once; boxing the request would cost an allocation.
-#[allow(clippy::large_enum_variant)]
-pub enum Triage {
-    /// Answered (or refused) without an authentication call.
-    Answered,
-    /// Its credentials must be checked by the webhook or against the `clients` table: for an
-    /// auth worker's [`Registrar::complete`].
-    NeedsAuthentication(Checked),
-}
-
 /// A REGISTER that passed every check of the triage thread, with what it found out: all an
 /// auth worker needs to authenticate, store and answer it.
 pub struct Checked {
@@ -79,46 +70,16 @@ pub struct Checked {
     pub(super) account: Account,
     pub(super) credentials: DigestCredentials,
     pub(super) nonce_use: NonceUse,
-    /// The batch read already recorded this answer's nonce use as its first.
-    pub(super) claimed: bool,
+    /// The one-time key of this answer, when the batch read claimed it (released again when
+    /// the request ends in a 5xx, so that the phone's retry is not taken for a replay).
+    pub(super) claim: Option<String>,
     /// When the triage thread took the request (response-time metrics cover the whole path).
     pub(super) started: Instant,
-}
-
-/// What the triage thread read from Redis for one request of a batch (see
-/// [`Registrar::prefetch`]). The default means "nothing read": the request reads on its own.
-#[derive(Debug, Clone, Default)]
-pub struct Prefetched {
-    /// `Some(binding)` when the stored binding was read.
-    binding: Option<Option<StoredBinding>>,
-    /// The claim of the request's nonce use, when it had one to claim.
-    claim: Option<Claim>,
-}
-
-#[derive(Debug, Clone)]
-struct Claim {
-    key: String,
-    /// `SET NX` created the key: nobody used this answer before.
-    first_use: bool,
-}
-
-/// An Authorization that answers our challenge as it must, by its credentials.
-struct Answer {
-    credentials: DigestCredentials,
-    nonce_use: NonceUse,
-    /// Its nonce use was claimed by the batch read.
-    claimed: bool,
 }
 
 impl Checked {
     pub fn request(&self) -> &IncomingRequest {
         &self.req
-    }
-
-    /// The request alone, to be answered without authentication (`503` when no worker can
-    /// take it).
-    pub fn into_request(self) -> IncomingRequest {
-        self.req
     }
 
     /// The account whose share of the auth workers this request uses.
@@ -134,46 +95,98 @@ pub(super) struct Ctx {
     pub(super) aor_key: String,
     /// `sip:<source ip>:<source port>`.
     pub(super) proxy: String,
-    /// The source address, when drachtio gave a parseable one (for bans).
+    /// The source address, when drachtio gave a parseable one (bans, nonces).
     pub(super) source_ip: Option<IpAddr>,
     /// Arrived over UDP: the device is assumed to be behind NAT and told 30 s.
     pub(super) over_udp: bool,
 }
 
+/// What the local checks found out about a request, waiting for the batch's Redis read.
+pub(super) struct Pending {
+    ctx: Ctx,
+    /// The source is banned: only a refresh of its own binding from the cache window is
+    /// answered (a real phone behind a banned address keeps its registration).
+    banned: bool,
+    /// The account of the realm, as looked up (`None`: no account); not looked up for a
+    /// banned source.
+    account: Option<Result<Option<Account>, Reply>>,
+    /// The Authorization's local checks, when the account could be used.
+    answer: Option<Result<Answer, AnswerProblem>>,
+    /// The one-time key to claim with the read: only when every local check passed.
+    claim_key: Option<String>,
+}
+
+/// What the local checks decided.
+pub(super) enum Prepared {
+    /// Answered by them alone.
+    Done(Reply),
+    Pending(Box<Pending>),
+}
+
+/// What the batch read found for one request.
+pub(super) struct ReadResult {
+    binding: Prefetch,
+    /// `Some(true)`: the claim created the key (first use); `Some(false)`: a replay; `None`: no
+    /// claim was made (none to make, or Redis did not answer: the auth worker claims then).
+    claimed: Option<bool>,
+}
+
+/// The stored binding, as far as the batch read got.
+pub(super) enum Prefetch {
+    /// Not read (nothing to read, or Redis did not answer): read on its own if needed.
+    NotRead,
+    Absent,
+    Found(StoredBinding),
+}
+
 impl Registrar {
-    /// The whole pipeline in the calling thread: [`triage`](Self::triage), then
-    /// [`complete`](Self::complete) if the request needs authentication. For requests that
-    /// cannot go to an auth worker (none left at shutdown), and for tests.
+    /// The whole pipeline in the calling thread for one request: its triage, then its
+    /// authentication if it needs one. For tests, and for requests no auth worker can take.
     pub fn handle(&self, req: IncomingRequest) {
-        if let Triage::NeedsAuthentication(checked) = self.triage(req, Prefetched::default()) {
+        for checked in self.triage_batch(vec![req]) {
             self.complete(checked);
         }
     }
 
-    /// Runs every check that needs no authentication call and answers the request if it ends
-    /// there (cache window, challenge, rejections). `prefetched` is the stored binding when
-    /// [`prefetch`](Self::prefetch) already read it. A panic (a bug) still answers `500`, so
-    /// the device is not left retransmitting into the void.
-    pub fn triage(&self, req: IncomingRequest, prefetched: Prefetched) -> Triage {
+    /// Answers every request of `batch` that needs no authentication call (cache window,
+    /// challenges, refusals) and returns the others, checked, for the auth workers. A panic
+    /// (a bug) in any step still answers `500`, so no device is left retransmitting into the
+    /// void.
+    pub fn triage_batch(&self, batch: Vec<IncomingRequest>) -> Vec<Checked> {
         let started = Instant::now();
-        let reply = match panic::catch_unwind(AssertUnwindSafe(|| self.check(&req, prefetched))) {
-            Ok(Ok((ctx, account, answer))) => {
-                let Answer { credentials, nonce_use, claimed } = answer;
-                return Triage::NeedsAuthentication(Checked {
-                    req,
-                    ctx,
-                    account,
-                    credentials,
-                    nonce_use,
-                    claimed,
-                    started,
-                });
+        let prepared: Vec<Prepared> = batch
+            .iter()
+            .map(|req| {
+                panic::catch_unwind(AssertUnwindSafe(|| self.prepare(req)))
+                    .unwrap_or_else(|_| Prepared::Done(self.internal_error(req)))
+            })
+            .collect();
+        let read = panic::catch_unwind(AssertUnwindSafe(|| self.read(&prepared))).unwrap_or_else(|_| {
+            error!("registrar: internal error reading a batch of bindings; each REGISTER reads its own");
+            prepared.iter().map(|_| ReadResult { binding: Prefetch::NotRead, claimed: None }).collect()
+        });
+        let mut checked = Vec::new();
+        for ((req, prepared), read) in batch.into_iter().zip(prepared).zip(read) {
+            let pending = match prepared {
+                Prepared::Done(reply) => {
+                    self.answer(req, reply, started);
+                    continue;
+                }
+                Prepared::Pending(pending) => pending,
+            };
+            match panic::catch_unwind(AssertUnwindSafe(|| self.decide(&req, *pending, read))) {
+                Ok(Ok(Decided { ctx, account, answer, claim })) => {
+                    let Answer { credentials, nonce_use } = answer;
+                    checked.push(Checked { req, ctx, account, credentials, nonce_use, claim, started });
+                }
+                Ok(Err(reply)) => self.answer(req, reply, started),
+                Err(_) => {
+                    let reply = self.internal_error(&req);
+                    self.answer(req, reply, started);
+                }
             }
-            Ok(Err(reply)) => reply,
-            Err(_) => self.internal_error(&req),
-        };
-        self.answer(req, reply, started);
-        Triage::Answered
+        }
+        checked
     }
 
     /// A panic in the pipeline (a bug) still answers `500`, so the device is not left
@@ -209,38 +222,91 @@ impl Registrar {
         req.respond(response);
     }
 
-    /// Reads what a batch of queued requests needs from Redis in one round trip: the bindings
-    /// of those that will consult the cache window (one `MGET`), and a claim of the nonce use
-    /// of each that answers a challenge of ours (`SET … NX`, see `replay.rs`). A request gets
-    /// [`Prefetched::default`] (it then reads, and claims, on its own) when it has nothing to
-    /// read, and all of them do when Redis did not answer (Redis is then marked down, and each
-    /// of them gets its 503 at once: see `StoreHealth`).
-    pub fn prefetch(&self, reqs: &[IncomingRequest]) -> Vec<Prefetched> {
-        // A banned source is refused before anything is read for it (or claimed: a guesser
-        // must not create keys in Redis while banned).
-        let now = Instant::now();
-        let banned: Vec<bool> =
-            reqs.iter().map(|req| source_ip(req).is_some_and(|ip| self.bans.banned(ip, now).is_some())).collect();
-        let aors: Vec<Option<String>> = reqs
+    /// A checked request no auth worker will take: `503` with `Retry-After`, and the claim of
+    /// its answer released, so that the phone's retry of the same answer is accepted.
+    pub fn refuse_checked(&self, checked: Checked) {
+        if let Some(key) = &checked.claim {
+            self.release_claim(key);
+        }
+        self.answer_unavailable(checked.req);
+    }
+
+    /// Forgets the one-time use of an answer that was refused for our reasons (5xx).
+    pub(super) fn release_claim(&self, key: &str) {
+        if let Err(e) = redis_store::run(&self.redis, |conn| replay::release(conn, key)) {
+            debug!("registrar: could not release a one-time claim: {e}");
+        }
+    }
+
+    /// Step 1: everything that needs neither Redis nor an answer from it.
+    pub(super) fn prepare(&self, req: &IncomingRequest) -> Prepared {
+        let source_ip = source_ip(req);
+        let banned = source_ip.and_then(|ip| self.bans.banned(ip, Instant::now()));
+        let ctx = match self.parse_request(req, source_ip) {
+            Ok(ctx) => ctx,
+            // A banned source is told it is banned, whatever else is wrong.
+            Err(_) if banned.is_some() => return Prepared::Done(Reply::with_reason(403, BANNED_REASON)),
+            Err(reply) => return Prepared::Done(reply),
+        };
+        if let Some(ban) = banned {
+            debug!("registrar: REGISTER from banned source={} ({} s left)", ban.ip, ban.remaining.as_secs());
+            return Prepared::Pending(Box::new(Pending {
+                ctx,
+                banned: true,
+                account: None,
+                answer: None,
+                claim_key: None,
+            }));
+        }
+        let account = self.account_of(ctx.aor.realm());
+        let answer = match &account {
+            Ok(Some(a)) if a.is_active => Some(self.check_authorization(req, &ctx, a)),
+            _ => None,
+        };
+        let claim_key = match (&answer, &ctx.reg.kind) {
+            (Some(Ok(answer)), _) => {
+                Some(replay::key(answer.credentials.nonce.as_deref().unwrap_or(""), &answer.nonce_use))
+            }
+            _ => None,
+        };
+        Prepared::Pending(Box::new(Pending { ctx, banned: false, account: Some(account), answer, claim_key }))
+    }
+
+    /// rejectIpv4, regParser and the address of record: the facts every later step uses.
+    fn parse_request(&self, req: &IncomingRequest, source_ip: Option<IpAddr>) -> Result<Ctx, Reply> {
+        request::check_request_uri(&req.message)?;
+        let reg = request::parse_registration(&req.message)?;
+        let aor = request::parse_aor(&req.message)?;
+        Ok(Ctx {
+            aor_key: aor.key(),
+            proxy: bindings::proxy_uri(&req.meta.address, req.meta.port),
+            reg,
+            aor,
+            source_ip,
+            over_udp: req.meta.protocol.eq_ignore_ascii_case("udp"),
+        })
+    }
+
+    /// Step 2: one Redis round trip for the batch — the bindings of the REGISTERs that consult
+    /// the cache window, and the claims of the answers that passed every local check. When
+    /// Redis does not answer nothing is read (each request then reads on its own, and gets its
+    /// `503` at once: see `StoreHealth`).
+    pub(super) fn read(&self, prepared: &[Prepared]) -> Vec<ReadResult> {
+        fn pending(p: &Prepared) -> Option<&Pending> {
+            match p {
+                Prepared::Pending(p) => Some(p.as_ref()),
+                Prepared::Done(_) => None,
+            }
+        }
+        let reads_binding = |p: &Pending| p.ctx.reg.kind == Kind::Register;
+        let user_keys: Vec<String> = prepared
             .iter()
-            .zip(&banned)
-            .map(|(req, banned)| {
-                (!banned).then_some(())?;
-                request::check_request_uri(&req.message).ok()?;
-                let reg = request::parse_registration(&req.message).ok()?;
-                (reg.kind == Kind::Register).then_some(())?;
-                Some(request::parse_aor(&req.message).ok()?.key())
-            })
+            .filter_map(pending)
+            .filter(|p| reads_binding(p))
+            .map(|p| bindings::user_key(&p.ctx.aor_key))
             .collect();
-        let claims: Vec<Option<String>> = reqs
-            .iter()
-            .zip(&banned)
-            .map(|(req, banned)| if *banned { None } else { self.replay_key_of(req) })
-            .collect();
-        let keys: Vec<&str> = aors.iter().flatten().map(String::as_str).collect();
-        let user_keys: Vec<String> = keys.iter().map(|aor| bindings::user_key(aor)).collect();
-        let claim_keys: Vec<String> = claims.iter().flatten().cloned().collect();
-        let nothing = || reqs.iter().map(|_| Prefetched::default()).collect();
+        let claim_keys: Vec<String> = prepared.iter().filter_map(pending).filter_map(|p| p.claim_key.clone()).collect();
+        let nothing = || prepared.iter().map(|_| ReadResult { binding: Prefetch::NotRead, claimed: None }).collect();
         if (user_keys.is_empty() && claim_keys.is_empty()) || !self.redis_health.admit() {
             return nothing();
         }
@@ -259,27 +325,24 @@ impl Registrar {
                     return nothing();
                 }
             };
-        let mut found = bindings::parse_many(&keys, texts).into_iter();
+        let aors: Vec<&str> =
+            prepared.iter().filter_map(pending).filter(|p| reads_binding(p)).map(|p| p.ctx.aor_key.as_str()).collect();
+        let mut found = bindings::parse_many(&aors, texts).into_iter();
         let mut claimed = claimed.into_iter();
-        aors.iter()
-            .zip(claims)
-            .map(|(aor, claim)| Prefetched {
-                binding: aor.as_ref().map(|_| found.next().flatten()),
-                claim: claim.map(|key| Claim { first_use: claimed.next().unwrap_or(false), key }),
+        prepared
+            .iter()
+            .map(|p| match pending(p) {
+                None => ReadResult { binding: Prefetch::NotRead, claimed: None },
+                Some(p) => ReadResult {
+                    binding: if reads_binding(p) {
+                        found.next().flatten().map_or(Prefetch::Absent, Prefetch::Found)
+                    } else {
+                        Prefetch::NotRead
+                    },
+                    claimed: p.claim_key.as_ref().map(|_| claimed.next().unwrap_or(false)),
+                },
             })
             .collect()
-    }
-
-    /// The one-time key of the request's answer to our challenge, when it is one: a complete
-    /// digest answer of the right form whose nonce we issued for the To realm (nothing else
-    /// may create a key in Redis).
-    fn replay_key_of(&self, req: &IncomingRequest) -> Option<String> {
-        let credentials = parse_authorization(req.message.header("Authorization")?).ok()?;
-        credentials.require_complete().ok()?;
-        let nonce_use = credentials::check_form(&credentials).ok()?;
-        let aor = request::parse_aor(&req.message).ok()?;
-        let nonce = credentials.nonce.as_deref()?;
-        (self.nonces.check(aor.realm(), nonce) == NonceCheck::Valid).then(|| replay::key(nonce, &nonce_use))
     }
 
     /// How long a one-time record is kept: as long as its nonce can be valid.
@@ -287,49 +350,64 @@ impl Registrar {
         self.settings.nonce_ttl.as_secs().saturating_add(super::nonce::FUTURE_SKEW_SECS)
     }
 
-    /// The triage thread's part, in spec order.
-    fn check(&self, req: &IncomingRequest, prefetched: Prefetched) -> Result<(Ctx, Account, Answer), Reply> {
-        let source_ip = source_ip(req);
-        if let Some(ban) = source_ip.and_then(|ip| self.bans.banned(ip, Instant::now())) {
-            debug!("registrar: REGISTER from banned source={} ({} s left): 403", ban.ip, ban.remaining.as_secs());
-            return Err(Reply::with_reason(403, BANNED_REASON));
-        }
-        // rejectIpv4, regParser, then the AOR half of checkCache.
-        request::check_request_uri(&req.message)?;
-        let reg = request::parse_registration(&req.message)?;
-        let aor = request::parse_aor(&req.message)?;
-        let ctx = Ctx {
-            aor_key: aor.key(),
-            proxy: bindings::proxy_uri(&req.meta.address, req.meta.port),
-            reg,
-            aor,
-            source_ip,
-            over_udp: req.meta.protocol.eq_ignore_ascii_case("udp"),
-        };
-
+    /// Step 3, in spec order: the cache window, then the ban, the account and its device
+    /// limit, the Authorization, and the replay.
+    fn decide(&self, req: &IncomingRequest, pending: Pending, read: ReadResult) -> Result<Decided, Reply> {
+        let Pending { ctx, banned, account, answer, claim_key } = pending;
         let existing = match ctx.reg.kind {
-            Kind::Register => self.check_cache(&ctx, prefetched.binding)?,
+            Kind::Register => self.check_cache(&ctx, read.binding)?,
             Kind::Unregister => None,
         };
-        let account = self.check_account(&ctx, existing.is_some())?;
-        let answer = self.check_challenge(req, &ctx, &account, prefetched.claim)?;
-        Ok((ctx, account, answer))
+        if banned {
+            return Err(Reply::with_reason(403, BANNED_REASON));
+        }
+        let claim = claim_key.filter(|_| read.claimed == Some(true));
+        let account = match account {
+            Some(found) => found?,
+            None => self.account_of(ctx.aor.realm())?,
+        };
+        let account = match self.check_account(&ctx, account, existing.is_some()) {
+            Ok(account) => account,
+            Err(reply) => {
+                // Refused for a limit of ours: the answer may be sent again later.
+                if let Some(key) = &claim {
+                    self.release_claim(key);
+                }
+                return Err(reply);
+            }
+        };
+        let answer = match answer {
+            Some(answer) => answer,
+            None => self.check_authorization(req, &ctx, &account),
+        };
+        let answer = answer.map_err(|problem| self.refuse_answer(&ctx, problem))?;
+        if read.claimed == Some(false) {
+            return Err(self.replayed(&ctx));
+        }
+        Ok(Decided { ctx, account, answer, claim })
     }
+}
 
+/// What [`Registrar::decide`] lets through to an auth worker.
+struct Decided {
+    ctx: Ctx,
+    account: Account,
+    answer: Answer,
+    claim: Option<String>,
+}
+
+impl Registrar {
     /// checkCache: a device re-registering from the same ip:port while its binding has more
     /// than 30 s left is answered at once, without webhook or Redis write. A UDP device is
     /// told `Expires: 30` (it is assumed to be behind NAT); a TCP, TLS or WebSocket one is told
     /// the seconds its binding really has left (spec 14.13: the Node sidecar said 30 to
     /// everyone, so connection-oriented clients refreshed every 30 s for nothing). Returns the
     /// stored binding otherwise (the device-limit check uses it).
-    fn check_cache(
-        &self,
-        ctx: &Ctx,
-        prefetched: Option<Option<StoredBinding>>,
-    ) -> Result<Option<StoredBinding>, Reply> {
+    fn check_cache(&self, ctx: &Ctx, prefetched: Prefetch) -> Result<Option<StoredBinding>, Reply> {
         let stored = match prefetched {
-            Some(stored) => stored,
-            None => self.redis("reading the registration", |conn| bindings::query(conn, &ctx.aor_key))?,
+            Prefetch::Found(binding) => Some(binding),
+            Prefetch::Absent => None,
+            Prefetch::NotRead => self.redis("reading the registration", |conn| bindings::query(conn, &ctx.aor_key))?,
         };
         if let Some(b) = &stored {
             let now = unix_millis();
@@ -361,8 +439,8 @@ impl Registrar {
 
     /// checkAccountLimits and the realm half of digestChallenge: the account of the realm
     /// must exist and be active; in hosting mode a new device must fit the account's limit.
-    fn check_account(&self, ctx: &Ctx, already_registered: bool) -> Result<Account, Reply> {
-        match self.account_of(ctx.aor.realm())? {
+    fn check_account(&self, ctx: &Ctx, found: Option<Account>, already_registered: bool) -> Result<Account, Reply> {
+        match found {
             Some(a) if !a.is_active => {
                 info!(
                     "registrar: rejecting REGISTER for deactivated account aor={} account_sid={}",
@@ -439,95 +517,6 @@ impl Registrar {
             return Err(max_devices());
         }
         Ok(())
-    }
-
-    fn challenge(&self, realm: &str, stale: bool) -> Reply {
-        Reply::new(401).header("WWW-Authenticate", www_authenticate(realm, &self.nonces.issue(realm), stale))
-    }
-
-    /// digestChallenge, and what the Authorization must say before anyone checks its
-    /// response: no Authorization → `401` with a fresh nonce; incomplete credentials → `400`;
-    /// an algorithm other than MD5 → `400`; no `qop=auth` with `nc` and `cnonce` → `401`; a
-    /// nonce we did not issue → fresh `401`; an expired one → `401` `stale=true`; a digest
-    /// `uri` other than the Request-URI → `400`; the credentials of another identity than the
-    /// To URI → `403`. All of this before any webhook call.
-    fn check_challenge(
-        &self,
-        req: &IncomingRequest,
-        ctx: &Ctx,
-        account: &Account,
-        claim: Option<Claim>,
-    ) -> Result<Answer, Reply> {
-        let realm = ctx.aor.realm();
-        let Some(header) = req.message.header("Authorization") else {
-            return Err(self.challenge(realm, false));
-        };
-        let credentials = parse_authorization(header).and_then(|c| c.require_complete().map(|_| c)).map_err(|e| {
-            // Never the value: a `Basic` header is a password in base64.
-            let what = match e {
-                SipError::MissingCredential(field) => format!("no {field}"),
-                _ => "not a digest answer".to_string(),
-            };
-            info!("registrar: malformed Authorization aor={} source={}: {what}", ctx.aor_key, ctx.proxy);
-            Reply::new(400)
-        })?;
-        let nonce_use = credentials::check_form(&credentials).map_err(|problem| match problem {
-            FormProblem::UnsupportedAlgorithm => {
-                info!("registrar: digest algorithm not offered aor={} source={}: 400", ctx.aor_key, ctx.proxy);
-                Reply::with_reason(400, credentials::UNSUPPORTED_ALGORITHM_REASON)
-            }
-            FormProblem::NoQopAuth => {
-                info!(
-                    "registrar: Authorization without qop=auth, nc and cnonce aor={} source={}: challenged again",
-                    ctx.aor_key, ctx.proxy
-                );
-                self.challenge(realm, false)
-            }
-        })?;
-        match self.nonces.check(realm, credentials.nonce.as_deref().unwrap_or("")) {
-            NonceCheck::Valid => {}
-            NonceCheck::Stale => {
-                debug!("registrar: stale nonce aor={} source={}", ctx.aor_key, ctx.proxy);
-                return Err(self.challenge(realm, true));
-            }
-            NonceCheck::Forged => {
-                info!("registrar: nonce not issued by us aor={} source={}", ctx.aor_key, ctx.proxy);
-                self.authentication_failed(ctx, "forged nonce");
-                return Err(self.challenge(realm, false));
-            }
-        }
-        let request_uri = req.message.request_uri().unwrap_or("");
-        if !credentials::uri_matches(credentials.uri.as_deref().unwrap_or(""), request_uri) {
-            info!("registrar: digest uri is not the Request-URI aor={} source={}: 400", ctx.aor_key, ctx.proxy);
-            return Err(Reply::with_reason(400, credentials::URI_MISMATCH_REASON));
-        }
-        let check_identity = account.hook.is_none() || self.settings.webhook_aor_check;
-        if check_identity && !credentials::identity_matches(&credentials, &ctx.aor) {
-            info!(
-                "registrar: Authorization of username={} realm={} for another address of record aor={} source={}: 403",
-                credentials.username.as_deref().unwrap_or(""),
-                credentials.realm.as_deref().unwrap_or(""),
-                ctx.aor_key,
-                ctx.proxy
-            );
-            self.authentication_failed(ctx, "credentials of another address of record");
-            return Err(Reply::with_reason(403, credentials::AOR_MISMATCH_REASON));
-        }
-        // The batch read claimed this answer's nonce use (see `prefetch`): a replay stops here.
-        let claimed = claim.filter(|c| c.key == replay::key(credentials.nonce.as_deref().unwrap_or(""), &nonce_use));
-        if claimed.as_ref().is_some_and(|c| !c.first_use) {
-            return Err(self.replayed(ctx));
-        }
-        Ok(Answer { credentials, nonce_use, claimed: claimed.is_some() })
-    }
-
-    pub(super) fn replayed(&self, ctx: &Ctx) -> Reply {
-        info!(
-            "registrar: replayed Authorization (nonce, nc and cnonce already used) aor={} source={}: challenged again",
-            ctx.aor_key, ctx.proxy
-        );
-        self.authentication_failed(ctx, "replayed Authorization");
-        self.challenge(ctx.aor.realm(), false)
     }
 
     /// The one place where the registrar's alerts are emitted: a warn line, and a point for

@@ -46,6 +46,13 @@ pub fn claim(conn: &mut RedisConn, key: &str, ttl_secs: u64) -> Result<bool, Sto
 
 /// `MGET` of `values` and `SET … NX EX ttl_secs` of each of `claims`, in one pipelined round
 /// trip: the values in order, and for each claim whether it was the first use.
+/// Forgets a claim (`DEL`): the answer was refused for our reasons (a 5xx) and may be sent
+/// again.
+pub fn release(conn: &mut RedisConn, key: &str) -> Result<(), StoreError> {
+    redis::cmd("DEL").arg(key).query::<()>(&mut **conn)?;
+    Ok(())
+}
+
 pub fn read_and_claim(
     conn: &mut RedisConn,
     values: &[String],

@@ -55,13 +55,14 @@ pub struct Server {
 
 impl Server {
     /// The ban settings of [`Server::launch`]: three failures ban for five minutes.
-    pub const BANS: BanSettings =
-        BanSettings { max_failures: 3, window: Duration::from_secs(60), ban: Duration::from_secs(300), capacity: 100 };
+    pub fn bans() -> BanSettings {
+        BanSettings { max_failures: 3, capacity: 100, ..BanSettings::default() }
+    }
 
-    /// Binds and starts a server with a ban table of [`Server::BANS`]; with `regbot_queries`,
+    /// Binds and starts a server with a ban table of [`Server::bans()`]; with `regbot_queries`,
     /// `status` and `regbot-list` ask that channel for regbot snapshots.
     pub fn launch(redis: RedisPool, regbot_queries: Option<Sender<StatusRequest>>) -> Server {
-        Server::launch_with(redis, regbot_queries, Some(Arc::new(Bans::new(Server::BANS))))
+        Server::launch_with(redis, regbot_queries, Some(Arc::new(Bans::new(Server::bans()))))
     }
 
     /// [`Server::launch`] with the given ban table, or none.
