@@ -396,6 +396,7 @@ fn registrar_settings(config: &Config) -> RegistrarSettings {
         http_user_agent: config.http_user_agent.clone(),
         nonce_ttl: config.nonce_ttl,
         webhook_aor_check: config.webhook_aor_check,
+        expires_bounds: config.register_expires,
         account_cache_ttl: config.account_cache_ttl,
         webhook_idle_connections: config.auth_workers,
         // A stable key: nonces survive a restart and are accepted by every SBC of the cluster

@@ -15,3 +15,4 @@ pub mod sip;
 pub mod store;
 pub mod supervise;
 pub mod telemetry;
+pub mod throttle;

@@ -35,6 +35,7 @@ use crate::logging::{LogFacility, LogTarget};
 use crate::net::Cidr;
 use crate::regbot::RegbotSettings;
 use crate::registrar::bans::BanSettings;
+use crate::registrar::request::ExpiresBounds;
 use crate::store::mysql::MysqlSettings;
 use crate::store::redis::RedisSettings;
 use crate::telemetry::MetricsSettings;
@@ -55,6 +56,13 @@ pub const PROGRAM: &str = "sbc-sidecar";
 pub const EX_USAGE: i32 = 64;
 /// Exit status for a missing or malformed environment variable (sysexits.h `EX_CONFIG`).
 pub const EX_CONFIG: i32 = 78;
+
+/// The environment file of the Debian package, named in error messages.
+pub const DEFAULTS_FILE: &str = "/etc/default/sbc-sidecar";
+/// The `ENCRYPTION_SECRET` the packaged defaults file ships: refused at startup.
+pub const PLACEHOLDER_SECRET: &str = "change-me";
+/// A shorter `ENCRYPTION_SECRET` is accepted (it must match the API server's) with a warning.
+pub const MIN_SECRET_LEN: usize = 16;
 
 pub const DEFAULT_SOCKET_PATH: &str = "/tmp/sbc-sip-sidecar.sock";
 /// Exactly the Node default, narrow `/24` and `/16` included (spec 14, item 22).
@@ -156,6 +164,16 @@ pub const NEW_VARIABLES: &[(&str, &str, &str)] = &[
         "OPTIONS with X-FS-Status or X-RTP-Status are accepted only from these networks (comma list); \
          others get 403 and change nothing",
     ),
+    (
+        "SBC_REGISTER_MIN_EXPIRES",
+        "60",
+        "a REGISTER asking for fewer seconds gets 423 Interval Too Brief with Min-Expires (Expires: 0 always unregisters)",
+    ),
+    (
+        "SBC_REGISTER_MAX_EXPIRES",
+        "3600",
+        "longest registration granted (s): a REGISTER, or a webhook answer, asking for more is granted this",
+    ),
 ];
 
 /// Variables of the Node program's helper libraries that we accept and ignore:
@@ -232,6 +250,9 @@ pub enum ConfigError {
     /// An environment variable is set to something we cannot use. `value` is `<redacted>`
     /// for passwords and secrets.
     Invalid { var: String, value: String, expected: String },
+    /// `ENCRYPTION_SECRET` (or `JWT_SECRET`, named in `var`) is the placeholder the package
+    /// ships: anyone could forge nonces and read the `clients` passwords of such an install.
+    PlaceholderSecret { var: &'static str },
 }
 
 impl ConfigError {
@@ -246,7 +267,7 @@ impl ConfigError {
     pub fn exit_code(&self) -> i32 {
         match self {
             ConfigError::Usage(_) => EX_USAGE,
-            ConfigError::Missing(_) | ConfigError::Invalid { .. } => EX_CONFIG,
+            ConfigError::Missing(_) | ConfigError::Invalid { .. } | ConfigError::PlaceholderSecret { .. } => EX_CONFIG,
         }
     }
 }
@@ -257,6 +278,11 @@ impl fmt::Display for ConfigError {
             ConfigError::Usage(message) => write!(f, "{message}; try '{PROGRAM} --help'"),
             ConfigError::Missing(message) => f.write_str(message),
             ConfigError::Invalid { var, value, expected } => write!(f, "invalid {var}={value:?}: expected {expected}"),
+            ConfigError::PlaceholderSecret { var } => write!(
+                f,
+                "{var} is still the placeholder {PLACEHOLDER_SECRET:?} of {DEFAULTS_FILE}: set it there to the \
+                 ENCRYPTION_SECRET of the jambonz API server (at least {MIN_SECRET_LEN} bytes), then start again"
+            ),
         }
     }
 }
@@ -343,6 +369,8 @@ pub struct Config {
     pub nonce_ttl: Duration,
     /// `SBC_WEBHOOK_AOR_CHECK`, default on.
     pub webhook_aor_check: bool,
+    /// `SBC_REGISTER_MIN_EXPIRES` (60) / `SBC_REGISTER_MAX_EXPIRES` (3600).
+    pub register_expires: ExpiresBounds,
     /// `SBC_ACCOUNT_CACHE_MS`: how long the registrar reuses an account lookup (0 = never).
     pub account_cache_ttl: Duration,
     /// `SBC_AUTH_BAN_FAILURES`, `SBC_AUTH_BAN_WINDOW_S`, `SBC_AUTH_BAN_TIME_S`,

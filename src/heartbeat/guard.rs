@@ -19,9 +19,10 @@ use log::warn;
 use super::tracker::ServerKind;
 use crate::config::DEFAULT_HEARTBEAT_CIDRS;
 use crate::net::Cidr;
+use crate::throttle::Throttle;
 
 /// At most one warning line per kind of refusal in this interval.
-pub const WARNING_INTERVAL: Duration = Duration::from_secs(10);
+pub const WARNING_INTERVAL: Duration = crate::throttle::LOG_INTERVAL;
 
 /// Longest `X-FS-ServiceUrl` stored in `<cluster>:fs-service-url`.
 pub const MAX_SERVICE_URL_LEN: usize = 512;
@@ -76,35 +77,6 @@ fn valid_port(port: &str) -> bool {
 fn source_ip(address: &str) -> Option<IpAddr> {
     let bare = address.strip_prefix('[').and_then(|a| a.strip_suffix(']')).unwrap_or(address);
     bare.parse().ok()
-}
-
-/// One warning line per interval; what is not logged is counted and reported with the next.
-#[derive(Debug)]
-pub struct Throttle {
-    interval: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl Throttle {
-    pub fn new(interval: Duration) -> Throttle {
-        Throttle { interval, last: None, suppressed: 0 }
-    }
-
-    /// `Some(n)` when a line should be logged now (`n` lines were suppressed since the last
-    /// one), `None` when this one is suppressed.
-    pub fn allow(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(last) if now.saturating_duration_since(last) < self.interval => {
-                self.suppressed = self.suppressed.saturating_add(1);
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
 }
 
 /// The heartbeat source filter and service-URL check of one heartbeat role.
@@ -257,17 +229,5 @@ mod tests {
         }
         let just_fits = format!("http://{}", "a".repeat(MAX_SERVICE_URL_LEN - 7));
         assert!(valid_service_url(&just_fits));
-    }
-
-    #[test]
-    fn warnings_are_one_per_interval_with_a_count_of_the_rest() {
-        let mut t = Throttle::new(Duration::from_secs(10));
-        let t0 = Instant::now();
-        assert_eq!(t.allow(t0), Some(0));
-        assert_eq!(t.allow(t0 + Duration::from_secs(1)), None);
-        assert_eq!(t.allow(t0 + Duration::from_secs(9)), None);
-        assert_eq!(t.allow(t0 + Duration::from_secs(10)), Some(2));
-        assert_eq!(t.allow(t0 + Duration::from_secs(11)), None);
-        assert_eq!(t.allow(t0 + Duration::from_secs(30)), Some(1));
     }
 }

@@ -203,7 +203,7 @@ impl Registrar {
     /// when the grant is longer (every UDP client is assumed to be behind NAT); Redis keeps
     /// the full grant. If the binding cannot be stored the device is told so (500/503).
     fn register(&self, req: &IncomingRequest, ctx: &Ctx, grant: &Grant) -> Result<Reply, Reply> {
-        let granted = grant.granted_expires(ctx.reg.expires);
+        let granted = grant.granted_expires(ctx.reg.expires, self.settings.expires_bounds);
         let response_expires = if ctx.over_udp && granted > NAT_EXPIRES { NAT_EXPIRES } else { granted };
         let expiry_time_ms = unix_millis() + u64::from(granted) * 1000;
         let binding = NewBinding {

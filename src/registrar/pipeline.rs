@@ -220,7 +220,7 @@ impl Registrar {
             .map(|(req, banned)| {
                 (!banned).then_some(())?;
                 request::check_request_uri(&req.message).ok()?;
-                let reg = request::parse_registration(&req.message).ok()?;
+                let reg = request::parse_registration(&req.message, self.settings.expires_bounds).ok()?;
                 (reg.kind == Kind::Register).then_some(())?;
                 Some(request::parse_aor(&req.message).ok()?.key())
             })
@@ -289,7 +289,7 @@ impl Registrar {
         }
         // rejectIpv4, regParser, then the AOR half of checkCache.
         request::check_request_uri(&req.message)?;
-        let reg = request::parse_registration(&req.message)?;
+        let reg = request::parse_registration(&req.message, self.settings.expires_bounds)?;
         let aor = request::parse_aor(&req.message)?;
         let ctx = Ctx {
             aor_key: aor.key(),
