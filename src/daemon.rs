@@ -243,6 +243,7 @@ fn start_and_wait(config: &Config) -> Result<Stop, StartError> {
             check_interval: config.check_expires_interval,
             expires_interval: config.expires_interval,
             allowed_sources: config.heartbeat_cidrs.clone(),
+            max_servers: config.heartbeat_max_servers,
         },
         pools.redis.clone(),
         options_rx,

@@ -165,6 +165,11 @@ pub const NEW_VARIABLES: &[(&str, &str, &str)] = &[
          others get 403 and change nothing",
     ),
     (
+        "SBC_HEARTBEAT_MAX_SERVERS",
+        "1000",
+        "most feature servers, RTP servers and service URLs tracked per set; a heartbeat adding one more gets 503",
+    ),
+    (
         "SBC_REGISTER_MIN_EXPIRES",
         "60",
         "a REGISTER asking for fewer seconds gets 423 Interval Too Brief with Min-Expires (Expires: 0 always unregisters)",
@@ -369,6 +374,8 @@ pub struct Config {
     pub nonce_ttl: Duration,
     /// `SBC_WEBHOOK_AOR_CHECK`, default on.
     pub webhook_aor_check: bool,
+    /// `SBC_HEARTBEAT_MAX_SERVERS`, default 1000.
+    pub heartbeat_max_servers: usize,
     /// `SBC_REGISTER_MIN_EXPIRES` (60) / `SBC_REGISTER_MAX_EXPIRES` (3600).
     pub register_expires: ExpiresBounds,
     /// `SBC_ACCOUNT_CACHE_MS`: how long the registrar reuses an account lookup (0 = never).
