@@ -283,7 +283,7 @@ fn start_and_wait(config: &Config) -> Result<Stop, StartError> {
 
     let ctl = CtlServer::bind(
         &config.socket_path,
-        CtlSettings { cluster_id: config.cluster_id.clone() },
+        CtlSettings { cluster_id: config.cluster_id.clone(), group: config.ctl_group.clone() },
         pools.redis.clone(),
         ctl_events_rx,
     )

@@ -302,6 +302,7 @@ pub(super) fn parse_env(env: &Env<'_>, command_line: CommandLine) -> Result<Conf
         nonce_ttl: env.secs("SBC_NONCE_TTL_S", 300, 1)?,
         webhook_aor_check: env.switch("SBC_WEBHOOK_AOR_CHECK", true)?,
         register_expires: register_expires(env)?,
+        ctl_group: env.optional("SBC_CTL_GROUP"),
         heartbeat_max_servers: usize_from(env.count(
             "SBC_HEARTBEAT_MAX_SERVERS",
             crate::heartbeat::DEFAULT_MAX_SERVERS as u64,

@@ -374,6 +374,9 @@ pub struct Config {
     pub nonce_ttl: Duration,
     /// `SBC_WEBHOOK_AOR_CHECK`, default on.
     pub webhook_aor_check: bool,
+    /// `SBC_CTL_GROUP`: members of this group may use the CLI socket (unset: root and the
+    /// daemon's own user only).
+    pub ctl_group: Option<String>,
     /// `SBC_HEARTBEAT_MAX_SERVERS`, default 1000.
     pub heartbeat_max_servers: usize,
     /// `SBC_REGISTER_MIN_EXPIRES` (60) / `SBC_REGISTER_MAX_EXPIRES` (3600).
