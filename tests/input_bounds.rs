@@ -34,8 +34,11 @@ impl Rig {
         let realm = format!("r{:08x}.sip.example.com", rand::random::<u32>());
         let mut c = db.conn();
         let hook_sid = uuid();
-        c.exec_drop("INSERT INTO webhooks (webhook_sid, url, method) VALUES (?, ?, 'POST')", (&hook_sid, hook.url("/auth")))
-            .unwrap();
+        c.exec_drop(
+            "INSERT INTO webhooks (webhook_sid, url, method) VALUES (?, ?, 'POST')",
+            (&hook_sid, hook.url("/auth")),
+        )
+        .unwrap();
         c.exec_drop(
             "INSERT INTO accounts (account_sid, name, sip_realm, service_provider_sid, registration_hook_sid, \
              is_active, webhook_secret) VALUES (?, 'bounds', ?, ?, ?, 1, 'wh-secret')",
@@ -171,7 +174,11 @@ fn a_registration_asking_for_136_years_is_granted_the_maximum_and_so_is_a_webhoo
     assert_eq!(status_of(&ok), 200, "{ok}\n{}", rig.daemon.log());
     let ttl: i64 = rig.redis().ttl(format!("user:bea@{}", rig.realm)).unwrap();
     assert!((1..=3600).contains(&ttl), "binding TTL {ttl}");
-    assert_eq!(rig.hook.requests().last().unwrap().payload()["expires"], serde_json::json!(3600), "the webhook is asked for the maximum");
+    assert_eq!(
+        rig.hook.requests().last().unwrap().payload()["expires"],
+        serde_json::json!(3600),
+        "the webhook is asked for the maximum"
+    );
     rig.forget("bea");
     // the webhook's own expires is capped too
     rig.hook.ok_fields(serde_json::json!({"expires": 4294967295u64}));
@@ -192,10 +199,7 @@ fn contacts_must_be_a_few_sip_uris_of_bounded_length() {
         ("Contact: <http://169.254.169.254/latest/meta-data/>\r\n", "Contact must be a sip or sips URI"),
         ("Contact: <tel:+15551234567>\r\n", "Contact must be a sip or sips URI"),
         (&*format!("Contact: <sip:{}@{{local}}>\r\n", "u".repeat(600)), "Contact must be a sip or sips URI"),
-        (
-            &*(0..9).map(|i| format!("Contact: <sip:dee{i}@{{local}}>\r\n")).collect::<String>(),
-            "Too many contacts",
-        ),
+        (&*(0..9).map(|i| format!("Contact: <sip:dee{i}@{{local}}>\r\n")).collect::<String>(), "Too many contacts"),
     ];
     for (i, (contacts, reason)) in cases.iter().enumerate() {
         let resp = phone.register(&rig.realm, "dee", i as u32 + 1, &format!("{contacts}Expires: 600\r\n"));

@@ -125,7 +125,10 @@ fn main() -> ExitCode {
     };
     let socket = match matches.opt_str("socket") {
         Some(p) => PathBuf::from(p),
-        None => match default_socket_path(std::env::var_os(SOCKET_PATH_ENV).map(PathBuf::from), Path::new(PACKAGE_SOCKET_PATH)) {
+        None => match default_socket_path(
+            std::env::var_os(SOCKET_PATH_ENV).map(PathBuf::from),
+            Path::new(PACKAGE_SOCKET_PATH),
+        ) {
             Ok(path) => path,
             Err(f) => return f.exit(),
         },

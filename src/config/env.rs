@@ -13,8 +13,8 @@ use super::{
     Config, ConfigError, Secret, DEFAULTS_FILE, DEFAULT_HEARTBEAT_CIDRS, DEFAULT_NETWORK_CIDR, DEFAULT_SOCKET_PATH,
     IGNORED_VARIABLES, MAX_MILLIS, MAX_SECS, MIN_SECRET_LEN, PLACEHOLDER_SECRET,
 };
-use crate::registrar::request::ExpiresBounds;
 use crate::logging::{self, LogFacility};
+use crate::registrar::request::ExpiresBounds;
 
 /// Read access to the environment map with the Node program's conventions.
 pub(super) struct Env<'a> {
@@ -437,7 +437,11 @@ mod tests {
     #[test]
     fn a_short_secret_starts_with_a_warning() {
         let c = run(&with(minimal_env(), &[("ENCRYPTION_SECRET", "short-secret")]), &[]);
-        assert!(c.warnings.iter().any(|w| w.starts_with("ENCRYPTION_SECRET is shorter than 16 bytes")), "{:?}", c.warnings);
+        assert!(
+            c.warnings.iter().any(|w| w.starts_with("ENCRYPTION_SECRET is shorter than 16 bytes")),
+            "{:?}",
+            c.warnings
+        );
         let c = run(&with(minimal_env(), &[("ENCRYPTION_SECRET", "sixteen-bytes-ok")]), &[]);
         assert!(!c.warnings.iter().any(|w| w.contains("shorter than")), "{:?}", c.warnings);
     }
@@ -446,14 +450,20 @@ mod tests {
     fn register_expires_bounds() {
         let c = run(&minimal_env(), &[]);
         assert_eq!(c.register_expires, ExpiresBounds { min: 60, max: 3600 });
-        let c = run(&with(minimal_env(), &[("SBC_REGISTER_MIN_EXPIRES", "30"), ("SBC_REGISTER_MAX_EXPIRES", "600")]), &[]);
+        let c =
+            run(&with(minimal_env(), &[("SBC_REGISTER_MIN_EXPIRES", "30"), ("SBC_REGISTER_MAX_EXPIRES", "600")]), &[]);
         assert_eq!(c.register_expires, ExpiresBounds { min: 30, max: 600 });
         // a maximum below the default minimum lowers the default minimum with it
         let c = run(&with(minimal_env(), &[("SBC_REGISTER_MAX_EXPIRES", "45")]), &[]);
         assert_eq!(c.register_expires, ExpiresBounds { min: 45, max: 45 });
-        let err = error(&with(minimal_env(), &[("SBC_REGISTER_MIN_EXPIRES", "700"), ("SBC_REGISTER_MAX_EXPIRES", "600")]), &[]);
+        let err = error(
+            &with(minimal_env(), &[("SBC_REGISTER_MIN_EXPIRES", "700"), ("SBC_REGISTER_MAX_EXPIRES", "600")]),
+            &[],
+        );
         assert!(err.to_string().starts_with("invalid SBC_REGISTER_MIN_EXPIRES=\"700\""), "{err}");
-        assert!(error(&with(minimal_env(), &[("SBC_REGISTER_MAX_EXPIRES", "0")]), &[]).to_string().contains("SBC_REGISTER_MAX_EXPIRES"));
+        assert!(error(&with(minimal_env(), &[("SBC_REGISTER_MAX_EXPIRES", "0")]), &[])
+            .to_string()
+            .contains("SBC_REGISTER_MAX_EXPIRES"));
     }
 
     #[test]

@@ -53,7 +53,7 @@ impl PeerPolicy {
         };
         peer.gid == *gid
             || process_groups(peer.pid).contains(gid)
-            || user_name(peer.uid).is_some_and(|user| group_members(name).iter().any(|m| *m == user))
+            || user_name(peer.uid).is_some_and(|user| group_members(name).contains(&user))
     }
 }
 

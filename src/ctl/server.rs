@@ -29,8 +29,8 @@ use mio::{Events, Interest, Poll, Token};
 use serde_json::Value;
 
 use super::commands::Commands;
-use super::protocol::{error, failure, MAX_LINE_BYTES};
 use super::peer::{self, PeerPolicy};
+use super::protocol::{error, failure, MAX_LINE_BYTES};
 use super::CtlError;
 use crate::drachtio::ConnectionEvent;
 use crate::regbot::StatusRequest;
@@ -239,7 +239,10 @@ impl CtlServer {
             Ok(p) if self.peers.allows(&p) => Ok(()),
             Ok(p) => {
                 self.refused.note_at(Level::Warn, "ctl peer", || {
-                    format!("CLI socket: refused a client uid={} gid={} pid={} (not root, our user or SBC_CTL_GROUP)", p.uid, p.gid, p.pid)
+                    format!(
+                        "CLI socket: refused a client uid={} gid={} pid={} (not root, our user or SBC_CTL_GROUP)",
+                        p.uid, p.gid, p.pid
+                    )
                 });
                 Err(peer::refusal(p.uid))
             }

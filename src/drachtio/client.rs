@@ -28,8 +28,8 @@ use super::{ConnectionEvent, ConnectionInfo, IncomingRequest, Responder};
 use crate::config::Secret;
 use crate::net::Cidr;
 use crate::sip::{ResponseBuilder, SipError, SipMessage};
-use crate::throttle::Refusals;
 use crate::telemetry::Metrics;
+use crate::throttle::Refusals;
 
 const CONNECTION: Token = Token(0);
 const WAKER: Token = Token(1);

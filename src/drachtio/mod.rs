@@ -218,7 +218,10 @@ mod tests {
                 assert_eq!(answers.as_deref(), Some("txn-8"));
                 assert!(frame::encode(&payload).is_ok(), "fits a frame");
                 let text = String::from_utf8_lossy(&payload);
-                assert!(text.ends_with("|sip|txn-8|\r\nSIP/2.0 500 Server Internal Error\r\nContent-Length: 0\r\n\r\n"), "{text}");
+                assert!(
+                    text.ends_with("|sip|txn-8|\r\nSIP/2.0 500 Server Internal Error\r\nContent-Length: 0\r\n\r\n"),
+                    "{text}"
+                );
             }
             other => panic!("expected the response frame, got {other:?}"),
         }

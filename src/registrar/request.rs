@@ -7,8 +7,10 @@ use super::reply::Reply;
 use crate::sip::{parse_contacts, Contacts, NameAddr, SipError, SipMessage, SipUri};
 use crate::throttle::Refusals;
 
-/// Refusals of this file are logged once per reason and interval.
-static REFUSALS: Refusals = Refusals::new();
+/// The registrar's refusal log lines: at most one per reason per 10 s, with the count of the
+/// rest. `REFUSALS.note("malformed authorization", || format!(…))` logs at info,
+/// `note_at(Level::Debug, …)` at another level; the closure runs only for a line written.
+pub static REFUSALS: Refusals = Refusals::new();
 
 /// `X-Reason` of the `400` for a REGISTER without Contact.
 pub const NO_CONTACT_REASON: &str = "Contact header is required for REGISTER requests";
@@ -156,7 +158,9 @@ pub fn parse_registration(msg: &SipMessage, bounds: ExpiresBounds) -> Result<Reg
     };
     if contacts == Contacts::Star && expires != 0 {
         // RFC 3261 10.3 step 6: the wildcard only removes bindings.
-        REFUSALS.note_at(Level::Debug, "wildcard contact", || format!("rejecting REGISTER: Contact * with expires {expires}"));
+        REFUSALS.note_at(Level::Debug, "wildcard contact", || {
+            format!("rejecting REGISTER: Contact * with expires {expires}")
+        });
         return Err(Reply::new(400));
     }
     if expires != 0 && expires < bounds.min {
@@ -287,7 +291,10 @@ mod tests {
     #[test]
     fn repeated_contact_headers_are_joined_like_drachtio_srf() {
         let m = msg("sip:a.org", "Contact: <sip:u@h>;expires=60\r\nContact: <sip:v@h>\r\n");
-        assert_eq!(parse_registration(&m, ExpiresBounds::default()).unwrap().raw_contact, "<sip:u@h>;expires=60,<sip:v@h>");
+        assert_eq!(
+            parse_registration(&m, ExpiresBounds::default()).unwrap().raw_contact,
+            "<sip:u@h>;expires=60,<sip:v@h>"
+        );
     }
 
     #[test]
@@ -319,7 +326,10 @@ mod tests {
         assert_eq!(reg("Contact: <sip:u@h>\r\nExpires: 0\r\n").unwrap().kind, Kind::Unregister);
         assert_eq!(reg("Contact: *\r\nExpires: 0\r\n").unwrap().kind, Kind::Unregister);
         let lax = ExpiresBounds { min: 10, max: 3600 };
-        assert_eq!(parse_registration(&msg("sip:a.org", "Contact: <sip:u@h>;expires=20\r\n"), lax).unwrap().expires, 20);
+        assert_eq!(
+            parse_registration(&msg("sip:a.org", "Contact: <sip:u@h>;expires=20\r\n"), lax).unwrap().expires,
+            20
+        );
     }
 
     #[test]
@@ -337,13 +347,8 @@ mod tests {
 
     #[test]
     fn contacts_must_be_sip_uris_of_bounded_length() {
-        for bad in [
-            "<http://169.254.169.254/>",
-            "<tel:+15551234>",
-            "<mailto:a@b.c>",
-            "http://evil.example/",
-            "<sip:>",
-        ] {
+        for bad in ["<http://169.254.169.254/>", "<tel:+15551234>", "<mailto:a@b.c>", "http://evil.example/", "<sip:>"]
+        {
             let r = reg(&format!("Contact: {bad}\r\nExpires: 600\r\n")).unwrap_err();
             assert_eq!(r, Reply::with_reason(400, BAD_CONTACT_REASON), "{bad}");
         }
