@@ -3,7 +3,8 @@
 #   man pages format without warnings; the package builds (packaging/build-deb.sh) with the
 #   expected contents; lintian reports no error and no warning; systemd-analyze verify accepts
 #   the unit; dpkg -i installs it; the installed programs, man pages, conffile and unit work;
-#   the packaged defaults are a valid configuration, sbcctl finds the packaged socket, SIGTERM
+#   the packaged placeholder secret is refused (exit 78); with a real secret the packaged
+#   defaults are a valid configuration, sbcctl finds the packaged socket, SIGTERM
 #   stops the daemon cleanly; dpkg --purge removes every file.
 # Works in a container without a running systemd. Exits non-zero at the first failed check,
 # after a line "check-deb: FAILED: <check>".
@@ -178,7 +179,8 @@ ok "systemd-analyze verify of the installed unit (with its man pages)"
 [ -L /etc/systemd/system/multi-user.target.wants/sbc-sidecar.service ] || fail "installed: the unit is not enabled"
 ok "unit enabled for multi-user.target"
 
-# The packaged defaults must be a configuration the daemon accepts. Start it with exactly that
+# The packaged defaults, with a real secret set, must be a configuration the daemon accepts.
+# Start it with exactly that
 # environment, as the unit does (socket in /run/sbc-sidecar, the unit's RuntimeDirectory,
 # created here as systemd would); sbcctl must find that socket without --socket or
 # SBC_SOCKET_PATH; SIGTERM must stop the daemon with exit 0 and remove the socket.
@@ -197,10 +199,31 @@ else
 fi
 grep -qx "SBC_SOCKET_PATH=$rundir/sbc-sidecar.sock" /etc/default/sbc-sidecar ||
 	fail "installed: /etc/default/sbc-sidecar does not set SBC_SOCKET_PATH=$rundir/sbc-sidecar.sock"
-# Started directly (not through the as_root function, which would put a subshell between),
-# so that $! is the daemon itself: env and sh exec it.
 sudo=()
 [ "$(id -u)" = 0 ] || sudo=(sudo)
+# A fresh install must not start with the placeholder secret of the defaults file (anyone
+# could forge nonces with it): exit 78, naming the variable and the file.
+# shellcheck disable=SC2016 # expanded by the inner shell
+"${sudo[@]}" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin sh -c '
+	set -a
+	. /etc/default/sbc-sidecar
+	set +a
+	exec /usr/sbin/sbc-sidecar --foreground --log stderr "$@"
+' sh "${socket_opt[@]}" >"$work/placeholder.log" 2>&1
+status=$?
+if [ "$status" != 78 ] ||
+	! grep -q 'ENCRYPTION_SECRET is still the placeholder "change-me" of /etc/default/sbc-sidecar' "$work/placeholder.log"; then
+	sed 's/^/  sbc-sidecar: /' "$work/placeholder.log"
+	fail "the packaged placeholder ENCRYPTION_SECRET is not refused with exit 78 (exited $status)"
+fi
+[ -e "$socket" ] && fail "sbc-sidecar refused to start but left its socket $socket"
+ok "the packaged placeholder ENCRYPTION_SECRET is refused: exit 78 naming the variable and the file"
+# Configured as the postinst tells the operator to: a real secret.
+secret=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
+as_root sed -i "s/^ENCRYPTION_SECRET=.*/ENCRYPTION_SECRET=$secret/" /etc/default/sbc-sidecar ||
+	fail "set ENCRYPTION_SECRET in /etc/default/sbc-sidecar"
+# Started directly (not through the as_root function, which would put a subshell between),
+# so that $! is the daemon itself: env and sh exec it.
 # shellcheck disable=SC2016 # expanded by the inner shell
 "${sudo[@]}" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin sh -c '
 	set -a
@@ -222,10 +245,10 @@ if ! alive "$daemon_pid"; then
 	wait "$daemon_pid"
 	status=$?
 	daemon_pid=
-	daemon_failed "the packaged /etc/default/sbc-sidecar is rejected: sbc-sidecar exited $status at once"
+	daemon_failed "the packaged /etc/default/sbc-sidecar with a real secret is rejected: sbc-sidecar exited $status at once"
 fi
 [ -S "$socket" ] || daemon_failed "sbc-sidecar did not create its CLI socket $socket within 5 s"
-ok "the packaged defaults start the daemon; CLI socket $socket"
+ok "the packaged defaults with a real ENCRYPTION_SECRET start the daemon; CLI socket $socket"
 
 if [ -n "$made_rundir" ]; then
 	reply=$(as_root env -u SBC_SOCKET_PATH /usr/bin/sbcctl --json status) ||

@@ -245,6 +245,7 @@ fn start_and_wait(config: &Config) -> Result<Stop, StartError> {
             check_interval: config.check_expires_interval,
             expires_interval: config.expires_interval,
             allowed_sources: config.heartbeat_cidrs.clone(),
+            max_servers: config.heartbeat_max_servers,
         },
         pools.redis.clone(),
         options_rx,
@@ -284,7 +285,7 @@ fn start_and_wait(config: &Config) -> Result<Stop, StartError> {
 
     let ctl = CtlServer::bind(
         &config.socket_path,
-        CtlSettings { cluster_id: config.cluster_id.clone() },
+        CtlSettings { cluster_id: config.cluster_id.clone(), group: config.ctl_group.clone() },
         pools.redis.clone(),
         ctl_events_rx,
     )
@@ -402,6 +403,7 @@ fn registrar_settings(config: &Config) -> RegistrarSettings {
         http_user_agent: config.http_user_agent.clone(),
         nonce_ttl: config.nonce_ttl,
         webhook_aor_check: config.webhook_aor_check,
+        expires_bounds: config.register_expires,
         account_cache_ttl: config.account_cache_ttl,
         // Every authentication in flight may be a call to the same webhook host.
         webhook_idle_connections: config.auth.max_in_flight,

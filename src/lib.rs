@@ -16,3 +16,4 @@ pub mod sip;
 pub mod store;
 pub mod supervise;
 pub mod telemetry;
+pub mod throttle;

@@ -23,6 +23,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use syslog::{Formatter3164, LoggerBackend};
 
+mod escape;
+pub use escape::escape;
+
 /// The syslog ident (the `sbc-sidecar` in `sbc-sidecar[1234]: …`).
 pub const IDENT: &str = "sbc-sidecar";
 
@@ -247,7 +250,9 @@ impl Log for Logger {
     fn log(&self, record: &Record<'_>) {
         let thread = std::thread::current();
         let thread_name = thread.name().unwrap_or("<unnamed>");
+        // Escaped here, once, for both backends: messages carry values devices chose.
         let message = record.args().to_string();
+        let message = escape(&message);
         match &self.backend {
             Backend::Stderr => {
                 let line =
@@ -388,14 +393,10 @@ fn truncate(mut text: String, max: usize) -> String {
     text
 }
 
-/// One stderr line, newline included. Line breaks inside the message are escaped so that
-/// one record stays one line (log collectors split on newlines).
+/// One stderr line, newline included. Line breaks and other controls inside the message are
+/// escaped ([`escape`]) so that one record stays one line (log collectors split on newlines).
 fn format_stderr_line(time: SystemTime, level: Level, thread: &str, target: &str, message: &str) -> String {
-    let message = if message.contains(['\n', '\r']) {
-        message.replace('\r', "\\r").replace('\n', "\\n")
-    } else {
-        message.to_string()
-    };
+    let message = escape(message);
     format!("{} {:<5} [{thread}] {target}: {message}\n", rfc3339_utc(time), level)
 }
 
@@ -649,6 +650,21 @@ mod tests {
         assert!(datagram.starts_with("<158>"), "{datagram}");
         assert!(datagram.contains(&format!("sbc-sidecar[{}]", std::process::id())), "{datagram}");
         assert!(datagram.contains("sbc_sidecar::test: registrar started workers=8"), "{datagram}");
+    }
+
+    #[test]
+    fn syslog_lines_carry_no_raw_control_or_bidi_characters() {
+        let dir = TempDir::new();
+        let path = dir.0.join("log.sock");
+        let receiver = UnixDatagram::bind(&path).unwrap();
+        receiver.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let logger = Logger::syslog_at(&path, LogFacility::Daemon).unwrap();
+        log_info(&logger, "username=a\u{1b}[2Jb\u{202e}c\nforged=1");
+        let mut buf = [0u8; 4096];
+        let n = receiver.recv(&mut buf).unwrap();
+        let datagram = String::from_utf8_lossy(&buf[..n]);
+        assert!(datagram.contains("username=a\\x1b[2Jb\\u{202e}c\\nforged=1"), "{datagram}");
+        assert!(!datagram.contains(['\u{1b}', '\u{202e}', '\n']), "{datagram:?}");
     }
 
     #[test]

@@ -107,7 +107,7 @@ fn stale_socket_file_is_replaced() {
     let (_conn_tx, conn_rx) = unbounded();
     let server = CtlServer::bind(
         &path,
-        CtlSettings { cluster_id: "test-stale".into() },
+        CtlSettings { cluster_id: "test-stale".into(), group: None },
         redis_at(6379, Duration::from_secs(2)),
         conn_rx,
     )
@@ -128,7 +128,7 @@ fn a_path_that_is_not_a_socket_is_never_deleted() {
     let (_conn_tx, conn_rx) = unbounded();
     let result = CtlServer::bind(
         &path,
-        CtlSettings { cluster_id: "test-notsock".into() },
+        CtlSettings { cluster_id: "test-notsock".into(), group: None },
         redis_at(6379, Duration::from_secs(2)),
         conn_rx,
     );
@@ -149,7 +149,7 @@ fn a_socket_in_use_by_another_process_is_not_taken_over() {
     let (_conn_tx, conn_rx) = unbounded();
     let result = CtlServer::bind(
         &path,
-        CtlSettings { cluster_id: "test-inuse".into() },
+        CtlSettings { cluster_id: "test-inuse".into(), group: None },
         redis_at(6379, Duration::from_secs(2)),
         conn_rx,
     );

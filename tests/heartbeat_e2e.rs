@@ -200,3 +200,67 @@ fn heartbeats_from_outside_sbc_heartbeat_cidrs_get_403_and_change_nothing() {
     assert_eq!(rig.set("active-fs"), expected);
     assert_eq!(rig.set("fs-service-url"), vec!["http://127.0.0.48:3000".to_string()]);
 }
+
+/// One heartbeat from `ip:port` announcing `url`, which must be answered with `expect`
+/// (200 or 503).
+fn ping_with_url(rig: &Rig, ip: &str, port: u16, kind: &str, status: &str, url: &str, expect: u16) -> sipp::SippRun {
+    let keys = [("kind", kind), ("status", status), ("service_url", url)];
+    let scenario = if expect == 503 { "options_heartbeat_unavailable.xml" } else { "options_heartbeat.xml" };
+    let mut sipp = sipp::Sipp::new(scenario, &rig.double.sip_addr().to_string(), ip, port);
+    sipp.keys = &keys;
+    sipp.run()
+}
+
+#[test]
+fn a_service_url_naming_another_host_is_not_stored() {
+    let mut rig = Rig::start(&[]);
+    let port = sipp::free_port("127.0.0.45");
+    // steering REST traffic to someone else's address, or to a name
+    for url in ["http://127.0.0.99:3000", "http://fs.example.internal:3000"] {
+        assert_ok(&ping_with_url(&rig, "127.0.0.45", port, "FS", "open", url, 200), &rig, url);
+        assert_eq!(rig.set("active-fs"), vec![format!("127.0.0.45:{port}")], "the heartbeat itself counts");
+        assert!(!rig.set("fs-service-url").contains(&url.to_string()), "{url} stored");
+    }
+    assert!(rig.daemon.wait_for_log("its host is not the heartbeat's source address", WAIT), "{}", rig.daemon.log());
+    // its own URL is stored
+    assert_ok(&ping_with_url(&rig, "127.0.0.45", port, "FS", "open", "http://127.0.0.45:3000", 200), &rig, "own");
+    assert_eq!(rig.set("fs-service-url"), vec!["http://127.0.0.45:3000".to_string()]);
+}
+
+#[test]
+fn closed_removes_only_the_url_its_own_server_registered() {
+    let mut rig = Rig::start(&[]);
+    let url = "http://127.0.0.46:3000";
+    let (owner, neighbour) = (sipp::free_port("127.0.0.46"), sipp::free_port("127.0.0.46"));
+    assert_ok(&ping_with_url(&rig, "127.0.0.46", owner, "FS", "open", url, 200), &rig, "owner opens");
+    assert_eq!(rig.set("fs-service-url"), vec![url.to_string()]);
+    // another server (same host, another port; and another host) says `closed` with that URL
+    assert_ok(&ping_with_url(&rig, "127.0.0.46", neighbour, "FS", "closed", url, 200), &rig, "neighbour");
+    let other = sipp::free_port("127.0.0.47");
+    assert_ok(&ping_with_url(&rig, "127.0.0.47", other, "FS", "closed", url, 200), &rig, "other host");
+    assert_eq!(rig.set("fs-service-url"), vec![url.to_string()], "someone else's closed took the URL out");
+    // the server that registered it takes it out
+    assert_ok(&ping_with_url(&rig, "127.0.0.46", owner, "FS", "closed", url, 200), &rig, "owner closes");
+    assert!(rig.set("fs-service-url").is_empty());
+    assert!(rig.set("active-fs").is_empty());
+}
+
+#[test]
+fn heartbeats_beyond_the_bound_get_503_and_one_warning() {
+    let mut rig = Rig::start(&[("SBC_HEARTBEAT_MAX_SERVERS", "2")]);
+    let ips = ["127.0.0.48", "127.0.0.49", "127.0.0.50", "127.0.0.51"];
+    for (i, ip) in ips[..2].iter().enumerate() {
+        let port = sipp::free_port(ip);
+        assert_ok(&rig.ping(ip, port, "RTP", "open", i as u32 + 1), &rig, ip);
+    }
+    for ip in &ips[2..] {
+        let port = sipp::free_port(ip);
+        assert_ok(&ping_with_url(&rig, ip, port, "RTP", "open", &format!("http://{ip}:3000"), 503), &rig, ip);
+    }
+    assert_eq!(rig.set("active-rtp"), vec![ips[0].to_string(), ips[1].to_string()]);
+    // a known member still checks in
+    let port = sipp::free_port(ips[0]);
+    assert_ok(&rig.ping(ips[0], port, "RTP", "open", 2), &rig, "known member");
+    let log = rig.daemon.log();
+    assert_eq!(log.matches("heartbeat refused with 503").count(), 1, "{log}");
+}

@@ -311,6 +311,7 @@ fn role_answers_options_expires_members_and_stops_on_shutdown() {
         check_interval: Duration::from_millis(100),
         expires_interval: Duration::from_millis(300),
         allowed_sources: vec!["127.0.0.0/8".parse().unwrap()],
+        max_servers: sbc_sidecar::heartbeat::DEFAULT_MAX_SERVERS,
     };
     let role = HeartbeatRole::new(settings, c.redis.clone(), req_rx, stop_rx);
     let thread = std::thread::spawn(move || role.run());

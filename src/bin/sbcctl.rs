@@ -125,7 +125,13 @@ fn main() -> ExitCode {
     };
     let socket = match matches.opt_str("socket") {
         Some(p) => PathBuf::from(p),
-        None => default_socket_path(std::env::var_os(SOCKET_PATH_ENV).map(PathBuf::from)),
+        None => match default_socket_path(
+            std::env::var_os(SOCKET_PATH_ENV).map(PathBuf::from),
+            Path::new(PACKAGE_SOCKET_PATH),
+        ) {
+            Ok(path) => path,
+            Err(f) => return f.exit(),
+        },
     };
     let client = Client { socket, timeout, json: matches.opt_present("json") };
     match run(&client, &matches.free) {
@@ -143,13 +149,25 @@ fn parse_timeout(s: &str) -> Option<Duration> {
     }
 }
 
-/// `SBC_SOCKET_PATH`, else the Debian package's path when that socket exists, else the Node
-/// sidecar's default.
-fn default_socket_path(env: Option<PathBuf>) -> PathBuf {
-    match env {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ if Path::new(PACKAGE_SOCKET_PATH).exists() => PathBuf::from(PACKAGE_SOCKET_PATH),
-        _ => PathBuf::from(DEFAULT_SOCKET_PATH),
+/// `SBC_SOCKET_PATH`, else the Debian package's path when the package's run directory is
+/// there, else the Node sidecar's default.
+///
+/// Never the `/tmp` default when the package's path cannot be examined (its directory is
+/// mode 0750): that would talk to whoever created `/tmp/sbc-sip-sidecar.sock`, which any local
+/// user can. The operator is told why instead.
+fn default_socket_path(env: Option<PathBuf>, package: &Path) -> Result<PathBuf, Failure> {
+    if let Some(p) = env.filter(|p| !p.as_os_str().is_empty()) {
+        return Ok(p);
+    }
+    let run_dir = package.parent().unwrap_or(package);
+    match (package.try_exists(), run_dir.try_exists()) {
+        (Ok(true), _) | (Ok(false), Ok(true)) => Ok(package.to_path_buf()),
+        (Ok(false), Ok(false)) => Ok(PathBuf::from(DEFAULT_SOCKET_PATH)),
+        (Err(e), _) | (_, Err(e)) => Err(failed(format!(
+            "Cannot use the socket {}: {} (run sbcctl as root or as a member of SBC_CTL_GROUP, or give --socket)",
+            package.display(),
+            os_message(&e)
+        ))),
     }
 }
 
@@ -608,7 +626,12 @@ impl Client {
             }
         };
         stream.set_write_timeout(Some(self.timeout)).map_err(io_failure)?;
-        stream.write_all(request.as_bytes()).map_err(io_failure)?;
+        if let Err(e) = stream.write_all(request.as_bytes()) {
+            // A daemon that refuses us writes its reason and closes before reading: read it.
+            if !matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset) {
+                return Err(io_failure(e));
+            }
+        }
         let mut reply: Vec<u8> = Vec::new();
         let mut chunk = [0u8; 8192];
         loop {

@@ -10,10 +10,11 @@ use super::cli::CommandLine;
 use super::roles::{auth_limits, ban, cluster_id, drachtio, metrics, metrics_enabled, parse_cidrs, regbot};
 use super::stores::{mysql_pools, redis};
 use super::{
-    Config, ConfigError, Secret, DEFAULT_HEARTBEAT_CIDRS, DEFAULT_NETWORK_CIDR, DEFAULT_SOCKET_PATH, IGNORED_VARIABLES,
-    MAX_MILLIS, MAX_SECS,
+    Config, ConfigError, Secret, DEFAULTS_FILE, DEFAULT_HEARTBEAT_CIDRS, DEFAULT_NETWORK_CIDR, DEFAULT_SOCKET_PATH,
+    IGNORED_VARIABLES, MAX_MILLIS, MAX_SECS, MIN_SECRET_LEN, PLACEHOLDER_SECRET,
 };
 use crate::logging::{self, LogFacility};
+use crate::registrar::request::ExpiresBounds;
 
 /// Read access to the environment map with the Node program's conventions.
 pub(super) struct Env<'a> {
@@ -199,11 +200,36 @@ pub(super) fn required<'a>(env: &Env<'a>) -> Result<Required<'a>, ConfigError> {
         drachtio_secret: get("DRACHTIO_SECRET", "missing DRACHTIO_SECRET env var")?,
         redis_sentinels,
         time_series_host: get("JAMBONES_TIME_SERIES_HOST", "missing JAMBONES_TIME_SERIES_HOST env var")?,
-        // The Node program dies at module load without one of these (spec 1.1).
-        encryption_secret: env
-            .get("ENCRYPTION_SECRET")
-            .or_else(|| env.get("JWT_SECRET"))
-            .ok_or_else(|| missing("missing ENCRYPTION_SECRET (or JWT_SECRET) env var"))?,
+        encryption_secret: encryption_secret(env)?,
+    })
+}
+
+/// `ENCRYPTION_SECRET`, else `JWT_SECRET`. The Node program dies at module load without one
+/// of them (spec 1.1); we also refuse the packaged placeholder, from which anyone could derive
+/// the nonce key and the `clients.password` key.
+fn encryption_secret<'a>(env: &Env<'a>) -> Result<&'a str, ConfigError> {
+    let (var, value) = match env.get("ENCRYPTION_SECRET") {
+        Some(v) => ("ENCRYPTION_SECRET", v),
+        None => match env.get("JWT_SECRET") {
+            Some(v) => ("JWT_SECRET", v),
+            None => return Err(missing("missing ENCRYPTION_SECRET (or JWT_SECRET) env var")),
+        },
+    };
+    if value.trim() == PLACEHOLDER_SECRET {
+        return Err(ConfigError::PlaceholderSecret { var });
+    }
+    Ok(value)
+}
+
+/// The startup warning for a short secret (it must equal the API server's, so it is not
+/// refused).
+fn short_secret_warning(env: &Env<'_>, secret: &str) -> Option<String> {
+    let var = if env.get("ENCRYPTION_SECRET").is_some() { "ENCRYPTION_SECRET" } else { "JWT_SECRET" };
+    (secret.len() < MIN_SECRET_LEN).then(|| {
+        format!(
+            "{var} is shorter than {MIN_SECRET_LEN} bytes: nonces and client passwords are only as safe as it is; \
+             set a longer one in {DEFAULTS_FILE} (and in the jambonz API server)"
+        )
     })
 }
 
@@ -240,6 +266,7 @@ pub(super) fn parse_env(env: &Env<'_>, command_line: CommandLine) -> Result<Conf
         ));
     }
     warnings.extend(ignored_variables(env));
+    warnings.extend(short_secret_warning(env, required.encryption_secret));
     let auth = auth_limits(env)?;
 
     Ok(Config {
@@ -272,10 +299,27 @@ pub(super) fn parse_env(env: &Env<'_>, command_line: CommandLine) -> Result<Conf
         auth,
         nonce_ttl: env.secs("SBC_NONCE_TTL_S", 300, 1)?,
         webhook_aor_check: env.switch("SBC_WEBHOOK_AOR_CHECK", true)?,
+        register_expires: register_expires(env)?,
+        ctl_group: env.optional("SBC_CTL_GROUP"),
+        heartbeat_max_servers: usize_from(env.count(
+            "SBC_HEARTBEAT_MAX_SERVERS",
+            crate::heartbeat::DEFAULT_MAX_SERVERS as u64,
+            1,
+            1_000_000,
+        )?),
         account_cache_ttl: env.millis("SBC_ACCOUNT_CACHE_MS", 5000, 0)?,
         ban: ban(env)?,
         warnings,
     })
+}
+
+/// `SBC_REGISTER_MIN_EXPIRES` / `SBC_REGISTER_MAX_EXPIRES`: the minimum must not exceed the
+/// maximum.
+fn register_expires(env: &Env<'_>) -> Result<ExpiresBounds, ConfigError> {
+    let limit = u64::from(u32::MAX);
+    let max = env.count("SBC_REGISTER_MAX_EXPIRES", ExpiresBounds::DEFAULT_MAX.into(), 1, limit)?;
+    let min = env.count("SBC_REGISTER_MIN_EXPIRES", ExpiresBounds::DEFAULT_MIN.min(max as u32).into(), 1, max)?;
+    Ok(ExpiresBounds { min: min as u32, max: max as u32 })
 }
 
 /// The one warning about [`IGNORED_VARIABLES`] set to anything but `0` (which asks for
@@ -368,6 +412,56 @@ mod tests {
         assert_eq!(run(&env, &[]).encryption_secret.expose(), "jwt-secret");
         let env = with(minimal_env(), &[("JWT_SECRET", "jwt-secret")]);
         assert_eq!(run(&env, &[]).encryption_secret.expose(), "encryption-secret-xyzzy");
+    }
+
+    #[test]
+    fn the_packaged_placeholder_secret_is_refused_naming_the_variable_and_the_file() {
+        for (var, env) in [
+            ("ENCRYPTION_SECRET", with(minimal_env(), &[("ENCRYPTION_SECRET", "change-me")])),
+            ("ENCRYPTION_SECRET", with(minimal_env(), &[("ENCRYPTION_SECRET", " change-me ")])),
+            ("JWT_SECRET", with(without(minimal_env(), &["ENCRYPTION_SECRET"]), &[("JWT_SECRET", "change-me")])),
+            ("JWT_SECRET", with(minimal_env(), &[("ENCRYPTION_SECRET", ""), ("JWT_SECRET", "change-me")])),
+        ] {
+            let err = error(&env, &[]);
+            assert_eq!(err, ConfigError::PlaceholderSecret { var });
+            assert_eq!(err.exit_code(), 78);
+            let text = err.to_string();
+            assert!(text.starts_with(var) && text.contains("/etc/default/sbc-sidecar"), "{text}");
+        }
+        let err = error(&with(minimal_env(), &[("ENCRYPTION_SECRET", "")]), &[]);
+        assert_eq!(err.exit_code(), 78);
+    }
+
+    #[test]
+    fn a_short_secret_starts_with_a_warning() {
+        let c = run(&with(minimal_env(), &[("ENCRYPTION_SECRET", "short-secret")]), &[]);
+        assert!(
+            c.warnings.iter().any(|w| w.starts_with("ENCRYPTION_SECRET is shorter than 16 bytes")),
+            "{:?}",
+            c.warnings
+        );
+        let c = run(&with(minimal_env(), &[("ENCRYPTION_SECRET", "sixteen-bytes-ok")]), &[]);
+        assert!(!c.warnings.iter().any(|w| w.contains("shorter than")), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn register_expires_bounds() {
+        let c = run(&minimal_env(), &[]);
+        assert_eq!(c.register_expires, ExpiresBounds { min: 60, max: 3600 });
+        let c =
+            run(&with(minimal_env(), &[("SBC_REGISTER_MIN_EXPIRES", "30"), ("SBC_REGISTER_MAX_EXPIRES", "600")]), &[]);
+        assert_eq!(c.register_expires, ExpiresBounds { min: 30, max: 600 });
+        // a maximum below the default minimum lowers the default minimum with it
+        let c = run(&with(minimal_env(), &[("SBC_REGISTER_MAX_EXPIRES", "45")]), &[]);
+        assert_eq!(c.register_expires, ExpiresBounds { min: 45, max: 45 });
+        let err = error(
+            &with(minimal_env(), &[("SBC_REGISTER_MIN_EXPIRES", "700"), ("SBC_REGISTER_MAX_EXPIRES", "600")]),
+            &[],
+        );
+        assert!(err.to_string().starts_with("invalid SBC_REGISTER_MIN_EXPIRES=\"700\""), "{err}");
+        assert!(error(&with(minimal_env(), &[("SBC_REGISTER_MAX_EXPIRES", "0")]), &[])
+            .to_string()
+            .contains("SBC_REGISTER_MAX_EXPIRES"));
     }
 
     #[test]

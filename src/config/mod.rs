@@ -36,6 +36,7 @@ use crate::net::Cidr;
 use crate::regbot::RegbotSettings;
 use crate::registrar::bans::BanSettings;
 use crate::registrar::fair_pool::PoolLimits;
+use crate::registrar::request::ExpiresBounds;
 use crate::store::mysql::MysqlSettings;
 use crate::store::redis::RedisSettings;
 use crate::telemetry::MetricsSettings;
@@ -56,6 +57,13 @@ pub const PROGRAM: &str = "sbc-sidecar";
 pub const EX_USAGE: i32 = 64;
 /// Exit status for a missing or malformed environment variable (sysexits.h `EX_CONFIG`).
 pub const EX_CONFIG: i32 = 78;
+
+/// The environment file of the Debian package, named in error messages.
+pub const DEFAULTS_FILE: &str = "/etc/default/sbc-sidecar";
+/// The `ENCRYPTION_SECRET` the packaged defaults file ships: refused at startup.
+pub const PLACEHOLDER_SECRET: &str = "change-me";
+/// A shorter `ENCRYPTION_SECRET` is accepted (it must match the API server's) with a warning.
+pub const MIN_SECRET_LEN: usize = 16;
 
 pub const DEFAULT_SOCKET_PATH: &str = "/tmp/sbc-sip-sidecar.sock";
 /// Exactly the Node default, narrow `/24` and `/16` included (spec 14, item 22).
@@ -183,6 +191,21 @@ pub const NEW_VARIABLES: &[(&str, &str, &str)] = &[
         "OPTIONS with X-FS-Status or X-RTP-Status are accepted only from these networks (comma list); \
          others get 403 and change nothing",
     ),
+    (
+        "SBC_HEARTBEAT_MAX_SERVERS",
+        "1000",
+        "most feature servers, RTP servers and service URLs tracked per set; a heartbeat adding one more gets 503",
+    ),
+    (
+        "SBC_REGISTER_MIN_EXPIRES",
+        "60",
+        "a REGISTER asking for fewer seconds gets 423 Interval Too Brief with Min-Expires (Expires: 0 always unregisters)",
+    ),
+    (
+        "SBC_REGISTER_MAX_EXPIRES",
+        "3600",
+        "longest registration granted (s): a REGISTER, or a webhook answer, asking for more is granted this",
+    ),
 ];
 
 /// Variables of the Node program's helper libraries that we accept and ignore:
@@ -261,6 +284,9 @@ pub enum ConfigError {
     /// An environment variable is set to something we cannot use. `value` is `<redacted>`
     /// for passwords and secrets.
     Invalid { var: String, value: String, expected: String },
+    /// `ENCRYPTION_SECRET` (or `JWT_SECRET`, named in `var`) is the placeholder the package
+    /// ships: anyone could forge nonces and read the `clients` passwords of such an install.
+    PlaceholderSecret { var: &'static str },
 }
 
 impl ConfigError {
@@ -275,7 +301,7 @@ impl ConfigError {
     pub fn exit_code(&self) -> i32 {
         match self {
             ConfigError::Usage(_) => EX_USAGE,
-            ConfigError::Missing(_) | ConfigError::Invalid { .. } => EX_CONFIG,
+            ConfigError::Missing(_) | ConfigError::Invalid { .. } | ConfigError::PlaceholderSecret { .. } => EX_CONFIG,
         }
     }
 }
@@ -286,6 +312,11 @@ impl fmt::Display for ConfigError {
             ConfigError::Usage(message) => write!(f, "{message}; try '{PROGRAM} --help'"),
             ConfigError::Missing(message) => f.write_str(message),
             ConfigError::Invalid { var, value, expected } => write!(f, "invalid {var}={value:?}: expected {expected}"),
+            ConfigError::PlaceholderSecret { var } => write!(
+                f,
+                "{var} is still the placeholder {PLACEHOLDER_SECRET:?} of {DEFAULTS_FILE}: set it there to the \
+                 ENCRYPTION_SECRET of the jambonz API server (at least {MIN_SECRET_LEN} bytes), then start again"
+            ),
         }
     }
 }
@@ -371,6 +402,13 @@ pub struct Config {
     pub nonce_ttl: Duration,
     /// `SBC_WEBHOOK_AOR_CHECK`, default on.
     pub webhook_aor_check: bool,
+    /// `SBC_CTL_GROUP`: members of this group may use the CLI socket (unset: root and the
+    /// daemon's own user only).
+    pub ctl_group: Option<String>,
+    /// `SBC_HEARTBEAT_MAX_SERVERS`, default 1000.
+    pub heartbeat_max_servers: usize,
+    /// `SBC_REGISTER_MIN_EXPIRES` (60) / `SBC_REGISTER_MAX_EXPIRES` (3600).
+    pub register_expires: ExpiresBounds,
     /// `SBC_ACCOUNT_CACHE_MS`: how long the registrar reuses an account lookup (0 = never).
     pub account_cache_ttl: Duration,
     /// `SBC_AUTH_BAN_FAILURES`, `SBC_AUTH_BAN_WINDOW_S`, `SBC_AUTH_BAN_TIME_S`,

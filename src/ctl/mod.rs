@@ -6,6 +6,7 @@
 //! [`protocol`] is shared by the server and the `sbcctl` binary; [`CtlServer`] is the role.
 
 mod commands;
+pub mod peer;
 pub mod protocol;
 mod regbot_link;
 mod server;
@@ -72,6 +73,8 @@ pub enum CtlError {
     },
     /// The event loop failed.
     Poll(io::Error),
+    /// `SBC_CTL_GROUP` names a group that is not in /etc/group.
+    UnknownGroup(String),
 }
 
 impl fmt::Display for CtlError {
@@ -92,6 +95,7 @@ impl fmt::Display for CtlError {
                 write!(f, "CLI socket {}: cannot set mode 0600: {source}", path.display())
             }
             CtlError::Poll(e) => write!(f, "CLI socket event loop failed: {e}"),
+            CtlError::UnknownGroup(g) => write!(f, "SBC_CTL_GROUP={g:?}: no such group in /etc/group"),
         }
     }
 }
@@ -104,7 +108,7 @@ impl std::error::Error for CtlError {
             | CtlError::Bind { source, .. }
             | CtlError::Permissions { source, .. }
             | CtlError::Poll(source) => Some(source),
-            CtlError::NotASocket(_) | CtlError::InUse(_) => None,
+            CtlError::NotASocket(_) | CtlError::InUse(_) | CtlError::UnknownGroup(_) => None,
         }
     }
 }

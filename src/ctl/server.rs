@@ -22,13 +22,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use log::{debug, info, warn};
+use log::{debug, info, warn, Level};
 use mio::event::Event;
 use mio::net::{UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use serde_json::Value;
 
 use super::commands::Commands;
+use super::peer::{self, PeerPolicy};
 use super::protocol::{error, failure, MAX_LINE_BYTES};
 use super::CtlError;
 use crate::drachtio::ConnectionEvent;
@@ -37,6 +38,7 @@ use crate::registrar::bans::Bans;
 use crate::registrar::fair_pool::LoadProbe;
 use crate::registrar::Registrar;
 use crate::store::redis::RedisPool;
+use crate::throttle::Refusals;
 
 const LISTENER: Token = Token(0);
 /// Longest the loop sleeps before looking at its channels again.
@@ -51,6 +53,9 @@ const READ_CHUNK: usize = 8 * 1024;
 pub struct CtlSettings {
     /// `JAMBONES_CLUSTER_ID` (`default` when unset): the prefix of the Redis set names.
     pub cluster_id: String,
+    /// `SBC_CTL_GROUP`: members of this group may use the socket too (it is then made
+    /// group-accessible, mode 0660, owned by this group). `None`: root and the daemon's user.
+    pub group: Option<String>,
 }
 
 /// The CLI socket server role. [`CtlServer::bind`] creates the socket (so startup fails
@@ -59,6 +64,10 @@ pub struct CtlServer {
     poll: Poll,
     listener: UnixListener,
     commands: Commands,
+    /// Who may talk to us (checked with SO_PEERCRED on every accepted client).
+    peers: PeerPolicy,
+    /// Refused clients are logged once per interval.
+    refused: Refusals,
     /// Last field: dropped (and the socket file removed) after the listener is closed.
     socket: SocketFile,
 }
@@ -86,12 +95,37 @@ impl CtlServer {
             let _ = fs::remove_file(&path);
             return Err(CtlError::Permissions { path, source });
         }
+        let group = match &settings.group {
+            None => None,
+            Some(name) => {
+                let Some(gid) = peer::group_gid(name) else {
+                    let _ = fs::remove_file(&path);
+                    return Err(CtlError::UnknownGroup(name.clone()));
+                };
+                let shared = std::os::unix::fs::chown(&path, None, Some(gid))
+                    .and_then(|()| fs::set_permissions(&path, fs::Permissions::from_mode(0o660)));
+                if let Err(source) = shared {
+                    let _ = fs::remove_file(&path);
+                    return Err(CtlError::Permissions { path, source });
+                }
+                Some((name.clone(), gid))
+            }
+        };
         let socket =
             SocketFile::new(path.clone()).map_err(|source| CtlError::Inspect { path: path.clone(), source })?;
+        // The socket file is ours: its owner is the uid we run as.
+        let peers = PeerPolicy { own_uid: socket.uid, group };
         let poll = Poll::new().map_err(CtlError::Poll)?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE).map_err(CtlError::Poll)?;
         info!("CLI server started socket={}", path.display());
-        Ok(CtlServer { poll, listener, commands: Commands::new(&settings.cluster_id, redis, conn_events), socket })
+        Ok(CtlServer {
+            poll,
+            listener,
+            commands: Commands::new(&settings.cluster_id, redis, conn_events),
+            peers,
+            refused: Refusals::new(),
+            socket,
+        })
     }
 
     /// Links `status` and `regbot-list` to the regbot role, which answers snapshot requests
@@ -196,6 +230,10 @@ impl CtlServer {
                 let _ = stream.write(reply_line(&failure(error::TOO_MANY_CONNECTIONS)).as_bytes());
                 continue;
             }
+            if let Err(refusal) = self.check_peer(&stream) {
+                let _ = stream.write(reply_line(&failure(&refusal)).as_bytes());
+                continue;
+            }
             let token = Token(*next_token);
             *next_token = next_token.checked_add(1).unwrap_or(1).max(1);
             if let Err(e) = self.poll.registry().register(&mut stream, token, Interest::READABLE | Interest::WRITABLE) {
@@ -204,6 +242,31 @@ impl CtlServer {
             }
             debug!("CLI client connected token={}", token.0);
             connections.insert(token, Connection::new(stream));
+        }
+    }
+}
+
+impl CtlServer {
+    /// Lets root, our own user and `SBC_CTL_GROUP` members in; anyone else gets the error
+    /// line returned here, and the log one line per interval.
+    fn check_peer(&self, stream: &UnixStream) -> Result<(), String> {
+        match peer::peer_of(stream) {
+            Ok(p) if self.peers.allows(&p) => Ok(()),
+            Ok(p) => {
+                self.refused.note_at(Level::Warn, "ctl peer", || {
+                    format!(
+                        "CLI socket: refused a client uid={} gid={} pid={} (not root, our user or SBC_CTL_GROUP)",
+                        p.uid, p.gid, p.pid
+                    )
+                });
+                Err(peer::refusal(p.uid))
+            }
+            Err(e) => {
+                self.refused.note_at(Level::Warn, "ctl peer unknown", || {
+                    format!("CLI socket: refused a client whose credentials cannot be read: {e}")
+                });
+                Err(format!("Permission denied: cannot read the caller's credentials: {e}"))
+            }
         }
     }
 }
@@ -356,12 +419,14 @@ struct SocketFile {
     path: PathBuf,
     dev: u64,
     ino: u64,
+    /// Its owner: the uid the daemon runs as.
+    uid: u32,
 }
 
 impl SocketFile {
     fn new(path: PathBuf) -> io::Result<SocketFile> {
         let meta = fs::symlink_metadata(&path)?;
-        Ok(SocketFile { path, dev: meta.dev(), ino: meta.ino() })
+        Ok(SocketFile { path, dev: meta.dev(), ino: meta.ino(), uid: meta.uid() })
     }
 }
 

@@ -27,8 +27,9 @@ use super::writer::{Outgoing, PendingReply, Wire, Writer, WriterStats};
 use super::{ConnectionEvent, ConnectionInfo, IncomingRequest, Responder};
 use crate::config::Secret;
 use crate::net::Cidr;
-use crate::sip::{ResponseBuilder, SipMessage};
+use crate::sip::{ResponseBuilder, SipError, SipMessage};
 use crate::telemetry::Metrics;
+use crate::throttle::Refusals;
 
 const CONNECTION: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -40,6 +41,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const WITHDRAW_WAIT: Duration = Duration::from_secs(2);
 /// `Retry-After` of the `503` a draining client answers new requests with (seconds).
 const DRAINING_RETRY_AFTER: &str = "5";
+
+/// Requests that are not SIP are logged once per interval: a sender of garbage must not flood
+/// the log.
+static UNPARSABLE: Refusals = Refusals::new();
 
 /// The drachtio connection's settings (`DRACHTIO_*`, `SBC_DRACHTIO_*`), filled by `config`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -657,9 +662,15 @@ impl Reader {
         let message = match SipMessage::parse(&delivery.sip) {
             Ok(m) => m,
             Err(e) => {
-                warn!("rejecting unparsable request from {}:{}: {e}", delivery.address, delivery.port);
+                UNPARSABLE.note_at(log::Level::Warn, "unparsable request", || {
+                    format!("rejecting unparsable request from {}:{}: {e}", delivery.address, delivery.port)
+                });
                 // drachtio's stack copies Via/From/To/Call-ID/CSeq from the request itself.
-                responder.send(b"SIP/2.0 400 Bad Request\r\nContent-Length: 0\r\n\r\n".to_vec());
+                let status: &[u8] = match e {
+                    SipError::TooLarge(_) | SipError::TooManyHeaders => b"513 Message Too Large",
+                    _ => b"400 Bad Request",
+                };
+                responder.send([b"SIP/2.0 ", status, b"\r\nContent-Length: 0\r\n\r\n"].concat());
                 return;
             }
         };

@@ -18,6 +18,7 @@ use crossbeam_channel::Sender;
 
 use crate::net::{parse_hostports, Cidr};
 use crate::sip::{ResponseBuilder, SipMessage};
+use crate::throttle::Refusals;
 pub use client::{ClientConfig, DrachtioClient, DrachtioHandle, Route, UacError, UacEvent};
 pub use connect_error::ConnectError;
 pub use message::SipDelivery;
@@ -90,6 +91,13 @@ impl IncomingRequest {
 pub const UNANSWERED_RESPONSE: &[u8] =
     b"SIP/2.0 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\n\r\n";
 
+/// What an answer too large for a drachtio frame is replaced with: drachtio's stack copies
+/// Via, From, To, Call-ID and CSeq from the request, as for [`UNANSWERED_RESPONSE`].
+pub const OVERSIZED_RESPONSE: &[u8] = b"SIP/2.0 500 Server Internal Error\r\nContent-Length: 0\r\n\r\n";
+
+/// Oversized answers are logged once per interval.
+static OVERSIZED: Refusals = Refusals::new();
+
 /// Sends the one response to an incoming request: written by the answering thread itself when
 /// the connection is free for it, else through the writer thread (see [`writer`]).
 ///
@@ -127,7 +135,21 @@ impl Responder {
     pub fn send(mut self, sip: Vec<u8>) {
         self.answered = true;
         let msg_id = message::new_message_id();
-        let payload = message::sip_response(&msg_id, &self.transaction_id, &sip);
+        let mut payload = message::sip_response(&msg_id, &self.transaction_id, &sip);
+        if payload.len() > frame::MAX_OUTGOING_PAYLOAD {
+            // drachtio could not take it whole (and the writer would drop it): the request
+            // still gets a final answer, without the headers that made it too large.
+            OVERSIZED.note_at(log::Level::Warn, "oversized answer", || {
+                format!(
+                    "answer of {} bytes is too large for a drachtio frame (at most {}): sending 500 instead \
+                     transaction={}",
+                    payload.len(),
+                    frame::MAX_OUTGOING_PAYLOAD,
+                    self.transaction_id
+                )
+            });
+            payload = message::sip_response(&msg_id, &self.transaction_id, OVERSIZED_RESPONSE);
+        }
         if let Some((wire, generation)) = &self.direct {
             match wire.try_answer(&self.transaction_id, &payload, *generation) {
                 writer::DirectWrite::Written => return,
@@ -184,6 +206,25 @@ mod tests {
             other => panic!("expected Unanswered, got {other:?}"),
         }
         assert!(rx.try_recv().is_err(), "one message only");
+    }
+
+    #[test]
+    fn an_answer_too_large_for_a_frame_becomes_a_bare_500() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let huge = format!("SIP/2.0 200 OK\r\nVia: {}\r\nContent-Length: 0\r\n\r\n", "x".repeat(20_000));
+        Responder::new("txn-8".into(), tx).send(huge.into_bytes());
+        match rx.try_recv() {
+            Ok(writer::Outgoing::Frame { payload, answers, .. }) => {
+                assert_eq!(answers.as_deref(), Some("txn-8"));
+                assert!(frame::encode(&payload).is_ok(), "fits a frame");
+                let text = String::from_utf8_lossy(&payload);
+                assert!(
+                    text.ends_with("|sip|txn-8|\r\nSIP/2.0 500 Server Internal Error\r\nContent-Length: 0\r\n\r\n"),
+                    "{text}"
+                );
+            }
+            other => panic!("expected the response frame, got {other:?}"),
+        }
     }
 
     #[test]

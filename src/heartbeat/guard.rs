@@ -5,7 +5,12 @@
 //! `<cluster>:fs-service-url`, where calls are sent), or take a real server out with
 //! `closed`. Heartbeats are now accepted only from the networks of `SBC_HEARTBEAT_CIDRS`
 //! (private and loopback networks by default, where feature and RTP servers live), and a
-//! service URL is stored only when it is a plain `http(s)://host…` URL of bounded length.
+//! service URL is stored only when it is a plain `http(s)://host…` URL of bounded length
+//! whose host is the heartbeat's own source address: a feature server announces where it
+//! itself can be reached (jambonz feature servers send `http://<their IP>:3000`), never
+//! another host. A host name is refused, even one that would resolve inside
+//! `SBC_HEARTBEAT_CIDRS`: resolving it would put a DNS lookup (and whoever answers it) into the
+//! heartbeat thread, and a name may point elsewhere tomorrow.
 //!
 //! Refusals are logged, but at most one line per [`WARNING_INTERVAL`] for each kind of
 //! refusal, with the number of refusals not logged since: the state is two counters, so a
@@ -19,9 +24,10 @@ use log::warn;
 use super::tracker::ServerKind;
 use crate::config::DEFAULT_HEARTBEAT_CIDRS;
 use crate::net::Cidr;
+use crate::throttle::Throttle;
 
 /// At most one warning line per kind of refusal in this interval.
-pub const WARNING_INTERVAL: Duration = Duration::from_secs(10);
+pub const WARNING_INTERVAL: Duration = crate::throttle::LOG_INTERVAL;
 
 /// Longest `X-FS-ServiceUrl` stored in `<cluster>:fs-service-url`.
 pub const MAX_SERVICE_URL_LEN: usize = 512;
@@ -72,39 +78,33 @@ fn valid_port(port: &str) -> bool {
     !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p > 0)
 }
 
+/// The host of a URL that passed [`valid_service_url`] as an IP address; `None` for a name.
+fn url_ip(url: &str) -> Option<IpAddr> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split_once(']')?.0,
+        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
+    };
+    host.parse().ok()
+}
+
+/// Whether `url`'s host is the address `source` (IPv4-mapped IPv6 and IPv4 compare equal).
+pub fn url_is_from(url: &str, source: &str) -> bool {
+    let canonical = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    match (url_ip(url), source_ip(source)) {
+        (Some(host), Some(source)) => canonical(host) == canonical(source),
+        _ => false,
+    }
+}
+
 /// The source address of a drachtio delivery as an IP (IPv6 may come in brackets).
 fn source_ip(address: &str) -> Option<IpAddr> {
     let bare = address.strip_prefix('[').and_then(|a| a.strip_suffix(']')).unwrap_or(address);
     bare.parse().ok()
-}
-
-/// One warning line per interval; what is not logged is counted and reported with the next.
-#[derive(Debug)]
-pub struct Throttle {
-    interval: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl Throttle {
-    pub fn new(interval: Duration) -> Throttle {
-        Throttle { interval, last: None, suppressed: 0 }
-    }
-
-    /// `Some(n)` when a line should be logged now (`n` lines were suppressed since the last
-    /// one), `None` when this one is suppressed.
-    pub fn allow(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(last) if now.saturating_duration_since(last) < self.interval => {
-                self.suppressed = self.suppressed.saturating_add(1);
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
 }
 
 /// The heartbeat source filter and service-URL check of one heartbeat role.
@@ -113,6 +113,8 @@ pub struct HeartbeatGuard {
     allowed: Vec<Cidr>,
     refused_warnings: Throttle,
     url_warnings: Throttle,
+    foreign_url_warnings: Throttle,
+    full_warnings: Throttle,
 }
 
 impl Default for HeartbeatGuard {
@@ -129,6 +131,8 @@ impl HeartbeatGuard {
             allowed,
             refused_warnings: Throttle::new(WARNING_INTERVAL),
             url_warnings: Throttle::new(WARNING_INTERVAL),
+            foreign_url_warnings: Throttle::new(WARNING_INTERVAL),
+            full_warnings: Throttle::new(WARNING_INTERVAL),
         }
     }
 
@@ -153,10 +157,22 @@ impl HeartbeatGuard {
         }
     }
 
-    /// Whether `url` may be stored; when not, logs (rate-limited) that it was ignored.
+    /// Whether `url` may be stored (or removed) by a heartbeat from `address`; when not, logs
+    /// (rate-limited) that it was ignored.
     pub fn check_service_url(&mut self, url: &str, address: &str, now: Instant) -> bool {
         if valid_service_url(url) {
-            return true;
+            if url_is_from(url, address) {
+                return true;
+            }
+            if let Some(suppressed) = self.foreign_url_warnings.allow(now) {
+                warn!(
+                    "heartbeat X-FS-ServiceUrl ignored (its host is not the heartbeat's source address) source={} \
+                     url={:?} not_logged_since_last={suppressed}",
+                    printable(address),
+                    url.chars().take(80).collect::<String>()
+                );
+            }
+            return false;
         }
         if let Some(suppressed) = self.url_warnings.allow(now) {
             warn!(
@@ -167,6 +183,20 @@ impl HeartbeatGuard {
             );
         }
         false
+    }
+}
+
+impl HeartbeatGuard {
+    /// Logs (rate-limited) a heartbeat answered 503 because the tracked servers reached
+    /// their bound.
+    pub fn note_full(&mut self, set: &str, max: usize, address: &str, port: u16, now: Instant) {
+        if let Some(suppressed) = self.full_warnings.allow(now) {
+            warn!(
+                "heartbeat refused with 503: {set} already tracks {max} members (SBC_HEARTBEAT_MAX_SERVERS) \
+                 source={} port={port} not_logged_since_last={suppressed}",
+                printable(address)
+            );
+        }
     }
 }
 
@@ -221,6 +251,22 @@ mod tests {
     }
 
     #[test]
+    fn a_service_url_is_accepted_only_from_its_own_host() {
+        assert!(url_is_from("http://127.0.0.20:3000", "127.0.0.20"));
+        assert!(url_is_from("https://127.0.0.20/x", "127.0.0.20"));
+        assert!(url_is_from("http://[fd00::5]:3000", "[fd00::5]"));
+        assert!(url_is_from("http://10.0.0.5:3000", "::ffff:10.0.0.5"));
+        assert!(!url_is_from("http://127.0.0.21:3000", "127.0.0.20"));
+        assert!(!url_is_from("http://localhost:3000", "127.0.0.1"));
+        assert!(!url_is_from("http://fs1.internal:3000", "10.0.0.5"));
+        let mut g = HeartbeatGuard::default();
+        let now = Instant::now();
+        assert!(g.check_service_url("http://127.0.0.20:3000", "127.0.0.20", now));
+        assert!(!g.check_service_url("http://127.0.0.99:3000", "127.0.0.20", now));
+        assert!(!g.check_service_url("http://fs1.internal:3000", "127.0.0.20", now));
+    }
+
+    #[test]
     fn service_urls_must_be_http_with_a_host_and_bounded() {
         for good in [
             "http://10.0.0.5:3000",
@@ -257,17 +303,5 @@ mod tests {
         }
         let just_fits = format!("http://{}", "a".repeat(MAX_SERVICE_URL_LEN - 7));
         assert!(valid_service_url(&just_fits));
-    }
-
-    #[test]
-    fn warnings_are_one_per_interval_with_a_count_of_the_rest() {
-        let mut t = Throttle::new(Duration::from_secs(10));
-        let t0 = Instant::now();
-        assert_eq!(t.allow(t0), Some(0));
-        assert_eq!(t.allow(t0 + Duration::from_secs(1)), None);
-        assert_eq!(t.allow(t0 + Duration::from_secs(9)), None);
-        assert_eq!(t.allow(t0 + Duration::from_secs(10)), Some(2));
-        assert_eq!(t.allow(t0 + Duration::from_secs(11)), None);
-        assert_eq!(t.allow(t0 + Duration::from_secs(30)), Some(1));
     }
 }

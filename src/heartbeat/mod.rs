@@ -23,7 +23,7 @@ use crate::telemetry::Metrics;
 pub use drain::{fs_member_key, DrainedServers, FsEndpoint};
 pub use guard::{valid_service_url, HeartbeatGuard};
 pub use keys::ClusterSets;
-pub use tracker::{classify, Ping, ServerKind, Tracker};
+pub use tracker::{classify, Ping, ServerKind, Tracker, DEFAULT_MAX_SERVERS};
 
 #[derive(Debug, Clone)]
 pub struct HeartbeatSettings {
@@ -35,6 +35,8 @@ pub struct HeartbeatSettings {
     pub expires_interval: Duration,
     /// `SBC_HEARTBEAT_CIDRS`: the only sources whose heartbeats change the server sets.
     pub allowed_sources: Vec<Cidr>,
+    /// `SBC_HEARTBEAT_MAX_SERVERS`: the most members tracked per set; beyond, 503.
+    pub max_servers: usize,
 }
 
 /// The sweep never runs more often than this, whatever the configuration says: a zero
@@ -58,6 +60,7 @@ impl HeartbeatRole {
     ) -> HeartbeatRole {
         let mut tracker = Tracker::new(&settings.cluster_id, settings.expires_interval, redis);
         tracker.set_allowed_sources(settings.allowed_sources.clone());
+        tracker.set_max_members(settings.max_servers);
         HeartbeatRole { settings, tracker, requests, shutdown }
     }
 

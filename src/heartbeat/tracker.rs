@@ -117,7 +117,17 @@ pub struct Tracker {
     metrics: Metrics,
     /// Which sources may send heartbeats, which service URLs are stored.
     guard: HeartbeatGuard,
+    /// The member (`ip:port`) whose heartbeat stored each service URL: a `closed` heartbeat
+    /// removes a URL only when it comes from there. URLs loaded at startup have no entry (their
+    /// host is then the only check).
+    url_owner: HashMap<String, String>,
+    /// `SBC_HEARTBEAT_MAX_SERVERS`: the most members each local map (and so what this process
+    /// adds to each set) holds; a new one beyond it gets 503.
+    max_members: usize,
 }
+
+/// `SBC_HEARTBEAT_MAX_SERVERS` default: far more feature and RTP servers than a cluster has.
+pub const DEFAULT_MAX_SERVERS: usize = 1000;
 
 impl Tracker {
     pub fn new(cluster_id: &str, expires: Duration, redis: RedisPool) -> Tracker {
@@ -133,7 +143,15 @@ impl Tracker {
                 .with_consequence(", heartbeats get 503 until it works again"),
             metrics: Metrics::disabled(),
             guard: HeartbeatGuard::default(),
+            url_owner: HashMap::new(),
+            max_members: DEFAULT_MAX_SERVERS,
         }
+    }
+
+    /// At most `max` members per set are tracked; a heartbeat that would add one more gets
+    /// 503 (see [`DEFAULT_MAX_SERVERS`]).
+    pub fn set_max_members(&mut self, max: usize) {
+        self.max_members = max;
     }
 
     /// Heartbeats are accepted only from these networks (`SBC_HEARTBEAT_CIDRS`); without
@@ -190,12 +208,33 @@ impl Tracker {
                 }
                 let guard = &mut self.guard;
                 let service_url = service_url.filter(|url| guard.check_service_url(url, source.0, now));
+                if status == OPEN {
+                    if let Some(set) = self.full_set(kind, source, service_url) {
+                        let set = set.to_string();
+                        self.guard.note_full(&set, self.max_members, source.0, source.1, now);
+                        return request.response(503);
+                    }
+                }
                 match self.heartbeat(kind, source, status, service_url, now) {
                     Ok(members) => request.response(200).header("X-Members", &members.to_string()),
                     Err(_) => request.response(503),
                 }
             }
         }
+    }
+
+    /// The name of the set an `open` heartbeat would add a member to although its local map
+    /// is full; `None` when it may be recorded.
+    fn full_set(&self, kind: ServerKind, (address, port): (&str, u16), service_url: Option<&str>) -> Option<&str> {
+        let (tracked, member) = match kind {
+            ServerKind::Feature => (&self.fs, fs_member_key(address, port)),
+            ServerKind::Rtp => (&self.rtp, address.to_string()),
+        };
+        let full = |t: &Tracked, m: &str| t.last_seen.len() >= self.max_members && !t.last_seen.contains_key(m);
+        if full(tracked, &member) {
+            return Some(&tracked.set);
+        }
+        service_url.filter(|url| full(&self.urls, url)).map(|_| self.urls.set.as_str())
     }
 
     /// Records one heartbeat and returns the size of the FS or RTP set afterwards.
@@ -254,11 +293,15 @@ impl Tracker {
                 self.fs.confirmed(true, &member, now);
                 if let Some(url) = service_url {
                     self.urls.confirmed(true, url, now);
+                    self.url_owner.insert(url.to_string(), member.clone());
                 }
                 tracked_servers_gauge(&self.metrics, kind, self.tracked(kind));
                 return Ok(count);
             }
         }
+        // `closed` takes out only the URL this very server put in (another server on the same
+        // host may have announced it).
+        let service_url = service_url.filter(|url| open || self.url_owner.get(*url).is_none_or(|o| *o == member));
         let tracked = match kind {
             ServerKind::Feature => &mut self.fs,
             ServerKind::Rtp => &mut self.rtp,
@@ -279,6 +322,11 @@ impl Tracker {
                 tracked.log_change(open, &member, changed, count);
                 self.urls.confirmed(open, url, now);
                 self.urls.log_change(open, url, url_changed, url_count);
+                if open {
+                    self.url_owner.insert(url.to_string(), member.clone());
+                } else {
+                    self.url_owner.remove(url);
+                }
                 count
             }
         };
@@ -317,6 +365,9 @@ impl Tracker {
         for ((i, key), count) in expired.iter().zip(counts) {
             let tracked = &mut all[*i];
             tracked.last_seen.remove(key);
+            if *i == 2 {
+                self.url_owner.remove(key);
+            }
             info!("expired member {key} from {} we now have {count}", tracked.set);
         }
         for kind in [ServerKind::Feature, ServerKind::Rtp] {

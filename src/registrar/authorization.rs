@@ -16,13 +16,14 @@
 
 use std::net::IpAddr;
 
-use log::{debug, info};
+use log::Level;
 
 use super::accounts::Account;
 use super::credentials::{self, FormProblem, NonceUse};
 use super::nonce::NonceCheck;
 use super::pipeline::Ctx;
 use super::reply::Reply;
+use super::request::REFUSALS;
 use super::Registrar;
 use crate::drachtio::IncomingRequest;
 use crate::sip::digest::DigestCredentials;
@@ -114,47 +115,61 @@ impl Registrar {
         match problem {
             AnswerProblem::Missing => self.challenge(ctx, false),
             AnswerProblem::Malformed { what } => {
-                info!("registrar: malformed Authorization aor={} source={}: {what}", ctx.aor_key, ctx.proxy);
+                REFUSALS.note("malformed authorization", || {
+                    format!("registrar: malformed Authorization aor={} source={}: {what}", ctx.aor_key, ctx.proxy)
+                });
                 Reply::new(400)
             }
             AnswerProblem::UnsupportedAlgorithm => {
-                info!("registrar: digest algorithm not offered aor={} source={}: 400", ctx.aor_key, ctx.proxy);
+                REFUSALS.note("digest algorithm not offered", || {
+                    format!("registrar: digest algorithm not offered aor={} source={}: 400", ctx.aor_key, ctx.proxy)
+                });
                 Reply::with_reason(400, credentials::UNSUPPORTED_ALGORITHM_REASON)
             }
             AnswerProblem::NoQopAuth => {
-                info!(
-                    "registrar: Authorization without qop=auth, nc and cnonce aor={} source={}: challenged again",
-                    ctx.aor_key, ctx.proxy
-                );
+                REFUSALS.note("no qop=auth", || {
+                    format!(
+                        "registrar: Authorization without qop=auth, nc and cnonce aor={} source={}: challenged again",
+                        ctx.aor_key, ctx.proxy
+                    )
+                });
                 self.challenge(ctx, false)
             }
             AnswerProblem::Stale => {
-                debug!("registrar: stale nonce aor={} source={}", ctx.aor_key, ctx.proxy);
+                REFUSALS.note_at(Level::Debug, "stale nonce", || {
+                    format!("registrar: stale nonce aor={} source={}", ctx.aor_key, ctx.proxy)
+                });
                 self.challenge(ctx, true)
             }
             AnswerProblem::NotOurs => {
                 // A phone that moved to another address, a restarted SBC with another secret, a
                 // Node SBC's nonce — or a forger: challenged again, and the address is not
                 // blamed for it.
-                debug!(
-                    "registrar: nonce not issued to this source aor={} source={}: challenged again",
-                    ctx.aor_key, ctx.proxy
-                );
+                REFUSALS.note("nonce not issued to the source", || {
+                    format!(
+                        "registrar: nonce not issued to this source aor={} source={}: challenged again",
+                        ctx.aor_key, ctx.proxy
+                    )
+                });
                 self.challenge(ctx, false)
             }
             AnswerProblem::UriMismatch => {
-                info!(
-                    "registrar: digest uri names neither the Request-URI nor this SBC aor={} source={}: 400",
-                    ctx.aor_key, ctx.proxy
-                );
+                REFUSALS.note("digest uri mismatch", || {
+                    format!(
+                        "registrar: digest uri names neither the Request-URI nor this SBC aor={} source={}: 400",
+                        ctx.aor_key, ctx.proxy
+                    )
+                });
                 Reply::with_reason(400, credentials::URI_MISMATCH_REASON)
             }
             AnswerProblem::OtherIdentity { username, realm } => {
-                info!(
-                    "registrar: Authorization of username={username} realm={realm} for another address of record \
+                REFUSALS.note("another address of record", || {
+                    format!(
+                        "registrar: Authorization of username={username} realm={realm} for another address of record \
                      aor={} source={}: 403",
-                    ctx.aor_key, ctx.proxy
-                );
+                        ctx.aor_key, ctx.proxy
+                    )
+                });
                 self.authentication_failed(ctx, "credentials of another address of record");
                 Reply::with_reason(403, credentials::AOR_MISMATCH_REASON)
             }
@@ -171,10 +186,12 @@ impl Registrar {
     /// An answer whose nonce, `nc` and `cnonce` were used before: a fresh `401`, counted (its
     /// nonce was issued to this source).
     pub(super) fn replayed(&self, ctx: &Ctx) -> Reply {
-        info!(
+        REFUSALS.note("replayed authorization", || {
+            format!(
             "registrar: replayed Authorization (nonce, nc and cnonce already used) aor={} source={}: challenged again",
             ctx.aor_key, ctx.proxy
-        );
+        )
+        });
         self.authentication_failed(ctx, "replayed Authorization");
         self.challenge(ctx, false)
     }

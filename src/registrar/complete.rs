@@ -6,7 +6,7 @@
 use std::panic::{self, AssertUnwindSafe};
 use std::time::Instant;
 
-use log::{debug, error, info, warn};
+use log::{debug, error, info, warn, Level};
 
 use super::accounts::{self, Account};
 use super::alerts;
@@ -17,7 +17,7 @@ use super::hook_breaker::{Admission, Transition};
 use super::pipeline::{Checked, Ctx, BANNED_REASON, INVALID_CREDENTIALS_REASON, NAT_EXPIRES};
 use super::replay;
 use super::reply::Reply;
-use super::request::Kind;
+use super::request::{Kind, REFUSALS};
 use super::webhook::{self, HookError, RegistrationHook};
 use super::{unix_millis, unix_secs, Registrar};
 use crate::drachtio::IncomingRequest;
@@ -99,13 +99,15 @@ impl Registrar {
         match verdict {
             AuthVerdict::Granted(grant) => Ok(grant),
             AuthVerdict::Denied(denial) => {
-                info!(
-                    "registrar: authentication failed aor={} username={} source={} blacklist={}",
-                    ctx.aor_key,
-                    credentials.username.as_deref().unwrap_or(""),
-                    ctx.proxy,
-                    denial.blacklist
-                );
+                REFUSALS.note("authentication failed", || {
+                    format!(
+                        "registrar: authentication failed aor={} username={} source={} blacklist={}",
+                        ctx.aor_key,
+                        credentials.username.as_deref().unwrap_or(""),
+                        ctx.proxy,
+                        denial.blacklist
+                    )
+                });
                 self.authentication_failed(ctx, "invalid credentials");
                 Err(self.denied(&c.req, denial))
             }
@@ -133,10 +135,12 @@ impl Registrar {
     ) -> Result<AuthVerdict, Reply> {
         let started = Instant::now();
         if let Admission::Refuse { retry_after } = self.hook_breaker.admit(&account.account_sid, started) {
-            debug!(
-                "registrar: webhook of account_sid={} not called after repeated timeouts aor={}: 503",
-                account.account_sid, ctx.aor_key
-            );
+            REFUSALS.note_at(Level::Debug, "webhook breaker open", || {
+                format!(
+                    "registrar: webhook of account_sid={} not called after repeated timeouts aor={}: 503",
+                    account.account_sid, ctx.aor_key
+                )
+            });
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             return Err(Reply::unavailable(u32::try_from(secs.max(1)).unwrap_or(u32::MAX)));
         }
@@ -218,7 +222,7 @@ impl Registrar {
     /// when the grant is longer (every UDP client is assumed to be behind NAT); Redis keeps
     /// the full grant. If the binding cannot be stored the device is told so (500/503).
     fn register(&self, req: &IncomingRequest, ctx: &Ctx, grant: &Grant) -> Result<Reply, Reply> {
-        let granted = grant.granted_expires(ctx.reg.expires);
+        let granted = grant.granted_expires(ctx.reg.expires, self.settings.expires_bounds);
         let response_expires = if ctx.over_udp && granted > NAT_EXPIRES { NAT_EXPIRES } else { granted };
         let expiry_time_ms = unix_millis() + u64::from(granted) * 1000;
         let binding = NewBinding {

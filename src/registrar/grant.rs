@@ -2,6 +2,8 @@
 
 use serde_json::{Map, Value};
 
+use super::request::ExpiresBounds;
+
 /// What the device is allowed, from the webhook's JSON answer (`status: ok`) or the `clients`
 /// row. Values other components read are kept verbatim as JSON.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -32,9 +34,11 @@ impl Grant {
     }
 
     /// The granted interval: the hook's `expires` when it gave a positive one (it may exceed
-    /// the requested value; the Node code accepted that too), else the requested one.
-    pub fn granted_expires(&self, requested: u32) -> u32 {
-        self.expires.unwrap_or(requested)
+    /// the requested value; the Node code accepted that too), else the requested one; never
+    /// more than `bounds.max` (a webhook answering `expires: 4294967295` does not keep a
+    /// binding for 136 years).
+    pub fn granted_expires(&self, requested: u32, bounds: ExpiresBounds) -> u32 {
+        bounds.cap(self.expires.unwrap_or(requested))
     }
 }
 
@@ -82,20 +86,26 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const B: ExpiresBounds = ExpiresBounds { min: 60, max: 3600 };
+
     fn grant(v: Value) -> Grant {
         Grant::from_hook_json(v.as_object().unwrap())
     }
 
     #[test]
     fn expires_must_be_truthy() {
-        assert_eq!(grant(json!({"status":"ok","expires":120})).granted_expires(3600), 120);
-        assert_eq!(grant(json!({"status":"ok","expires":7200})).granted_expires(3600), 7200);
-        assert_eq!(grant(json!({"status":"ok","expires":"90"})).granted_expires(3600), 90);
-        assert_eq!(grant(json!({"status":"ok","expires":60.7})).granted_expires(3600), 60);
+        assert_eq!(grant(json!({"status":"ok","expires":120})).granted_expires(3600, B), 120);
+        let lax = ExpiresBounds { min: 60, max: 86_400 };
+        assert_eq!(grant(json!({"status":"ok","expires":7200})).granted_expires(3600, lax), 7200);
+        // never above the maximum
+        assert_eq!(grant(json!({"status":"ok","expires":7200})).granted_expires(3600, B), 3600);
+        assert_eq!(grant(json!({"status":"ok","expires":4294967295u64})).granted_expires(60, B), 3600);
+        assert_eq!(grant(json!({"status":"ok","expires":"90"})).granted_expires(3600, B), 90);
+        assert_eq!(grant(json!({"status":"ok","expires":60.7})).granted_expires(3600, B), 60);
         for v in [json!(0), json!(null), json!(false), json!(""), json!(-5), json!(0.5)] {
-            assert_eq!(grant(json!({"status":"ok","expires":v})).granted_expires(3600), 3600, "{v}");
+            assert_eq!(grant(json!({"status":"ok","expires":v})).granted_expires(3600, B), 3600, "{v}");
         }
-        assert_eq!(grant(json!({"status":"ok"})).granted_expires(3600), 3600);
+        assert_eq!(grant(json!({"status":"ok"})).granted_expires(3600, B), 3600);
     }
 
     #[test]

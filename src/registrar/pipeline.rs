@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use std::panic::{self, AssertUnwindSafe};
 use std::time::Instant;
 
-use log::{debug, error, info, warn};
+use log::{debug, error, warn, Level};
 use mysql::PooledConn;
 
 use super::accounts::{self, Account};
@@ -31,7 +31,7 @@ use super::credentials::NonceUse;
 use super::health::StoreHealth;
 use super::replay;
 use super::reply::Reply;
-use super::request::{self, Aor, Kind, Registration};
+use super::request::{self, Aor, Kind, Registration, REFUSALS};
 use super::{unix_millis, Registrar};
 use crate::drachtio::IncomingRequest;
 use crate::sip::digest::DigestCredentials;
@@ -275,7 +275,7 @@ impl Registrar {
     /// rejectIpv4, regParser and the address of record: the facts every later step uses.
     fn parse_request(&self, req: &IncomingRequest, source_ip: Option<IpAddr>) -> Result<Ctx, Reply> {
         request::check_request_uri(&req.message)?;
-        let reg = request::parse_registration(&req.message)?;
+        let reg = request::parse_registration(&req.message, self.settings.expires_bounds)?;
         let aor = request::parse_aor(&req.message)?;
         Ok(Ctx {
             aor_key: aor.key(),
@@ -442,18 +442,24 @@ impl Registrar {
     fn check_account(&self, ctx: &Ctx, found: Option<Account>, already_registered: bool) -> Result<Account, Reply> {
         match found {
             Some(a) if !a.is_active => {
-                info!(
-                    "registrar: rejecting REGISTER for deactivated account aor={} account_sid={}",
-                    ctx.aor_key, a.account_sid
-                );
+                REFUSALS.note("deactivated account", || {
+                    format!(
+                        "registrar: rejecting REGISTER for deactivated account aor={} account_sid={}",
+                        ctx.aor_key, a.account_sid
+                    )
+                });
                 Err(Reply::with_reason(403, DEACTIVATED_REASON))
             }
             None if self.settings.hosting => {
-                debug!("registrar: rejecting REGISTER for unknown realm aor={} source={}", ctx.aor_key, ctx.proxy);
+                REFUSALS.note_at(Level::Debug, "unknown realm", || {
+                    format!("registrar: rejecting REGISTER for unknown realm aor={} source={}", ctx.aor_key, ctx.proxy)
+                });
                 Err(Reply::new(403))
             }
             None => {
-                debug!("registrar: rejecting REGISTER for unknown realm aor={} source={}", ctx.aor_key, ctx.proxy);
+                REFUSALS.note_at(Level::Debug, "unknown realm", || {
+                    format!("registrar: rejecting REGISTER for unknown realm aor={} source={}", ctx.aor_key, ctx.proxy)
+                });
                 Err(Reply::with_reason(403, UNKNOWN_REALM_REASON))
             }
             Some(a) => {
@@ -509,10 +515,12 @@ impl Registrar {
             }
         }
         if !includes_user && devices as u64 >= limit {
-            info!(
-                "registrar: device limit reached aor={} account_sid={} devices={devices} limit={limit}",
-                ctx.aor_key, account.account_sid
-            );
+            REFUSALS.note("device limit", || {
+                format!(
+                    "registrar: device limit reached aor={} account_sid={} devices={devices} limit={limit}",
+                    ctx.aor_key, account.account_sid
+                )
+            });
             self.raise_device_limit_alert(account, limit);
             return Err(max_devices());
         }

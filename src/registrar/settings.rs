@@ -58,6 +58,8 @@ pub struct RegistrarSettings {
     /// accounts (always). Off for webhooks that map users to addresses of record themselves.
     /// Default on.
     pub webhook_aor_check: bool,
+    /// `SBC_REGISTER_MIN_EXPIRES` / `SBC_REGISTER_MAX_EXPIRES` (60 / 3600 s).
+    pub expires_bounds: super::request::ExpiresBounds,
 }
 
 impl Default for RegistrarSettings {
@@ -77,6 +79,7 @@ impl Default for RegistrarSettings {
             webhook_idle_connections: 8,
             webhook_breaker: BreakerSettings::default(),
             webhook_aor_check: true,
+            expires_bounds: Default::default(),
         }
     }
 }
@@ -100,6 +103,7 @@ impl fmt::Debug for RegistrarSettings {
             .field("webhook_idle_connections", &self.webhook_idle_connections)
             .field("webhook_breaker", &self.webhook_breaker)
             .field("webhook_aor_check", &self.webhook_aor_check)
+            .field("expires_bounds", &self.expires_bounds)
             .finish()
     }
 }

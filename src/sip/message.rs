@@ -42,6 +42,14 @@ pub fn canonical_name(name: &str) -> &str {
     name
 }
 
+/// The largest SIP message parsed: what fits one UDP datagram. drachtio passes TCP messages of
+/// any size, and nothing the sidecar answers (REGISTER, OPTIONS) needs more.
+pub const MAX_MESSAGE_BYTES: usize = 65_535;
+
+/// The most header lines parsed (a phone's REGISTER has about 15): each becomes an allocation,
+/// so a message of tiny lines must not become tens of thousands of them.
+pub const MAX_HEADER_LINES: usize = 128;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SipError {
     Empty,
@@ -65,6 +73,10 @@ pub enum SipError {
     MissingCredential(&'static str),
     /// A challenge asks for a digest algorithm we cannot compute.
     UnsupportedAlgorithm(String),
+    /// Larger than [`MAX_MESSAGE_BYTES`]: refused before anything is parsed.
+    TooLarge(usize),
+    /// More than [`MAX_HEADER_LINES`] header lines: refused before anything is parsed.
+    TooManyHeaders,
 }
 
 impl fmt::Display for SipError {
@@ -91,6 +103,8 @@ impl fmt::Display for SipError {
             SipError::UnsupportedAlgorithm(a) => {
                 write!(f, "SIP: digest algorithm `{}` is not supported", truncate(a))
             }
+            SipError::TooLarge(n) => write!(f, "SIP: message of {n} bytes exceeds {MAX_MESSAGE_BYTES}"),
+            SipError::TooManyHeaders => write!(f, "SIP: more than {MAX_HEADER_LINES} header lines"),
         }
     }
 }
@@ -139,10 +153,17 @@ impl SipMessage {
         if bytes.is_empty() {
             return Err(SipError::Empty);
         }
+        if bytes.len() > MAX_MESSAGE_BYTES {
+            return Err(SipError::TooLarge(bytes.len()));
+        }
         let (head, body) = match find(bytes, b"\r\n\r\n") {
             Some(i) => (&bytes[..i], &bytes[i + 4..]),
             None => (bytes, &b""[..]),
         };
+        // Line breaks counted before any allocation: one before each header line.
+        if head.iter().filter(|&&b| b == b'\n').count() > MAX_HEADER_LINES {
+            return Err(SipError::TooManyHeaders);
+        }
         let head = std::str::from_utf8(head).map_err(|_| SipError::NotUtf8)?;
         let mut lines = head.split("\r\n");
         let first = lines.next().unwrap_or_default();
@@ -333,6 +354,18 @@ mod tests {
         assert_eq!(m.header("i"), Some("1-12816@127.0.0.1"));
         assert_eq!(m.header("EXPIRES"), Some("3600"));
         assert_eq!(m.to_bytes(), REGISTER.to_vec());
+    }
+
+    #[test]
+    fn size_and_header_count_are_bounded_before_parsing() {
+        let many: String = (0..=MAX_HEADER_LINES).map(|i| format!("X-H{i}: v\r\n")).collect();
+        let text = format!("OPTIONS sip:a SIP/2.0\r\n{many}\r\n");
+        assert_eq!(SipMessage::parse(text.as_bytes()), Err(SipError::TooManyHeaders));
+        let fits: String = (0..MAX_HEADER_LINES).map(|i| format!("X-H{i}: v\r\n")).collect();
+        let text = format!("OPTIONS sip:a SIP/2.0\r\n{fits}\r\n");
+        assert_eq!(SipMessage::parse(text.as_bytes()).unwrap().headers.len(), MAX_HEADER_LINES);
+        let big = format!("OPTIONS sip:a SIP/2.0\r\nX-Big: {}\r\n\r\n", "a".repeat(MAX_MESSAGE_BYTES));
+        assert!(matches!(SipMessage::parse(big.as_bytes()), Err(SipError::TooLarge(_))));
     }
 
     #[test]

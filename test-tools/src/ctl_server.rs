@@ -74,8 +74,9 @@ impl Server {
         let path = temp_socket_path();
         let cluster_id = format!("test-{}", uuid::Uuid::new_v4().simple());
         let (conn_tx, conn_rx) = unbounded();
-        let server = CtlServer::bind(&path, CtlSettings { cluster_id: cluster_id.clone() }, redis.clone(), conn_rx)
-            .expect("CLI server binds");
+        let server =
+            CtlServer::bind(&path, CtlSettings { cluster_id: cluster_id.clone(), group: None }, redis.clone(), conn_rx)
+                .expect("CLI server binds");
         let server = match regbot_queries {
             Some(queries) => server.with_regbot(queries),
             None => server,
