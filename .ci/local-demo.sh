@@ -41,5 +41,5 @@ echo "  password: $DEMO_PASSWORD"
 echo "  address:  sip:$DEMO_USER@$DEMO_REALM"
 if [ -n "${1:-}" ]; then
   echo "  send to:  $1 (the phone's outbound proxy / registrar address)"
-  echo "  register: sipp $1 -sf tests/scenarios/register_user.xml -m 1 -s $DEMO_USER -ap $DEMO_PASSWORD -key realm $DEMO_REALM -auth_uri $DEMO_REALM"
+  echo "  register: sipp $1 -sf tests/scenarios/register_user.xml -m 1 -s $DEMO_USER -ap $DEMO_PASSWORD -key realm $DEMO_REALM"
 fi

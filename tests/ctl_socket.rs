@@ -632,8 +632,9 @@ fn bans_lists_the_bans_recorded_by_the_registrar_and_bans_clear_lifts_them() {
     assert_eq!(reply["success"], true);
     let list = reply["bans"].as_array().unwrap();
     assert_eq!(list.len(), 2, "{reply}");
-    // longest remaining first; remaining rounded up, so a fresh 300 s ban shows 300
-    assert_eq!(list[0]["ip"], "2001:db8::20");
+    // longest remaining first; remaining rounded up, so a fresh 300 s ban shows 300; an IPv6
+    // source is its /64
+    assert_eq!(list[0]["ip"], "2001:db8::/64");
     assert_eq!(list[0]["failures"], 3);
     assert_eq!(list[0]["remaining_s"], 300);
     assert_eq!(list[1]["ip"], "127.0.20.1");
@@ -658,8 +659,11 @@ fn bans_lists_the_bans_recorded_by_the_registrar_and_bans_clear_lifts_them() {
         r#"{"success":false,"error":"No ban on 127.0.20.3"}"#,
         "counting is not a ban"
     );
-    assert_eq!(c.ask(r#"{"action":"bans-clear","ip":"2001:DB8::20"}"#), r#"{"success":true}"#);
+    // any address of the /64, or the /64 as listed, lifts it
+    assert_eq!(c.ask(r#"{"action":"bans-clear","ip":"2001:DB8::77"}"#), r#"{"success":true}"#);
     assert_eq!(c.ask(r#"{"action":"bans"}"#), r#"{"success":true,"bans":[]}"#);
+    ban(&server, "2001:db8::21");
+    assert_eq!(c.ask(r#"{"action":"bans-clear","ip":"2001:db8::/64"}"#), r#"{"success":true}"#);
 }
 
 #[test]

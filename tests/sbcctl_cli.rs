@@ -609,8 +609,9 @@ fn bans_prints_a_table_and_bans_clear_lifts_one() {
     assert_eq!(run.code, 0, "{run:?}");
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{run:?}");
-    assert_eq!(lines[0], "IP            FAILURES  REMAINING");
-    assert_eq!(lines[1], "2001:db8::21  3         300s");
+    // an IPv6 source is its /64
+    assert_eq!(lines[0], "IP             FAILURES  REMAINING");
+    assert_eq!(lines[1], "2001:db8::/64  3         300s");
     let row: Vec<&str> = lines[2].split_whitespace().collect();
     assert_eq!(row[..2], ["127.0.21.1", "4"]);
     assert!(["290s", "289s"].contains(&row[2]), "{run:?}");
