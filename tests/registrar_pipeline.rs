@@ -1980,3 +1980,105 @@ fn the_device_limit_alert_is_raised_once_per_account_not_per_register() {
     assert_eq!(raised.len(), 1, "{raised:?}");
     assert_eq!(raised[0].alert_type().map(|t| t.as_str()), Some("account-device-limit"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Defences that must not be turned against the phones they protect.
+
+/// An address is banned (a guesser behind the same NAT as the phone, which sees our answers);
+/// the phone that holds a live binding from its exact ip:port keeps getting its refreshes from
+/// the cache window. Anything else from the address is refused.
+#[test]
+fn a_phone_behind_a_banned_address_keeps_its_cache_window_refreshes() {
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    fx.hook.set_password("pam", PASSWORD);
+    fx.hook.set_password("gus", PASSWORD);
+    let mut phone = fx.reg("pam");
+    phone.address = "127.0.0.83".into();
+    assert_eq!(fx.register_with_password(&phone, PASSWORD).status, 200);
+    let mut guesser = fx.reg("gus");
+    guesser.address = "127.0.0.83".into();
+    guesser.port = 6100;
+    for _ in 0..10 {
+        assert_eq!(fx.register_with_password(&guesser, "guess").status, 403);
+    }
+    assert!(fx.registrar.bans().banned("127.0.0.83".parse().unwrap(), Instant::now()).is_some());
+    let refresh = fx.send(&phone);
+    assert_eq!((refresh.status, refresh.header("Expires")), (200, Some("30")), "{}", refresh.raw);
+    // the guesser's own refresh (no binding of its own) and a new registration are refused
+    let r = fx.send(&guesser);
+    assert_eq!((r.status, r.header("X-Reason")), (403, Some("Too many failed authentications")));
+    let mut moved = phone.clone();
+    moved.port = 6200;
+    assert_eq!(fx.send(&moved).status, 403, "the same AOR from another port is not the phone's binding");
+}
+
+/// An IPv6 guesser rotating through the addresses of its /64 is one source.
+#[test]
+fn an_ipv6_slash_64_is_banned_as_one_source() {
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    fx.hook.set_password("ivy", PASSWORD);
+    for i in 1..=10 {
+        let mut guesser = fx.reg("ivy");
+        guesser.address = format!("2001:db8:77:1::{i:x}");
+        assert_eq!(fx.register_with_password(&guesser, "guess").status, 403, "attempt {i}");
+    }
+    let mut next = fx.reg("ivy");
+    next.address = "2001:db8:77:1:ffff::1".into();
+    let r = fx.send(&next);
+    assert_eq!((r.status, r.header("X-Reason")), (403, Some("Too many failed authentications")));
+    let mut neighbour = fx.reg("ivy");
+    neighbour.address = "2001:db8:77:2::1".into();
+    assert_eq!(fx.register_with_password(&neighbour, PASSWORD).status, 200, "the next /64 is another source");
+    let bans = fx.registrar.bans().list(Instant::now());
+    assert_eq!(bans.len(), 1, "{bans:?}");
+    assert_eq!((bans[0].ip.to_string(), bans[0].prefix_len), ("2001:db8:77:1::".to_string(), 64));
+}
+
+/// A webhook that times out gives the phone a 5xx; the answer's one-time use is released, so
+/// the phone sending the same answer again is authenticated, not taken for a replayer.
+#[test]
+fn an_answer_refused_with_a_5xx_may_be_sent_again() {
+    let fx = Fx::with(|s| s.webhook_timeout = Duration::from_millis(300));
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    fx.hook.set_password("ray", PASSWORD);
+    let nonce = nonce_of(&fx.send(&fx.reg("ray")));
+    let answer = fx.reg("ray").authorized(PASSWORD, &nonce);
+    fx.hook.delay(Duration::from_millis(800));
+    let first = fx.send(&answer);
+    assert!(first.status >= 500, "{}", first.raw);
+    fx.hook.delay(Duration::ZERO);
+    let again = fx.send(&answer);
+    assert_eq!(again.status, 200, "{}", again.raw);
+    assert!(fx.binding("ray").is_some());
+    // and once it succeeded, the same answer is a replay (from another port: from the same
+    // one the cache window answers first)
+    let mut elsewhere = answer.clone();
+    elsewhere.port = 6300;
+    assert_challenge(&fx.send(&elsewhere), &fx.realm, false);
+}
+
+/// 20,000 REGISTERs for made-up realms: the few looked up in MySQL per second, the rest 503;
+/// the known account stays cached — it is answered after its row is gone — and the caches
+/// stay bounded.
+#[test]
+fn random_realms_neither_evict_a_known_account_nor_reach_mysql_at_line_rate() {
+    let fx = Fx::with(|s| s.account_cache_ttl = Duration::from_secs(120));
+    let sid = fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    assert_eq!(fx.send(&fx.reg("kim")).status, 401, "the known realm is looked up and cached");
+    let mut statuses = std::collections::HashMap::<u16, u32>::new();
+    for i in 0..20_000 {
+        let mut scan = fx.reg("x");
+        let realm = format!("s{i:05}.scan.example");
+        scan.ruri = format!("sip:{realm}");
+        scan.to = format!("<sip:x@{realm}>");
+        scan.to_host = realm;
+        *statuses.entry(fx.send(&scan).status).or_default() += 1;
+    }
+    let looked_up = statuses.get(&403).copied().unwrap_or(0);
+    assert!(looked_up >= 50 && looked_up < 1_000, "unknown realms looked up: {statuses:?}");
+    assert_eq!(looked_up + statuses.get(&503).copied().unwrap_or(0), 20_000, "{statuses:?}");
+    fx.db.conn().exec_drop("DELETE FROM accounts WHERE account_sid = ?", (&sid,)).unwrap();
+    assert_challenge(&fx.send(&fx.reg("kim")), &fx.realm, false);
+}

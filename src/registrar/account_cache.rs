@@ -1,28 +1,188 @@
-//! A short-lived cache of MySQL lookups: accounts by realm, device limits by account.
+//! Short-lived caches of MySQL lookups: accounts by realm, device limits by account.
 //!
 //! Every REGISTER needs the account of its realm, twice per registration (challenge, then the
 //! authenticated retry), and in hosting mode the account's device limit. Without a cache that
 //! is MySQL round trips per device for data that changes a few times a year; with it, a busy
-//! SBC asks MySQL about each realm (and each account's capacities) at most once per `ttl`.
-//! Unknown realms are cached too (a scanner hammering random realms must not reach MySQL on
-//! every packet). The price: deactivating an account or changing its plan takes effect
-//! within `ttl`.
+//! SBC asks MySQL about each realm (and each account's capacities) at most once per `ttl`. The
+//! price: deactivating an account or changing its plan takes effect within `ttl`.
+//!
+//! Realms come from the To header, so an attacker chooses them. [`AccountCache`] therefore
+//! keeps three tiers with bounds and eviction of their own, and a flood of made-up realms can
+//! only ever evict made-up realms:
+//!
+//! * **known** — realms that are an account's own `sip_realm`: as many as there are accounts,
+//!   whatever a device sends;
+//! * **derived** — sub-domains that fell back to a parent's account (`x.<realm>`), and
+//! * **unknown** — realms without an account: both bounded, oldest first out.
+//!
+//! A realm never seen before costs a MySQL lookup on the triage thread; such lookups are
+//! limited to [`NEW_REALM_LOOKUPS_PER_SEC`] (a realm that was known once — an expired entry —
+//! is always looked up again), so random realms can neither stall triage nor hammer MySQL. What
+//! is refused by that limit gets `503` with `Retry-After` and is looked up on a later try.
+//! Realms are compared case-insensitively (they are host names).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::accounts::Account;
 
-/// Accounts by realm (`None`: no account has that realm).
-pub type AccountCache = TtlCache<Option<Account>>;
+/// Sub-domain and unknown realms remembered, each tier.
+const MAX_STRANGERS: usize = 16_384;
+/// Device limits remembered (one per account).
+const MAX_LIMITS: usize = 10_000;
+/// Lookups per second of realms this cache has never held.
+pub const NEW_REALM_LOOKUPS_PER_SEC: u32 = 50;
 
-/// At most this many realms are remembered; when full, expired entries are dropped, and if
-/// none has expired the whole cache is cleared (a flood of random realms cannot grow memory).
-const MAX_ENTRIES: usize = 10_000;
+/// Accounts by realm, in tiers (see the module documentation). `Mutex` held only for a map
+/// lookup or insert, never across MySQL.
+pub struct AccountCache {
+    ttl: Duration,
+    state: Mutex<Tiers>,
+}
 
-/// Shared by the auth workers: a `Mutex` held only for a map lookup or insert, never across
-/// MySQL.
+#[derive(Default)]
+struct Tiers {
+    known: HashMap<String, (Instant, Account)>,
+    derived: Bounded<Account>,
+    unknown: Bounded<()>,
+    /// New-realm lookups left in the current second, and when it started.
+    lookups_left: u32,
+    second_started: Option<Instant>,
+}
+
+/// What the cache knows about a realm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cached {
+    /// A fresh answer: the account, or `None` for "no account has this realm".
+    Fresh(Option<Account>),
+    /// Nothing fresh, and a lookup may be made now.
+    LookUp,
+    /// Nothing fresh, and too many never-seen realms were looked up this second.
+    Throttled,
+}
+
+impl AccountCache {
+    /// A zero `ttl` disables the cache (every REGISTER looks its realm up; nothing is
+    /// throttled).
+    pub fn new(ttl: Duration) -> AccountCache {
+        AccountCache { ttl, state: Mutex::new(Tiers::default()) }
+    }
+
+    pub fn get(&self, realm: &str) -> Cached {
+        self.get_at(realm, Instant::now())
+    }
+
+    pub fn get_at(&self, realm: &str, now: Instant) -> Cached {
+        if self.ttl.is_zero() {
+            return Cached::LookUp;
+        }
+        let key = realm.to_ascii_lowercase();
+        let mut t = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = |at: Instant| now.saturating_duration_since(at) < self.ttl;
+        if let Some((at, account)) = t.known.get(&key) {
+            return if fresh(*at) { Cached::Fresh(Some(account.clone())) } else { Cached::LookUp };
+        }
+        if let Some((at, account)) = t.derived.get(&key) {
+            return if fresh(at) { Cached::Fresh(Some(account.clone())) } else { Cached::LookUp };
+        }
+        if let Some((at, ())) = t.unknown.get(&key) {
+            if fresh(at) {
+                return Cached::Fresh(None);
+            }
+        }
+        // Never held (or only as unknown): a lookup of a new realm, within the rate.
+        if t.second_started.is_none_or(|s| now.saturating_duration_since(s) >= Duration::from_secs(1)) {
+            t.second_started = Some(now);
+            t.lookups_left = NEW_REALM_LOOKUPS_PER_SEC;
+        }
+        if t.lookups_left == 0 {
+            return Cached::Throttled;
+        }
+        t.lookups_left -= 1;
+        Cached::LookUp
+    }
+
+    pub fn put(&self, realm: &str, found: Option<Account>) {
+        self.put_at(realm, found, Instant::now());
+    }
+
+    pub fn put_at(&self, realm: &str, found: Option<Account>, now: Instant) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let key = realm.to_ascii_lowercase();
+        let mut t = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match found {
+            Some(account) if account.sip_realm.eq_ignore_ascii_case(realm) => {
+                t.unknown.remove(&key);
+                t.known.insert(key, (now, account));
+            }
+            Some(account) => {
+                t.unknown.remove(&key);
+                t.derived.insert(key, now, account);
+            }
+            None => {
+                // A realm that had an account and lost it: not known any more.
+                t.known.remove(&key);
+                t.derived.remove(&key);
+                t.unknown.insert(key, now, ());
+            }
+        }
+    }
+
+    /// Realms held, by tier (known, derived, unknown).
+    #[cfg(test)]
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        let t = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        (t.known.len(), t.derived.len(), t.unknown.len())
+    }
+}
+
+/// A map of at most [`MAX_STRANGERS`] entries; when full, the oldest inserted goes.
+struct Bounded<V> {
+    entries: HashMap<String, (Instant, V)>,
+    order: VecDeque<String>,
+}
+
+impl<V> Default for Bounded<V> {
+    fn default() -> Self {
+        Bounded { entries: HashMap::new(), order: VecDeque::new() }
+    }
+}
+
+impl<V: Clone> Bounded<V> {
+    fn get(&self, key: &str) -> Option<(Instant, V)> {
+        self.entries.get(key).cloned()
+    }
+
+    fn insert(&mut self, key: String, at: Instant, value: V) {
+        if self.entries.insert(key.clone(), (at, value)).is_none() {
+            self.order.push_back(key);
+        }
+        while self.entries.len() > MAX_STRANGERS {
+            let Some(oldest) = self.order.pop_front() else { break };
+            self.entries.remove(&oldest);
+        }
+        // Keys removed out of order leave stale names in `order`: drop them now and then.
+        if self.order.len() > 2 * MAX_STRANGERS {
+            let entries = &self.entries;
+            self.order.retain(|k| entries.contains_key(k));
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.entries.remove(key);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// Values by key, each reused for `ttl`; at most [`MAX_LIMITS`] (expired ones go first, then
+/// the oldest). Keyed by data from MySQL (account sids), not by what devices send.
 pub struct TtlCache<V> {
     ttl: Duration,
     entries: Mutex<HashMap<String, (Instant, V)>>,
@@ -34,28 +194,31 @@ impl<V: Clone> TtlCache<V> {
         TtlCache { ttl, entries: Mutex::new(HashMap::new()) }
     }
 
-    /// `Some(value)` when a fresh answer is cached (for accounts, possibly "no such account").
-    pub fn get(&self, realm: &str) -> Option<V> {
+    /// `Some(value)` when a fresh value is cached.
+    pub fn get(&self, key: &str) -> Option<V> {
         if self.ttl.is_zero() {
             return None;
         }
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.get(realm).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, a)| a.clone())
+        entries.get(key).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, v)| v.clone())
     }
 
-    pub fn put(&self, realm: &str, value: V) {
+    pub fn put(&self, key: &str, value: V) {
         if self.ttl.is_zero() {
             return;
         }
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= MAX_ENTRIES && !entries.contains_key(realm) {
+        if entries.len() >= MAX_LIMITS && !entries.contains_key(key) {
             let ttl = self.ttl;
             entries.retain(|_, (at, _)| at.elapsed() < ttl);
-            if entries.len() >= MAX_ENTRIES {
-                entries.clear();
+            if entries.len() >= MAX_LIMITS {
+                let oldest = entries.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| k.clone());
+                if let Some(oldest) = oldest {
+                    entries.remove(&oldest);
+                }
             }
         }
-        entries.insert(realm.to_string(), (Instant::now(), value));
+        entries.insert(key.to_string(), (Instant::now(), value));
     }
 }
 
@@ -63,10 +226,10 @@ impl<V: Clone> TtlCache<V> {
 mod tests {
     use super::*;
 
-    fn account(sid: &str) -> Account {
+    fn account(sid: &str, realm: &str) -> Account {
         Account {
             account_sid: sid.into(),
-            sip_realm: "a.example.com".into(),
+            sip_realm: realm.into(),
             is_active: true,
             webhook_secret: None,
             device_to_call_ratio: 5,
@@ -75,32 +238,69 @@ mod tests {
     }
 
     #[test]
-    fn answers_within_the_ttl_including_unknown_realms() {
+    fn answers_within_the_ttl_including_unknown_realms_and_ignores_case() {
         let c = AccountCache::new(Duration::from_secs(60));
-        assert_eq!(c.get("a.example.com"), None);
-        c.put("a.example.com", Some(account("s1")));
+        assert_eq!(c.get("a.example.com"), Cached::LookUp);
+        c.put("a.example.com", Some(account("s1", "a.example.com")));
         c.put("nowhere.example.com", None);
-        assert_eq!(c.get("a.example.com"), Some(Some(account("s1"))));
-        assert_eq!(c.get("nowhere.example.com"), Some(None));
+        assert_eq!(c.get("A.Example.COM"), Cached::Fresh(Some(account("s1", "a.example.com"))));
+        assert_eq!(c.get("nowhere.example.com"), Cached::Fresh(None));
+        assert_eq!(c.sizes(), (1, 0, 1));
     }
 
     #[test]
-    fn expired_entries_are_misses_and_zero_ttl_disables() {
-        let c = AccountCache::new(Duration::from_millis(1));
-        c.put("a.example.com", Some(account("s1")));
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(c.get("a.example.com"), None);
-        let off: AccountCache = TtlCache::new(Duration::ZERO);
-        off.put("a.example.com", Some(account("s1")));
-        assert_eq!(off.get("a.example.com"), None);
+    fn expired_entries_are_looked_up_again_and_zero_ttl_disables() {
+        let c = AccountCache::new(Duration::from_secs(5));
+        let t0 = Instant::now();
+        c.put_at("a.example.com", Some(account("s1", "a.example.com")), t0);
+        assert_eq!(c.get_at("a.example.com", t0 + Duration::from_secs(6)), Cached::LookUp);
+        let off = AccountCache::new(Duration::ZERO);
+        off.put("a.example.com", Some(account("s1", "a.example.com")));
+        assert_eq!(off.get("a.example.com"), Cached::LookUp);
     }
 
     #[test]
-    fn a_flood_of_realms_does_not_grow_without_bound() {
+    fn a_flood_of_random_realms_never_evicts_a_known_account_and_is_bounded() {
         let c = AccountCache::new(Duration::from_secs(60));
-        for i in 0..(MAX_ENTRIES + 10) {
-            c.put(&format!("r{i}.example.com"), None);
+        let t0 = Instant::now();
+        c.put_at("real.example.com", Some(account("s1", "real.example.com")), t0);
+        for i in 0..(3 * MAX_STRANGERS) {
+            c.put_at(&format!("r{i}.example.com"), None, t0);
+            c.put_at(&format!("x{i}.real.example.com"), Some(account("s1", "real.example.com")), t0);
         }
-        assert!(c.entries.lock().unwrap().len() <= MAX_ENTRIES);
+        let (known, derived, unknown) = c.sizes();
+        assert_eq!(known, 1);
+        assert!(derived <= MAX_STRANGERS && unknown <= MAX_STRANGERS, "{derived} {unknown}");
+        assert_eq!(c.get_at("real.example.com", t0), Cached::Fresh(Some(account("s1", "real.example.com"))));
+        // the newest strangers are still there, the oldest went
+        let last = 3 * MAX_STRANGERS - 1;
+        assert_eq!(c.get_at(&format!("r{last}.example.com"), t0), Cached::Fresh(None));
+        assert_ne!(c.get_at("r0.example.com", t0), Cached::Fresh(None));
+    }
+
+    #[test]
+    fn lookups_of_never_seen_realms_are_rate_limited_but_known_ones_never() {
+        let c = AccountCache::new(Duration::from_secs(5));
+        let t0 = Instant::now();
+        c.put_at("real.example.com", Some(account("s1", "real.example.com")), t0);
+        let later = t0 + Duration::from_secs(10);
+        for i in 0..NEW_REALM_LOOKUPS_PER_SEC {
+            assert_eq!(c.get_at(&format!("n{i}.example.com"), later), Cached::LookUp, "{i}");
+        }
+        assert_eq!(c.get_at("one-more.example.com", later), Cached::Throttled);
+        // an expired known realm is looked up again, whatever the rate
+        assert_eq!(c.get_at("real.example.com", later), Cached::LookUp);
+        // the next second has a new allowance
+        assert_eq!(c.get_at("one-more.example.com", later + Duration::from_secs(1)), Cached::LookUp);
+    }
+
+    #[test]
+    fn the_limits_cache_is_bounded() {
+        let c: TtlCache<u64> = TtlCache::new(Duration::from_secs(60));
+        for i in 0..(MAX_LIMITS + 10) {
+            c.put(&format!("sid{i}"), i as u64);
+        }
+        assert!(c.entries.lock().unwrap().len() <= MAX_LIMITS);
+        assert_eq!(c.get(&format!("sid{}", MAX_LIMITS + 9)), Some((MAX_LIMITS + 9) as u64));
     }
 }

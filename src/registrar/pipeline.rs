@@ -24,6 +24,7 @@ use std::time::Instant;
 use log::{debug, error, warn, Level};
 use mysql::PooledConn;
 
+use super::account_cache::{Cached, NEW_REALM_LOOKUPS_PER_SEC};
 use super::accounts::{self, Account};
 use super::authorization::{source_ip, Answer, AnswerProblem};
 use super::bindings::{self, StoredBinding};
@@ -428,8 +429,18 @@ impl Registrar {
 
     /// The account of a realm, from the cache or MySQL.
     fn account_of(&self, realm: &str) -> Result<Option<Account>, Reply> {
-        if let Some(cached) = self.accounts.get(realm) {
-            return Ok(cached);
+        match self.accounts.get(realm) {
+            Cached::Fresh(found) => return Ok(found),
+            Cached::LookUp => {}
+            Cached::Throttled => {
+                REFUSALS.note("new realms throttled", || {
+                    format!(
+                        "registrar: more than {NEW_REALM_LOOKUPS_PER_SEC} realms never seen before in a second \
+                         (a scanner?); realm={realm} answered 503 without a MySQL lookup"
+                    )
+                });
+                return Err(Reply::unavailable(self.settings.retry_after_secs));
+            }
         }
         let found =
             self.mysql("looking up the account of the realm", |conn| accounts::account_by_realm(conn, realm))?;
