@@ -152,6 +152,11 @@ fn a_slow_webhooks_burst_does_not_hold_up_another_accounts_phones() {
 
     let fast = fast_gen.run(&fast_users, Pace::Window(4), Duration::from_secs(30), Duration::from_secs(60));
     assert_eq!((fast.ok, fast.failed), (20, 0), "statuses {:?}", fast.statuses);
+    eprintln!(
+        "the other account during the burst: p50 {:?}, p99 {:?} (its webhook answers at once)",
+        fast.percentile(0.5),
+        fast.percentile(0.99)
+    );
     // The slow webhook has not answered yet: the fast account did not wait for it.
     assert!(
         rig.slow.hook.requests().len() >= 40 && !burst.is_finished(),
@@ -236,4 +241,52 @@ fn shutdown_answers_every_registration_the_workers_hold() {
         .count();
     assert_eq!(stored, 8, "a binding for each 200");
     rig.forget(&rig.slow, &names);
+}
+
+/// An HTTPS webhook: the daemon keeps its connections alive, so forty registrations, four at
+/// a time, cost a handful of TLS handshakes, not one each. The webhook's certificate is signed
+/// by the tests' own CA, which the daemon trusts through `SSL_CERT_FILE` (the system trust store
+/// it reads otherwise).
+#[test]
+fn an_https_webhook_is_not_paid_a_tls_handshake_per_register() {
+    use sbc_test_tools::https_webhook::HttpsWebhook;
+    use sbc_test_tools::tls::{Pki, ServerCert};
+    let pki = Pki::generate();
+    let hook = HttpsWebhook::start(pki.server_cert(ServerCert::Trusted));
+    let db = TestDb::create();
+    let realm = format!("tls{:08x}.sip.example.com", rand::random::<u32>());
+    let hook_sid = uuid::Uuid::new_v4().to_string();
+    let mut c = db.conn();
+    c.exec_drop(
+        "INSERT INTO webhooks (webhook_sid, url, method) VALUES (?, ?, 'POST')",
+        (&hook_sid, hook.url("/auth")),
+    )
+    .unwrap();
+    c.exec_drop(
+        "INSERT INTO accounts (account_sid, name, sip_realm, service_provider_sid, registration_hook_sid, is_active, \
+         webhook_secret) VALUES (?, 'tls', ?, ?, ?, 1, 'tls-secret')",
+        (uuid::Uuid::new_v4().to_string(), &realm, uuid::Uuid::new_v4().to_string(), &hook_sid),
+    )
+    .unwrap();
+    let double = Double::start(DoubleConfig::default()).unwrap();
+    let mut env = base_env(double.admin_addr().port(), &db.name);
+    env.insert("JAMBONES_LOGLEVEL".into(), "info".into());
+    env.insert("SSL_CERT_FILE".into(), pki.ca.display().to_string());
+    let daemon = Daemon::start(env, &[]);
+    assert!(double.wait_for_route("register", WAIT), "log:\n{}", daemon.log());
+    let gen = LoadGen::new(&["127.0.0.76"], double.sip_addr(), &realm, 3600).unwrap();
+    let users: Vec<User> =
+        (0..40).map(|i| User { name: format!("t{i}"), password: PASSWORD.into(), socket: 0 }).collect();
+    let result = gen.run(&users, Pace::Window(4), Duration::from_secs(30), Duration::from_secs(60));
+    assert_eq!((result.ok, result.failed), (40, 0), "statuses {:?}\nlog:\n{}", result.statuses, daemon.log());
+    assert_eq!(hook.request_count(), 40);
+    let handshakes = hook.handshakes();
+    eprintln!("{handshakes} TLS handshakes for 40 webhook calls");
+    assert!(handshakes <= 8, "{handshakes} TLS handshakes for 40 webhook calls, 4 at a time");
+    let mut r = redis::Client::open("redis://127.0.0.1:6379/").unwrap().get_connection().unwrap();
+    for u in &users {
+        let key = format!("user:{}@{realm}", u.name);
+        let _: Result<(), _> = r.del(&key);
+        let _: Result<(), _> = r.zrem("active-user", &key);
+    }
 }

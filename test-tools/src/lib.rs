@@ -13,6 +13,7 @@ pub mod ctl_server;
 pub mod daemon;
 pub mod db;
 pub mod double;
+pub mod https_webhook;
 pub mod influx;
 pub mod loadgen;
 pub mod node_leader;
