@@ -316,9 +316,14 @@ fn check_cseq(s: &str) -> bool {
     true
 }
 
+/// What the registrar accepts, it reads as digest-utils would (quoted strings aside); it also
+/// refuses what a strict RFC 7616 reader reads differently, which the fuzz target `digest`
+/// checks against an independent strict parser.
 fn check_authorization(s: &str) -> bool {
     let parsed = parse_authorization(s);
-    assert_eq!(parsed.as_ref().ok().map(fields_of), naive_authorization(s), "Authorization {s:?}");
+    if let Ok(creds) = &parsed {
+        assert_eq!(Some(fields_of(creds)), naive_authorization(s), "Authorization {s:?}");
+    }
     let Ok(creds) = parsed else { return false };
     let _ = (creds.fields(), creds.expected_response("REGISTER", "pw"));
     creds.require_complete().is_ok()
@@ -417,12 +422,33 @@ fn js_line_terminator(c: char) -> bool {
     "\n\r\u{2028}\u{2029}".contains(c)
 }
 
-/// `[,\s]{1}<name>="?(.+?)[",]`, tried the way a backtracking engine does: every start, then
-/// with and without the quote, then every value length from one up.
+/// Whether `h[i]` is inside a quoted string, counted from the start: an odd number of quotes
+/// before it that are not escaped by a `\` inside quotes.
+fn naive_inside_quotes(h: &[char], i: usize) -> bool {
+    let (mut quoted, mut j) = (false, 0);
+    while j < i {
+        if quoted && h[j] == '\\' {
+            j += 2;
+            if j > i {
+                return true;
+            }
+            continue;
+        }
+        if h[j] == '"' {
+            quoted = !quoted;
+        }
+        j += 1;
+    }
+    quoted
+}
+
+/// `[,\s]{1}<name>="?(.+?)[",]`, tried the way a backtracking engine does: every start outside
+/// quoted strings (where the registrar departs from digest-utils), then with and without the
+/// quote, then every value length from one up.
 fn naive_field(h: &[char], name: &str) -> Option<String> {
     let key: Vec<char> = format!("{name}=").chars().collect();
     for i in 0..h.len() {
-        if !(h[i] == ',' || js_space(h[i])) || !h[i + 1..].starts_with(&key) {
+        if naive_inside_quotes(h, i) || !(h[i] == ',' || js_space(h[i])) || !h[i + 1..].starts_with(&key) {
             continue;
         }
         let p = i + 1 + key.len();
@@ -441,11 +467,12 @@ fn naive_field(h: &[char], name: &str) -> Option<String> {
     None
 }
 
-/// `/<key>(.*)$/`: the leftmost occurrence with no line terminator after it.
+/// `/<key>(.*)$/`: the leftmost occurrence outside quoted strings with no line terminator
+/// after it.
 fn naive_rest(h: &[char], key: &str) -> Option<String> {
     let key: Vec<char> = key.chars().collect();
     (0..h.len())
-        .filter(|&j| h[j..].starts_with(&key))
+        .filter(|&j| !naive_inside_quotes(h, j) && h[j..].starts_with(&key))
         .find(|&j| !h[j + key.len()..].iter().any(|&c| js_line_terminator(c)))
         .map(|j| h[j + key.len()..].iter().collect())
 }
@@ -625,8 +652,11 @@ fn header_parsers_survive_random_mutations() {
             }
         }
     }
-    // each parser must have accepted a good share of its own mutants, or the checks are vacuous
-    assert!(parsed.iter().all(|&n| n > 100), "parsed mutants per kind: {parsed:?}");
+    // each parser must have accepted a good share of its own mutants, or the checks are vacuous;
+    // the Authorization parser refuses every mutant that is no longer strict RFC 7616, so it
+    // keeps fewer (about 1 in 15)
+    let minimum = [100, 100, 100, 100, 40, 100];
+    assert!(parsed.iter().zip(minimum).all(|(&n, min)| n > min), "parsed mutants per kind: {parsed:?}");
 }
 
 #[test]
@@ -676,13 +706,31 @@ fn authorization_parser_matches_a_naive_regex_emulation() {
         "\",",
     ];
     let mut rng = StdRng::seed_from_u64(SEED + 3);
-    let mut with_fields = 0;
     for _ in 0..5000 {
         let s: String = (0..rng.gen_range(0..40)).map(|_| PIECES[rng.gen_range(0..PIECES.len())]).collect();
         check_authorization(&s);
-        with_fields += usize::from(parse_authorization(&s).is_ok());
     }
-    assert!(with_fields > 1000, "only {with_fields} generated headers had a field");
+    // Well-formed headers whose values are random pieces, quoted or not: the parser must accept
+    // a good share of them, so that the comparison above is not vacuous.
+    let mut accepted = 0;
+    for _ in 0..5000 {
+        let mut names = DIGEST_FIELDS.to_vec();
+        let params: Vec<String> = (0..rng.gen_range(1..8))
+            .filter_map(|_| {
+                if names.is_empty() {
+                    return None;
+                }
+                let name = names.swap_remove(rng.gen_range(0..names.len()));
+                let value: String = (0..rng.gen_range(1..4)).map(|_| PIECES[rng.gen_range(0..PIECES.len())]).collect();
+                let token = value.chars().all(|c| c.is_ascii_alphanumeric());
+                Some(if token && rng.gen_bool(0.5) { format!("{name}={value}") } else { format!("{name}=\"{value}\"") })
+            })
+            .collect();
+        let s = format!("Digest {}", params.join(", "));
+        check_authorization(&s);
+        accepted += usize::from(parse_authorization(&s).is_ok());
+    }
+    assert!(accepted > 500, "only {accepted} well-formed headers accepted");
 }
 
 #[test]
