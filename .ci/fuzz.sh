@@ -8,6 +8,8 @@
 # Environment: FUZZ_SECONDS (per target), FUZZ_TARGETS (space-separated, default: all),
 # FUZZ_LOG_DIR (default target/fuzz-logs: one libFuzzer log per target), FUZZ_NICE (niceness
 # of the runs, default 10, so that a run does not starve builds on a shared machine).
+# One input running over 10 s or the process over 2 GB of memory (a single allocation that
+# large included) counts as a failure, besides the properties each target asserts.
 # The committed seeds in fuzz/corpus/<target> are read, never written: what the fuzzer finds
 # goes to fuzz/corpus-run/<target> (not committed). A crash or failed property stops that
 # target, leaves the input in fuzz/artifacts/<target>/ and makes the script exit 1 after the
@@ -50,7 +52,7 @@ for t in $targets; do
 	log="$log_dir/$t.log"
 	echo "fuzz: $t for ${seconds}s (log: $log)"
 	if nice -n "$niceness" cargo +nightly fuzz run --fuzz-dir fuzz "$t" "fuzz/corpus-run/$t" "fuzz/corpus/$t" -- \
-		-max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1; then
+		-max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
 		# The last status line: runs, coverage (cov: edges, ft: features), corpus, exec/s.
 		echo "fuzz: $t ok: $(grep -E '^#[0-9]+' "$log" | tail -n 1)"
 	else
