@@ -3,7 +3,7 @@ CARGO ?= cargo
 export SBC_TEST_MYSQL_USER ?= sbc_test
 export SBC_TEST_MYSQL_PASSWORD ?= sbc_test
 
-.PHONY: all build run test lint bench soak deb services clean
+.PHONY: all build run test lint bench soak deb services clean fuzz
 
 all: build
 
@@ -29,6 +29,14 @@ test: services
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Coverage-guided fuzzing of the parsers (SIP message and header values, digest credentials,
+# drachtio frames and messages, CLI lines, webhook replies): every target of fuzz/ in turn for
+# FUZZ_SECONDS (default 60) each, with cargo-fuzz and libFuzzer on the nightly toolchain
+# (installs cargo-fuzz when missing). Logs in target/fuzz-logs/; see README "Fuzzing".
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash .ci/fuzz.sh
 
 bench: services
 	$(CARGO) build --release --workspace --bins

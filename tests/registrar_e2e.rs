@@ -475,3 +475,36 @@ fn wrong_passwords_from_one_source_ban_it_and_sbcctl_lifts_the_ban() {
     );
     assert!(!rows.iter().any(|r| r.values().any(|v| v.as_str().is_some_and(|t| t.contains("guess-")))), "no password");
 }
+
+/// Issue 19: digest-utils read `username=bob` out of the quoted opaque, while the webhook (which
+/// also gets the raw header) reads `alice`. The registrar now never searches quoted strings,
+/// and refuses with 400, before any webhook call, a header that a strict reader reads otherwise.
+#[test]
+fn a_username_inside_a_quoted_string_is_not_the_username() {
+    let rig = Rig::start(&[]);
+    rig.hook.set_password("alice", "alice-pw");
+    let phone = RawPhone::new("127.0.0.57", rig.double.sip_addr());
+    let challenge = phone.register(&rig.realm, "alice", 1, None);
+    assert_eq!(status_of(&challenge), 401, "{challenge}");
+    let honest = answer(&challenge, &rig.realm, "alice", "alice-pw");
+    let confusing = honest.replacen("Digest ", "Digest opaque=\"x username=bob\", ", 1);
+    let ok = phone.register(&rig.realm, "alice", 2, Some(&confusing));
+    assert_eq!(status_of(&ok), 200, "{ok}\nlog:\n{}", rig.daemon.log());
+    let requests = rig.hook.requests();
+    assert_eq!(requests.len(), 1);
+    let payload = requests[0].payload();
+    assert_eq!(payload["username"], "alice", "{payload:?}");
+    assert_eq!(payload["opaque"], "x username=bob", "{payload:?}");
+
+    // Two readings (digest-utils cuts the quoted value at its comma): 400, no webhook call.
+    // Another user, so that no cached registration answers.
+    rig.hook.set_password("carol", "carol-pw");
+    let challenge = phone.register(&rig.realm, "carol", 1, None);
+    assert_eq!(status_of(&challenge), 401, "{challenge}");
+    let cut = answer(&challenge, &rig.realm, "carol", "carol-pw").replacen("Digest ", "Digest opaque=\"a, b\", ", 1);
+    let refused = phone.register(&rig.realm, "carol", 2, Some(&cut));
+    assert_eq!(status_of(&refused), 400, "{refused}");
+    assert_eq!(rig.hook.request_count(), 1, "the ambiguous header never reached the webhook");
+    assert!(rig.binding("carol").is_none());
+    rig.forget(&[vec!["alice".to_string()], vec!["carol".to_string()]]);
+}

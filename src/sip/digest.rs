@@ -9,6 +9,7 @@
 
 use md5::{Digest, Md5};
 
+use super::digest_strict::strict_reading;
 use super::header::quoted_string;
 use super::message::SipError;
 
@@ -92,14 +93,21 @@ impl DigestCredentials {
 /// quote, then the shortest value up to the next `"` or `,` (JS regex
 /// `[,\s]{1}<name>="?(.+?)[",]`). An unquoted value at the very end of the header is therefore
 /// not found, which digest-utils patches for `nc` and `qop` only by taking everything after the
-/// first `nc=` / `qop=` to the end of the header.
+/// first `nc=` / `qop=` to the end of the header. Unlike digest-utils, text inside a quoted
+/// string is never searched for a field (`opaque="x username=bob"` names no user).
 ///
-/// Fails only when none of the fields is present (blank value, `Basic …`); use
-/// [`DigestCredentials::require_complete`] before trusting the result.
+/// The fields go verbatim into the customer's webhook, which may also parse the raw header
+/// itself: the header is accepted only when the strict RFC 7616 reading gives the same fields
+/// (same username, same algorithm, …). Anything else, e.g. a quoted value with a comma that
+/// digest-utils cuts, a repeated field or a last unquoted `algorithm`, is an error (400).
+///
+/// Fails when none of the fields is present (blank value, `Basic …`) or the readings differ;
+/// use [`DigestCredentials::require_complete`] before trusting the result.
 pub fn parse_authorization(value: &str) -> Result<DigestCredentials, SipError> {
     let chars: Vec<char> = value.chars().collect();
     let stops = next_stop_table(&chars);
-    let field = |name: &str| digest_utils_field(&chars, &stops, name);
+    let outside = outside_quotes_table(&chars);
+    let field = |name: &str| digest_utils_field(&chars, &stops, &outside, name);
 
     let mut creds = DigestCredentials {
         username: field("username"),
@@ -116,12 +124,12 @@ pub fn parse_authorization(value: &str) -> Result<DigestCredentials, SipError> {
     let algorithm = field("algorithm");
     // JS truthiness: an empty value counts as absent for the fallbacks and the default.
     if creds.nc.as_deref().unwrap_or("").is_empty() {
-        if let Some(rest) = rest_after_last_occurrence_line(&chars, "nc=") {
+        if let Some(rest) = rest_after_last_occurrence_line(&chars, &outside, "nc=") {
             creds.nc = Some(rest);
         }
     }
     if creds.qop.as_deref().unwrap_or("").is_empty() {
-        if let Some(rest) = rest_after_last_occurrence_line(&chars, "qop=") {
+        if let Some(rest) = rest_after_last_occurrence_line(&chars, &outside, "qop=") {
             creds.qop = Some(rest);
         }
     }
@@ -150,6 +158,10 @@ pub fn parse_authorization(value: &str) -> Result<DigestCredentials, SipError> {
         Some(a) if !a.is_empty() => a,
         _ => "MD5".to_string(),
     };
+    let refuse = |reason| SipError::Invalid { what: "Authorization", value: value.to_string(), reason };
+    if strict_reading(value).map_err(refuse)? != creds {
+        return Err(refuse("digest-utils and RFC 7616 read the parameters differently"));
+    }
     Ok(creds)
 }
 
@@ -179,12 +191,31 @@ fn next_stop_table(chars: &[char]) -> Vec<usize> {
     stops
 }
 
-/// `[,\s]{1}<name>="?(.+?)[",]` at the leftmost position where it matches; a value of just `"`
-/// becomes empty.
-fn digest_utils_field(chars: &[char], stops: &[usize], name: &str) -> Option<String> {
+/// `outside[i]`: whether character `i` is outside every quoted string (an opening quote is
+/// outside, what follows it up to and including the closing quote is inside; `\` escapes the
+/// next character inside a quoted string).
+fn outside_quotes_table(chars: &[char]) -> Vec<bool> {
+    let mut outside = Vec::with_capacity(chars.len());
+    let (mut quoted, mut escaped) = (false, false);
+    for &c in chars {
+        outside.push(!quoted);
+        if escaped {
+            escaped = false;
+        } else if quoted && c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            quoted = !quoted;
+        }
+    }
+    outside
+}
+
+/// `[,\s]{1}<name>="?(.+?)[",]` at the leftmost position outside quoted strings where it
+/// matches; a value of just `"` becomes empty.
+fn digest_utils_field(chars: &[char], stops: &[usize], outside: &[bool], name: &str) -> Option<String> {
     let key: Vec<char> = name.chars().chain(std::iter::once('=')).collect();
     for sep in 0..chars.len() {
-        if !(chars[sep] == ',' || is_js_space(chars[sep])) || !chars[sep + 1..].starts_with(&key) {
+        if !outside[sep] || !(chars[sep] == ',' || is_js_space(chars[sep])) || !chars[sep + 1..].starts_with(&key) {
             continue;
         }
         let after_eq = sep + 1 + key.len();
@@ -211,13 +242,14 @@ fn lazy_value(chars: &[char], stops: &[usize], start: usize) -> Option<String> {
     }
 }
 
-/// JS `/<key>(.*)$/`: the leftmost `key` with no line terminator between it and the end of the
-/// header, i.e. the first occurrence after the last line terminator.
-fn rest_after_last_occurrence_line(chars: &[char], key: &str) -> Option<String> {
+/// JS `/<key>(.*)$/`: the leftmost `key` outside quoted strings with no line terminator
+/// between it and the end of the header, i.e. the first such occurrence after the last line
+/// terminator.
+fn rest_after_last_occurrence_line(chars: &[char], outside: &[bool], key: &str) -> Option<String> {
     let key: Vec<char> = key.chars().collect();
     let from = chars.iter().rposition(|&c| is_js_line_terminator(c)).map_or(0, |i| i + 1);
-    let at = chars[from..].windows(key.len()).position(|w| w == key.as_slice())?;
-    Some(chars[from + at + key.len()..].iter().collect())
+    let at = (from..chars.len()).find(|&i| outside[i] && chars[i..].starts_with(&key))?;
+    Some(chars[at + key.len()..].iter().collect())
 }
 
 /// A `WWW-Authenticate` / `Proxy-Authenticate` Digest challenge.
@@ -426,9 +458,11 @@ mod tests {
 
     #[test]
     fn authorization_with_unquoted_last_nc_takes_rest_of_header() {
-        let c = parse_authorization(r#"Digest username="a", nc=00000001 "#).unwrap();
         // the regex needs a `"` or `,` after the value, so the fallback takes everything
-        assert_eq!(c.nc, s("00000001 "));
+        let c = parse_authorization(r#"Digest username="a", nc=00000001"#).unwrap();
+        assert_eq!(c.nc, s("00000001"));
+        // … including trailing white space, which a strict reader drops: two readings, refused
+        assert!(parse_authorization(r#"Digest username="a", nc=00000001 "#).is_err());
     }
 
     #[test]
@@ -439,18 +473,30 @@ mod tests {
     }
 
     #[test]
-    fn authorization_fallback_starts_at_first_occurrence_of_nc() {
-        // `cnonce=` does not contain `nc=`, but a value can: the fallback is a plain search
+    fn authorization_fallback_does_not_search_quoted_strings() {
+        // digest-utils' plain search would take `1", nc=00000003` from inside the opaque
         let c = parse_authorization(r#"Digest opaque="xnc=1", nc=00000003"#).unwrap();
-        assert_eq!(c.nc, s(r#"1", nc=00000003"#));
+        assert_eq!(c.nc, s("00000003"));
     }
 
     #[test]
-    fn authorization_unquoted_last_field_other_than_nc_qop_is_lost() {
-        let c = parse_authorization(r#"Digest username="a", algorithm=SHA-256"#).unwrap();
-        assert_eq!(c.algorithm, "MD5");
-        let c = parse_authorization(r#"Digest username="a", opaque=xyz"#).unwrap();
-        assert_eq!(c.opaque, None);
+    fn authorization_never_searches_quoted_strings_for_fields() {
+        // issue 19: digest-utils reads `bob` here, a strict reader (and a webhook) `alice`
+        let c = parse_authorization(
+            r#"Digest opaque="x username=bob", username="alice", realm="r", nonce="n", uri="sip:r", response="0""#,
+        )
+        .unwrap();
+        assert_eq!(c.username, s("alice"));
+        assert_eq!(c.opaque, s("x username=bob"));
+    }
+
+    #[test]
+    fn authorization_unquoted_last_field_other_than_nc_qop_is_refused() {
+        // digest-utils loses it (MD5, no opaque) where a strict reader sees it: two readings
+        assert!(parse_authorization(r#"Digest username="a", algorithm=SHA-256"#).is_err());
+        assert!(parse_authorization(r#"Digest username="a", opaque=xyz"#).is_err());
+        // where both read the same, it is accepted
+        assert_eq!(parse_authorization(r#"Digest username="a", algorithm=MD5"#).unwrap().algorithm, "MD5");
     }
 
     #[test]
@@ -462,9 +508,24 @@ mod tests {
     }
 
     #[test]
-    fn authorization_quoted_value_with_comma_is_truncated_at_the_comma() {
-        let c = parse_authorization(r#"Digest username="smith, john", realm="r""#).unwrap();
-        assert_eq!(c.username, s("smith"));
+    fn authorization_quoted_value_with_comma_is_refused() {
+        // digest-utils cuts it at the comma (`smith`), a strict reader does not
+        let err = parse_authorization(r#"Digest username="smith, john", realm="r""#).unwrap_err();
+        assert!(err.to_string().contains("read the parameters differently"), "{err}");
+    }
+
+    #[test]
+    fn authorization_that_is_not_rfc_7616_is_refused() {
+        for bad in [
+            r#"Digest username="a", username="b""#,
+            r#"Digest username="a" realm="r""#,
+            r#"Digest username="a", username*=UTF-8''b"#,
+            r#"Digest username="a", algorithm="""#,
+            r#"Digest username="a\", realm="r""#,
+            "Digest username=\"a\u{1b}[2J\"",
+        ] {
+            assert!(parse_authorization(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -476,25 +537,28 @@ mod tests {
 
     #[test]
     fn authorization_field_needs_a_comma_or_space_before_it() {
-        // `xusername=` is not `username=`; the first line starts the header with no separator
-        let c = parse_authorization(r#"username="a",xrealm="b", nonce="n""#).unwrap();
-        assert_eq!(c.username, None);
+        // `xrealm=` is not `realm=`
+        let c = parse_authorization(r#"Digest xrealm="b", nonce="n""#).unwrap();
         assert_eq!(c.realm, None);
         assert_eq!(c.nonce, s("n"));
-        let c = parse_authorization(r#"Digest	username="tab",realm="comma""#).unwrap();
+        let c = parse_authorization(r#"Digest username="tab",realm="comma""#).unwrap();
         assert_eq!((c.username, c.realm), (s("tab"), s("comma")));
+        // no field at the very start, and a tab after the scheme is not RFC 7235
+        assert!(parse_authorization(r#"username="a",xrealm="b", nonce="n""#).is_err());
+        assert!(parse_authorization(r#"Digest	username="tab",realm="comma""#).is_err());
     }
 
     #[test]
-    fn authorization_names_are_case_sensitive() {
-        let c = parse_authorization(r#"Digest Username="a", nonce="n""#).unwrap();
-        assert_eq!(c.username, None);
+    fn authorization_names_differing_in_case_are_refused() {
+        // digest-utils matches names case-sensitively, RFC 7235 does not: two readings
+        assert!(parse_authorization(r#"Digest Username="a", nonce="n""#).is_err());
     }
 
     #[test]
-    fn authorization_scheme_is_always_digest() {
-        let c = parse_authorization(r#"Foo username="a""#).unwrap();
+    fn authorization_scheme_is_reported_as_digest() {
+        let c = parse_authorization(r#"digest username="a""#).unwrap();
         assert_eq!(c.fields()[0], ("scheme", "digest"));
+        assert!(parse_authorization(r#"Foo username="a""#).is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod builder;
 pub mod digest;
+mod digest_strict;
 pub mod header;
 pub mod message;
 pub mod uri;
