@@ -2082,3 +2082,54 @@ fn random_realms_neither_evict_a_known_account_nor_reach_mysql_at_line_rate() {
     fx.db.conn().exec_drop("DELETE FROM accounts WHERE account_sid = ?", (&sid,)).unwrap();
     assert_challenge(&fx.send(&fx.reg("kim")), &fx.realm, false);
 }
+
+/// A source banned while its REGISTER waited for an auth worker (its other attempts failed
+/// meanwhile) is refused when the worker takes it: no webhook call for it.
+#[test]
+fn the_ban_is_checked_again_when_a_worker_takes_the_request() {
+    use sbc_sidecar::registrar::{BanSettings, Bans};
+    let fx = Fx::new();
+    fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
+    fx.hook.set_password("una", PASSWORD);
+    fx.hook.set_password("vik", PASSWORD);
+    let bans = Arc::new(Bans::new(BanSettings { max_failures: 3, ..BanSettings::default() }));
+    let registrar = Arc::new(
+        Registrar::new(
+            base_settings(),
+            MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
+            redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+        )
+        .with_bans(bans.clone()),
+    );
+    let mut holder = fx.reg("una");
+    holder.address = "127.0.0.84".into();
+    let mut waiting = fx.reg("vik");
+    waiting.address = "127.0.0.85".into();
+    let holder_answer = holder.clone().authorized(PASSWORD, &nonce_of(&fx.send_to(&registrar, &holder)));
+    let waiting_answer = waiting.clone().authorized(PASSWORD, &nonce_of(&fx.send_to(&registrar, &waiting)));
+    fx.aors.lock().unwrap().extend([fx.aor("una"), fx.aor("vik")]);
+
+    let (queue_tx, queue_rx) = bounded::<IncomingRequest>(8);
+    let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
+    let pool = AuthPool::start(fixed_workers(1, &queue_rx), registrar, queue_rx, shutdown_rx).unwrap();
+    fx.hook.delay(Duration::from_millis(800));
+    let (req, holder_rx) = incoming(&holder_answer);
+    queue_tx.send(req).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fx.hook.request_count() < 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The only worker is in the webhook call; the second request waits for it.
+    let (req, waiting_rx) = incoming(&waiting_answer);
+    queue_tx.send(req).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    for _ in 0..3 {
+        bans.record_failure("127.0.0.85".parse().unwrap(), Instant::now());
+    }
+    assert_eq!(response_from(&holder_rx).status, 200);
+    let r = response_from(&waiting_rx);
+    assert_eq!((r.status, r.header("X-Reason")), (403, Some("Too many failed authentications")), "{}", r.raw);
+    assert_eq!(fx.hook.request_count(), 1, "the banned source's request never reached the webhook");
+    drop(shutdown_tx);
+    pool.join();
+}
