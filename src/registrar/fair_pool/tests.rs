@@ -230,3 +230,45 @@ fn a_job_that_panics_gives_its_slot_back_and_the_pool_carries_on() {
     });
     pool.finish();
 }
+
+#[test]
+fn the_thread_that_went_idle_last_takes_the_next_job_and_the_others_end() {
+    let (ran_on_tx, ran_on) = unbounded::<String>();
+    let mut l = limits(1, 16, 16, 100, 100);
+    l.idle_retire = Duration::from_millis(300);
+    let pool = FairPool::start("test-lifo", l, move |gate: Receiver<()>| {
+        let _ = gate.recv();
+        let _ = ran_on_tx.send(std::thread::current().name().unwrap_or("").to_string());
+    })
+    .expect("threads start");
+    // Eight at once: eight threads.
+    let gates: Vec<Sender<()>> = (0..8)
+        .map(|_| {
+            let (tx, rx) = unbounded();
+            pool.submit("a", rx).map_err(|(_, why)| why).expect("accepted");
+            tx
+        })
+        .collect();
+    wait_until("eight run", || pool.load().in_flight == 8);
+    drop(gates);
+    for _ in 0..8 {
+        ran_on.recv_timeout(Duration::from_secs(10)).expect("finished");
+    }
+    // One at a time, each after every thread is idle again: always the same, warm thread.
+    let mut names = Vec::new();
+    for _ in 0..20 {
+        wait_until("every thread idle", || {
+            let load = pool.load();
+            load.idle_threads == load.threads
+        });
+        let (tx, rx) = unbounded();
+        drop(tx);
+        pool.submit("a", rx).map_err(|(_, why)| why).expect("accepted");
+        names.push(ran_on.recv_timeout(Duration::from_secs(10)).expect("ran"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(names.iter().all(|n| *n == names[0]), "{names:?}");
+    // The seven that got no work ended, although a job came every 20 ms.
+    wait_until("the unused threads ended", || pool.load().threads <= 2);
+    pool.finish();
+}
