@@ -9,7 +9,6 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use mysql::prelude::Queryable;
 use redis::Commands;
 use sbc_test_tools::daemon::{base_env, Daemon};
 use sbc_test_tools::db::TestDb;
@@ -40,21 +39,8 @@ impl Rig {
         let db = TestDb::create();
         let account = |name: &str| {
             let hook = WebhookServer::start();
-            let sid = uuid::Uuid::new_v4().to_string();
             let realm = format!("{name}{:08x}.sip.example.com", rand::random::<u32>());
-            let hook_sid = uuid::Uuid::new_v4().to_string();
-            let mut c = db.conn();
-            c.exec_drop(
-                "INSERT INTO webhooks (webhook_sid, url, method) VALUES (?, ?, 'POST')",
-                (&hook_sid, hook.url("/auth")),
-            )
-            .unwrap();
-            c.exec_drop(
-                "INSERT INTO accounts (account_sid, name, sip_realm, service_provider_sid, registration_hook_sid, \
-                 is_active, webhook_secret) VALUES (?, ?, ?, ?, ?, 1, 'pool-secret')",
-                (&sid, name, &realm, uuid::Uuid::new_v4().to_string(), &hook_sid),
-            )
-            .unwrap();
+            let sid = db.add_webhook_account(name, &realm, &hook.url("/auth"), "pool-secret");
             Account { sid, realm, hook }
         };
         let slow = account("slow");
@@ -255,19 +241,7 @@ fn an_https_webhook_is_not_paid_a_tls_handshake_per_register() {
     let hook = HttpsWebhook::start(pki.server_cert(ServerCert::Trusted));
     let db = TestDb::create();
     let realm = format!("tls{:08x}.sip.example.com", rand::random::<u32>());
-    let hook_sid = uuid::Uuid::new_v4().to_string();
-    let mut c = db.conn();
-    c.exec_drop(
-        "INSERT INTO webhooks (webhook_sid, url, method) VALUES (?, ?, 'POST')",
-        (&hook_sid, hook.url("/auth")),
-    )
-    .unwrap();
-    c.exec_drop(
-        "INSERT INTO accounts (account_sid, name, sip_realm, service_provider_sid, registration_hook_sid, is_active, \
-         webhook_secret) VALUES (?, 'tls', ?, ?, ?, 1, 'tls-secret')",
-        (uuid::Uuid::new_v4().to_string(), &realm, uuid::Uuid::new_v4().to_string(), &hook_sid),
-    )
-    .unwrap();
+    db.add_webhook_account("tls", &realm, &hook.url("/auth"), "tls-secret");
     let double = Double::start(DoubleConfig::default()).unwrap();
     let mut env = base_env(double.admin_addr().port(), &db.name);
     env.insert("JAMBONES_LOGLEVEL".into(), "info".into());

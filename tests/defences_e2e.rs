@@ -9,7 +9,6 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use mysql::prelude::Queryable;
 use redis::Commands;
 use sbc_test_tools::daemon::{base_env, Daemon};
 use sbc_test_tools::db::TestDb;
@@ -41,19 +40,7 @@ impl Rig {
             .map(|i| {
                 let hook = WebhookServer::start();
                 let realm = format!("d{i}x{:08x}.sip.example.com", rand::random::<u32>());
-                let hook_sid = uuid::Uuid::new_v4().to_string();
-                let mut c = db.conn();
-                c.exec_drop(
-                    "INSERT INTO webhooks (webhook_sid, url, method) VALUES (?, ?, 'POST')",
-                    (&hook_sid, hook.url("/auth")),
-                )
-                .unwrap();
-                c.exec_drop(
-                    "INSERT INTO accounts (account_sid, name, sip_realm, service_provider_sid, registration_hook_sid, \
-                     is_active, webhook_secret) VALUES (?, 'defences', ?, ?, ?, 1, 'defences-secret')",
-                    (uuid::Uuid::new_v4().to_string(), &realm, uuid::Uuid::new_v4().to_string(), &hook_sid),
-                )
-                .unwrap();
+                db.add_webhook_account("defences", &realm, &hook.url("/auth"), "defences-secret");
                 Account { realm, hook }
             })
             .collect();

@@ -6,7 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-use mysql::prelude::Queryable;
 use redis::Commands;
 use sbc_test_tools::daemon::{base_env, Daemon};
 use sbc_test_tools::db::TestDb;
@@ -16,10 +15,6 @@ use sbc_test_tools::webhook::WebhookServer;
 
 const WAIT: Duration = Duration::from_secs(10);
 const SOURCES: [&str; 4] = ["127.0.0.61", "127.0.0.62", "127.0.0.63", "127.0.0.64"];
-
-fn uuid() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
 
 /// Starts REGISTERs at `rate` per second (each phone one transaction at a time) until
 /// `until`, pumping answers all along.
@@ -50,19 +45,7 @@ fn sigterm_under_400_registers_per_second_leaves_no_transaction_unanswered() {
     // Slow enough that the auth workers hold requests when SIGTERM arrives.
     hook.delay(Duration::from_millis(40));
     let realm = format!("drain{:08x}.example.com", rand::random::<u32>());
-    let hook_sid = uuid();
-    let mut c = db.conn();
-    c.exec_drop(
-        "INSERT INTO webhooks (webhook_sid, url, method) VALUES (?, ?, 'POST')",
-        (&hook_sid, hook.url("/auth")),
-    )
-    .unwrap();
-    c.exec_drop(
-        "INSERT INTO accounts (account_sid, name, sip_realm, service_provider_sid, registration_hook_sid, \
-         is_active, webhook_secret) VALUES (?, 'drain', ?, ?, ?, 1, 'drain-secret')",
-        (uuid(), &realm, uuid(), &hook_sid),
-    )
-    .unwrap();
+    db.add_webhook_account("drain", &realm, &hook.url("/auth"), "drain-secret");
     let double = Double::start(DoubleConfig::default()).unwrap();
     let mut env = base_env(double.admin_addr().port(), &db.name);
     env.insert("JAMBONES_NETWORK_CIDR".into(), "127.0.0.0/8".into());

@@ -54,6 +54,23 @@ impl TestDb {
     pub fn conn(&self) -> PooledConn {
         self.pool.get_conn().expect("test database connection")
     }
+
+    /// An active account named `name` for `realm` whose registration webhook is `url` (POST),
+    /// signed with `webhook_secret`; returns its `account_sid`.
+    pub fn add_webhook_account(&self, name: &str, realm: &str, url: &str, webhook_secret: &str) -> String {
+        let hook_sid = uuid::Uuid::new_v4().to_string();
+        let account_sid = uuid::Uuid::new_v4().to_string();
+        let mut c = self.conn();
+        c.exec_drop("INSERT INTO webhooks (webhook_sid, url, method) VALUES (?, ?, 'POST')", (&hook_sid, url))
+            .expect("webhook row");
+        c.exec_drop(
+            "INSERT INTO accounts (account_sid, name, sip_realm, service_provider_sid, registration_hook_sid, \
+             is_active, webhook_secret) VALUES (?, ?, ?, ?, ?, 1, ?)",
+            (&account_sid, name, realm, uuid::Uuid::new_v4().to_string(), &hook_sid, webhook_secret),
+        )
+        .expect("account row");
+        account_sid
+    }
 }
 
 impl Drop for TestDb {
