@@ -9,8 +9,11 @@ use redis::Commands;
 use sbc_test_tools::daemon::{base_env, Daemon};
 use sbc_test_tools::db::TestDb;
 use sbc_test_tools::double::{Double, DoubleConfig};
+// A phone written by hand over UDP, for what sipp cannot do: send a captured Authorization
+// again, byte for byte, from another socket.
+use sbc_test_tools::node_sidecar::{authorization, challenge_nonce, header_of, status_of, RawPhone};
 use sbc_test_tools::sipp::{self, Sipp};
-use sbc_test_tools::webhook::{self, WebhookServer};
+use sbc_test_tools::webhook::WebhookServer;
 
 const WAIT: Duration = Duration::from_secs(10);
 const WEBHOOK_SECRET: &str = "wh-secret-e2e";
@@ -332,65 +335,9 @@ fn a_failing_webhook_raises_an_alert_in_influxdb_and_response_times_reach_statsd
     assert!(rows.iter().all(|r| r.values().all(|v| v != "undefined")), "no undefined tags");
 }
 
-/// A phone written by hand over UDP, for what sipp cannot do: send a captured Authorization
-/// again, byte for byte, from another socket.
-struct RawPhone {
-    sock: std::net::UdpSocket,
-    to: std::net::SocketAddr,
-}
-
-impl RawPhone {
-    fn new(ip: &str, to: std::net::SocketAddr) -> RawPhone {
-        let sock = std::net::UdpSocket::bind((ip, 0)).unwrap();
-        sock.set_read_timeout(Some(WAIT)).unwrap();
-        RawPhone { sock, to }
-    }
-
-    /// One REGISTER for `user@realm` with this socket's Contact, and the final response.
-    fn register(&self, realm: &str, user: &str, cseq: u32, authorization: Option<&str>) -> String {
-        let local = self.sock.local_addr().unwrap();
-        let mut text = format!(
-            "REGISTER sip:{realm} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-{}\r\nMax-Forwards: 70\r\n\
-             From: <sip:{user}@{realm}>;tag=raw{cseq}\r\nTo: <sip:{user}@{realm}>\r\nCall-ID: {}@raw\r\n\
-             CSeq: {cseq} REGISTER\r\nContact: <sip:{user}@{local};transport=udp>;expires=600\r\nExpires: 600\r\n",
-            uuid(),
-            uuid()
-        );
-        if let Some(a) = authorization {
-            text.push_str(&format!("Authorization: {a}\r\n"));
-        }
-        text.push_str("Content-Length: 0\r\n\r\n");
-        self.sock.send_to(text.as_bytes(), self.to).unwrap();
-        let mut buf = [0u8; 4096];
-        loop {
-            let (n, _) = self.sock.recv_from(&mut buf).expect("a response within the wait");
-            let resp = String::from_utf8_lossy(&buf[..n]).into_owned();
-            if !resp.starts_with("SIP/2.0 1") {
-                return resp;
-            }
-        }
-    }
-}
-
-fn status_of(resp: &str) -> u16 {
-    resp.get(8..11).and_then(|s| s.parse().ok()).unwrap_or(0)
-}
-
-fn header_of<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
-    resp.lines().find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim()))
-}
-
 /// The Authorization a phone sends for `user`/`password` in answer to `challenge`.
 fn answer(challenge: &str, realm: &str, user: &str, password: &str) -> String {
-    let www = header_of(challenge, "WWW-Authenticate").expect("a challenge");
-    let start = www.find("nonce=\"").expect("nonce") + 7;
-    let nonce = &www[start..start + www[start..].find('"').unwrap()];
-    let uri = format!("sip:{realm}");
-    let response =
-        webhook::digest_response(user, realm, password, "REGISTER", &uri, nonce, "00000001", "4a5b6c7d", "auth");
-    format!(
-        r#"Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", response="{response}", algorithm=MD5, cnonce="4a5b6c7d", qop=auth, nc=00000001"#
-    )
+    authorization(realm, user, password, &challenge_nonce(challenge).expect("a challenge"))
 }
 
 #[test]
