@@ -1,7 +1,6 @@
 //! Phones registering through the drachtio double: sipp → double → sbc-sidecar (webhook
 //! authentication against a real HTTP server, bindings in real Redis) → double → sipp.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mysql::prelude::Queryable;
@@ -13,6 +12,7 @@ use sbc_test_tools::double::{Double, DoubleConfig};
 // again, byte for byte, from another socket.
 use sbc_test_tools::node_sidecar::{authorization, challenge_nonce, header_of, status_of, RawPhone};
 use sbc_test_tools::sipp::{self, Sipp};
+use sbc_test_tools::soak_servers::PrivateRedis;
 use sbc_test_tools::webhook::WebhookServer;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -233,54 +233,19 @@ fn two_hundred_phones_register_at_once() {
     rig.forget(&users);
 }
 
-/// A Redis server of this test's own, so it can be stopped without disturbing other tests.
-struct PrivateRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    fn start(port: u16) -> PrivateRedis {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        let start = Instant::now();
-        while start.elapsed() < WAIT {
-            if redis::Client::open(format!("redis://127.0.0.1:{port}/")).and_then(|c| c.get_connection()).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        PrivateRedis { port, child: Some(child) }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[test]
 fn redis_going_away_gives_503_and_registrations_resume_when_it_returns() {
-    let port = sipp::free_port("127.0.0.1");
-    let mut redis = PrivateRedis::start(port);
-    let rig = Rig::start(&[("JAMBONES_REDIS_PORT", port.to_string())]);
+    // A Redis server of this test's own, on a port outside the ephemeral range so that no other
+    // socket takes it while it is down: it can be stopped without disturbing other tests.
+    let dir = std::env::temp_dir().join(format!("sbc-e2e-redis-{}", std::process::id()));
+    let mut redis = PrivateRedis::start(&dir).unwrap_or_else(|e| panic!("private redis: {e}"));
+    let rig = Rig::start(&[("JAMBONES_REDIS_PORT", redis.port.to_string())]);
     let before = rig.users("early", 1);
     assert_ok(&rig.sipp("register_auth.xml", "127.0.0.55", &before, "u1"), &rig, "before the outage");
-    redis.stop();
+    redis.kill();
     let during = rig.users("during", 1);
     assert_ok(&rig.sipp("register_unavailable.xml", "127.0.0.55", &during, "u1"), &rig, "503 during the outage");
-    let mut redis = PrivateRedis::start(redis.port);
+    redis.restart().unwrap_or_else(|e| panic!("private redis again: {e}"));
     // While Redis is down the registrar tries it at most every 500 ms (StoreHealth); a device
     // answered 503 in that window comes back after Retry-After. This one comes after it.
     std::thread::sleep(Duration::from_millis(600));
@@ -289,7 +254,8 @@ fn redis_going_away_gives_503_and_registrations_resume_when_it_returns() {
     assert!(rig.binding("after0").is_some());
     let mut daemon = rig.daemon;
     assert!(daemon.is_running(), "no crash");
-    redis.stop();
+    redis.kill();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -44,6 +44,29 @@ pub fn free_port() -> Result<u16, ServerError> {
         .map_err(|e| ServerError::NoPort(e.to_string()))
 }
 
+/// A free TCP port below the kernel's ephemeral range (32768–60999 on Linux), for a server the
+/// test stops and starts again on the same port. A port from `free_port` is ephemeral: while
+/// the server is down (or before it first binds) any outgoing connection or port-0 bind of
+/// another test may be given it, and the server then cannot listen there again.
+pub fn restartable_port() -> Result<u16, ServerError> {
+    // Spread the starting point by pid and clock so parallel test binaries do not probe the
+    // same ports in the same order.
+    let seed = std::process::id() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or(0);
+    const LOW: u64 = 20_000;
+    const SPAN: u64 = 12_000;
+    for i in 0..SPAN {
+        let port = (LOW + (seed + i * 7_919) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(ServerError::NoPort(format!("every port in {LOW}..{} is in use", LOW + SPAN)))
+}
+
 fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while start.elapsed() < limit {
@@ -85,7 +108,7 @@ impl PrivateRedis {
     pub fn start(dir: &Path) -> Result<PrivateRedis, ServerError> {
         let dir = dir.join("redis");
         let _ = std::fs::create_dir_all(&dir);
-        let mut r = PrivateRedis { port: free_port()?, dir, child: None };
+        let mut r = PrivateRedis { port: restartable_port()?, dir, child: None };
         r.restart()?;
         Ok(r)
     }
@@ -112,12 +135,17 @@ impl PrivateRedis {
         self.child = Some(child);
         let url = self.url();
         let up = wait_until(START_WAIT, || {
+            // A redis-server that could not listen exits at once: say so instead of waiting.
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return true;
+            }
             redis::Client::open(url.as_str())
                 .and_then(|c| c.get_connection())
                 .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
                 .is_ok()
         });
-        if up {
+        let exited = matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_))));
+        if up && !exited {
             Ok(())
         } else {
             Err(ServerError::NotReady { what: "redis-server", log: read(&log) })
@@ -181,7 +209,7 @@ impl PrivateMariadb {
                 output: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
             });
         }
-        let mut db = PrivateMariadb { port: free_port()?, dir, child: None };
+        let mut db = PrivateMariadb { port: restartable_port()?, dir, child: None };
         db.restart()?;
         let mut root = db.root().ok_or_else(|| ServerError::Sql("no root connection".into()))?;
         let sql = |c: &mut mysql::Conn, q: &str| c.query_drop(q).map_err(|e| ServerError::Sql(format!("{q}: {e}")));
