@@ -18,7 +18,7 @@ fn main() -> ExitCode {
             println!("{text}");
             ExitCode::SUCCESS
         }
-        Ok(Command::Check(cfg)) => ExitCode::from(sbc_sidecar::preflight::run(&cfg).clamp(0, 255) as u8),
+        Ok(Command::Check(cfg)) => ExitCode::from(sbc_sidecar::daemon::preflight::run(&cfg).clamp(0, 255) as u8),
         Ok(Command::Run(cfg)) => ExitCode::from(sbc_sidecar::daemon::run(cfg).clamp(0, 255) as u8),
         Err(e) => {
             eprintln!("sbc-sidecar: {e}");

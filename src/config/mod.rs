@@ -14,18 +14,20 @@
 //! `JAMBONES_MYSQL_WRITE_*` variables) still start, with a line in [`Config::warnings`].
 //! So do the helper-library variables listed in [`IGNORED_VARIABLES`].
 //!
-//! Each role owns its settings type ([`ClientConfig`], [`RegbotSettings`],
-//! [`MetricsSettings`], [`BanSettings`], [`MysqlSettings`], [`RedisSettings`]); this module
-//! fills them directly, so there is no copy of a setting between here and the role. TLS files
-//! are named here and read by the pools; the daemon checks them at startup.
+//! Configuration flows one way: each role owns its settings type and every type those
+//! settings need ([`ClientConfig`], [`RegbotSettings`], [`MetricsSettings`], [`BanSettings`],
+//! [`MysqlSettings`], [`RedisSettings`], the TLS files, [`RegbotMode`]); this module depends on
+//! the roles and fills their settings, and no role imports it (tests/module_graph.rs checks).
+//! Settings built from variables several roles share (the registrar's, the heartbeat's, the
+//! CLI server's, the alerts') come from `derived.rs`. TLS files are named here and read by the
+//! pools; the daemon checks them at startup.
 //!
 //! `cli.rs` reads the command line, `env.rs` the environment; `stores.rs` and `roles.rs`
-//! turn groups of variables into settings.
+//! turn groups of variables into settings; `derived.rs` builds the settings of the rest.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use log::LevelFilter;
@@ -42,6 +44,7 @@ use crate::store::redis::RedisSettings;
 use crate::telemetry::MetricsSettings;
 
 mod cli;
+mod derived;
 mod env;
 mod roles;
 mod stores;
@@ -53,10 +56,11 @@ pub use cli::{usage, version};
 /// The program name used in usage and version texts.
 pub const PROGRAM: &str = "sbc-sidecar";
 
-/// Exit status for a command-line mistake (sysexits.h `EX_USAGE`).
-pub const EX_USAGE: i32 = 64;
-/// Exit status for a missing or malformed environment variable (sysexits.h `EX_CONFIG`).
-pub const EX_CONFIG: i32 = 78;
+pub use crate::regbot::RegbotMode;
+pub use crate::secret::Secret;
+pub use crate::store::tls::{MysqlTls, MysqlTlsFiles, RedisTls};
+pub use crate::sysexits::{EX_CONFIG, EX_USAGE};
+pub use crate::telemetry::StatsProtocol;
 
 /// The environment file of the Debian package, named in error messages.
 pub const DEFAULTS_FILE: &str = "/etc/default/sbc-sidecar";
@@ -68,11 +72,7 @@ pub const MIN_SECRET_LEN: usize = 16;
 pub const DEFAULT_SOCKET_PATH: &str = "/tmp/sbc-sip-sidecar.sock";
 /// Exactly the Node default, narrow `/24` and `/16` included (spec 14, item 22).
 pub const DEFAULT_NETWORK_CIDR: &str = "192.168.0.0/24,172.16.0.0/16,10.0.0.0/8";
-/// Where feature servers and RTP servers live unless `SBC_HEARTBEAT_CIDRS` says otherwise:
-/// loopback, RFC 1918, RFC 6598 (carrier-grade NAT, used by some clouds), IPv6 unique-local
-/// and link-local. Heartbeats from anywhere else are refused.
-pub const DEFAULT_HEARTBEAT_CIDRS: &str =
-    "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7,fe80::/10";
+pub use crate::heartbeat::DEFAULT_HEARTBEAT_CIDRS;
 /// `Jambonz ` + the version of the Node package we replace: carriers may match on it.
 pub const DEFAULT_REGBOT_USER_AGENT: &str = "Jambonz 0.9.6";
 pub const DEFAULT_SENTINEL_PORT: u16 = 26379;
@@ -238,40 +238,6 @@ pub enum Command {
     Version(String),
 }
 
-/// A value that must never reach a log line: `Debug` and `Display` print `<redacted>`.
-#[derive(Clone, PartialEq, Eq, Default)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The actual value, for the one place that needs it (a hash, an AUTH command).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-/// For settings written in code (tests, tools).
-impl From<&str> for Secret {
-    fn from(value: &str) -> Secret {
-        Secret::new(value)
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
 /// Why the configuration was refused. See [`ConfigError::exit_code`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigError {
@@ -418,75 +384,6 @@ pub struct Config {
     /// Things an operator should know that did not stop the start; log them once the
     /// logger is up.
     pub warnings: Vec<String>,
-}
-
-/// TLS to MySQL: on when `JAMBONES_MYSQL_REJECT_UNAUTHORIZED` is set or all three
-/// `JAMBONES_MYSQL_SSL_*_FILE` variables are.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MysqlTls {
-    /// Verify the server certificate: false only for `JAMBONES_MYSQL_REJECT_UNAUTHORIZED=0`.
-    pub verify: bool,
-    pub files: Option<MysqlTlsFiles>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MysqlTlsFiles {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-/// PEM files for Redis TLS; any of them may be absent (system trust store, no client cert).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisTls {
-    pub ca_file: Option<PathBuf>,
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatsProtocol {
-    Udp,
-    Tcp,
-}
-
-/// Who registers to the carriers (`SBC_REGBOT_MODE`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RegbotMode {
-    /// One elected SBC per cluster (the Node behaviour).
-    #[default]
-    Leader,
-    /// Every SBC, each with its own Contact and Call-ID.
-    Every,
-}
-
-impl RegbotMode {
-    pub const NAMES: &'static str = "leader, every";
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RegbotMode::Leader => "leader",
-            RegbotMode::Every => "every",
-        }
-    }
-}
-
-impl FromStr for RegbotMode {
-    type Err = ();
-
-    fn from_str(s: &str) -> Result<RegbotMode, ()> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "leader" => Ok(RegbotMode::Leader),
-            "every" => Ok(RegbotMode::Every),
-            _ => Err(()),
-        }
-    }
-}
-
-impl fmt::Display for RegbotMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// Parses the command line and the environment.

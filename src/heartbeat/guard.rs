@@ -22,10 +22,14 @@ use std::time::{Duration, Instant};
 use log::warn;
 
 use super::tracker::ServerKind;
-use crate::config::DEFAULT_HEARTBEAT_CIDRS;
 use crate::net::Cidr;
 use crate::throttle::Throttle;
 
+/// Where feature servers and RTP servers live unless `SBC_HEARTBEAT_CIDRS` says otherwise:
+/// loopback, RFC 1918, RFC 6598 (carrier-grade NAT, used by some clouds), IPv6 unique-local
+/// and link-local. Heartbeats from anywhere else are refused.
+pub const DEFAULT_HEARTBEAT_CIDRS: &str =
+    "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7,fe80::/10";
 /// At most one warning line per kind of refusal in this interval.
 pub const WARNING_INTERVAL: Duration = crate::throttle::LOG_INTERVAL;
 

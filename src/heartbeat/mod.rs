@@ -21,7 +21,7 @@ use crate::net::Cidr;
 use crate::store::redis::RedisPool;
 use crate::telemetry::Metrics;
 pub use drain::{fs_member_key, DrainedServers, FsEndpoint};
-pub use guard::{valid_service_url, HeartbeatGuard};
+pub use guard::{valid_service_url, HeartbeatGuard, DEFAULT_HEARTBEAT_CIDRS};
 pub use keys::ClusterSets;
 pub use tracker::{classify, Ping, ServerKind, Tracker, DEFAULT_MAX_SERVERS};
 

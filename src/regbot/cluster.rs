@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::RegbotMode;
+use super::RegbotMode;
 
 /// A member's entry counts while it was seen within this many status intervals.
 pub const MEMBER_INTERVALS: u32 = 3;

@@ -30,6 +30,7 @@ pub mod cluster;
 pub mod dns;
 pub mod ephemeral;
 pub mod leader;
+mod mode;
 pub mod pinger;
 pub mod reconcile;
 pub mod register_status;
@@ -49,13 +50,13 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use log::{error, warn};
 
-use crate::config::{Config, RegbotMode};
 use crate::drachtio::{ConnectionEvent, DrachtioHandle};
 use crate::store::mysql::MysqlPool;
 use crate::store::redis::RedisPool;
 use crate::telemetry::AlertSender;
 use alerts::AlertSink;
 pub use dns::DnsSettings;
+pub use mode::RegbotMode;
 pub use status::{query_status, RegbotInfo, RegbotRole, RegbotSnapshot, RegbotState, StatusRequest};
 
 /// Jobs waiting for the store writer; beyond this they are dropped with a warning (the next
@@ -175,9 +176,11 @@ impl RegbotHandles {
     }
 }
 
-/// Starts every thread of this module with the settings of `config`.
+/// Starts every thread of this module with `settings`; the DNS servers come from
+/// /etc/resolv.conf (read here, not by the configuration, which is a function of the
+/// environment only).
 pub fn start(
-    config: &Config,
+    settings: &RegbotSettings,
     pools: RegbotPools,
     drachtio: DrachtioHandle,
     events: RegbotEvents,
@@ -185,7 +188,7 @@ pub fn start(
     alerts: AlertSender,
 ) -> Result<RegbotHandles, RegbotError> {
     let settings =
-        RegbotSettings { dns: DnsSettings::from_resolv_conf(Path::new("/etc/resolv.conf")), ..config.regbot.clone() };
+        RegbotSettings { dns: DnsSettings::from_resolv_conf(Path::new("/etc/resolv.conf")), ..settings.clone() };
     start_roles(settings, AlertSink::new(alerts), pools, drachtio, events, shutdown)
 }
 

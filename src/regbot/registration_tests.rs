@@ -3,10 +3,10 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use super::*;
-use crate::config::RegbotMode;
 use crate::drachtio::UacError;
 use crate::regbot::dns::DnsSettings;
 use crate::regbot::request::tests::spec;
+use crate::regbot::RegbotMode;
 use crate::sip::{compute_response, parse_authorization, DigestInput};
 
 fn settings() -> RegbotSettings {

@@ -20,8 +20,8 @@ use super::registration::{Action, Ctx, Regbot};
 use super::status::{RegbotRole, RegbotSnapshot, StatusRequest};
 use super::timing::after;
 use super::writer::StoreJob;
+use super::RegbotMode;
 use super::RegbotSettings;
-use crate::config::RegbotMode;
 use crate::drachtio::{ConnectionEvent, DrachtioHandle, UacError, UacEvent};
 
 /// Longest sleep when no timer is armed (any channel wakes us earlier).

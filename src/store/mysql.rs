@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use mysql::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, PooledConn, SslOpts};
 
+use super::tls::MysqlTls;
 use super::{tls, StoreError};
-use crate::config::MysqlTls;
 
 /// One MySQL pool, filled by `config`. TLS and the timeout apply to both pools, as in
 /// db-helpers.

@@ -15,8 +15,8 @@ use redis::{
     TlsCertificates,
 };
 
+use super::tls::RedisTls;
 use super::{tls, StoreError};
-use crate::config::RedisTls;
 
 /// Where Redis is and how to log in; filled by `config`.
 #[derive(Clone, PartialEq, Eq)]

@@ -20,7 +20,31 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{MysqlTls, MysqlTlsFiles, RedisTls, EX_CONFIG};
+use crate::sysexits::EX_CONFIG;
+
+/// TLS to MySQL: on when `JAMBONES_MYSQL_REJECT_UNAUTHORIZED` is set or all three
+/// `JAMBONES_MYSQL_SSL_*_FILE` variables are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MysqlTls {
+    /// Verify the server certificate: false only for `JAMBONES_MYSQL_REJECT_UNAUTHORIZED=0`.
+    pub verify: bool,
+    pub files: Option<MysqlTlsFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MysqlTlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// PEM files for Redis TLS; any of them may be absent (system trust store, no client cert).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisTls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
 
 /// A TLS file that cannot be used. Every variant names the variable and the file.
 #[derive(Debug)]

@@ -23,7 +23,6 @@ use log::{debug, info, warn};
 
 use super::alert::{Alert, AlertType};
 use super::influx::{AlertError, Influx};
-use crate::config::Config;
 
 /// InfluxDB 1.x HTTP port (the Node program had it fixed).
 pub const DEFAULT_PORT: u16 = 8086;
@@ -78,14 +77,6 @@ impl AlertSettings {
             flush_interval: DEFAULT_FLUSH_INTERVAL,
             queue: DEFAULT_QUEUE,
             timeout: DEFAULT_TIMEOUT,
-        }
-    }
-
-    pub fn from_config(config: &Config) -> AlertSettings {
-        AlertSettings {
-            flush_interval: if config.node_env_test { TEST_FLUSH_INTERVAL } else { DEFAULT_FLUSH_INTERVAL },
-            port: config.time_series_port,
-            ..AlertSettings::new(config.time_series_host.clone())
         }
     }
 

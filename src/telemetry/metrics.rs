@@ -30,7 +30,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use log::{info, warn};
 
-use crate::config::StatsProtocol;
+/// How statsd datagrams travel (`STATS_PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsProtocol {
+    Udp,
+    Tcp,
+}
 
 pub const DEFAULT_HOST: &str = "127.0.0.1";
 /// hot-shots' default port.

@@ -15,7 +15,7 @@
 //! # Starting and stopping (in `main`)
 //!
 //! ```ignore
-//! let alerts = AlertWriter::start(AlertSettings::from_config(&config))?;
+//! let alerts = AlertWriter::start(config.alert_settings())?;
 //! let metrics = Metrics::new(&config.metrics).unwrap_or_else(|e| {
 //!     log::error!("metrics disabled: {e}");
 //!     Metrics::disabled()
@@ -66,4 +66,4 @@ pub mod metrics;
 pub use alert::{Alert, AlertType, PingFailure};
 pub use alerts::{AlertSender, AlertSettings, AlertStats, AlertWriter};
 pub use influx::AlertError;
-pub use metrics::{Metrics, MetricsError, MetricsSettings};
+pub use metrics::{Metrics, MetricsError, MetricsSettings, StatsProtocol};

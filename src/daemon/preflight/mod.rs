@@ -23,11 +23,9 @@ mod stores;
 use std::fmt;
 use std::time::Duration;
 
-use crate::config::{Config, EX_CONFIG};
+use crate::config::Config;
 use crate::daemon::check_store_tls;
-
-/// sysexits.h `EX_UNAVAILABLE`: a dependency did not answer.
-pub const EX_UNAVAILABLE: i32 = 69;
+use crate::sysexits::{EX_CONFIG, EX_UNAVAILABLE};
 
 /// Longest any one check waits for an answer.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);

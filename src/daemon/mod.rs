@@ -4,6 +4,8 @@
 //! (and answer) what they hold, then the writer flushes those answers and closes the
 //! connection. Roles learn about the stop when the shutdown channel's sender is dropped.
 
+pub mod preflight;
+
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
@@ -15,20 +17,20 @@ use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
 use log::{debug, error, info, warn};
 
 use crate::config::{Config, RunMode, PROGRAM};
-use crate::ctl::{CtlError, CtlServer, CtlSettings};
+use crate::ctl::{CtlError, CtlServer};
 use crate::drachtio::{ConnectionEvent, DrachtioClient, Route};
-use crate::heartbeat::{HeartbeatRole, HeartbeatSettings};
+use crate::heartbeat::HeartbeatRole;
 use crate::regbot::{self, RegbotError};
 use crate::registrar::auth_pool::{self, AUTH_GAUGE_INTERVAL};
 use crate::registrar::bans::Bans;
 use crate::registrar::fair_pool::LoadProbe;
-use crate::registrar::{AuthPool, Registrar, RegistrarSettings};
+use crate::registrar::{AuthPool, Registrar};
 use crate::store::mysql::MysqlPool;
 use crate::store::redis::{self as redis_store, RedisPool, RedisTarget};
 use crate::store::tls::{self, TlsFileError};
 use crate::store::StoreError;
 use crate::supervise::{self, RoleEnded};
-use crate::telemetry::{AlertError, AlertSettings, AlertWriter, Metrics};
+use crate::telemetry::{AlertError, AlertWriter, Metrics};
 use crate::{logging, signals};
 
 /// Exit status after a clean stop.
@@ -225,7 +227,7 @@ fn start_and_wait(config: &Config) -> Result<Stop, StartError> {
     let role_ended = supervise::watch().unwrap_or_else(crossbeam_channel::never);
     log_store_tls(config);
     let pools = build_pools(config)?;
-    let alert_writer = AlertWriter::start(AlertSettings::from_config(config)).map_err(StartError::Alerts)?;
+    let alert_writer = AlertWriter::start(config.alert_settings()).map_err(StartError::Alerts)?;
     let metrics = match Metrics::new(&config.metrics) {
         Ok(m) => m,
         Err(e) => {
@@ -239,19 +241,9 @@ fn start_and_wait(config: &Config) -> Result<Stop, StartError> {
     let mut roles: Vec<RoleThread> = Vec::new();
 
     let (options_tx, options_rx) = bounded(OPTIONS_QUEUE);
-    let heartbeat = HeartbeatRole::new(
-        HeartbeatSettings {
-            cluster_id: config.cluster_id.clone(),
-            check_interval: config.check_expires_interval,
-            expires_interval: config.expires_interval,
-            allowed_sources: config.heartbeat_cidrs.clone(),
-            max_servers: config.heartbeat_max_servers,
-        },
-        pools.redis.clone(),
-        options_rx,
-        shutdown_rx.clone(),
-    )
-    .with_metrics(metrics.clone());
+    let heartbeat =
+        HeartbeatRole::new(config.heartbeat_settings(), pools.redis.clone(), options_rx, shutdown_rx.clone())
+            .with_metrics(metrics.clone());
     roles.push(spawn_role("heartbeat", move || heartbeat.run())?);
 
     // The brute-force defence: failed authentications per source IP, and the bans they lead
@@ -269,7 +261,7 @@ fn start_and_wait(config: &Config) -> Result<Stop, StartError> {
         );
     }
     let registrar = Arc::new(
-        Registrar::new(registrar_settings(config), pools.mysql.clone(), pools.redis.clone())
+        Registrar::new(config.registrar_settings(), pools.mysql.clone(), pools.redis.clone())
             .with_telemetry(alert_writer.sender(), metrics.clone())
             .with_bans(Arc::clone(&bans)),
     );
@@ -283,16 +275,11 @@ fn start_and_wait(config: &Config) -> Result<Stop, StartError> {
     let mut subscribers: Vec<Sender<ConnectionEvent>> = vec![events_tx, ctl_events_tx];
     subscribers.extend(regbot_subscribers);
 
-    let ctl = CtlServer::bind(
-        &config.socket_path,
-        CtlSettings { cluster_id: config.cluster_id.clone(), group: config.ctl_group.clone() },
-        pools.redis.clone(),
-        ctl_events_rx,
-    )
-    .map_err(|source| StartError::CliSocket { path: config.socket_path.clone(), source })?
-    .with_bans(Arc::clone(&bans))
-    .with_auth_load(auth_pool.load_probe())
-    .with_registrar(Arc::clone(&registrar));
+    let ctl = CtlServer::bind(&config.socket_path, config.ctl_settings(), pools.redis.clone(), ctl_events_rx)
+        .map_err(|source| StartError::CliSocket { path: config.socket_path.clone(), source })?
+        .with_bans(Arc::clone(&bans))
+        .with_auth_load(auth_pool.load_probe())
+        .with_registrar(Arc::clone(&registrar));
     let routes = vec![
         Route { method: "REGISTER".into(), queue: register_tx },
         Route { method: "OPTIONS".into(), queue: options_tx },
@@ -304,9 +291,15 @@ fn start_and_wait(config: &Config) -> Result<Stop, StartError> {
         mysql_read: pools.mysql.clone(),
         mysql_write: pools.mysql_write.clone(),
     };
-    let regbot =
-        regbot::start(config, regbot_pools, client.handle(), regbot_events, shutdown_rx.clone(), alert_writer.sender())
-            .map_err(StartError::Regbot)?;
+    let regbot = regbot::start(
+        &config.regbot,
+        regbot_pools,
+        client.handle(),
+        regbot_events,
+        shutdown_rx.clone(),
+        alert_writer.sender(),
+    )
+    .map_err(StartError::Regbot)?;
 
     // The socket was bound before anything else started, so a second daemon on the same
     // socket fails early; it is served from here on, with the regbot to ask for its status.
@@ -389,28 +382,6 @@ fn drain(
             "requests answered 503 because no role answered them: {} dropped, {} still held at close",
             stats.unanswered_dropped, stats.unanswered_at_close
         );
-    }
-}
-
-fn registrar_settings(config: &Config) -> RegistrarSettings {
-    RegistrarSettings {
-        hosting: config.hosting,
-        // Filled per request from the drachtio connection (IncomingRequest::private_sip_address).
-        private_sbc_address: None,
-        encryption_secret: config.encryption_secret.expose().to_string(),
-        legacy_crypto: config.legacy_crypto,
-        webhook_timeout: config.webhook_timeout,
-        http_user_agent: config.http_user_agent.clone(),
-        nonce_ttl: config.nonce_ttl,
-        webhook_aor_check: config.webhook_aor_check,
-        expires_bounds: config.register_expires,
-        account_cache_ttl: config.account_cache_ttl,
-        // Every authentication in flight may be a call to the same webhook host.
-        webhook_idle_connections: config.auth.max_in_flight,
-        // A stable key: nonces survive a restart and are accepted by every SBC of the cluster
-        // (they share ENCRYPTION_SECRET), so a retried REGISTER is not challenged again.
-        nonce_secret: Some(format!("sbc-sidecar nonce key:{}", config.encryption_secret.expose())),
-        ..RegistrarSettings::default()
     }
 }
 
