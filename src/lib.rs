@@ -1,6 +1,7 @@
 //! sbc-sidecar: the SIP sidecar of a jambonz SBC node.
 #![forbid(unsafe_code)]
 
+pub mod clock;
 pub mod config;
 pub mod ctl;
 pub mod daemon;

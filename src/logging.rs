@@ -18,7 +18,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use syslog::{Formatter3164, LoggerBackend};
@@ -397,44 +397,13 @@ fn truncate(mut text: String, max: usize) -> String {
 /// escaped ([`escape`]) so that one record stays one line (log collectors split on newlines).
 fn format_stderr_line(time: SystemTime, level: Level, thread: &str, target: &str, message: &str) -> String {
     let message = escape(message);
-    format!("{} {:<5} [{thread}] {target}: {message}\n", rfc3339_utc(time), level)
+    format!("{} {:<5} [{thread}] {target}: {message}\n", crate::clock::iso8601_millis(time), level)
 }
 
 /// Writes one whole line with a single `write_all` under the stderr lock, so lines from
 /// different threads never interleave. Errors (closed stderr) are ignored: nowhere to report.
 fn write_stderr(line: &str) {
     let _ = io::stderr().lock().write_all(line.as_bytes());
-}
-
-/// `2026-04-14T09:30:00.123Z`. Written by hand rather than pulling in a date crate for one
-/// format; a clock before 1970 prints as the epoch.
-fn rfc3339_utc(time: SystemTime) -> String {
-    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since_epoch.as_secs();
-    let (year, month, day) = civil_from_days(secs / 86_400);
-    let second_of_day = secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        second_of_day / 3600,
-        second_of_day % 3600 / 60,
-        second_of_day % 60,
-        since_epoch.subsec_millis()
-    )
-}
-
-/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar
-/// (Howard Hinnant's `civil_from_days`, restricted to dates after the epoch).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468; // days since 0000-03-01
-    let era = z / 146_097;
-    let day_of_era = z % 146_097;
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153; // month counted from March
-    let day = day_of_year - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = year_of_era + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Chooses the logger for `target`. When syslog is wanted but unreachable the result is a
@@ -525,7 +494,7 @@ mod tests {
     use super::*;
     use std::os::unix::net::UnixDatagram;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     /// A fresh directory under the system temp dir, removed on drop.
     struct TempDir(PathBuf);
@@ -595,20 +564,6 @@ mod tests {
         assert_eq!("syslog".parse(), Ok(LogTarget::Syslog));
         assert_eq!("stderr".parse(), Ok(LogTarget::Stderr));
         assert!("file".parse::<LogTarget>().is_err());
-    }
-
-    #[test]
-    fn rfc3339_times_in_utc() {
-        assert_eq!(rfc3339_utc(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
-        assert_eq!(rfc3339_utc(t), "2023-11-14T22:13:20.123Z");
-        // A leap day and the last second of a leap year.
-        let t = UNIX_EPOCH + Duration::from_secs(1_709_164_800);
-        assert_eq!(rfc3339_utc(t), "2024-02-29T00:00:00.000Z");
-        let t = UNIX_EPOCH + Duration::from_secs(1_735_689_599);
-        assert_eq!(rfc3339_utc(t), "2024-12-31T23:59:59.000Z");
-        let t = UNIX_EPOCH + Duration::from_secs(951_782_400);
-        assert_eq!(rfc3339_utc(t), "2000-02-29T00:00:00.000Z");
     }
 
     #[test]

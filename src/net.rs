@@ -102,6 +102,31 @@ pub struct HostPort<'a> {
     pub port: u16,
 }
 
+/// An IP address written bare or in brackets (`10.0.0.1`, `::1`, `[::1]`): how drachtio
+/// reports a source address, and how URLs and SIP URIs write an IPv6 host.
+pub fn parse_ip(text: &str) -> Option<IpAddr> {
+    let bare = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
+    bare.parse().ok()
+}
+
+/// Splits `host[:port]`, an IPv6 host in brackets (`[::1]:8080`), into the host without
+/// brackets and the port text, unchecked. `None` when a bracket is not closed or anything but
+/// `:port` follows it. A bare IPv6 address is not `host:port`: callers that accept one check
+/// for it first.
+pub fn split_host_port(authority: &str) -> Option<(&str, Option<&str>)> {
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        return match after {
+            "" => Some((host, None)),
+            _ => Some((host, Some(after.strip_prefix(':')?))),
+        };
+    }
+    Some(match authority.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    })
+}
+
 /// Parses a hostport list such as `tcp/3.148.70.168:5060,udp/3.148.70.168:5060` with the
 /// semantics of the Node sidecar's regex `^(.*)/(.*):(\d+)$` (spec section 2), applied to each
 /// trimmed entry: both groups are greedy, so the port is the digits after the last `:`, and
@@ -121,6 +146,22 @@ pub fn parse_hostports(list: &str) -> impl Iterator<Item = HostPort<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_bare_or_in_brackets() {
+        assert_eq!(parse_ip("10.0.0.1"), Some(IpAddr::from([10, 0, 0, 1])));
+        assert_eq!(parse_ip("[::1]"), Some(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        assert_eq!(parse_ip("::1"), Some(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        for bad in ["[::1", "::1]", "[10.0.0.1", "host", "", "[]"] {
+            assert_eq!(parse_ip(bad), None, "{bad:?}");
+        }
+        assert_eq!(split_host_port("[::1]:5060"), Some(("::1", Some("5060"))));
+        assert_eq!(split_host_port("[::1]"), Some(("::1", None)));
+        assert_eq!(split_host_port("example.com:80"), Some(("example.com", Some("80"))));
+        assert_eq!(split_host_port("example.com"), Some(("example.com", None)));
+        assert_eq!(split_host_port("[::1]x"), None);
+        assert_eq!(split_host_port("[::1"), None);
+    }
 
     #[test]
     fn cidr_parsing() {

@@ -4,6 +4,7 @@ use std::net::Ipv6Addr;
 
 use super::env::{invalid, list_items, parse_decimal, usize_from, Env};
 use super::{ConfigError, MysqlTls, MysqlTlsFiles, RedisTls, DEFAULT_SENTINEL_PORT};
+use crate::net::split_host_port;
 use crate::registrar::fair_pool::PoolLimits;
 use crate::store::mysql::MysqlSettings;
 use crate::store::redis::{RedisSettings, RedisTarget};
@@ -148,19 +149,10 @@ fn parse_sentinels(list: &str) -> Result<Vec<(String, u16)>, ConfigError> {
     let bad = |item: &str| invalid(VAR, item, "a comma list of host[:port]".into());
     let mut sentinels = Vec::new();
     for item in list_items(list) {
-        let (host, port) = if let Some(rest) = item.strip_prefix('[') {
-            let (host, after) = rest.split_once(']').ok_or_else(|| bad(item))?;
-            match after {
-                "" => (host, None),
-                _ => (host, Some(after.strip_prefix(':').ok_or_else(|| bad(item))?)),
-            }
-        } else if item.parse::<Ipv6Addr>().is_ok() {
+        let (host, port) = if item.parse::<Ipv6Addr>().is_ok() {
             (item, None)
         } else {
-            match item.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (item, None),
-            }
+            split_host_port(item).ok_or_else(|| bad(item))?
         };
         if host.is_empty() {
             return Err(bad(item));

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use log::{info, warn};
@@ -408,7 +408,7 @@ impl Commands {
     /// `<cluster>:regbot-sbcs:<carrier>`; `null` when Redis does not answer.
     fn add_cluster_view(&self, fields: &mut Map<String, Value>) {
         let Some(Value::Array(entries)) = fields.get_mut("regbots") else { return };
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = crate::clock::unix_secs();
         let mut conn = checkout(&self.redis).ok();
         let mut by_carrier: HashMap<String, Value> = HashMap::new();
         for entry in entries.iter_mut() {
@@ -480,7 +480,7 @@ impl Commands {
     /// Registered users (unexpired members of `active-user`), feature servers, RTP servers.
     fn counts(&mut self) -> Option<(i64, i64, i64)> {
         let mut conn = self.connection()?;
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let now_ms = crate::clock::unix_millis();
         let result = redis::pipe()
             .cmd("ZCOUNT")
             .arg(ACTIVE_USER)

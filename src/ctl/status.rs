@@ -14,15 +14,15 @@
 
 use serde_json::{Map, Value};
 
+use crate::clock::unix_millis;
 use crate::registrar::outcomes::WINDOW_SECS;
 use crate::registrar::report::RegistrarReport;
-use crate::registrar::unix_millis_now;
 
 fn store(reachable: bool, since_ms: u64, last_error: Option<&str>, last_error_ms: Option<u64>) -> Value {
     let mut m = Map::new();
     m.insert("reachable".into(), Value::Bool(reachable));
     m.insert("since_ms".into(), Value::from(since_ms));
-    m.insert("for_s".into(), Value::from(unix_millis_now().saturating_sub(since_ms) / 1000));
+    m.insert("for_s".into(), Value::from(unix_millis().saturating_sub(since_ms) / 1000));
     m.insert("last_error".into(), last_error.map(|e| Value::String(e.to_string())).unwrap_or(Value::Null));
     m.insert("last_error_ms".into(), last_error_ms.map(Value::from).unwrap_or(Value::Null));
     Value::Object(m)

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use log::warn;
 
 use super::tracker::ServerKind;
-use crate::net::Cidr;
+use crate::net::{parse_ip, split_host_port, Cidr};
 use crate::throttle::Throttle;
 
 /// Where feature servers and RTP servers live unless `SBC_HEARTBEAT_CIDRS` says otherwise:
@@ -57,24 +57,13 @@ pub fn valid_service_url(url: &str) -> bool {
     if authority.contains('@') {
         return false;
     }
-    let host = if let Some(v6) = authority.strip_prefix('[') {
-        match v6.split_once(']') {
-            Some((addr, port)) if addr.parse::<std::net::Ipv6Addr>().is_ok() => {
-                return port.is_empty() || valid_port(port.strip_prefix(':').unwrap_or("x"));
-            }
-            _ => return false,
-        }
-    } else {
-        match authority.rsplit_once(':') {
-            Some((host, port)) => {
-                if !valid_port(port) {
-                    return false;
-                }
-                host
-            }
-            None => authority,
-        }
-    };
+    let Some((host, port)) = split_host_port(authority) else { return false };
+    if port.is_some_and(|p| !valid_port(p)) {
+        return false;
+    }
+    if authority.starts_with('[') {
+        return host.parse::<std::net::Ipv6Addr>().is_ok();
+    }
     !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
 }
 
@@ -86,11 +75,7 @@ fn valid_port(port: &str) -> bool {
 fn url_ip(url: &str) -> Option<IpAddr> {
     let rest = url.split_once("://")?.1;
     let authority = rest.split(['/', '?', '#']).next()?;
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split_once(']')?.0,
-        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
-    };
-    host.parse().ok()
+    split_host_port(authority)?.0.parse().ok()
 }
 
 /// Whether `url`'s host is the address `source` (IPv4-mapped IPv6 and IPv4 compare equal).
@@ -99,16 +84,10 @@ pub fn url_is_from(url: &str, source: &str) -> bool {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     };
-    match (url_ip(url), source_ip(source)) {
+    match (url_ip(url), parse_ip(source)) {
         (Some(host), Some(source)) => canonical(host) == canonical(source),
         _ => false,
     }
-}
-
-/// The source address of a drachtio delivery as an IP (IPv6 may come in brackets).
-fn source_ip(address: &str) -> Option<IpAddr> {
-    let bare = address.strip_prefix('[').and_then(|a| a.strip_suffix(']')).unwrap_or(address);
-    bare.parse().ok()
 }
 
 /// The heartbeat source filter and service-URL check of one heartbeat role.
@@ -143,7 +122,7 @@ impl HeartbeatGuard {
     /// Whether a heartbeat from `address` may change the server sets. An address that does
     /// not parse is refused.
     pub fn allows_source(&self, address: &str) -> bool {
-        source_ip(address).is_some_and(|ip| self.allowed.iter().any(|c| c.contains(ip)))
+        parse_ip(address).is_some_and(|ip| self.allowed.iter().any(|c| c.contains(ip)))
     }
 
     /// Logs (rate-limited) a heartbeat refused because of its source.

@@ -9,7 +9,7 @@
 //! check instead of after the TTL.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{never, select, tick, Receiver, Sender};
 use log::{debug, error, info, warn};
@@ -21,6 +21,7 @@ use super::scheduler::SchedulerCmd;
 use super::timing::after;
 use super::RegbotMode;
 use super::RegbotSettings;
+use crate::clock::unix_millis;
 use crate::drachtio::ConnectionEvent;
 use crate::store::mysql::MysqlPool;
 use crate::store::outage::OutageLog;
@@ -119,10 +120,6 @@ pub fn must_stand_down(elapsed: Duration, interval: Duration, ttl: Duration) -> 
 /// the key can lapse.
 pub fn lease_length(interval: Duration, ttl: Duration) -> Duration {
     interval.saturating_add(ttl) / 2
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 /// A random token like Node's short-uuid: 22 base58 characters.
@@ -284,7 +281,7 @@ impl LeaderRole {
     /// Writes our presence to `<cluster>:regbot-members`.
     fn announce(&mut self) {
         let key = cluster::members_key(&self.settings.cluster_id);
-        let value = cluster::member_value(self.settings.mode, unix_ms());
+        let value = cluster::member_value(self.settings.mode, unix_millis());
         let ttl = self.member_window().as_secs().max(1);
         let token = self.election.token().to_string();
         let written = run(&self.election.redis, |conn| {
@@ -369,7 +366,7 @@ impl LeaderRole {
         let raw: HashMap<String, String> =
             run(&self.election.redis, |conn| Ok(redis::cmd("HGETALL").arg(&key).query(&mut **conn)?))?;
         let window = u64::try_from(self.member_window().as_millis()).unwrap_or(u64::MAX);
-        Ok(cluster::live_members(&raw, self.election.token(), unix_ms().saturating_sub(window)))
+        Ok(cluster::live_members(&raw, self.election.token(), unix_millis().saturating_sub(window)))
     }
 
     fn wait_for_first_connect(&mut self) -> bool {

@@ -4,7 +4,6 @@
 //! trunks (spec 6.6). The SQL it runs is in [`crate::store::carriers`].
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{select, Receiver, Sender};
 use log::{debug, info, warn};
@@ -13,6 +12,7 @@ use super::alerts::AlertSink;
 use super::cluster::{self, SbcEntry};
 use super::ephemeral::{EphGateway, EphemeralGateways};
 use super::register_status::RegisterStatus;
+use crate::clock::unix_secs;
 use crate::store::carriers;
 use crate::store::mysql::MysqlPool;
 use crate::store::redis::{run, RedisPool};
@@ -128,7 +128,7 @@ impl StoreWriter {
             }
             StoreJob::Disable { voip_carrier_sid } => self.disable(&voip_carrier_sid),
             StoreJob::EphRefresh { gateway, expires } => {
-                let now = unix_now();
+                let now = unix_secs();
                 // One entry per carrier for the whole cluster: it lasts as long as the
                 // longest binding any SBC holds, not just this SBC's last outcome.
                 let until = cluster::cluster_until(&self.sbc_entries(&gateway.voip_carrier_sid)?, now);
@@ -137,7 +137,7 @@ impl StoreWriter {
                 Ok(())
             }
             StoreJob::EphDelete { voip_carrier_sid } => {
-                let others = cluster::holders(&self.sbc_entries(&voip_carrier_sid)?, unix_now());
+                let others = cluster::holders(&self.sbc_entries(&voip_carrier_sid)?, unix_secs());
                 if !others.is_empty() {
                     debug!("ephemeral gateways of {voip_carrier_sid} kept: registered from {others:?}");
                     return Ok(());
@@ -178,7 +178,7 @@ impl StoreWriter {
                     Some(own) if !own.ok => own.status,
                     _ => RegisterStatus::Failure { reason: "not registered from any SBC".into() }.to_json(),
                 };
-                let json = cluster::aggregate_status(&entries, &sbc, &fallback, unix_now());
+                let json = cluster::aggregate_status(&entries, &sbc, &fallback, unix_secs());
                 carriers::write_register_status(&mut self.mysql_write.conn()?, &voip_carrier_sid, &json)?;
                 info!("regbot: SBC {sbc} withdrew from carrier {voip_carrier_sid}: {json}");
                 Ok(())
@@ -223,7 +223,7 @@ impl StoreWriter {
         status: &RegisterStatus,
         until: u64,
     ) -> Result<(), StoreError> {
-        let now = unix_now();
+        let now = unix_secs();
         let ok = matches!(status, RegisterStatus::Response { ok: true, .. });
         let entry = SbcEntry { ok, until: if ok { until } else { now }, at: now, status: status.to_json() };
         let value = serde_json::to_string(&entry).unwrap_or_default();
@@ -263,8 +263,4 @@ impl StoreWriter {
         self.alerts.raise(alert);
         Ok(())
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

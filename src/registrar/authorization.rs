@@ -199,5 +199,5 @@ impl Registrar {
 
 /// The source address drachtio reported, when it parses (`[…]` around IPv6 allowed).
 pub(super) fn source_ip(req: &IncomingRequest) -> Option<IpAddr> {
-    req.meta.address.trim_matches(['[', ']']).parse().ok()
+    crate::net::parse_ip(&req.meta.address)
 }

@@ -11,7 +11,7 @@
 //! when the webhook itself is still where it was.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -55,7 +55,7 @@ impl HookResolver {
 /// The literal address of `uri`, when its host is one (`10.0.0.1`, `[::1]`).
 fn literal_address(uri: &Uri) -> Option<SocketAddr> {
     let host = uri.host()?;
-    let ip: IpAddr = host.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    let ip = crate::net::parse_ip(host)?;
     let port = uri.port_u16().or_else(|| match uri.scheme_str() {
         Some("http") => Some(80),
         Some("https") => Some(443),

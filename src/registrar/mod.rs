@@ -53,7 +53,6 @@ pub mod settings;
 pub mod webhook;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use auth_pool::AuthPool;
 pub use bans::{BanSettings, Bans};
@@ -187,20 +186,4 @@ impl Registrar {
     }
 }
 
-fn since_epoch() -> std::time::Duration {
-    // A clock before 1970 is not something a SIP server can do anything about.
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
-}
-
-pub(crate) fn unix_secs() -> u64 {
-    since_epoch().as_secs()
-}
-
-/// Unix milliseconds now (for the CLI's status).
-pub fn unix_millis_now() -> u64 {
-    unix_millis()
-}
-
-pub(crate) fn unix_millis() -> u64 {
-    u64::try_from(since_epoch().as_millis()).unwrap_or(u64::MAX)
-}
+pub(crate) use crate::clock::{unix_millis, unix_secs};

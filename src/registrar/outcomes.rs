@@ -6,7 +6,8 @@
 //! stamp is older than the window is stale and reused. Fixed memory, one short lock per answer.
 
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::clock::unix_secs;
 
 /// Seconds the counts cover.
 pub const WINDOW_SECS: u64 = 60;
@@ -41,10 +42,6 @@ impl Default for RegisterOutcomes {
     }
 }
 
-fn unix_second() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
 impl RegisterOutcomes {
     pub fn new() -> RegisterOutcomes {
         RegisterOutcomes { ring: Mutex::new([Bucket::default(); WINDOW_SECS as usize]) }
@@ -52,7 +49,7 @@ impl RegisterOutcomes {
 
     /// Counts one final response to a REGISTER.
     pub fn record(&self, status: u16) {
-        self.record_at(status, unix_second());
+        self.record_at(status, unix_secs());
     }
 
     pub fn record_at(&self, status: u16, second: u64) {
@@ -66,7 +63,7 @@ impl RegisterOutcomes {
 
     /// The counts of the last [`WINDOW_SECS`] seconds, in the order of [`CLASSES`].
     pub fn last_minute(&self) -> [u64; CLASSES.len()] {
-        self.last_minute_at(unix_second())
+        self.last_minute_at(unix_secs())
     }
 
     pub fn last_minute_at(&self, now: u64) -> [u64; CLASSES.len()] {
