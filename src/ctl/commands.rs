@@ -14,10 +14,10 @@ use super::protocol::{action, error, failure, parse_ban_ip, success, validate_se
 use super::regbot_link::{self, QUERY_TIMEOUT};
 use super::RegbotStatus;
 use crate::drachtio::{ConnectionEvent, ConnectionInfo};
-use crate::heartbeat::keys::ACTIVE_USER;
 use crate::heartbeat::{ClusterSets, DrainedServers};
 use crate::regbot::{cluster, RegbotRole, StatusRequest};
 use crate::registrar::bans::Bans;
+use crate::registrar::bindings;
 use crate::registrar::fair_pool::{LoadProbe, PoolLoad};
 use crate::registrar::Registrar;
 use crate::store::redis::{checkout, RedisConn, RedisPool};
@@ -477,22 +477,25 @@ impl Commands {
         }
     }
 
-    /// Registered users (unexpired members of `active-user`), feature servers, RTP servers.
+    /// Registered users (counted as the `sbc.users.count` gauge counts them), feature servers,
+    /// RTP servers.
     fn counts(&mut self) -> Option<(i64, i64, i64)> {
         let mut conn = self.connection()?;
-        let now_ms = crate::clock::unix_millis();
+        let users = match bindings::registered_users(&mut conn, crate::clock::unix_millis()) {
+            Ok(n) => i64::try_from(n).unwrap_or(i64::MAX),
+            Err(e) => {
+                warn!("cli status: counting registered users failed: {e}");
+                return None;
+            }
+        };
         let result = redis::pipe()
-            .cmd("ZCOUNT")
-            .arg(ACTIVE_USER)
-            .arg(now_ms.to_string())
-            .arg("+inf")
             .cmd("SCARD")
             .arg(&self.sets.active_fs)
             .cmd("SCARD")
             .arg(&self.sets.active_rtp)
             .query(&mut *conn);
         match result {
-            Ok(counts) => Some(counts),
+            Ok((fs, rtp)) => Some((users, fs, rtp)),
             Err(e) => {
                 warn!("cli status: redis counts failed: {e}");
                 None

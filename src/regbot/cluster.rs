@@ -27,22 +27,10 @@ use super::RegbotMode;
 /// A member's entry counts while it was seen within this many status intervals.
 pub const MEMBER_INTERVALS: u32 = 3;
 
-pub fn members_key(cluster_id: &str) -> String {
-    format!("{cluster_id}:regbot-members")
-}
-
-pub fn sbcs_key(cluster_id: &str, voip_carrier_sid: &str) -> String {
-    format!("{cluster_id}:regbot-sbcs:{voip_carrier_sid}")
-}
-
-/// Leader mode: gateway sid → the Contact `user@host` the leader registered it with.
-pub fn leader_contacts_key(cluster_id: &str) -> String {
-    format!("{cluster_id}:regbot-leader-contacts")
-}
-
-pub fn failures_key(cluster_id: &str, voip_carrier_sid: &str) -> String {
-    format!("{cluster_id}:regbot-failures:{voip_carrier_sid}")
-}
+pub use crate::store::keys::{
+    regbot_failures as failures_key, regbot_leader_contacts as leader_contacts_key, regbot_members as members_key,
+    regbot_sbcs as sbcs_key,
+};
 
 /// `<mode>:<unix ms>`
 pub fn member_value(mode: RegbotMode, now_ms: u64) -> String {

@@ -18,9 +18,7 @@ use crate::store::StoreError;
 /// Lifetime of an `eph-gw-ip:*` hash after its last write.
 pub const EPH_KEY_TTL_SECS: u64 = 7200;
 
-pub fn eph_key(ip: &Ipv4Addr) -> String {
-    format!("eph-gw-ip:{ip}")
-}
+pub use crate::store::keys::ephemeral_gateway as eph_key;
 
 /// The SRV service label for a transport (RFC 3263 §4.1).
 pub fn srv_service(transport: &str) -> &'static str {

@@ -56,7 +56,12 @@ pub struct LeaderElection {
 
 impl LeaderElection {
     pub fn new(redis: RedisPool, cluster_id: &str, token: String, ttl: Duration) -> LeaderElection {
-        LeaderElection { redis, key: format!("{cluster_id}:regbot-token"), token, ttl_secs: ttl.as_secs().max(1) }
+        LeaderElection {
+            redis,
+            key: crate::store::keys::regbot_token(cluster_id),
+            token,
+            ttl_secs: ttl.as_secs().max(1),
+        }
     }
 
     pub fn key(&self) -> &str {

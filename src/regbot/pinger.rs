@@ -24,9 +24,7 @@ use crate::store::redis::{run, RedisPool};
 use crate::store::StoreError;
 use crate::telemetry::{Alert, PingFailure};
 
-pub fn blacklist_key(sip_gateway_sid: &str) -> String {
-    format!("blacklist-sip-gateway:{sip_gateway_sid}")
-}
+pub use crate::store::keys::blacklisted_gateway as blacklist_key;
 
 /// The OPTIONS for a gateway and its next hop: Request-URI `sip[s]:<ipv4>[:<port>]` (port
 /// only when set and not sips), proxy `sip:<ipv4>[:<port>];transport=<t>` (port only for an

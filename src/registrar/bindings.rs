@@ -10,11 +10,7 @@ use crate::sip::{top_via, SipMessage};
 use crate::store::redis::RedisConn;
 use crate::store::StoreError;
 
-pub const ACTIVE_USER: &str = "active-user";
-
-pub fn user_key(aor: &str) -> String {
-    format!("user:{aor}")
-}
+pub use crate::store::keys::{user_key, ACTIVE_USER};
 
 /// `sip:<source address>:<source port>`: where the registration came from, and the key of
 /// the cache window. An IPv6 address is bracketed so the value stays a valid SIP URI.
@@ -141,6 +137,16 @@ pub fn remove(conn: &mut RedisConn, aor: &str) -> Result<(), StoreError> {
 /// Members of `active-user` that have not expired: `ZRANGEBYSCORE active-user <now> +inf`.
 pub fn active_members(conn: &mut RedisConn, now_ms: u64) -> Result<Vec<String>, StoreError> {
     Ok(redis::cmd("ZRANGEBYSCORE").arg(ACTIVE_USER).arg(now_ms).arg("+inf").query(&mut **conn)?)
+}
+
+/// Registered users as the Node registrar counted them for `sbc.users.count` (spec 4.5,
+/// `getCountOfUsers`): distinct user parts of the live members of `active-user`, so the same
+/// user name in two realms counts once. The CLI's `status` reports the same number.
+pub fn registered_users(conn: &mut RedisConn, now_ms: u64) -> Result<u64, StoreError> {
+    let members = active_members(conn, now_ms)?;
+    let users: std::collections::HashSet<&str> =
+        members.iter().filter_map(|m| crate::store::keys::user_of_member(m)).collect();
+    Ok(users.len() as u64)
 }
 
 /// `ZREMRANGEBYSCORE active-user 0 <now>`: drops expired members (the Node registrar did

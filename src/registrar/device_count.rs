@@ -31,7 +31,7 @@ impl Snapshot {
     fn new(members: &[String]) -> Snapshot {
         let mut s = Snapshot { taken: Instant::now(), users: HashMap::new(), children: HashMap::new() };
         for m in members {
-            if let Some((user, realm)) = m.strip_prefix("user:").and_then(|aor| aor.rsplit_once('@')) {
+            if let Some((user, realm)) = crate::store::keys::aor_of_member(m).and_then(|aor| aor.rsplit_once('@')) {
                 s.add(&realm.to_ascii_lowercase(), user);
             }
         }

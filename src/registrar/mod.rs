@@ -177,12 +177,7 @@ impl Registrar {
     /// The `sbc.users.count` gauge as the Node registrar computed it: distinct user parts of
     /// the live members of `active-user` (the same user name in two realms counts once).
     pub fn registered_users(&self) -> Result<u64, StoreError> {
-        let members = run(&self.redis, |conn| bindings::active_members(conn, unix_millis()))?;
-        let users: std::collections::HashSet<&str> = members
-            .iter()
-            .filter_map(|m| m.strip_prefix("user:").and_then(|aor| aor.rsplit_once('@')).map(|(user, _)| user))
-            .collect();
-        Ok(users.len() as u64)
+        run(&self.redis, |conn| bindings::registered_users(conn, unix_millis()))
     }
 }
 

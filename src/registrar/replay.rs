@@ -21,9 +21,7 @@ use super::credentials::NonceUse;
 use crate::store::redis::RedisConn;
 use crate::store::StoreError;
 
-/// Prefix of the one-time keys (not cluster-prefixed: nonces are valid on every SBC sharing
-/// the secret, which share one Redis).
-pub const KEY_PREFIX: &str = "sbc-nonce-use:";
+pub use crate::store::keys::NONCE_USE_PREFIX as KEY_PREFIX;
 
 /// `sbc-nonce-use:<32 hex>`: the first 128 bits of SHA-256 over nonce, nc and cnonce.
 pub fn key(nonce: &str, used: &NonceUse) -> String {

@@ -6,6 +6,7 @@
 //! default of 30 seconds.
 
 pub mod carriers;
+pub mod keys;
 pub mod mysql;
 pub mod outage;
 pub mod redis;

@@ -249,7 +249,7 @@ pub(super) fn redis(config: &Config) -> Line {
     quick.max_connections = 1;
     let target = describe_redis(&quick);
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let key = format!("{}:sbc-sidecar-preflight:{}-{nanos}", config.cluster_id, std::process::id());
+    let key = crate::store::keys::preflight_probe(&config.cluster_id, std::process::id(), nanos);
     let result = redis_store::pool(&quick).and_then(|pool| {
         redis_store::run(&pool, |conn| {
             let _: String = redis::cmd("PING").query(&mut **conn)?;
