@@ -1,5 +1,5 @@
 //! A drachtio-server double for tests: the server side of the drachtio control protocol,
-//! byte-compatible with the captures in `spec/drachtio-capture*.txt`, bridged to real SIP over
+//! byte-compatible with the captures in `docs/spec/drachtio-capture*.txt`, bridged to real SIP over
 //! UDP and TCP so that sipp can play the phones, carriers and feature servers.
 //!
 //! Use it from a test with
