@@ -1,5 +1,5 @@
-//! Every citation of docs/ in a comment of src/, test-tools/src/ and tests/ points at something
-//! that exists (the forms are listed in docs/README.md):
+//! Every citation of docs/ in a comment of src/, test-tools/src/, tests/ and fuzz/ points at
+//! something that exists (the forms are listed in docs/README.md):
 //!
 //! * `spec 4.1`, `spec section 2`, `spec 6.2, 6.4, 7`, `spec 5.2–5.4`: headings `### 4.1`, `## 2.`
 //!   of docs/spec/sidecar-behaviour.md;
@@ -259,7 +259,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn every_citation_in_a_comment_names_a_section_that_exists_in_docs() {
     let docs = Docs::load();
     let mut files = Vec::new();
-    for dir in ["src", "test-tools/src", "tests"] {
+    for dir in ["src", "test-tools/src", "tests", "fuzz/src", "fuzz/fuzz_targets"] {
         rust_files(&repo().join(dir), &mut files);
     }
     files.sort();
