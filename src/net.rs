@@ -210,8 +210,8 @@ mod tests {
         parse_hostports(list).map(|hp| (hp.transport, hp.ip, hp.port)).collect()
     }
 
-    /// Token 4 and token 6 of the `authenticate` reply in spec/drachtio-capture.txt and
-    /// spec/drachtio-capture-uac.txt, and the example of spec section 2.
+    /// Token 4 and token 6 of the `authenticate` reply in docs/spec/drachtio-capture.txt and
+    /// docs/spec/drachtio-capture-uac.txt, and the example of spec section 2.
     #[test]
     fn hostports_of_the_captured_authenticate_replies() {
         let reply = "183#548f0668-c092-4300-a2b7-e06c4afd9449|response|af7dc324-2c52-496b-a00d-6cc3a859045a|OK|\

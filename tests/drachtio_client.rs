@@ -1,5 +1,5 @@
 //! The drachtio client against a scripted server that sends the bytes captured from a live
-//! drachtio-server (tests/fixtures/drachtio-capture*.txt) and checks what the client sends.
+//! drachtio-server (docs/spec/drachtio-capture*.txt) and checks what the client sends.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

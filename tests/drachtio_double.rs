@@ -1,5 +1,5 @@
-//! Fidelity of the drachtio double: every test replays a step of `spec/drachtio-capture.txt` or
-//! `spec/drachtio-capture-uac.txt` and checks that the double answers with the captured shape,
+//! Fidelity of the drachtio double: every test replays a step of `docs/spec/drachtio-capture.txt` or
+//! `docs/spec/drachtio-capture-uac.txt` and checks that the double answers with the captured shape,
 //! token by token (ids, times, tags and branches differ; counts, positions and texts must not).
 //! The app side is a raw TCP client; the SIP side is sipp or a raw UDP socket.
 
@@ -385,7 +385,7 @@ fn plausible_default_cseq(n: u64) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Control port (drachtio-capture.txt steps 1–3; uac capture steps e, f, i)
+// Control port (drachtio-capture.txt steps 1–3; drachtio-capture-uac.txt steps e, f, i)
 // ---------------------------------------------------------------------------------------------
 
 #[test]
@@ -577,7 +577,7 @@ fn garbage_on_either_side_never_stops_the_double() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Requests from the network (drachtio-capture.txt steps 4–5; uac capture steps g, h)
+// Requests from the network (drachtio-capture.txt steps 4–5; drachtio-capture-uac.txt steps g, h)
 // ---------------------------------------------------------------------------------------------
 
 /// The phone's REGISTER over `transport` (`u1`/`t1`): delivered once, answered like the capture.
@@ -891,7 +891,7 @@ fn a_provisional_answer_to_a_non_invite_is_followed_by_the_stacks_500() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Requests from the app (uac capture steps a, b, c1, c2, d2, d3, s1)
+// Requests from the app (drachtio-capture-uac.txt steps a, b, c1, c2, d2, d3, s1)
 // ---------------------------------------------------------------------------------------------
 
 /// Checks the OK echo of a new request: 13 tokens, `Msg sent:`, bytes = echoed text.
@@ -1089,8 +1089,9 @@ fn app_supplied_headers_are_kept_rewritten_and_ordered_like_step_s1() {
     app.expect_silence();
 }
 
-/// A synthetic response for a UDP request whose To the stack defaulted (§7.4): meta with empty
-/// address and port 0, the request's Via/From/Call-ID/CSeq, and a To without brackets.
+/// A synthetic response for a UDP request whose To the stack defaulted (drachtio-protocol.md
+/// §7.4): meta with empty address and port 0, the request's Via/From/Call-ID/CSeq, and a To
+/// without brackets.
 fn assert_synthetic_udp_failure(failure: &Frame, echo: &Frame, txn: &str, peer: SocketAddr, status_line: &str) {
     assert_meta(failure, &["<uuid>", "sip", "network", "0", "udp", "", "0", "<time>", txn, "", ""]);
     let to = failure.header("To").unwrap();

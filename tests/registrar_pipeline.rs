@@ -38,7 +38,7 @@ const WEBHOOK_SECRET: &str = "whsec-0123456789";
 const HOOK_USER: &str = "hookuser";
 const HOOK_PASS: &str = "hookpass";
 const USER_AGENT: &str = "sbc-sidecar-test/1";
-/// spec/test-vectors.md: secret `foobarbazzle`, plaintext `1234`.
+/// docs/spec/test-vectors.md: secret `foobarbazzle`, plaintext `1234`.
 const ENCRYPTION_SECRET: &str = "foobarbazzle";
 const CBC_1234: &str = r#"{"iv":"00112233445566778899aabbccddeeff","content":"821935d816a26c5a9a4a17094c28c9e4"}"#;
 const CTR_1234: &str = r#"{"iv":"00112233445566778899aabbccddeeff","content":"1e2f1f71"}"#;

@@ -1,7 +1,7 @@
 //! Randomised robustness of the SIP codec and the drachtio frame decoder.
 //!
 //! Everything that reads bytes from the network is fed random bytes, truncations at every
-//! offset and random mutations of real captured traffic (spec/drachtio-capture*.txt). The only
+//! offset and random mutations of real captured traffic (docs/spec/drachtio-capture*.txt). The only
 //! acceptable outcomes are `Ok` or a typed error: never a panic. Where a parser has a printer,
 //! whatever parses must print back to something that parses to the same value, and the frame
 //! decoder must give the same frames whatever way the stream is split.
@@ -18,7 +18,7 @@ use sbc_sidecar::sip::{
 
 const SEED: u64 = 0x5b_c5_1d_ec_a5;
 
-// ---- captured frames (exact bytes from spec/drachtio-capture.txt and -uac.txt) ----
+// ---- captured frames (exact bytes from docs/spec/drachtio-capture.txt and -uac.txt) ----
 
 const PING: &[u8] = b"41#4e67c179-e765-458c-be81-42246b15b9db|ping";
 

@@ -4,7 +4,7 @@
 //! INVITEs from them.
 //!
 //! SRV is looked up per the gateway's own transport (`_sip._udp`, `_sip._tcp`, `_sips._tcp`);
-//! Node always used `_sip._udp` (spec 14.10).
+//! Node always used `_sip._udp` (spec 14, item 10).
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;

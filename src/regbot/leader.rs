@@ -2,7 +2,7 @@
 //! `<cluster>:regbot-token` and runs the regbots. The leader thread also reads the database for
 //! the reconcile (spec 6.2) and hands the result to the scheduler.
 //!
-//! Fixed from Node (spec 14.4): the claim is `SET NX EX` (no key without TTL after a crash),
+//! Fixed from Node (spec 14, item 4): the claim is `SET NX EX` (no key without TTL after a crash),
 //! the extension is compare-and-extend in one Lua script (no GET-then-SET race), standing
 //! down really clears the leader flag, and regaining the role starts every regbot again. A
 //! clean stop releases the key (compare-and-delete) so another SBC takes over at its next

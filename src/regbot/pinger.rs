@@ -2,7 +2,7 @@
 //!
 //! A gateway that does not answer 2xx is blacklisted in Redis
 //! (`blacklist-sip-gateway:<sid>` = `1` for `OPTIONS_PING_TTL`), which sbc-outbound and
-//! sbc-inbound test with `EXISTS`; a 2xx clears it. Fixed from Node (spec 14.3): started once,
+//! sbc-inbound test with `EXISTS`; a 2xx clears it. Fixed from Node (spec 14, item 3): started once,
 //! on the first drachtio connect, never again by reconnects; and a gateway whose last ping is
 //! still unanswered is not pinged again on top of it.
 

@@ -244,7 +244,7 @@ impl Regbot {
                 let Some(status) = message.status() else {
                     return Vec::new();
                 };
-                // Only final responses count (spec 14.5 fixed).
+                // Only final responses count (spec 14, item 5 fixed).
                 if status < 200 {
                     return Vec::new();
                 }

@@ -1,6 +1,6 @@
 //! `sbc_addresses` publication (spec 8): this SBC's public SIP addresses, upserted on every
 //! drachtio connect and then every `SBC_PUBLIC_ADDRESS_KEEP_ALIVE_IN_MILISECOND` while
-//! connected (Node did it once, 15 minutes after connect, spec 14.2), followed each time by the
+//! connected (Node did it once, 15 minutes after connect, spec 14, item 2), followed each time by the
 //! removal of rows older than `DEAD_SBC_IN_SECOND`. The cleanup runs after our own upsert so
 //! it can never delete this SBC's row.
 

@@ -1,5 +1,5 @@
 //! When a regbot sends its next REGISTER: refresh with jitter, retry with exponential backoff
-//! and jitter (spec 14.6 fixed: Node refreshed at exactly expires/2 and retried every 300 s).
+//! and jitter (spec 14, item 6 fixed: Node refreshed at exactly expires/2 and retried every 300 s).
 //! The random part is passed in (a number in `[0, 1)`) so the arithmetic is testable.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

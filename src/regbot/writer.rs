@@ -245,7 +245,7 @@ impl StoreWriter {
     }
 
     /// Spec 6.4 after the threshold. A carrier that vanished meanwhile is only logged (Node
-    /// dereferenced null there, spec 14.9).
+    /// dereferenced null there, spec 14, item 9).
     fn disable(&mut self, voip_carrier_sid: &str) -> Result<(), StoreError> {
         let Some(carrier) = carriers::carrier_by_sid(&mut self.mysql_read.conn()?, voip_carrier_sid)? else {
             info!("regbot: carrier {voip_carrier_sid} is gone; nothing to disable");

@@ -95,7 +95,7 @@ impl PasswordKey {
 mod tests {
     use super::*;
 
-    // spec/test-vectors.md, "Encrypted clients.password"
+    // docs/spec/test-vectors.md, "Encrypted clients.password"
     const SECRET: &str = "foobarbazzle";
 
     fn cbc() -> PasswordKey {

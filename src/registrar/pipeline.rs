@@ -401,7 +401,7 @@ impl Registrar {
     /// checkCache: a device re-registering from the same ip:port while its binding has more
     /// than 30 s left is answered at once, without webhook or Redis write. A UDP device is
     /// told `Expires: 30` (it is assumed to be behind NAT); a TCP, TLS or WebSocket one is told
-    /// the seconds its binding really has left (spec 14.13: the Node sidecar said 30 to
+    /// the seconds its binding really has left (spec 14, item 13: the Node sidecar said 30 to
     /// everyone, so connection-oriented clients refreshed every 30 s for nothing). Returns the
     /// stored binding otherwise (the device-limit check uses it).
     fn check_cache(&self, ctx: &Ctx, prefetched: Prefetch) -> Result<Option<StoredBinding>, Reply> {

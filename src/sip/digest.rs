@@ -2,7 +2,7 @@
 //!
 //! Two directions:
 //! * registrar (UAS): [`www_authenticate`] builds the challenge, [`parse_authorization`] reads
-//!   the answer with exactly the semantics of the Node `digest-utils` parser (spec §4.3), quirks
+//!   the answer with exactly the semantics of the Node `digest-utils` parser (spec 4.3), quirks
 //!   included, because the parsed fields go verbatim into the customer's webhook;
 //! * regbot (UAC): [`parse_challenge`] reads what real servers send, [`authorization_header`]
 //!   answers it.

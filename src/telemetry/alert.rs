@@ -86,12 +86,18 @@ impl Alert {
         )
     }
 
-    /// The registration webhook answered with an HTTP status other than 200.
+    /// The registration webhook answered with an HTTP status other than 200. `url` goes into
+    /// the message as it is: build this alert with
+    /// [`registrar::alerts::webhook_failure`](crate::registrar::alerts::webhook_failure), which
+    /// takes the credentials, query and fragment out of the URL first.
     pub fn webhook_failure(account_sid: &str, url: &str, status: u16) -> Alert {
         Alert::new(Some(AlertType::WebhookFailure), Some(account_sid), None, format!("{url} returned {status}"))
     }
 
-    /// The registration webhook could not be reached (refused, DNS, TLS, timeout).
+    /// The registration webhook could not be reached (refused, DNS, TLS, timeout). As for
+    /// [`webhook_failure`](Alert::webhook_failure), build it with
+    /// [`registrar::alerts::webhook_connection_failure`](crate::registrar::alerts::webhook_connection_failure),
+    /// which keeps secrets out of the URL.
     pub fn webhook_connection_failure(account_sid: &str, url: &str) -> Alert {
         Alert::new(
             Some(AlertType::WebhookConnectionFailure),

@@ -14,44 +14,86 @@
 //!
 //! # Starting and stopping (in `main`)
 //!
-//! ```ignore
-//! let alerts = AlertWriter::start(config.alert_settings())?;
-//! let metrics = Metrics::new(&config.metrics).unwrap_or_else(|e| {
-//!     log::error!("metrics disabled: {e}");
-//!     Metrics::disabled()
-//! });
+//! ```
+//! use sbc_sidecar::telemetry::{AlertError, AlertSettings, AlertWriter, Metrics, MetricsSettings};
+//!
+//! // The daemon passes `config.alert_settings()` and `config.metrics`.
+//! fn start(alerts: AlertSettings, metrics: &MetricsSettings) -> Result<(AlertWriter, Metrics), AlertError> {
+//!     let alerts = AlertWriter::start(alerts)?;
+//!     let metrics = Metrics::new(metrics).unwrap_or_else(|e| {
+//!         log::warn!("statsd metrics disabled: {e}");
+//!         Metrics::disabled()
+//!     });
+//!     Ok((alerts, metrics))
+//! }
+//!
 //! // … give `alerts.sender()` and `metrics.clone()` to the roles …
-//! alerts.shutdown(); // after the roles have been joined: writes what is queued, in bounded time
+//!
+//! fn stop(alerts: AlertWriter) {
+//!     // After the roles have been joined: writes what is queued, in bounded time.
+//!     let stats = alerts.shutdown();
+//!     log::info!("alerts: {} dropped", stats.dropped());
+//! }
 //! ```
 //!
 //! # The one-line calls each role makes
 //!
-//! Registrar (auth workers / REGISTER pipeline, spec 4.1 and 10.1):
+//! Each role holds a [`Metrics`] clone and an [`AlertSender`] (the registrar sends through
+//! [`Registrar::raise_alert`](crate::registrar::Registrar::raise_alert), the regbot and the
+//! pinger through [`AlertSink`](crate::regbot::alerts::AlertSink), both of which also log the
+//! alert).
 //!
-//! ```ignore
-//! metrics.registration_response_time(cached, status, started.elapsed()); // every final response
-//! metrics.hook_response_time(200 /* or 403 */, hook_started.elapsed()); // after the auth verdict
-//! alerts.send(Alert::account_device_limit(&account_sid, limit));
-//! alerts.send(Alert::webhook_failure(&account_sid, &url, http_status));
-//! alerts.send(Alert::webhook_connection_failure(&account_sid, &url));
-//! metrics.users_count(count); // the 30 s registered-user gauge
+//! Registrar (auth workers / REGISTER pipeline, spec 4.1 and 10.1). The webhook alerts are
+//! built by [`registrar::alerts`](crate::registrar::alerts), never by the [`Alert`]
+//! constructors directly: it takes the credentials, query and fragment out of the webhook URL,
+//! because alerts are read by people who must not learn the webhook's password or token.
+//!
+//! ```
+//! use std::time::Instant;
+//! use sbc_sidecar::registrar::alerts;
+//! use sbc_sidecar::telemetry::{Alert, AlertSender, Metrics};
+//!
+//! let (sender, received) = AlertSender::in_memory(8);
+//! let metrics = Metrics::disabled();
+//! let started = Instant::now();
+//! metrics.registration_response_time(false, 200, started.elapsed()); // every final response
+//! metrics.hook_response_time(403, started.elapsed()); // after the webhook's verdict
+//! sender.send(Alert::account_device_limit("acct-sid", 10));
+//!
+//! let hook_url = "https://user:pa55word@hooks.example/register?token=t0ken";
+//! sender.send(alerts::webhook_failure("acct-sid", hook_url, 500));
+//! sender.send(alerts::webhook_connection_failure("acct-sid", hook_url));
+//! let webhook_alert = received.try_iter().nth(1).unwrap();
+//! assert_eq!(webhook_alert.message(), "https://hooks.example/register returned 500");
+//!
+//! metrics.users_count(42); // the daemon's 30 s registered-user gauge
 //! ```
 //!
 //! Heartbeat role (each FS / RTP OPTIONS, spec 5.2):
 //!
-//! ```ignore
+//! ```
+//! # let metrics = sbc_sidecar::telemetry::Metrics::disabled();
+//! # let (tracked_fs_count, tracked_rtp_count) = (2, 1);
 //! metrics.feature_servers(tracked_fs_count);
 //! metrics.rtp_servers(tracked_rtp_count);
 //! ```
 //!
-//! Regbot (spec 6.4) and gateway pinger (spec 7):
+//! Regbot (spec 6.4) and gateway pinger (spec 7), through the regbot's
+//! [`AlertSink`](crate::regbot::alerts::AlertSink):
 //!
-//! ```ignore
-//! alerts.send(Alert::carrier_disabled(&name, &carrier_sid, account_sid, sp_sid));
-//! alerts.send(Alert::carrier_deactivated(&name, &carrier_sid, account_sid, sp_sid));
-//! alerts.send(Alert::options_ping_failed(&ipv4, port, &protocol, PingFailure::Status(408), account_sid, sp_sid));
-//! alerts.send(Alert::options_ping_failed(&ipv4, port, &protocol, PingFailure::Error(&err), account_sid, sp_sid));
-//! alerts.send(Alert::options_ping_disabled(&ipv4, &name, &carrier_sid, status, account_sid, sp_sid));
+//! ```
+//! use sbc_sidecar::regbot::alerts::AlertSink;
+//! use sbc_sidecar::telemetry::{Alert, AlertSender, PingFailure};
+//!
+//! let (sender, _received) = AlertSender::in_memory(8);
+//! let sink = AlertSink::new(sender);
+//! let (name, carrier_sid, account_sid, sp_sid) = ("carrier-a", "carrier-sid", Some("acct-sid"), None);
+//! let (ipv4, port, protocol) = ("192.0.2.10", Some(5060), "udp");
+//! sink.raise(Alert::carrier_disabled(name, carrier_sid, account_sid, sp_sid));
+//! sink.raise(Alert::carrier_deactivated(name, carrier_sid, account_sid, sp_sid));
+//! sink.raise(Alert::options_ping_failed(ipv4, port, protocol, PingFailure::Status(408), account_sid, sp_sid));
+//! sink.raise(Alert::options_ping_failed(ipv4, port, protocol, PingFailure::Error("timeout"), account_sid, sp_sid));
+//! sink.raise(Alert::options_ping_disabled(ipv4, name, carrier_sid, 403, account_sid, sp_sid));
 //! ```
 //!
 //! Unit tests of a role that raises alerts can use [`AlertSender::in_memory`] and read what

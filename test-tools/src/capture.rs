@@ -1,4 +1,4 @@
-//! Reads the frames captured from a live drachtio-server (tests/fixtures/drachtio-capture*.txt).
+//! Reads the frames captured from a live drachtio-server (docs/spec/drachtio-capture*.txt).
 //!
 //! Each `=== C->S` / `=== S->C` block has an `exact: b'…'` line: a Python bytes literal of the
 //! whole frame as it was on the TCP stream.
@@ -46,7 +46,7 @@ impl CapturedFrame {
 }
 
 pub fn fixture(name: &str) -> PathBuf {
-    crate::repo_root().join("tests/fixtures").join(name)
+    crate::repo_root().join("docs/spec").join(name)
 }
 
 /// All frames of a capture file, in order.

@@ -25,8 +25,8 @@ pub mod tcp_proxy;
 pub mod tls;
 pub mod webhook;
 
-/// The repository's root, the daemon's package: where `tests/scenarios`, `tests/fixtures` and
-/// `target/` are.
+/// The repository's root, the daemon's package: where `tests/scenarios`, `docs/spec` (the
+/// drachtio captures) and `target/` are.
 pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("test-tools/ is inside the repository")
 }

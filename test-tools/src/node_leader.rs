@@ -6,7 +6,7 @@
 //!   `SET <c>:regbot-token <token> NX` and, only when that said `OK`, a **separate**
 //!   `EXPIRE <key> 70`;
 //! * every 60 s `GET <key>`: active and ours → `SET <key> <token> EX 70` (not atomic with the
-//!   GET); active and another token → stand down (the flag stays set, spec 14.4, so the next
+//!   GET); active and another token → stand down (the flag stays set, spec 14, item 4, so the next
 //!   check finds "active and another token" again); active and missing → stand down and grab;
 //!   inactive and present → nothing; inactive and missing → grab.
 //!
@@ -104,7 +104,7 @@ impl NodeLeader {
         NodeLeader { token, key, shared, stop, handle: Some(handle) }
     }
 
-    /// The Node program's `active` flag (it stays set after a stand-down: spec 14.4).
+    /// The Node program's `active` flag (it stays set after a stand-down: spec 14, item 4).
     pub fn is_active(&self) -> bool {
         self.shared.active.load(Ordering::SeqCst)
     }

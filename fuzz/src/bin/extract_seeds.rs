@@ -1,5 +1,5 @@
 //! Writes the seed corpora under fuzz/corpus/<target>/ from the drachtio captures in
-//! ../shared/spec (or the directory given as the first argument) and the string literals of
+//! docs/spec (or the directory given as the first argument) and the string literals of
 //! the repository's tests and SIP sources. Run from fuzz/: `cargo run --bin extract-seeds`.
 //! Seeds are named by content hash, so running it again adds nothing twice.
 
@@ -159,7 +159,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn main() {
     let fuzz_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let repo = fuzz_dir.parent().expect("fuzz/ is inside the repository");
-    let spec = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| repo.join("../shared/spec"));
+    let spec = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| repo.join("docs/spec"));
     let mut corpus = Corpus { root: fuzz_dir.join("corpus"), written: 0 };
 
     for name in ["drachtio-capture.txt", "drachtio-capture-uac.txt"] {

@@ -1,12 +1,18 @@
 //! A drachtio-server double for tests: the server side of the drachtio control protocol,
-//! byte-compatible with the captures in `spec/drachtio-capture*.txt`, bridged to real SIP over
+//! byte-compatible with the captures in `docs/spec/drachtio-capture*.txt`, bridged to real SIP over
 //! UDP and TCP so that sipp can play the phones, carriers and feature servers.
 //!
 //! Use it from a test with
 //!
-//! ```ignore
+//! ```
 //! use sbc_test_tools::double::{Double, DoubleConfig};
-//! let d = Double::start(DoubleConfig::default())?;
+//!
+//! let double = Double::start(DoubleConfig::default())?;
+//! // The app under test connects to `double.admin_addr()` with the secret `cymru`; phones and
+//! // carriers (sipp) send SIP to `double.sip_addr()`, over UDP or TCP.
+//! assert_eq!(double.hostports(), format!("tcp/{0},udp/{0}", double.sip_addr()));
+//! double.stop();
+//! # Ok::<(), std::io::Error>(())
 //! ```
 //!
 //! Threads: one accepts app connections, one reads each app connection, one reads the SIP UDP

@@ -1,7 +1,7 @@
 //! Socket options of the double's SIP UDP socket that std does not offer: a larger receive
 //! buffer, and the ICMP error queue through which drachtio (sofia's `tport_udp_error`) learns
 //! that a UDP request went to a closed port and answers the app `503` within a millisecond
-//! (drachtio-protocol.md §7.4, capture step d1).
+//! (drachtio-protocol.md §7.4, drachtio-capture-uac.txt step d1).
 //!
 //! With `IP_RECVERR` set, an ICMP error for any datagram the socket sent makes the next receive
 //! fail (ECONNREFUSED for port unreachable) and queues the details, with the destination of
