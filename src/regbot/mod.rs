@@ -56,7 +56,7 @@ use crate::store::redis::RedisPool;
 use crate::telemetry::AlertSender;
 use alerts::AlertSink;
 pub use dns::DnsSettings;
-pub use mode::RegbotMode;
+pub use mode::{RegbotMode, SentBy};
 pub use status::{query_status, RegbotInfo, RegbotRole, RegbotSnapshot, RegbotState, StatusRequest};
 
 /// Jobs waiting for the store writer; beyond this they are dropped with a warning (the next

@@ -41,3 +41,25 @@ impl fmt::Display for RegbotMode {
         f.write_str(self.as_str())
     }
 }
+
+/// On whose behalf one registration is sent: the configured [`RegbotMode`] applied to one
+/// gateway, with the SBC's id where every SBC registers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub enum SentBy {
+    /// The cluster's elected leader, under the gateway's shared Call-ID (the Node behaviour).
+    #[default]
+    Leader,
+    /// This SBC, one of every SBC of the cluster; `sbc` is its id (its public SIP address),
+    /// under which its state for the carrier is kept in Redis.
+    Every { sbc: String },
+}
+
+impl SentBy {
+    /// The SBC's id in `every` mode; `None` for the leader.
+    pub fn sbc(&self) -> Option<&str> {
+        match self {
+            SentBy::Leader => None,
+            SentBy::Every { sbc } => Some(sbc),
+        }
+    }
+}

@@ -11,7 +11,8 @@ use md5::{Digest, Md5};
 use mysql::PooledConn;
 use serde::Serialize;
 
-use super::request::{valid_from_domain, RegbotSpec};
+use super::mode::SentBy;
+use super::request::{valid_from_domain, RegistrationSpec};
 use crate::store::carriers::{self, CarrierRow, GatewayRow};
 use crate::store::StoreError;
 
@@ -62,7 +63,7 @@ impl Inventory {
 /// The regbots that should run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Wanted {
-    pub specs: Vec<RegbotSpec>,
+    pub specs: Vec<RegistrationSpec>,
     /// Carriers whose effective From domain is invalid: `(voip_carrier_sid, domain)`.
     pub invalid_from_domain: Vec<(String, String)>,
     pub sip_domain: Option<String>,
@@ -108,11 +109,11 @@ pub fn wanted(inv: &Inventory, contact_use_ip: bool) -> Wanted {
             } else {
                 carrier.account_sid.as_ref().and_then(|a| inv.account_realms.get(a).cloned().flatten())
             };
-            out.specs.push(RegbotSpec {
+            out.specs.push(RegistrationSpec {
                 voip_carrier_sid: carrier.voip_carrier_sid.clone(),
                 sip_gateway_sid: gw.sip_gateway_sid.clone(),
                 call_id: gw.sip_gateway_sid.clone(),
-                sbc: None,
+                sent_by: SentBy::Leader,
                 host: gw.ipv4.trim().to_string(),
                 port: gw.port,
                 protocol: gw.protocol.clone().unwrap_or_else(|| "udp".to_string()),
@@ -138,15 +139,15 @@ pub struct Plan {
     /// Gateway sids whose regbot keeps running untouched.
     pub keep: Vec<String>,
     /// New gateways.
-    pub start: Vec<RegbotSpec>,
+    pub start: Vec<RegistrationSpec>,
     /// Gateways whose configuration changed.
-    pub replace: Vec<RegbotSpec>,
+    pub replace: Vec<RegistrationSpec>,
     /// Gateway sids no longer wanted.
     pub retire: Vec<String>,
 }
 
 /// Compares the running regbots (gateway sid → identity key) with the wanted specs.
-pub fn plan(running: &HashMap<String, String>, wanted: &[RegbotSpec]) -> Plan {
+pub fn plan(running: &HashMap<String, String>, wanted: &[RegistrationSpec]) -> Plan {
     let mut p = Plan::default();
     let mut wanted_sids = HashSet::new();
     for spec in wanted {
@@ -173,7 +174,7 @@ mod tests {
             is_active: true,
             register_username: Some("user".into()),
             register_password: Some("pass".into()),
-            trunk_type: "static_ip".into(),
+            trunk_type: crate::store::carriers::TrunkType::StaticIp,
             ..CarrierRow::default()
         }
     }

@@ -15,8 +15,9 @@ use rand::Rng;
 
 use super::addresses::PublicAddresses;
 use super::ephemeral::EphGateway;
+use super::mode::SentBy;
 use super::register_status::RegisterStatus;
-use super::request::{build_register, AuthHeader, RegbotSpec, RegisterParams};
+use super::request::{build_register, AuthHeader, RegisterParams, RegistrationSpec};
 use super::status::{RegbotInfo, RegbotState};
 use super::timing::{after, failure_delay, initial_cseq, refresh_delay};
 use super::writer::StoreJob;
@@ -36,12 +37,12 @@ pub struct Ctx<'a> {
 /// What the scheduler must do for a regbot.
 #[derive(Debug)]
 pub enum Action {
-    /// Send this request through drachtio to `proxy` and [`Regbot::attach`] the receiver.
+    /// Send this request through drachtio to `proxy` and [`Registration::attach`] the receiver.
     Send {
         sip: Vec<u8>,
         proxy: String,
     },
-    /// Call [`Regbot::on_due`] at this instant with this timer generation.
+    /// Call [`Registration::on_due`] at this instant with this timer generation.
     WakeAt(Instant, u64),
     Store(StoreJob),
     /// The regbot is done (removed and, if it was registered, de-registered): drop it.
@@ -76,7 +77,7 @@ struct InFlight {
 #[derive(Debug)]
 enum Pending {
     /// The gateway's configuration changed: de-register the old binding, then register this.
-    Replace(Box<RegbotSpec>),
+    Replace(Box<RegistrationSpec>),
     /// The gateway is gone or disabled: de-register, then finish.
     Remove,
 }
@@ -95,8 +96,11 @@ enum Health {
 /// regbot can never match a new regbot of the same gateway.
 static NEXT_TIMER: AtomicU64 = AtomicU64::new(1);
 
-pub struct Regbot {
-    spec: RegbotSpec,
+/// One outbound registration to one carrier gateway ("a regbot" in the Node program): its
+/// REGISTER in flight, its health and its timer. A state machine: the scheduler feeds it
+/// timer expiries and drachtio events and carries out the [`Action`]s it returns.
+pub struct Registration {
+    spec: RegistrationSpec,
     from_tag: String,
     /// The last CSeq used.
     cseq: u32,
@@ -117,11 +121,11 @@ pub struct Regbot {
     recorded_contact: Option<String>,
 }
 
-impl Regbot {
+impl Registration {
     /// A regbot that has sent nothing yet; `inherited_failures` comes from an old regbot of the
     /// same carrier, host and port (spec 6.2).
-    pub fn new(spec: RegbotSpec, inherited_failures: u32) -> Regbot {
-        Regbot {
+    pub fn new(spec: RegistrationSpec, inherited_failures: u32) -> Registration {
+        Registration {
             spec,
             from_tag: random_token(12),
             cseq: 0,
@@ -141,12 +145,12 @@ impl Regbot {
 
     /// The Contact a previous leader left registered for this gateway (see
     /// [`StoreJob::LeaderContact`]).
-    pub fn with_stale_contact(mut self, contact: Option<String>) -> Regbot {
+    pub fn with_stale_contact(mut self, contact: Option<String>) -> Registration {
         self.stale_contact = contact;
         self
     }
 
-    pub fn spec(&self) -> &RegbotSpec {
+    pub fn spec(&self) -> &RegistrationSpec {
         &self.spec
     }
 
@@ -219,7 +223,7 @@ impl Regbot {
     /// The gateway's configuration changed. A live binding is de-registered first (with the
     /// old credentials and contact); the new configuration registers at `start_at`, or as soon
     /// as the de-registration is done.
-    pub fn replace(&mut self, spec: RegbotSpec, start_at: Instant, ctx: &Ctx<'_>) -> Vec<Action> {
+    pub fn replace(&mut self, spec: RegistrationSpec, start_at: Instant, ctx: &Ctx<'_>) -> Vec<Action> {
         self.cancel_timer();
         if self.in_flight.is_some() {
             self.pending = Some(Pending::Replace(Box::new(spec)));
@@ -295,7 +299,7 @@ impl Regbot {
         self.registered_until.is_some_and(|until| until > now)
     }
 
-    fn switch_to(&mut self, spec: RegbotSpec) {
+    fn switch_to(&mut self, spec: RegistrationSpec) {
         self.spec = spec;
         self.health = Health::New;
         self.backoff_attempt = 0;
@@ -404,84 +408,107 @@ impl Regbot {
         Some(Action::Send { sip, proxy })
     }
 
+    /// The request in flight got its final answer (or could not be sent): what follows
+    /// depends on what it was for.
     fn finish(&mut self, outcome: Outcome, ctx: &Ctx<'_>) -> Vec<Action> {
         let Some(flight) = self.in_flight.take() else {
             return Vec::new();
         };
-        if flight.purpose == Purpose::DropStale {
-            match &outcome {
-                Outcome::Final { status, .. } if (200..300).contains(status) => info!(
-                    "regbot removed the previous leader's contact {} of gateway {}",
-                    flight.contact_user_host, self.spec.sip_gateway_sid
-                ),
-                Outcome::Final { reason, .. } => warn!(
-                    "regbot could not remove the previous leader's contact {} of gateway {}: {reason}",
-                    flight.contact_user_host, self.spec.sip_gateway_sid
-                ),
-                Outcome::Error(e) => warn!(
-                    "regbot could not remove the previous leader's contact {} of gateway {}: {e}",
-                    flight.contact_user_host, self.spec.sip_gateway_sid
-                ),
-            }
-            let mut actions = Vec::new();
-            if self.recorded_contact.is_none() {
-                // We never registered ours: the record names the Contact just removed.
-                actions.push(Action::Store(StoreJob::LeaderContact {
-                    sip_gateway_sid: self.spec.sip_gateway_sid.clone(),
-                    contact: None,
-                }));
-            }
-            if let Some(pending) = self.pending.take() {
-                actions.extend(self.resolve(pending, ctx));
-            }
-            return actions;
+        match flight.purpose {
+            Purpose::DropStale => self.finish_drop_stale(&outcome, &flight, ctx),
+            Purpose::Unregister => self.finish_unregister(&outcome, ctx),
+            Purpose::Register => match self.pending.take() {
+                Some(pending) => self.finish_superseded(&outcome, &flight, pending, ctx),
+                None => self.finish_register(outcome, &flight, ctx),
+            },
         }
-        if flight.purpose == Purpose::Unregister {
-            match &outcome {
-                Outcome::Final { status, .. } if (200..300).contains(status) => {
-                    info!("regbot de-registered aor={} gateway={}", self.spec.aor(), self.spec.sip_gateway_sid)
-                }
-                Outcome::Final { reason, .. } => warn!(
-                    "regbot de-registration of aor={} gateway={} failed: {reason}",
-                    self.spec.aor(),
-                    self.spec.sip_gateway_sid
-                ),
-                Outcome::Error(e) => warn!(
-                    "regbot de-registration of aor={} gateway={} not sent: {e}",
-                    self.spec.aor(),
-                    self.spec.sip_gateway_sid
-                ),
-            }
-            // Whatever the answer, we will not try again: the binding expires by itself.
-            self.registered_until = None;
-            let pending = self.pending.take().unwrap_or(Pending::Remove);
-            let mut actions = Vec::new();
-            if self.spec.sbc.is_none() && self.recorded_contact.take().is_some() {
-                actions.push(Action::Store(StoreJob::LeaderContact {
-                    sip_gateway_sid: self.spec.sip_gateway_sid.clone(),
-                    contact: None,
-                }));
-            }
-            actions.extend(self.resolve(pending, ctx));
-            return actions;
-        }
+    }
 
+    /// Leader mode: the previous leader's Contact was (or could not be) removed.
+    fn finish_drop_stale(&mut self, outcome: &Outcome, flight: &InFlight, ctx: &Ctx<'_>) -> Vec<Action> {
+        match outcome {
+            Outcome::Final { status, .. } if (200..300).contains(status) => info!(
+                "regbot removed the previous leader's contact {} of gateway {}",
+                flight.contact_user_host, self.spec.sip_gateway_sid
+            ),
+            Outcome::Final { reason, .. } => warn!(
+                "regbot could not remove the previous leader's contact {} of gateway {}: {reason}",
+                flight.contact_user_host, self.spec.sip_gateway_sid
+            ),
+            Outcome::Error(e) => warn!(
+                "regbot could not remove the previous leader's contact {} of gateway {}: {e}",
+                flight.contact_user_host, self.spec.sip_gateway_sid
+            ),
+        }
+        let mut actions = Vec::new();
+        if self.recorded_contact.is_none() {
+            // We never registered ours: the record names the Contact just removed.
+            actions.push(Action::Store(StoreJob::LeaderContact {
+                sip_gateway_sid: self.spec.sip_gateway_sid.clone(),
+                contact: None,
+            }));
+        }
         if let Some(pending) = self.pending.take() {
-            // The answer belongs to a configuration that is going away: no status, no eph
-            // gateways, but remember a binding it may have created, to de-register it.
-            if let Outcome::Final { status, message, .. } = &outcome {
-                if (200..300).contains(status) {
-                    let granted = self.granted_expires(message, &flight, ctx);
-                    self.registered_until = Some(after(ctx.now, granted));
-                }
-            }
-            return self.resolve(pending, ctx);
+            actions.extend(self.resolve(pending, ctx));
         }
+        actions
+    }
 
+    /// Our binding was (or could not be) removed; whatever the answer, we do not try again.
+    fn finish_unregister(&mut self, outcome: &Outcome, ctx: &Ctx<'_>) -> Vec<Action> {
+        match outcome {
+            Outcome::Final { status, .. } if (200..300).contains(status) => {
+                info!("regbot de-registered aor={} gateway={}", self.spec.aor(), self.spec.sip_gateway_sid)
+            }
+            Outcome::Final { reason, .. } => warn!(
+                "regbot de-registration of aor={} gateway={} failed: {reason}",
+                self.spec.aor(),
+                self.spec.sip_gateway_sid
+            ),
+            Outcome::Error(e) => warn!(
+                "regbot de-registration of aor={} gateway={} not sent: {e}",
+                self.spec.aor(),
+                self.spec.sip_gateway_sid
+            ),
+        }
+        // Whatever the answer, we will not try again: the binding expires by itself.
+        self.registered_until = None;
+        let pending = self.pending.take().unwrap_or(Pending::Remove);
+        let mut actions = Vec::new();
+        if self.spec.sent_by == SentBy::Leader && self.recorded_contact.take().is_some() {
+            actions.push(Action::Store(StoreJob::LeaderContact {
+                sip_gateway_sid: self.spec.sip_gateway_sid.clone(),
+                contact: None,
+            }));
+        }
+        actions.extend(self.resolve(pending, ctx));
+        actions
+    }
+
+    /// The answer belongs to a configuration that is going away: no status, no eph gateways,
+    /// but remember a binding it may have created, to de-register it.
+    fn finish_superseded(
+        &mut self,
+        outcome: &Outcome,
+        flight: &InFlight,
+        pending: Pending,
+        ctx: &Ctx<'_>,
+    ) -> Vec<Action> {
+        if let Outcome::Final { status, message, .. } = outcome {
+            if (200..300).contains(status) {
+                let granted = self.granted_expires(message, flight, ctx);
+                self.registered_until = Some(after(ctx.now, granted));
+            }
+        }
+        self.resolve(pending, ctx)
+    }
+
+    /// A REGISTER of the current configuration was answered: registered, refused, or not sent.
+    fn finish_register(&mut self, outcome: Outcome, flight: &InFlight, ctx: &Ctx<'_>) -> Vec<Action> {
         let cseq = format!("{} REGISTER", flight.original_cseq);
         match outcome {
             Outcome::Final { status, reason, message } if (200..300).contains(&status) => {
-                let granted = self.granted_expires(&message, &flight, ctx);
+                let granted = self.granted_expires(&message, flight, ctx);
                 if self.health != Health::Registered {
                     info!(
                         "regbot registered aor={} to={} granted={}s",
@@ -503,7 +530,7 @@ impl Regbot {
                 }
                 let delay = refresh_delay(granted, rand::thread_rng().gen());
                 actions.push(self.wake_at(after(ctx.now, delay)));
-                if self.spec.sbc.is_none() {
+                if self.spec.sent_by == SentBy::Leader {
                     actions.extend(self.leader_contact_registered(&flight.contact_user_host, ctx));
                 }
                 actions
@@ -517,7 +544,7 @@ impl Regbot {
                     self.consecutive_failures += 1;
                 }
                 let mut actions = vec![self.status_job(false, reason.clone(), cseq, 0, ctx)];
-                if let Some(sbc) = self.spec.sbc.clone() {
+                if let SentBy::Every { sbc } = self.spec.sent_by.clone() {
                     // Every SBC registers: the threshold counts the failures of all of them,
                     // in Redis; the store writer disables the carrier when it is reached.
                     if counts {
@@ -631,13 +658,13 @@ impl Regbot {
     /// writes the cluster's aggregate) when every SBC registers.
     fn store_status(&self, status: RegisterStatus, expires: u64, ctx: &Ctx<'_>) -> Action {
         let voip_carrier_sid = self.spec.voip_carrier_sid.clone();
-        match &self.spec.sbc {
+        match self.spec.sent_by.sbc() {
             None => Action::Store(StoreJob::Status { voip_carrier_sid, status }),
             Some(sbc) => {
                 let wall = ctx.wall.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
                 Action::Store(StoreJob::SbcStatus {
                     voip_carrier_sid,
-                    sbc: sbc.clone(),
+                    sbc: sbc.to_string(),
                     status,
                     until: wall.saturating_add(expires),
                 })

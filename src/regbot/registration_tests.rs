@@ -60,7 +60,7 @@ impl Harness {
     }
 
     /// Fires the regbot's timer (whatever generation it has) and returns the request sent.
-    fn fire(&self, rb: &mut Regbot) -> SipMessage {
+    fn fire(&self, rb: &mut Registration) -> SipMessage {
         let gen = rb.timer_gen;
         let actions = rb.on_due(gen, &self.ctx());
         sent(rb, actions)
@@ -68,7 +68,7 @@ impl Harness {
 }
 
 /// The single request among the actions, attached as in flight.
-fn sent(rb: &mut Regbot, actions: Vec<Action>) -> SipMessage {
+fn sent(rb: &mut Registration, actions: Vec<Action>) -> SipMessage {
     let mut request = None;
     for a in actions {
         if let Action::Send { sip, .. } = a {
@@ -145,7 +145,7 @@ const CHALLENGE: &str =
 #[test]
 fn first_register_has_the_contract_headers() {
     let h = Harness::new();
-    let mut rb = Regbot::new(spec(), 0);
+    let mut rb = Registration::new(spec(), 0);
     let at = h.now;
     let _ = rb.wake_at(at);
     let actions = rb.on_due(rb.timer_gen, &h.ctx());
@@ -166,7 +166,7 @@ fn first_register_has_the_contract_headers() {
 #[test]
 fn a_401_is_answered_once_with_a_correct_digest_then_200_schedules_the_refresh() {
     let h = Harness::new();
-    let mut rb = Regbot::new(spec(), 0);
+    let mut rb = Registration::new(spec(), 0);
     let _ = rb.wake_at(h.now);
     let first = h.fire(&mut rb);
     assert!(rb.on_event(response(&first, 180, &[]), &h.ctx()).is_empty(), "provisional responses do not count");
@@ -211,7 +211,7 @@ fn a_401_is_answered_once_with_a_correct_digest_then_200_schedules_the_refresh()
 #[test]
 fn a_second_challenge_is_final_and_a_407_gets_proxy_authorization() {
     let h = Harness::new();
-    let mut rb = Regbot::new(spec(), 0);
+    let mut rb = Registration::new(spec(), 0);
     let _ = rb.wake_at(h.now);
     let first = h.fire(&mut rb);
     let actions = rb.on_event(response(&first, 407, &[("Proxy-Authenticate", CHALLENGE)]), &h.ctx());
@@ -230,7 +230,7 @@ fn a_challenged_retry_through_a_dns_next_hop_is_pinned_to_the_challenger() {
     let h = Harness::new();
     let mut s = spec();
     s.host = "sip.carrier.example".into();
-    let mut rb = Regbot::new(s, 0);
+    let mut rb = Registration::new(s, 0);
     let _ = rb.wake_at(h.now);
     let first = h.fire(&mut rb);
     let UacEvent::Response { message, .. } = response(&first, 401, &[("WWW-Authenticate", CHALLENGE)]) else {
@@ -243,7 +243,7 @@ fn a_challenged_retry_through_a_dns_next_hop_is_pinned_to_the_challenger() {
 #[test]
 fn counted_failures_back_off_and_disable_at_the_threshold() {
     let h = Harness::new();
-    let mut rb = Regbot::new(spec(), 0);
+    let mut rb = Registration::new(spec(), 0);
     let _ = rb.wake_at(h.now);
     let mut delays = Vec::new();
     for round in 1..=3 {
@@ -271,7 +271,7 @@ fn counted_failures_back_off_and_disable_at_the_threshold() {
 #[test]
 fn uncounted_failures_and_send_errors_neither_count_nor_reset() {
     let h = Harness::new();
-    let mut rb = Regbot::new(spec(), 2);
+    let mut rb = Registration::new(spec(), 2);
     let _ = rb.wake_at(h.now);
     let req = h.fire(&mut rb);
     let actions = rb.on_event(response(&req, 503, &[]), &h.ctx());
@@ -299,8 +299,8 @@ fn uncounted_failures_and_send_errors_neither_count_nor_reset() {
 fn a_reg_trunk_refreshes_its_ephemeral_gateways_with_the_outcome() {
     let h = Harness::new();
     let mut s = spec();
-    s.trunk_type = "reg".into();
-    let mut rb = Regbot::new(s, 0);
+    s.trunk_type = crate::store::carriers::TrunkType::Reg;
+    let mut rb = Registration::new(s, 0);
     let _ = rb.wake_at(h.now);
     let req = h.fire(&mut rb);
     let actions = rb.on_event(response(&req, 200, &[("Expires", "120")]), &h.ctx());
@@ -313,7 +313,7 @@ fn a_reg_trunk_refreshes_its_ephemeral_gateways_with_the_outcome() {
 #[test]
 fn retiring_a_registered_regbot_deregisters_it_first() {
     let h = Harness::new();
-    let mut rb = Regbot::new(spec(), 0);
+    let mut rb = Registration::new(spec(), 0);
     let _ = rb.wake_at(h.now);
     let req = h.fire(&mut rb);
     let _ = rb.on_event(response(&req, 200, &[]), &h.ctx());
@@ -338,7 +338,7 @@ fn retiring_a_registered_regbot_deregisters_it_first() {
 #[test]
 fn retiring_a_regbot_that_never_registered_just_finishes() {
     let h = Harness::new();
-    let mut rb = Regbot::new(spec(), 0);
+    let mut rb = Registration::new(spec(), 0);
     let _ = rb.wake_at(h.now);
     assert!(matches!(rb.retire(&h.ctx()).as_slice(), [Action::Finished]));
 }
@@ -346,7 +346,7 @@ fn retiring_a_regbot_that_never_registered_just_finishes() {
 #[test]
 fn retiring_during_a_register_waits_for_it_and_deregisters_what_it_created() {
     let h = Harness::new();
-    let mut rb = Regbot::new(spec(), 0);
+    let mut rb = Registration::new(spec(), 0);
     let _ = rb.wake_at(h.now);
     let req = h.fire(&mut rb);
     assert!(rb.retire(&h.ctx()).is_empty());
@@ -361,7 +361,7 @@ fn retiring_during_a_register_waits_for_it_and_deregisters_what_it_created() {
 #[test]
 fn a_changed_configuration_deregisters_the_old_binding_then_registers_the_new() {
     let h = Harness::new();
-    let mut rb = Regbot::new(spec(), 0);
+    let mut rb = Registration::new(spec(), 0);
     let _ = rb.wake_at(h.now);
     let req = h.fire(&mut rb);
     let _ = rb.on_event(response(&req, 200, &[]), &h.ctx());
@@ -384,7 +384,7 @@ fn a_changed_configuration_deregisters_the_old_binding_then_registers_the_new() 
     assert_eq!(rb.spec().identity(), new_spec.identity());
 
     // not registered: the change takes effect at the given time, nothing sent now
-    let mut idle = Regbot::new(spec(), 0);
+    let mut idle = Registration::new(spec(), 0);
     let later = h.now + Duration::from_secs(1);
     let actions = idle.replace(new_spec, later, &h.ctx());
     assert!(matches!(actions.as_slice(), [Action::WakeAt(at, _)] if *at == later));
@@ -393,7 +393,7 @@ fn a_changed_configuration_deregisters_the_old_binding_then_registers_the_new() 
 #[test]
 fn stale_timers_are_ignored() {
     let h = Harness::new();
-    let mut rb = Regbot::new(spec(), 0);
+    let mut rb = Registration::new(spec(), 0);
     let Action::WakeAt(_, old) = rb.wake_at(h.now) else { unreachable!() };
     let _ = rb.wake_at(h.now + Duration::from_secs(10));
     assert!(rb.on_due(old, &h.ctx()).is_empty());
@@ -469,7 +469,7 @@ fn a_new_leader_removes_the_previous_leaders_contact_after_its_own_200() {
     let h = Harness::new();
     let mut public_spec = spec();
     public_spec.use_public_ip_in_contact = true;
-    let mut rb = Regbot::new(public_spec, 0).with_stale_contact(Some("alice@198.51.100.4:5060".into()));
+    let mut rb = Registration::new(public_spec, 0).with_stale_contact(Some("alice@198.51.100.4:5060".into()));
     let _ = rb.wake_at(h.now);
     let req = h.fire(&mut rb);
     assert_eq!(req.header("Contact"), Some("<sip:alice@203.0.113.10:5060;transport=udp>;expires=3600"));
@@ -500,7 +500,7 @@ fn a_new_leader_removes_the_previous_leaders_contact_after_its_own_200() {
 #[test]
 fn the_same_contact_as_the_previous_leader_is_left_alone_and_a_silent_removal_does_not_stop_refreshes() {
     let h = Harness::new();
-    let mut rb = Regbot::new(spec(), 0).with_stale_contact(Some("alice@sip.carrier.example".into()));
+    let mut rb = Registration::new(spec(), 0).with_stale_contact(Some("alice@sip.carrier.example".into()));
     let _ = rb.wake_at(h.now);
     let req = h.fire(&mut rb);
     let actions = rb.on_event(response(&req, 200, &[]), &h.ctx());
@@ -508,7 +508,7 @@ fn the_same_contact_as_the_previous_leader_is_left_alone_and_a_silent_removal_do
 
     let mut public_spec = spec();
     public_spec.use_public_ip_in_contact = true;
-    let mut rb = Regbot::new(public_spec, 0).with_stale_contact(Some("alice@198.51.100.4:5060".into()));
+    let mut rb = Registration::new(public_spec, 0).with_stale_contact(Some("alice@198.51.100.4:5060".into()));
     let _ = rb.wake_at(h.now);
     let req = h.fire(&mut rb);
     let actions = rb.on_event(response(&req, 200, &[]), &h.ctx());
@@ -521,7 +521,7 @@ fn the_same_contact_as_the_previous_leader_is_left_alone_and_a_silent_removal_do
 #[test]
 fn in_every_mode_failures_are_counted_by_the_cluster_not_by_one_regbot() {
     let h = Harness::new();
-    let mut rb = Regbot::new(spec().for_sbc("203.0.113.10:5060"), 0);
+    let mut rb = Registration::new(spec().for_sbc("203.0.113.10:5060"), 0);
     let _ = rb.wake_at(h.now);
     for _ in 0..4 {
         let req = h.fire(&mut rb);
@@ -551,7 +551,7 @@ fn in_every_mode_failures_are_counted_by_the_cluster_not_by_one_regbot() {
 #[test]
 fn a_leader_retired_before_its_first_200_removes_the_binding_the_previous_leader_left() {
     let h = Harness::new();
-    let mut rb = Regbot::new(spec(), 0).with_stale_contact(Some("alice@sip.carrier.example".into()));
+    let mut rb = Registration::new(spec(), 0).with_stale_contact(Some("alice@sip.carrier.example".into()));
     let _ = rb.wake_at(h.now + Duration::from_secs(1));
     let actions = rb.retire(&h.ctx());
     let drop = sent(&mut rb, actions);
@@ -563,6 +563,6 @@ fn a_leader_retired_before_its_first_200_removes_the_binding_the_previous_leader
         "{actions:?}"
     );
     // Without a previous leader's binding there is nothing to send.
-    let mut rb = Regbot::new(spec(), 0);
+    let mut rb = Registration::new(spec(), 0);
     assert!(matches!(rb.retire(&h.ctx()).as_slice(), [Action::Finished]));
 }

@@ -5,22 +5,23 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use super::addresses::PublicAddresses;
+use super::mode::SentBy;
 use crate::sip::RequestBuilder;
+use crate::store::carriers::TrunkType;
 
 /// Everything one regbot needs, derived from a carrier row and one of its gateways.
 /// Values are the *effective* ones (defaults applied), so two specs are equal exactly when the
 /// REGISTER they produce would be.
 #[derive(Clone, PartialEq, Eq)]
-pub struct RegbotSpec {
+pub struct RegistrationSpec {
     pub voip_carrier_sid: String,
     pub sip_gateway_sid: String,
     /// The Call-ID of every REGISTER: the gateway sid (the Node "persistent Call-ID", shared by
     /// whichever SBC holds the role), or with `SBC_REGBOT_MODE=every` the gateway sid and this
     /// SBC's public address, so that each SBC's binding is its own.
     pub call_id: String,
-    /// With `SBC_REGBOT_MODE=every`: this SBC's id (its public SIP address), under which its
-    /// state for the carrier is kept in Redis. `None` in leader mode.
-    pub sbc: Option<String>,
+    /// The leader, or this SBC with `SBC_REGBOT_MODE=every`.
+    pub sent_by: SentBy,
     /// Gateway `ipv4`: an IP literal or a DNS name.
     pub host: String,
     pub port: Option<u16>,
@@ -38,20 +39,19 @@ pub struct RegbotSpec {
     /// `register_public_ip_in_contact` or `JAMBONES_REGBOT_CONTACT_USE_IP`.
     pub use_public_ip_in_contact: bool,
     pub outbound_sip_proxy: Option<String>,
-    /// `static_ip`, `auth` or `reg`.
-    pub trunk_type: String,
+    pub trunk_type: TrunkType,
     /// The carrier's account `sip_realm`, looked up only when the public IP is not used.
     pub account_sip_realm: Option<String>,
 }
 
 // Hand-written so that the password never reaches a log line.
-impl fmt::Debug for RegbotSpec {
+impl fmt::Debug for RegistrationSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RegbotSpec")
+        f.debug_struct("RegistrationSpec")
             .field("voip_carrier_sid", &self.voip_carrier_sid)
             .field("sip_gateway_sid", &self.sip_gateway_sid)
             .field("call_id", &self.call_id)
-            .field("sbc", &self.sbc)
+            .field("sent_by", &self.sent_by)
             .field("host", &self.host)
             .field("port", &self.port)
             .field("protocol", &self.protocol)
@@ -64,13 +64,13 @@ impl fmt::Debug for RegbotSpec {
     }
 }
 
-impl RegbotSpec {
+impl RegistrationSpec {
     /// The spec as SBC `sbc` registers it in `SBC_REGBOT_MODE=every`: its own Call-ID
     /// (`<gateway sid>@<sbc>`, stable across restarts as long as the address is) and its own
     /// public address in the Contact, so that the carrier holds one binding per SBC.
-    pub fn for_sbc(mut self, sbc: &str) -> RegbotSpec {
+    pub fn for_sbc(mut self, sbc: &str) -> RegistrationSpec {
         self.call_id = format!("{}@{sbc}", self.sip_gateway_sid);
-        self.sbc = Some(sbc.to_string());
+        self.sent_by = SentBy::Every { sbc: sbc.to_string() };
         self.use_public_ip_in_contact = true;
         self
     }
@@ -95,7 +95,7 @@ impl RegbotSpec {
     }
 
     pub fn is_reg_trunk(&self) -> bool {
-        self.trunk_type == "reg"
+        self.trunk_type == TrunkType::Reg
     }
 
     /// The spec 6.2 identity: a regbot whose key is unchanged keeps running untouched.
@@ -112,7 +112,7 @@ impl RegbotSpec {
             if self.use_sips_scheme { "true" } else { "false" },
             if self.use_public_ip_in_contact { "true" } else { "false" },
             self.outbound_sip_proxy.as_deref().unwrap_or(""),
-            &self.trunk_type,
+            self.trunk_type.as_str(),
             &self.sip_gateway_sid,
             self.account_sip_realm.as_deref().unwrap_or(""),
             &self.from_user,
@@ -248,7 +248,7 @@ pub struct RegisterParams<'a> {
     pub from_tag: &'a str,
     /// 0 to de-register.
     pub expires: u64,
-    /// From [`RegbotSpec::contact_user_host`].
+    /// From [`RegistrationSpec::contact_user_host`].
     pub contact_user_host: &'a str,
     pub user_agent: &'a str,
     pub authorization: Option<(AuthHeader, String)>,
@@ -256,7 +256,7 @@ pub struct RegisterParams<'a> {
 
 /// The REGISTER as drachtio gets it. drachtio adds Via, Max-Forwards and Content-Length; the
 /// headers are given in the order drachtio puts them on the wire anyway.
-pub fn build_register(spec: &RegbotSpec, p: &RegisterParams<'_>) -> Vec<u8> {
+pub fn build_register(spec: &RegistrationSpec, p: &RegisterParams<'_>) -> Vec<u8> {
     let aor = spec.from_uri();
     let contact =
         format!("<{}:{};transport={}>;expires={}", spec.scheme(), p.contact_user_host, spec.transport(), p.expires);
@@ -278,12 +278,12 @@ pub fn build_register(spec: &RegbotSpec, p: &RegisterParams<'_>) -> Vec<u8> {
 pub(crate) mod tests {
     use super::*;
 
-    pub(crate) fn spec() -> RegbotSpec {
-        RegbotSpec {
+    pub(crate) fn spec() -> RegistrationSpec {
+        RegistrationSpec {
             voip_carrier_sid: "c1".into(),
             sip_gateway_sid: "g1".into(),
             call_id: "g1".into(),
-            sbc: None,
+            sent_by: SentBy::Leader,
             host: "192.0.2.7".into(),
             port: Some(5080),
             protocol: "udp".into(),
@@ -295,7 +295,7 @@ pub(crate) mod tests {
             from_domain: "sip.carrier.example".into(),
             use_public_ip_in_contact: false,
             outbound_sip_proxy: None,
-            trunk_type: "static_ip".into(),
+            trunk_type: TrunkType::StaticIp,
             account_sip_realm: None,
         }
     }
@@ -307,7 +307,7 @@ pub(crate) mod tests {
         base.account_sip_realm = Some("acct.example".into());
         let mine = base.clone().for_sbc("203.0.113.9:5062");
         assert_eq!(mine.call_id, "g1@203.0.113.9:5062");
-        assert_eq!(mine.sbc.as_deref(), Some("203.0.113.9:5062"));
+        assert_eq!(mine.sent_by.sbc(), Some("203.0.113.9:5062"));
         assert_eq!(mine.contact_user_host(Some(&public), None), "alice@203.0.113.9:5062", "never the shared realm");
         assert_ne!(mine.identity(), base.clone().for_sbc("203.0.113.10:5060").identity());
         let p = RegisterParams {

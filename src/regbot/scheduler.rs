@@ -16,7 +16,7 @@ use log::{debug, info, warn};
 use super::addresses::PublicAddresses;
 use super::reconcile::{plan, Wanted};
 use super::register_status::RegisterStatus;
-use super::registration::{Action, Ctx, Regbot};
+use super::registration::{Action, Ctx, Registration};
 use super::status::{RegbotRole, RegbotSnapshot, StatusRequest};
 use super::timing::after;
 use super::writer::StoreJob;
@@ -81,7 +81,7 @@ pub struct Scheduler {
     public: Option<PublicAddresses>,
     sip_domain: Option<String>,
     /// By gateway sid (which is also the Call-ID).
-    regbots: HashMap<String, Regbot>,
+    regbots: HashMap<String, Registration>,
     /// Gateway sids of the regbots with a REGISTER in flight: `wait` selects on their
     /// receivers without walking every regbot (10,000 of them on a large SBC) at each wake-up.
     in_flight: HashSet<String>,
@@ -184,7 +184,7 @@ impl Scheduler {
         let in_flight: Vec<(&String, &Receiver<UacEvent>)> = self
             .in_flight
             .iter()
-            .filter_map(|sid| self.regbots.get(sid).and_then(Regbot::receiver).map(|rx| (sid, rx)))
+            .filter_map(|sid| self.regbots.get(sid).and_then(Registration::receiver).map(|rx| (sid, rx)))
             .collect();
         let mut sel = Select::new();
         let i_shutdown = sel.recv(&self.shutdown);
@@ -291,8 +291,11 @@ impl Scheduler {
     /// Retires every regbot (each de-registers if it holds a binding); [`Self::check_closing`]
     /// finishes once they are all gone or [`UNREGISTER_WAIT`] has passed.
     fn unregister_all(&mut self, done: Sender<()>) {
-        let carriers: HashSet<(String, Option<String>)> =
-            self.regbots.values().map(|rb| (rb.spec().voip_carrier_sid.clone(), rb.spec().sbc.clone())).collect();
+        let carriers: HashSet<(String, Option<String>)> = self
+            .regbots
+            .values()
+            .map(|rb| (rb.spec().voip_carrier_sid.clone(), rb.spec().sent_by.sbc().map(str::to_string)))
+            .collect();
         info!("regbot: de-registering {} regbots before stopping", self.regbots.len());
         self.leader = false;
         self.closing = Some(Closing { done, carriers, deadline: after(Instant::now(), UNREGISTER_WAIT) });
@@ -383,7 +386,7 @@ impl Scheduler {
                 let carrier = rb.spec().voip_carrier_sid.clone();
                 info!("stopping regbot for {} (gateway {sid} no longer wanted)", rb.spec().aor());
                 if !wanted_carriers.contains(carrier.as_str()) {
-                    emptied_carriers.insert(carrier, rb.spec().sbc.clone());
+                    emptied_carriers.insert(carrier, rb.spec().sent_by.sbc().map(str::to_string));
                 }
             }
             self.with_regbot(sid, |rb, ctx| rb.retire(ctx));
@@ -417,7 +420,7 @@ impl Scheduler {
             let failures = inherited.get(&spec.failure_key()).copied().unwrap_or(0);
             let sid = spec.sip_gateway_sid.clone();
             let stale = wanted_contacts.get(&sid).cloned();
-            let mut rb = Regbot::new(spec, failures).with_stale_contact(stale);
+            let mut rb = Registration::new(spec, failures).with_stale_contact(stale);
             let wake = rb.wake_at(at);
             if !self.run_actions(&mut rb, vec![wake]) {
                 self.keep(sid, rb);
@@ -489,7 +492,7 @@ impl Scheduler {
     /// Calls `f` on one regbot and carries out what it asks for.
     fn with_regbot<F>(&mut self, sid: &str, f: F)
     where
-        F: FnOnce(&mut Regbot, &Ctx<'_>) -> Vec<Action>,
+        F: FnOnce(&mut Registration, &Ctx<'_>) -> Vec<Action>,
     {
         let Some(mut rb) = self.regbots.remove(sid) else {
             return;
@@ -512,7 +515,7 @@ impl Scheduler {
     }
 
     /// Puts a regbot (back) into the map, noting whether it now waits for a response.
-    fn keep(&mut self, sid: String, rb: Regbot) {
+    fn keep(&mut self, sid: String, rb: Registration) {
         if rb.receiver().is_some() {
             self.in_flight.insert(sid.clone());
         } else {
@@ -522,7 +525,7 @@ impl Scheduler {
     }
 
     /// Returns true when the regbot finished and must be dropped.
-    fn run_actions(&mut self, rb: &mut Regbot, actions: Vec<Action>) -> bool {
+    fn run_actions(&mut self, rb: &mut Registration, actions: Vec<Action>) -> bool {
         let mut finished = false;
         for action in actions {
             match action {

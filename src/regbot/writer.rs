@@ -13,7 +13,7 @@ use super::cluster::{self, SbcEntry};
 use super::ephemeral::{EphGateway, EphemeralGateways};
 use super::register_status::RegisterStatus;
 use crate::clock::unix_secs;
-use crate::store::carriers;
+use crate::store::carriers::{self, TrunkType};
 use crate::store::mysql::MysqlPool;
 use crate::store::redis::{run, RedisPool};
 use crate::store::StoreError;
@@ -253,7 +253,7 @@ impl StoreWriter {
         };
         let mut conn = self.mysql_write.conn()?;
         let (account_sid, sp_sid) = (carrier.account_sid.as_deref(), carrier.service_provider_sid.as_deref());
-        let alert = if carrier.trunk_type != "reg" {
+        let alert = if carrier.trunk_type != TrunkType::Reg {
             carriers::disable_registration(&mut conn, voip_carrier_sid)?;
             Alert::carrier_disabled(&carrier.name, voip_carrier_sid, account_sid, sp_sid)
         } else {

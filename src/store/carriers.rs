@@ -8,6 +8,45 @@ use serde::Serialize;
 
 use crate::store::StoreError;
 
+/// `voip_carriers.trunk_type`. Only a registration trunk (`reg`) changes what the regbot does
+/// (ephemeral gateways, spec 6.6); NULL is `static_ip`, and a value this program does not know
+/// is kept as written.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub enum TrunkType {
+    #[default]
+    StaticIp,
+    Auth,
+    Reg,
+    Other(String),
+}
+
+impl TrunkType {
+    pub fn from_sql(value: Option<String>) -> TrunkType {
+        match value.as_deref() {
+            None | Some("static_ip") => TrunkType::StaticIp,
+            Some("auth") => TrunkType::Auth,
+            Some("reg") => TrunkType::Reg,
+            Some(_) => TrunkType::Other(value.unwrap_or_default()),
+        }
+    }
+
+    /// The value as the database holds it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            TrunkType::StaticIp => "static_ip",
+            TrunkType::Auth => "auth",
+            TrunkType::Reg => "reg",
+            TrunkType::Other(other) => other,
+        }
+    }
+}
+
+impl Serialize for TrunkType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 /// A `voip_carriers` row as the reconcile reads it.
 /// `Debug` is written by hand: the password must not reach a log line.
 #[derive(Clone, PartialEq, Eq, Default, Serialize)]
@@ -23,8 +62,7 @@ pub struct CarrierRow {
     pub register_public_ip_in_contact: bool,
     pub outbound_sip_proxy: Option<String>,
     pub account_sid: Option<String>,
-    /// `static_ip` when NULL.
-    pub trunk_type: String,
+    pub trunk_type: TrunkType,
 }
 
 impl std::fmt::Debug for CarrierRow {
@@ -63,7 +101,7 @@ pub struct GatewayRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CarrierInfo {
     pub name: String,
-    pub trunk_type: String,
+    pub trunk_type: TrunkType,
     pub account_sid: Option<String>,
     pub service_provider_sid: Option<String>,
 }
@@ -110,7 +148,7 @@ pub fn carriers(conn: &mut PooledConn) -> Result<Vec<CarrierRow>, StoreError> {
                 register_public_ip_in_contact: flag(&mut r, "register_public_ip_in_contact")?,
                 outbound_sip_proxy: col(&mut r, "outbound_sip_proxy")?,
                 account_sid: col(&mut r, "account_sid")?,
-                trunk_type: col::<Option<String>>(&mut r, "trunk_type")?.unwrap_or_else(|| "static_ip".to_string()),
+                trunk_type: TrunkType::from_sql(col(&mut r, "trunk_type")?),
             })
         })
         .collect()
@@ -176,7 +214,7 @@ pub fn carrier_by_sid(conn: &mut PooledConn, voip_carrier_sid: &str) -> Result<O
     let Some(mut r) = row else { return Ok(None) };
     Ok(Some(CarrierInfo {
         name: col(&mut r, "name")?,
-        trunk_type: col::<Option<String>>(&mut r, "trunk_type")?.unwrap_or_else(|| "static_ip".to_string()),
+        trunk_type: TrunkType::from_sql(col(&mut r, "trunk_type")?),
         account_sid: col(&mut r, "account_sid")?,
         service_provider_sid: col(&mut r, "service_provider_sid")?,
     }))
