@@ -42,7 +42,7 @@ bench: services
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) run --release -p sbc-test-tools --bin sbc-bench
 
-# A bounded chaos run of the release daemon with invariants (see test-tools/src/bin/sbc-soak.rs):
+# A bounded chaos run of the release daemon with invariants (see test-tools/src/bin/sbc-soak/):
 # SOAK_SECONDS (default 300), SOAK_RATE (REGISTERs per second, default 100). Exits non-zero
 # when an invariant fails.
 soak: services

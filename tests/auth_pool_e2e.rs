@@ -220,7 +220,7 @@ fn shutdown_answers_every_registration_the_workers_hold() {
     assert_eq!(burst.ok, 8, "the eight in flight finished: {:?}", burst.statuses);
     assert_eq!(burst.statuses.get(&503), Some(&12), "the queued ones were refused: {:?}", burst.statuses);
     assert_eq!(burst.statuses.get(&408), None, "none left unanswered: {:?}", burst.statuses);
-    let mut r = redis::Client::open("redis://127.0.0.1:6379/").unwrap().get_connection().unwrap();
+    let mut r = sbc_test_tools::services::redis();
     let stored = names
         .iter()
         .filter(|u| r.exists::<_, bool>(format!("user:{}@{}", u.name, rig.slow.realm)).unwrap_or(false))
@@ -257,7 +257,7 @@ fn an_https_webhook_is_not_paid_a_tls_handshake_per_register() {
     let handshakes = hook.handshakes();
     eprintln!("{handshakes} TLS handshakes for 40 webhook calls");
     assert!(handshakes <= 8, "{handshakes} TLS handshakes for 40 webhook calls, 4 at a time");
-    let mut r = redis::Client::open("redis://127.0.0.1:6379/").unwrap().get_connection().unwrap();
+    let mut r = sbc_test_tools::services::redis();
     for u in &users {
         let key = format!("user:{}@{realm}", u.name);
         let _: Result<(), _> = r.del(&key);

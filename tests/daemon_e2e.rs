@@ -216,7 +216,7 @@ fn a_role_thread_that_panics_makes_the_daemon_exit_71_naming_the_role() {
         assert!(log.contains(&format!("role {role} panicked: stopping")), "{role}: the log names it:\n{log}");
         assert!(log.contains("sbc-sidecar stopped"), "{role}: stopped in order:\n{log}");
         // the regbot role is never left held by a daemon that is gone
-        let mut redis = redis::Client::open("redis://127.0.0.1:6379/").unwrap().get_connection().unwrap();
+        let mut redis = sbc_test_tools::services::redis();
         let holder: Option<String> =
             redis::cmd("GET").arg(format!("{cluster}:regbot-token")).query(&mut redis).unwrap();
         assert_eq!(holder, None, "{role}: regbot-token left behind");

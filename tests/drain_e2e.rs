@@ -88,7 +88,7 @@ fn sigterm_under_400_registers_per_second_leaves_no_transaction_unanswered() {
     assert!(refused > 0, "the drain and the exit were under load (503s): {summary}");
 
     // Every phone told 200 has its binding.
-    let mut r = redis::Client::open("redis://127.0.0.1:6379/").unwrap().get_connection().unwrap();
+    let mut r = sbc_test_tools::services::redis();
     for g in load.take_granted() {
         let key = format!("user:{}", g.aor);
         let ttl: i64 = r.ttl(&key).unwrap();

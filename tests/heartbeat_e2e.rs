@@ -31,7 +31,7 @@ impl Rig {
         }
         let daemon = Daemon::start(env, &[]);
         assert!(double.wait_for_route("options", WAIT), "log:\n{}", daemon.log());
-        let redis = redis::Client::open("redis://127.0.0.1:6379/").unwrap().get_connection().unwrap();
+        let redis = sbc_test_tools::services::redis();
         Rig { _db: db, double, daemon, cluster, redis }
     }
 

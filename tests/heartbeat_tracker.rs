@@ -14,6 +14,9 @@ use sbc_sidecar::store::redis::{pool, RedisPool, RedisSettings};
 const EXPIRES: Duration = Duration::from_secs(60);
 
 fn redis_at(port: u16, timeout: Duration) -> RedisPool {
+    if port == sbc_test_tools::services::REDIS_PORT {
+        sbc_test_tools::services::require_redis();
+    }
     pool(&RedisSettings::direct("127.0.0.1", port, timeout, 4)).unwrap()
 }
 

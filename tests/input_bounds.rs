@@ -57,7 +57,7 @@ impl Rig {
     }
 
     fn redis(&self) -> redis::Connection {
-        redis::Client::open("redis://127.0.0.1:6379/").unwrap().get_connection().unwrap()
+        sbc_test_tools::services::redis()
     }
 
     fn forget(&self, user: &str) {

@@ -89,7 +89,7 @@ fn every_check_passes_against_the_double_mariadb_and_redis() {
     assert_eq!(lines.last().map(String::as_str), Some("all checks passed"));
     assert_eq!(lines.len(), CHECKS.len() + 1, "one line per check: {lines:#?}");
     // Nothing left behind: no scratch key, no probe file, no socket.
-    let mut redis = redis::Client::open("redis://127.0.0.1:6379/").unwrap().get_connection().unwrap();
+    let mut redis = sbc_test_tools::services::redis();
     let keys: Vec<String> = redis::cmd("KEYS").arg("default:sbc-sidecar-preflight:*").query(&mut redis).unwrap();
     assert!(keys.is_empty(), "{keys:?}");
     assert_eq!(std::fs::read_dir(&rig.dir).unwrap().count(), 0, "the socket directory is as it was");

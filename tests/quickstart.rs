@@ -14,7 +14,7 @@ use redis::Commands;
 use sbc_test_tools::daemon::{base_env, Daemon};
 use sbc_test_tools::db::TestDb;
 use sbc_test_tools::double::{Double, DoubleConfig};
-use sbc_test_tools::sipp;
+use sbc_test_tools::{services, sipp};
 
 const WAIT: Duration = Duration::from_secs(10);
 /// The SIP address the README and `make run` use (the double's default).
@@ -100,7 +100,7 @@ fn the_readme_quick_start_registers_the_demo_user() {
     assert!(readme.contains("registered users: 1"));
 
     let aor_key = format!("user:{user}@{realm}");
-    let mut redis = redis::Client::open("redis://127.0.0.1:6379/").unwrap().get_connection().unwrap();
+    let mut redis = sbc_test_tools::services::redis();
     // Shared Redis: a binding left by `make run` on this machine must not make this pass.
     let _: () = redis.del(&aor_key).unwrap();
     let _: () = redis.zrem("active-user", &aor_key).unwrap();
@@ -119,15 +119,15 @@ fn the_readme_quick_start_registers_the_demo_user() {
     let args: Vec<String> =
         words.map(|w| if w == README_SIP { double.sip_addr().to_string() } else { w.to_string() }).collect();
     assert!(args.contains(&double.sip_addr().to_string()), "the README's line targets {README_SIP}: {line}");
-    let out = Command::new("sipp")
-        .args(&args)
-        .current_dir(repo())
-        .args(["-i", ip, "-mp", &sipp::media_port(ip).to_string()])
-        .args(["-timeout", "20s", "-timeout_error", "-nostdin", "-trace_msg", "-message_file"])
-        .arg(&messages_file)
-        .stdin(Stdio::null())
-        .output()
-        .expect("sipp runs (install sip-tester: make services)");
+    let out = services::run_sipp(
+        Command::new("sipp")
+            .args(&args)
+            .current_dir(repo())
+            .args(["-i", ip, "-mp", &sipp::media_port(ip).to_string()])
+            .args(["-timeout", "20s", "-timeout_error", "-nostdin", "-trace_msg", "-message_file"])
+            .arg(&messages_file)
+            .stdin(Stdio::null()),
+    );
     let messages = std::fs::read_to_string(&messages_file).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(

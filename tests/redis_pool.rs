@@ -5,6 +5,7 @@ use std::time::Duration;
 use sbc_sidecar::store::redis::{pool, run, RedisPool, RedisSettings};
 
 fn local_pool() -> RedisPool {
+    sbc_test_tools::services::require_redis();
     pool(&RedisSettings::direct("127.0.0.1", 6379, Duration::from_millis(500), 1)).expect("pool")
 }
 
@@ -12,7 +13,7 @@ fn local_pool() -> RedisPool {
 fn a_pooled_connection_killed_by_the_server_is_replaced_without_an_error() {
     let pool = local_pool();
     let id: i64 = run(&pool, |c| Ok(redis::cmd("CLIENT").arg("ID").query(&mut **c)?)).expect("Redis on 6379");
-    let mut admin = redis::Client::open("redis://127.0.0.1:6379/").unwrap().get_connection().unwrap();
+    let mut admin = sbc_test_tools::services::redis();
     let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).query(&mut admin).unwrap();
     assert_eq!(killed, 1);
     // The pool still holds the dead connection; `run` finds out and uses a new one.

@@ -55,7 +55,7 @@ fn unix_now() -> u64 {
 }
 
 fn redis_conn() -> redis::Connection {
-    redis::Client::open("redis://127.0.0.1:6379/").unwrap().get_connection().unwrap()
+    sbc_test_tools::services::redis()
 }
 
 /// A unique cluster id whose Redis keys (`<cluster>:*`) are deleted when dropped.

@@ -9,7 +9,7 @@ use mysql::prelude::Queryable;
 use sbc_test_tools::daemon::{base_env, Daemon};
 use sbc_test_tools::db::TestDb;
 use sbc_test_tools::double::{Double, DoubleConfig};
-use sbc_test_tools::sipp;
+use sbc_test_tools::{services, sipp};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -21,18 +21,18 @@ struct Registrar {
 impl Registrar {
     fn start(ip: &str) -> Registrar {
         let port = sipp::free_port(ip);
-        let child = Command::new("sipp")
-            .arg("-sf")
-            .arg(sipp::scenario("regbot_challenge.xml"))
-            .args(["-i", ip, "-p", &port.to_string(), "-t", "u1", "-timeout", "60s", "-nostdin"])
-            .args(["-mp", &sipp::media_port(ip).to_string()])
-            .args(["-key", "user", "alice", "-key", "pass", "s3cret", "-key", "realm", "sip.carrier.test"])
-            .args(["-key", "expires", "600"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sipp");
+        let child = services::spawn_sipp(
+            Command::new("sipp")
+                .arg("-sf")
+                .arg(sipp::scenario("regbot_challenge.xml"))
+                .args(["-i", ip, "-p", &port.to_string(), "-t", "u1", "-timeout", "60s", "-nostdin"])
+                .args(["-mp", &sipp::media_port(ip).to_string()])
+                .args(["-key", "user", "alice", "-key", "pass", "s3cret", "-key", "realm", "sip.carrier.test"])
+                .args(["-key", "expires", "600"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
         let start = Instant::now();
         while start.elapsed() < WAIT && UdpSocket::bind((ip, port)).is_ok() {
             std::thread::sleep(Duration::from_millis(20));

@@ -226,7 +226,7 @@ fn two_hundred_phones_register_at_once() {
     let stored = users.iter().filter(|u| r.exists::<_, bool>(format!("user:{}@{}", u[0], rig.realm)).unwrap()).count();
     assert_eq!(stored, 200);
     // A kept-alive webhook connection is reused: at most one per auth worker is ever opened
-    // (tests/registrar_pipeline.rs has the test that loads every worker at once).
+    // (tests/registrar_auth_pool.rs has the test that loads every worker at once).
     assert_eq!(rig.hook.request_count(), 200, "one webhook call per registration");
     let opened = rig.hook.connection_count();
     assert!(opened <= 6, "{opened} webhook connections for 200 calls from 6 workers");

@@ -44,7 +44,7 @@ const WAIT: Duration = Duration::from_secs(15);
 const REDIS: &str = "redis://127.0.0.1:6379/";
 
 fn redis_conn() -> redis::Connection {
-    redis::Client::open(REDIS).unwrap().get_connection().unwrap()
+    sbc_test_tools::services::redis()
 }
 
 fn now_ms() -> u64 {

@@ -88,7 +88,7 @@ impl Peer {
         for (k, v) in keys.iter().filter(|(k, _)| *k != "status" && *k != "reason") {
             cmd.args(["-key", k, v]);
         }
-        let child = cmd.spawn().expect("sipp runs (install sip-tester)");
+        let child = crate::services::spawn_sipp(&mut cmd);
         let peer = Peer { child, dir, log, ip: ip.to_string(), port };
         assert!(
             wait_until(Duration::from_secs(5), || UdpSocket::bind((ip, port)).is_err()),

@@ -15,7 +15,11 @@ use sbc_sidecar::registrar::bans::{BanSettings, Bans};
 use sbc_sidecar::store::redis::{pool, RedisPool, RedisSettings};
 
 /// A pool to the Redis at 127.0.0.1:`port` (a closed port makes an unreachable Redis).
+/// The shared one (6379) is checked first, so that a missing Redis is said as such.
 pub fn redis_at(port: u16, timeout: Duration) -> RedisPool {
+    if port == crate::services::REDIS_PORT {
+        crate::services::require_redis();
+    }
     pool(&RedisSettings::direct("127.0.0.1", port, timeout, 4)).expect("redis pool")
 }
 

@@ -4,6 +4,8 @@ use mysql::prelude::Queryable;
 use mysql::{Opts, OptsBuilder, Pool, PooledConn};
 use rand::Rng;
 
+use crate::services;
+
 pub fn mysql_user() -> String {
     std::env::var("SBC_TEST_MYSQL_USER").unwrap_or_else(|_| "sbc_test".into())
 }
@@ -13,14 +15,26 @@ pub fn mysql_password() -> String {
 }
 
 fn opts(db: Option<&str>) -> Opts {
+    opts_at(services::MYSQL_HOST, services::MYSQL_PORT, db)
+}
+
+fn opts_at(host: &str, port: u16, db: Option<&str>) -> Opts {
     OptsBuilder::new()
-        .ip_or_hostname(Some("127.0.0.1"))
-        .tcp_port(3306)
+        .ip_or_hostname(Some(host))
+        .tcp_port(port)
         .user(Some(mysql_user()))
         .pass(Some(mysql_password()))
         .db_name(db)
         .prefer_socket(false)
         .into()
+}
+
+/// A connection to the MariaDB at `host:port` as the tests' user, without a database; or the
+/// message saying MariaDB is missing and how to fix it (`make services`).
+pub fn connect_admin_at(host: &str, port: u16) -> Result<PooledConn, String> {
+    Pool::new(opts_at(host, port, None))
+        .and_then(|admin| admin.get_conn())
+        .map_err(|e| services::mysql_message(&format!("{host}:{port}"), &mysql_user(), &e))
 }
 
 pub struct TestDb {
@@ -31,8 +45,7 @@ pub struct TestDb {
 impl TestDb {
     pub fn create() -> TestDb {
         let name = format!("sbc_test_{:08x}", rand::thread_rng().gen::<u32>());
-        let admin = Pool::new(opts(None)).expect("MariaDB on 127.0.0.1:3306 (run `make services`)");
-        let mut c = admin.get_conn().expect("MariaDB connection");
+        let mut c = connect_admin_at(services::MYSQL_HOST, services::MYSQL_PORT).unwrap_or_else(|m| panic!("{m}"));
         c.query_drop(format!("CREATE DATABASE `{name}`")).expect("create test database");
         let pool = Pool::new(opts(Some(&name))).expect("test database pool");
         let schema = include_str!("../../src/store/schema.sql");

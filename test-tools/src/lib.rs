@@ -19,6 +19,7 @@ pub mod loadgen;
 pub mod node_leader;
 pub mod node_sidecar;
 pub mod regload;
+pub mod services;
 pub mod sipp;
 pub mod soak_servers;
 pub mod tcp_proxy;

@@ -91,7 +91,7 @@ impl<'a> Sipp<'a> {
             cmd.args(["-key", k, v]);
         }
         cmd.args(&self.extra);
-        let out = cmd.output().expect("sipp runs (install sip-tester: make services)");
+        let out = crate::services::run_sipp(&mut cmd);
         let messages = std::fs::read_to_string(&msg_file).unwrap_or_default();
         let _ = std::fs::remove_dir_all(&dir);
         SippRun {
