@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use log::{debug, error, info, warn, Level};
 
+use super::account_state::{HookHealth, HookOutcome};
 use super::accounts::{self, Account};
 use super::alerts;
 use super::bindings::{self, NewBinding};
@@ -133,7 +134,7 @@ impl Registrar {
         credentials: &DigestCredentials,
     ) -> Step<AuthVerdict> {
         let started = Instant::now();
-        if let Admission::Refuse { retry_after } = self.hook_breaker.admit(&account.account_sid, started) {
+        if let Admission::Refuse { retry_after } = self.account_states.admit_webhook(&account.account_sid, started) {
             REFUSALS.note_at(Level::Debug, "webhook breaker open", || {
                 format!(
                     "registrar: webhook of account_sid={} not called after repeated timeouts aor={}: 503",
@@ -147,8 +148,13 @@ impl Registrar {
         let data = webhook::payload(&meta.address, meta.port, &req.message, hook.method, ctx.reg.expires, credentials);
         let request = webhook::build_request(hook, account.webhook_secret.as_deref(), &data, unix_secs());
         let result = self.hook.send(&request).and_then(|response| webhook::interpret(&response));
-        let timed_out = matches!(result, Err(HookError::Timeout));
-        match self.hook_breaker.record(&account.account_sid, timed_out, started, Instant::now()) {
+        let outcome = match &result {
+            Ok(_) => HookOutcome::Answered,
+            Err(HookError::Timeout) => HookOutcome::TimedOut,
+            Err(_) => HookOutcome::Failed,
+        };
+        let news = self.account_states.webhook_outcome(&account.account_sid, outcome, started, Instant::now());
+        match news.breaker {
             Transition::Opened => warn!(
                 "registrar: registration webhook of account_sid={} url={} timed out {} times in a row; \
                  its REGISTERs get 503 without calling it for {} s, then one is tried",
@@ -157,16 +163,18 @@ impl Registrar {
                 self.settings.webhook_breaker.threshold,
                 self.settings.webhook_breaker.cooldown.as_secs_f32()
             ),
-            Transition::Closed => info!(
+            // A recovery is told once, by the line below (it names the webhook). A webhook that
+            // fails fast closes the breaker too (only timeouts hold workers), and this says so.
+            Transition::Closed if news.health != HookHealth::Recovered => info!(
                 "registrar: registration webhook of account_sid={} answers again; calling it for every REGISTER",
                 account.account_sid
             ),
-            Transition::StillOpen | Transition::None => {}
+            Transition::Closed | Transition::StillOpen | Transition::None => {}
         }
         // `app.hook.response_time` is only measured for answers the webhook gave with HTTP 200.
         if let Ok(verdict) = &result {
             self.metrics.hook_response_time(verdict.status(), started.elapsed());
-            if self.hook_health.succeeded(&account.account_sid) {
+            if news.health == HookHealth::Recovered {
                 info!(
                     "registrar: registration webhook of account_sid={} answers again url={}",
                     account.account_sid,
@@ -185,7 +193,7 @@ impl Registrar {
             Err(e) => e,
         };
         // Once per change: a dead webhook fails every REGISTER of the account.
-        if self.hook_health.failed(&account.account_sid) {
+        if news.health == HookHealth::Failing {
             warn!(
                 "registrar: registration webhook failing account_sid={} url={} aor={}: {e}",
                 account.account_sid,

@@ -112,6 +112,9 @@ pub(super) struct Pending {
 
 /// What the local checks found beyond the request itself, in the form the decision takes it:
 /// every check ran once, on the triage thread, and nothing is checked again later.
+// `Usable` is the common case and `Found` lives in a boxed `Pending`: boxing it again would
+// buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Found {
     /// The source is banned: only a refresh of its own binding from the cache window is
     /// answered (a real phone behind a banned address keeps its registration). The account is
@@ -487,11 +490,11 @@ impl Registrar {
 
     /// The account's device limit, from the cache or MySQL.
     fn device_limit(&self, account: &Account) -> Step<u64> {
-        if let Some(limit) = self.limits.get(&account.account_sid) {
+        if let Some(limit) = self.account_states.device_limit(&account.account_sid, Instant::now()) {
             return Continue(limit);
         }
         let limit = self.mysql("reading the account's capacities", |conn| accounts::device_limit(conn, account))?;
-        self.limits.put(&account.account_sid, limit);
+        self.account_states.remember_device_limit(&account.account_sid, limit, Instant::now());
         Continue(limit)
     }
 
@@ -556,7 +559,7 @@ impl Registrar {
     /// `account-device-limit`, at most once per account per
     /// [`super::alerts::DEVICE_LIMIT_ALERT_INTERVAL`].
     fn raise_device_limit_alert(&self, account: &Account, limit: u64) {
-        if self.device_limit_alerts.admit(&account.account_sid, Instant::now()) {
+        if self.account_states.admit_device_limit_alert(&account.account_sid, Instant::now()) {
             self.raise_alert(Alert::account_device_limit(&account.account_sid, limit));
         }
     }
