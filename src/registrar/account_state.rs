@@ -60,6 +60,15 @@ pub struct HookNews {
     pub health: HookHealth,
 }
 
+impl HookNews {
+    /// Whether the breaker's closing needs a line of its own. Not when the webhook recovered:
+    /// one recovery is one line, and the health's names the webhook. Only when a fast failure
+    /// (an error status, a refused connection) closed it: only timeouts hold workers.
+    pub fn closed_without_recovery(&self) -> bool {
+        self.breaker == Transition::Closed && self.health != HookHealth::Recovered
+    }
+}
+
 #[derive(Debug, Default)]
 struct AccountState {
     breaker: Breaker,
@@ -253,6 +262,7 @@ mod tests {
         assert_eq!(s.admit_webhook("a1", later), Admission::Call, "the probe");
         let news = s.webhook_outcome("a1", HookOutcome::Answered, later, later);
         assert_eq!(news, HookNews { breaker: Transition::Closed, health: HookHealth::Recovered });
+        assert!(!news.closed_without_recovery(), "the recovery line alone tells it");
         // A fast error closes the breaker (only timeouts hold workers) but is no recovery.
         let hang = later + Duration::from_millis(1);
         for _ in 0..3 {
@@ -262,6 +272,7 @@ mod tests {
         s.admit_webhook("a1", again);
         let news = s.webhook_outcome("a1", HookOutcome::Failed, again, again);
         assert_eq!(news, HookNews { breaker: Transition::Closed, health: HookHealth::StillFailing });
+        assert!(news.closed_without_recovery());
     }
 
     #[test]

@@ -163,9 +163,8 @@ impl Registrar {
                 self.settings.webhook_breaker.threshold,
                 self.settings.webhook_breaker.cooldown.as_secs_f32()
             ),
-            // A recovery is told once, by the line below (it names the webhook). A webhook that
-            // fails fast closes the breaker too (only timeouts hold workers), and this says so.
-            Transition::Closed if news.health != HookHealth::Recovered => info!(
+            // A recovery is told once, by the health's line below.
+            Transition::Closed if news.closed_without_recovery() => info!(
                 "registrar: registration webhook of account_sid={} answers again; calling it for every REGISTER",
                 account.account_sid
             ),
