@@ -1,10 +1,10 @@
-//! Short-lived caches of MySQL lookups: accounts by realm, device limits by account.
+//! A short-lived cache of MySQL lookups: accounts by realm.
 //!
 //! Every REGISTER needs the account of its realm, twice per registration (challenge, then the
-//! authenticated retry), and in hosting mode the account's device limit. Without a cache that
-//! is MySQL round trips per device for data that changes a few times a year; with it, a busy
-//! SBC asks MySQL about each realm (and each account's capacities) at most once per `ttl`. The
-//! price: deactivating an account or changing its plan takes effect within `ttl`.
+//! authenticated retry). Without a cache that is MySQL round trips per device for data that
+//! changes a few times a year; with it, a busy SBC asks MySQL about each realm at most once per
+//! `ttl`. The price: deactivating an account takes effect within `ttl`. (The device limits of
+//! hosting mode are cached as long, with the account's other state: `account_state.rs`.)
 //!
 //! Realms come from the To header, so an attacker chooses them. [`AccountCache`] therefore
 //! keeps three tiers with bounds and eviction of their own, and a flood of made-up realms can
@@ -29,8 +29,6 @@ use super::accounts::Account;
 
 /// Sub-domain and unknown realms remembered, each tier.
 const MAX_STRANGERS: usize = 16_384;
-/// Device limits remembered (one per account).
-const MAX_LIMITS: usize = 10_000;
 /// Lookups per second of realms this cache has never held.
 pub const NEW_REALM_LOOKUPS_PER_SEC: u32 = 50;
 
@@ -181,47 +179,6 @@ impl<V: Clone> Bounded<V> {
     }
 }
 
-/// Values by key, each reused for `ttl`; at most [`MAX_LIMITS`] (expired ones go first, then
-/// the oldest). Keyed by data from MySQL (account sids), not by what devices send.
-pub struct TtlCache<V> {
-    ttl: Duration,
-    entries: Mutex<HashMap<String, (Instant, V)>>,
-}
-
-impl<V: Clone> TtlCache<V> {
-    /// A zero `ttl` disables the cache.
-    pub fn new(ttl: Duration) -> TtlCache<V> {
-        TtlCache { ttl, entries: Mutex::new(HashMap::new()) }
-    }
-
-    /// `Some(value)` when a fresh value is cached.
-    pub fn get(&self, key: &str) -> Option<V> {
-        if self.ttl.is_zero() {
-            return None;
-        }
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.get(key).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, v)| v.clone())
-    }
-
-    pub fn put(&self, key: &str, value: V) {
-        if self.ttl.is_zero() {
-            return;
-        }
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= MAX_LIMITS && !entries.contains_key(key) {
-            let ttl = self.ttl;
-            entries.retain(|_, (at, _)| at.elapsed() < ttl);
-            if entries.len() >= MAX_LIMITS {
-                let oldest = entries.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| k.clone());
-                if let Some(oldest) = oldest {
-                    entries.remove(&oldest);
-                }
-            }
-        }
-        entries.insert(key.to_string(), (Instant::now(), value));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,15 +249,5 @@ mod tests {
         assert_eq!(c.get_at("real.example.com", later), Cached::LookUp);
         // the next second has a new allowance
         assert_eq!(c.get_at("one-more.example.com", later + Duration::from_secs(1)), Cached::LookUp);
-    }
-
-    #[test]
-    fn the_limits_cache_is_bounded() {
-        let c: TtlCache<u64> = TtlCache::new(Duration::from_secs(60));
-        for i in 0..(MAX_LIMITS + 10) {
-            c.put(&format!("sid{i}"), i as u64);
-        }
-        assert!(c.entries.lock().unwrap().len() <= MAX_LIMITS);
-        assert_eq!(c.get(&format!("sid{}", MAX_LIMITS + 9)), Some((MAX_LIMITS + 9) as u64));
     }
 }

@@ -19,9 +19,10 @@ use std::net::IpAddr;
 use log::Level;
 
 use super::accounts::Account;
-use super::credentials::{self, FormProblem, NonceUse};
+use super::credentials::{self, FormProblem};
 use super::nonce::NonceCheck;
 use super::pipeline::Ctx;
+use super::replay;
 use super::reply::Reply;
 use super::request::REFUSALS;
 use super::Registrar;
@@ -32,7 +33,8 @@ use crate::sip::{parse_authorization, www_authenticate, SipError};
 /// An Authorization that answers our challenge as it must.
 pub(super) struct Answer {
     pub(super) credentials: DigestCredentials,
-    pub(super) nonce_use: NonceUse,
+    /// The key that records the one-time use of its nonce, `nc` and `cnonce` (`replay.rs`).
+    pub(super) one_time_key: String,
 }
 
 /// Why an Authorization cannot go on to be verified.
@@ -106,7 +108,8 @@ impl Registrar {
                 realm: credentials.realm.clone().unwrap_or_default(),
             });
         }
-        Ok(Answer { credentials, nonce_use })
+        let one_time_key = replay::key(credentials.nonce.as_deref().unwrap_or(""), &nonce_use);
+        Ok(Answer { credentials, one_time_key })
     }
 
     /// The response to an Authorization with `problem`, logged, and counted against the

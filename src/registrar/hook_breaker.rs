@@ -15,9 +15,10 @@
 //! but the webhook is already answering the calls made since — counting those stale timeouts
 //! opened the breaker after the webhook had recovered and refused every REGISTER for the
 //! cool-down (found by `make soak`).
+//!
+//! This file is one account's breaker ([`Breaker`]); the table of them, with the rest of what the
+//! registrar keeps per account, is `account_state.rs`.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,21 +57,6 @@ pub enum Transition {
     Closed,
 }
 
-#[derive(Debug, Default)]
-struct AccountState {
-    timeouts_in_a_row: u32,
-    /// Set while open; also pushed forward while a probe runs.
-    open_until: Option<Instant>,
-    /// When the webhook last answered: a timeout of a call started before that is stale.
-    answered_at: Option<Instant>,
-}
-
-impl AccountState {
-    fn healthy(&self) -> bool {
-        self.timeouts_in_a_row == 0 && self.open_until.is_none()
-    }
-}
-
 /// An account whose breaker is open (or half open, its probe running), for `sbcctl status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenBreaker {
@@ -81,52 +67,32 @@ pub struct OpenBreaker {
     pub retry_in: Duration,
 }
 
-/// Accounts whose webhook was called (healthy ones are forgotten first when the map is full).
-pub struct HookBreaker {
-    settings: BreakerSettings,
-    accounts: Mutex<HashMap<String, AccountState>>,
+/// One account's breaker (closed when new).
+#[derive(Debug, Default, Clone)]
+pub struct Breaker {
+    timeouts_in_a_row: u32,
+    /// Set while open; also pushed forward while a probe runs.
+    open_until: Option<Instant>,
+    /// When the webhook last answered: a timeout of a call started before that is stale.
+    answered_at: Option<Instant>,
 }
 
-/// More accounts than this timing out at once means the network, not the accounts: the map is
-/// cleared rather than grown.
-const MAX_TRACKED: usize = 10_000;
-
-impl HookBreaker {
-    pub fn new(settings: BreakerSettings) -> HookBreaker {
-        HookBreaker { settings, accounts: Mutex::new(HashMap::new()) }
+impl Breaker {
+    /// `Some((timeouts in a row, until the next probe))` while open or half open.
+    pub fn open(&self, now: Instant) -> Option<(u32, Duration)> {
+        let until = self.open_until?;
+        Some((self.timeouts_in_a_row, until.saturating_duration_since(now)))
     }
 
-    /// The accounts whose breaker is open, sorted by account sid.
-    pub fn open(&self, now: Instant) -> Vec<OpenBreaker> {
-        let accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
-        let mut open: Vec<OpenBreaker> = accounts
-            .iter()
-            .filter_map(|(sid, state)| {
-                let until = state.open_until?;
-                Some(OpenBreaker {
-                    account_sid: sid.clone(),
-                    timeouts: state.timeouts_in_a_row,
-                    retry_in: until.saturating_duration_since(now),
-                })
-            })
-            .collect();
-        open.sort_by(|a, b| a.account_sid.cmp(&b.account_sid));
-        open
-    }
-
-    pub fn admit(&self, account_sid: &str, now: Instant) -> Admission {
-        if self.settings.threshold == 0 {
+    pub fn admit(&mut self, settings: &BreakerSettings, now: Instant) -> Admission {
+        if settings.threshold == 0 {
             return Admission::Call;
         }
-        let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(state) = accounts.get_mut(account_sid) else {
-            return Admission::Call;
-        };
-        match state.open_until {
+        match self.open_until {
             Some(until) if now < until => Admission::Refuse { retry_after: until - now },
             Some(_) => {
                 // Half open: this call is the probe; the others wait for its outcome.
-                state.open_until = Some(now + self.settings.cooldown);
+                self.open_until = Some(now + settings.cooldown);
                 Admission::Call
             }
             None => Admission::Call,
@@ -134,34 +100,31 @@ impl HookBreaker {
     }
 
     /// Records how a call that [`admit`](Self::admit) let through at `started` ended at `now`.
-    pub fn record(&self, account_sid: &str, timed_out: bool, started: Instant, now: Instant) -> Transition {
-        if self.settings.threshold == 0 {
+    pub fn record(
+        &mut self,
+        settings: &BreakerSettings,
+        timed_out: bool,
+        started: Instant,
+        now: Instant,
+    ) -> Transition {
+        if settings.threshold == 0 {
             return Transition::None;
         }
-        let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
-        if !accounts.contains_key(account_sid) && accounts.len() >= MAX_TRACKED {
-            accounts.retain(|_, state| !state.healthy());
-            if accounts.len() >= MAX_TRACKED {
-                accounts.clear();
-            }
-        }
         if !timed_out {
-            let state = accounts.entry(account_sid.to_string()).or_default();
-            let was_open = state.open_until.is_some();
-            *state = AccountState { answered_at: Some(now), ..AccountState::default() };
+            let was_open = self.open_until.is_some();
+            *self = Breaker { answered_at: Some(now), ..Breaker::default() };
             return if was_open { Transition::Closed } else { Transition::None };
         }
-        let state = accounts.entry(account_sid.to_string()).or_default();
-        if state.answered_at.is_some_and(|answered| answered >= started) {
+        if self.answered_at.is_some_and(|answered| answered >= started) {
             // The webhook answered since this call went out: it says nothing about now.
             return Transition::None;
         }
-        state.timeouts_in_a_row = state.timeouts_in_a_row.saturating_add(1);
-        if state.timeouts_in_a_row < self.settings.threshold {
+        self.timeouts_in_a_row = self.timeouts_in_a_row.saturating_add(1);
+        if self.timeouts_in_a_row < settings.threshold {
             return Transition::None;
         }
-        let was_open = state.open_until.is_some();
-        state.open_until = Some(now + self.settings.cooldown);
+        let was_open = self.open_until.is_some();
+        self.open_until = Some(now + settings.cooldown);
         if was_open {
             Transition::StillOpen
         } else {
@@ -175,117 +138,88 @@ mod tests {
     use super::*;
 
     const COOLDOWN: Duration = Duration::from_secs(10);
-
-    fn breaker() -> HookBreaker {
-        HookBreaker::new(BreakerSettings { threshold: 3, cooldown: COOLDOWN })
-    }
+    const SETTINGS: BreakerSettings = BreakerSettings { threshold: 3, cooldown: COOLDOWN };
 
     #[test]
     fn three_timeouts_in_a_row_open_it_for_the_cooldown() {
-        let b = breaker();
+        let mut b = Breaker::default();
         let t0 = Instant::now();
         for _ in 0..2 {
-            assert_eq!(b.admit("a1", t0), Admission::Call);
-            assert_eq!(b.record("a1", true, t0, t0), Transition::None);
+            assert_eq!(b.admit(&SETTINGS, t0), Admission::Call);
+            assert_eq!(b.record(&SETTINGS, true, t0, t0), Transition::None);
         }
-        assert_eq!(b.record("a1", true, t0, t0), Transition::Opened);
+        assert_eq!(b.record(&SETTINGS, true, t0, t0), Transition::Opened);
         assert_eq!(
-            b.admit("a1", t0 + Duration::from_secs(4)),
+            b.admit(&SETTINGS, t0 + Duration::from_secs(4)),
             Admission::Refuse { retry_after: COOLDOWN - Duration::from_secs(4) }
         );
-        assert_eq!(b.admit("a2", t0), Admission::Call, "other accounts are not affected");
-    }
-
-    #[test]
-    fn open_breakers_are_listed_until_the_webhook_answers() {
-        let b = breaker();
-        let t0 = Instant::now();
-        assert!(b.open(t0).is_empty());
-        for _ in 0..3 {
-            b.record("a2", true, t0, t0);
-        }
-        b.record("a1", true, t0, t0);
-        let open = b.open(t0 + Duration::from_secs(4));
-        assert_eq!(
-            open,
-            vec![OpenBreaker { account_sid: "a2".into(), timeouts: 3, retry_in: COOLDOWN - Duration::from_secs(4) }]
-        );
-        b.record("a2", false, t0, t0 + COOLDOWN);
-        assert!(b.open(t0 + COOLDOWN).is_empty());
+        assert_eq!(b.open(t0 + Duration::from_secs(4)), Some((3, COOLDOWN - Duration::from_secs(4))));
     }
 
     #[test]
     fn an_answer_in_between_starts_the_count_again() {
-        let b = breaker();
+        let mut b = Breaker::default();
         let t0 = Instant::now();
-        b.record("a1", true, t0, t0);
-        b.record("a1", true, t0, t0);
-        assert_eq!(b.record("a1", false, t0, t0), Transition::None);
-        assert_eq!(b.record("a1", true, t0, t0), Transition::None);
-        assert_eq!(b.admit("a1", t0), Admission::Call);
+        b.record(&SETTINGS, true, t0, t0);
+        b.record(&SETTINGS, true, t0, t0);
+        assert_eq!(b.record(&SETTINGS, false, t0, t0), Transition::None);
+        assert_eq!(b.record(&SETTINGS, true, t0, t0), Transition::None);
+        assert_eq!(b.admit(&SETTINGS, t0), Admission::Call);
+        assert_eq!(b.open(t0), None);
     }
 
     #[test]
     fn after_the_cooldown_one_probe_goes_and_its_outcome_decides() {
-        let b = breaker();
+        let mut b = Breaker::default();
         let t0 = Instant::now();
         for _ in 0..3 {
-            b.record("a1", true, t0, t0);
+            b.record(&SETTINGS, true, t0, t0);
         }
         let later = t0 + COOLDOWN;
-        assert_eq!(b.admit("a1", later), Admission::Call, "the probe");
-        assert!(matches!(b.admit("a1", later), Admission::Refuse { .. }), "only one probe at a time");
-        assert_eq!(b.record("a1", true, later, later), Transition::StillOpen);
-        assert!(matches!(b.admit("a1", later + Duration::from_secs(1)), Admission::Refuse { .. }));
+        assert_eq!(b.admit(&SETTINGS, later), Admission::Call, "the probe");
+        assert!(matches!(b.admit(&SETTINGS, later), Admission::Refuse { .. }), "only one probe at a time");
+        assert_eq!(b.record(&SETTINGS, true, later, later), Transition::StillOpen);
+        assert!(matches!(b.admit(&SETTINGS, later + Duration::from_secs(1)), Admission::Refuse { .. }));
 
         let again = later + COOLDOWN;
-        assert_eq!(b.admit("a1", again), Admission::Call);
-        assert_eq!(b.record("a1", false, again, again), Transition::Closed);
-        assert_eq!(b.admit("a1", again), Admission::Call);
-        assert_eq!(b.record("a1", true, again, again), Transition::None, "closed: counting from zero");
+        assert_eq!(b.admit(&SETTINGS, again), Admission::Call);
+        assert_eq!(b.record(&SETTINGS, false, again, again), Transition::Closed);
+        assert_eq!(b.admit(&SETTINGS, again), Admission::Call);
+        assert_eq!(b.record(&SETTINGS, true, again, again), Transition::None, "closed: counting from zero");
     }
 
     #[test]
     fn timeouts_of_calls_made_before_the_webhook_answered_again_do_not_open_it() {
         // A hang: three calls go out; it ends; a call made after it is answered; then the three
         // calls made during the hang time out.
-        let b = breaker();
+        let mut b = Breaker::default();
         let t0 = Instant::now();
         let answered = t0 + Duration::from_millis(1200);
-        assert_eq!(b.record("a1", false, t0 + Duration::from_secs(1), answered), Transition::None);
+        assert_eq!(b.record(&SETTINGS, false, t0 + Duration::from_secs(1), answered), Transition::None);
         for _ in 0..3 {
-            assert_eq!(b.record("a1", true, t0, t0 + Duration::from_secs(3)), Transition::None);
+            assert_eq!(b.record(&SETTINGS, true, t0, t0 + Duration::from_secs(3)), Transition::None);
         }
-        assert_eq!(b.admit("a1", t0 + Duration::from_secs(3)), Admission::Call, "the webhook answers: keep calling");
+        assert_eq!(
+            b.admit(&SETTINGS, t0 + Duration::from_secs(3)),
+            Admission::Call,
+            "the webhook answers: keep calling"
+        );
         // Calls made after the answer still count.
         let late = answered + Duration::from_millis(1);
         for _ in 0..2 {
-            assert_eq!(b.record("a1", true, late, late + Duration::from_secs(3)), Transition::None);
+            assert_eq!(b.record(&SETTINGS, true, late, late + Duration::from_secs(3)), Transition::None);
         }
-        assert_eq!(b.record("a1", true, late, late + Duration::from_secs(3)), Transition::Opened);
-    }
-
-    #[test]
-    fn healthy_accounts_are_forgotten_before_the_ones_that_time_out() {
-        let b = breaker();
-        let t0 = Instant::now();
-        for _ in 0..3 {
-            b.record("hanging", true, t0, t0);
-        }
-        for i in 0..MAX_TRACKED {
-            b.record(&format!("ok{i}"), false, t0, t0);
-        }
-        assert!(matches!(b.admit("hanging", t0), Admission::Refuse { .. }), "still open");
-        assert!(b.accounts.lock().unwrap().len() <= MAX_TRACKED);
+        assert_eq!(b.record(&SETTINGS, true, late, late + Duration::from_secs(3)), Transition::Opened);
     }
 
     #[test]
     fn threshold_zero_disables_it() {
-        let b = HookBreaker::new(BreakerSettings { threshold: 0, cooldown: COOLDOWN });
+        let off = BreakerSettings { threshold: 0, cooldown: COOLDOWN };
+        let mut b = Breaker::default();
         let t0 = Instant::now();
         for _ in 0..10 {
-            assert_eq!(b.record("a1", true, t0, t0), Transition::None);
+            assert_eq!(b.record(&off, true, t0, t0), Transition::None);
         }
-        assert_eq!(b.admit("a1", t0), Admission::Call);
+        assert_eq!(b.admit(&off, t0), Admission::Call);
     }
 }

@@ -21,10 +21,13 @@
 //! `credentials` (what an Authorization must say), `accounts` (MySQL reads), `webhook` +
 //! `hook_transport` (the HTTP hook), `clients` + `crypto` (the `clients` table), `nonce`,
 //! `replay`, `bans`, `bindings` (Redis), `device_count`, `grant`, `reply`, `alerts`, `health`,
+//! `account_cache` (accounts by realm), `account_state` + `lru` (what is kept per account:
+//! webhook breaker and health, device limit, alerts — one bounded table), `hook_breaker`,
 //! `auth_pool` (the triage thread and the workers), `fair_pool` (the elastic, fair worker
 //! pool), `settings`.
 
 mod account_cache;
+mod account_state;
 pub mod accounts;
 pub mod alerts;
 pub mod auth_pool;
@@ -42,6 +45,7 @@ mod health;
 pub mod hook_breaker;
 pub mod hook_resolver;
 pub mod hook_transport;
+mod lru;
 pub mod nonce;
 pub mod outcomes;
 mod pipeline;
@@ -60,12 +64,12 @@ pub use pipeline::Checked;
 pub use settings::RegistrarSettings;
 pub use webhook::{HookError, HookRequest, HookResponse, HookTransport};
 
-use account_cache::{AccountCache, TtlCache};
-use alerts::{AlertLimiter, DEVICE_LIMIT_ALERT_INTERVAL};
+use account_cache::AccountCache;
+use account_state::AccountStates;
+use alerts::DEVICE_LIMIT_ALERT_INTERVAL;
 use crypto::PasswordKey;
 use device_count::DeviceCounter;
-use health::{HookHealth, StoreHealth};
-use hook_breaker::HookBreaker;
+use health::StoreHealth;
 use hook_transport::UreqTransport;
 use nonce::NonceSigner;
 
@@ -85,15 +89,12 @@ pub struct Registrar {
     hook: Box<dyn HookTransport>,
     devices: DeviceCounter,
     accounts: AccountCache,
-    /// Device limits by account sid (hosting mode), cached as long as accounts.
-    limits: TtlCache<u64>,
+    /// Per account: webhook breaker and health, device limit, device-limit alerts.
+    account_states: AccountStates,
     /// Sources refused after repeated failed authentications; shared with the CLI server.
     bans: Arc<Bans>,
-    device_limit_alerts: AlertLimiter,
     mysql_health: StoreHealth,
     redis_health: StoreHealth,
-    hook_health: HookHealth,
-    hook_breaker: HookBreaker,
     outcomes: outcomes::RegisterOutcomes,
     /// Where alerts go (InfluxDB); `None` until the daemon plugs the writer in.
     alerts: Option<AlertSender>,
@@ -123,14 +124,16 @@ impl Registrar {
             Some(secret) => NonceSigner::from_secret(secret, settings.nonce_ttl),
             None => NonceSigner::random(settings.nonce_ttl),
         };
-        let hook_breaker = HookBreaker::new(settings.webhook_breaker);
         Registrar {
             password_key: PasswordKey::derive(&settings.encryption_secret, settings.legacy_crypto),
             devices: DeviceCounter::new(settings.device_count_max_age),
             accounts: AccountCache::new(settings.account_cache_ttl),
-            limits: TtlCache::new(settings.account_cache_ttl),
+            account_states: AccountStates::new(
+                settings.webhook_breaker,
+                settings.account_cache_ttl,
+                DEVICE_LIMIT_ALERT_INTERVAL,
+            ),
             bans: Arc::new(Bans::new(BanSettings::default())),
-            device_limit_alerts: AlertLimiter::new(DEVICE_LIMIT_ALERT_INTERVAL),
             nonces,
             settings,
             mysql,
@@ -138,8 +141,6 @@ impl Registrar {
             hook,
             mysql_health: StoreHealth::new("mysql"),
             redis_health: StoreHealth::new("redis"),
-            hook_health: HookHealth::new(),
-            hook_breaker,
             outcomes: outcomes::RegisterOutcomes::new(),
             alerts: None,
             metrics: Metrics::disabled(),

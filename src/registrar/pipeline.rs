@@ -4,8 +4,9 @@
 //!
 //! 1. **Local checks** of each request ([`Registrar::prepare`]), no Redis: source ban,
 //!    Request-URI, Contact and expires, address of record, the account of the realm (cache or
-//!    MySQL), and what the Authorization must say (`authorization.rs`). What they find is kept,
-//!    not yet answered.
+//!    MySQL), and what the Authorization must say (`authorization.rs`). Each runs once; what
+//!    they find is kept ([`Pending`]), not yet answered, and both the batch read and the
+//!    decision use it.
 //! 2. **One Redis round trip** for the whole batch ([`Registrar::read`]): the stored bindings of
 //!    those that will consult the cache window (one `MGET`), and — pipelined with it — the claim
 //!    of the one-time use of each answer that passed every local check (`SET … NX`, see
@@ -15,9 +16,10 @@
 //!    proven becomes a [`Checked`] request for an auth worker (`complete.rs`): the webhook or
 //!    the `clients` table, then the binding.
 //!
-//! Each step returns `Result<_, Reply>`: the first final response stops the chain.
+//! Each step returns a [`Step`]: the first final response (`Break`) stops the chain.
 
 use std::net::IpAddr;
+use std::ops::ControlFlow::{Break, Continue};
 use std::panic::{self, AssertUnwindSafe};
 use std::time::Instant;
 
@@ -28,10 +30,9 @@ use super::account_cache::{Cached, NEW_REALM_LOOKUPS_PER_SEC};
 use super::accounts::{self, Account};
 use super::authorization::{source_ip, Answer, AnswerProblem};
 use super::bindings::{self, StoredBinding};
-use super::credentials::NonceUse;
 use super::health::StoreHealth;
 use super::replay;
-use super::reply::Reply;
+use super::reply::{Reply, Step};
 use super::request::{self, Aor, Kind, Registration, REFUSALS};
 use super::{unix_millis, Registrar};
 use crate::drachtio::IncomingRequest;
@@ -70,10 +71,11 @@ pub struct Checked {
     pub(super) ctx: Ctx,
     pub(super) account: Account,
     pub(super) credentials: DigestCredentials,
-    pub(super) nonce_use: NonceUse,
-    /// The one-time key of this answer, when the batch read claimed it (released again when
-    /// the request ends in a 5xx, so that the phone's retry is not taken for a replay).
-    pub(super) claim: Option<String>,
+    /// The key that records the one-time use of this answer (`replay.rs`).
+    pub(super) one_time_key: String,
+    /// The batch read claimed `one_time_key` (released again when the request ends in a 5xx,
+    /// so that the phone's retry is not taken for a replay).
+    pub(super) claimed: bool,
     /// When the triage thread took the request (response-time metrics cover the whole path).
     pub(super) started: Instant,
 }
@@ -105,16 +107,37 @@ pub(super) struct Ctx {
 /// What the local checks found out about a request, waiting for the batch's Redis read.
 pub(super) struct Pending {
     ctx: Ctx,
+    found: Found,
+}
+
+/// What the local checks found beyond the request itself, in the form the decision takes it:
+/// every check ran once, on the triage thread, and nothing is checked again later.
+// `Usable` is the common case and `Found` lives in a boxed `Pending`: boxing it again would
+// buy nothing.
+#[allow(clippy::large_enum_variant)]
+enum Found {
     /// The source is banned: only a refresh of its own binding from the cache window is
-    /// answered (a real phone behind a banned address keeps its registration).
-    banned: bool,
-    /// The account of the realm, as looked up (`None`: no account); not looked up for a
-    /// banned source.
-    account: Option<Result<Option<Account>, Reply>>,
-    /// The Authorization's local checks, when the account could be used.
-    answer: Option<Result<Answer, AnswerProblem>>,
+    /// answered (a real phone behind a banned address keeps its registration). The account is
+    /// not looked up.
+    Banned,
+    /// The lookup of the realm's account gave the answer itself (`503`: too many new realms,
+    /// or MySQL down).
+    LookupAnswered(Reply),
+    /// No account has the realm, or it is deactivated: refused once the cache window had its
+    /// say.
+    Unusable(Option<Account>),
+    /// An active account, and what the local checks of the Authorization found.
+    Usable { account: Account, answer: Result<Answer, AnswerProblem> },
+}
+
+impl Pending {
     /// The one-time key to claim with the read: only when every local check passed.
-    claim_key: Option<String>,
+    fn claim_key(&self) -> Option<&str> {
+        match &self.found {
+            Found::Usable { answer: Ok(answer), .. } => Some(&answer.one_time_key),
+            _ => None,
+        }
+    }
 }
 
 /// What the local checks decided.
@@ -175,12 +198,12 @@ impl Registrar {
                 }
                 Prepared::Pending(pending) => pending,
             };
-            match panic::catch_unwind(AssertUnwindSafe(|| self.decide(&req, *pending, read))) {
-                Ok(Ok(Decided { ctx, account, answer, claim })) => {
-                    let Answer { credentials, nonce_use } = answer;
-                    checked.push(Checked { req, ctx, account, credentials, nonce_use, claim, started });
+            match panic::catch_unwind(AssertUnwindSafe(|| self.decide(*pending, read))) {
+                Ok(Continue(Decided { ctx, account, answer, claimed })) => {
+                    let Answer { credentials, one_time_key } = answer;
+                    checked.push(Checked { req, ctx, account, credentials, one_time_key, claimed, started });
                 }
-                Ok(Err(reply)) => self.answer(req, reply, started),
+                Ok(Break(reply)) => self.answer(req, reply, started),
                 Err(_) => {
                     let reply = self.internal_error(&req);
                     self.answer(req, reply, started);
@@ -226,8 +249,8 @@ impl Registrar {
     /// A checked request no auth worker will take: `503` with `Retry-After`, and the claim of
     /// its answer released, so that the phone's retry of the same answer is accepted.
     pub fn refuse_checked(&self, checked: Checked) {
-        if let Some(key) = &checked.claim {
-            self.release_claim(key);
+        if checked.claimed {
+            self.release_claim(&checked.one_time_key);
         }
         self.answer_unavailable(checked.req);
     }
@@ -251,29 +274,21 @@ impl Registrar {
         };
         if let Some(ban) = banned {
             debug!("registrar: REGISTER from banned source={} ({} s left)", ban.ip, ban.remaining.as_secs());
-            return Prepared::Pending(Box::new(Pending {
-                ctx,
-                banned: true,
-                account: None,
-                answer: None,
-                claim_key: None,
-            }));
+            return Prepared::Pending(Box::new(Pending { ctx, found: Found::Banned }));
         }
-        let account = self.account_of(ctx.aor.realm());
-        let answer = match &account {
-            Ok(Some(a)) if a.is_active => Some(self.check_authorization(req, &ctx, a)),
-            _ => None,
-        };
-        let claim_key = match (&answer, &ctx.reg.kind) {
-            (Some(Ok(answer)), _) => {
-                Some(replay::key(answer.credentials.nonce.as_deref().unwrap_or(""), &answer.nonce_use))
+        let found = match self.account_of(ctx.aor.realm()) {
+            Break(reply) => Found::LookupAnswered(reply),
+            Continue(Some(account)) if account.is_active => {
+                let answer = self.check_authorization(req, &ctx, &account);
+                Found::Usable { account, answer }
             }
-            _ => None,
+            Continue(unusable) => Found::Unusable(unusable),
         };
-        Prepared::Pending(Box::new(Pending { ctx, banned: false, account: Some(account), answer, claim_key }))
+        Prepared::Pending(Box::new(Pending { ctx, found }))
     }
 
-    /// rejectIpv4, regParser and the address of record: the facts every later step uses.
+    /// rejectIpv4, regParser and the address of record: the facts every later step uses. A
+    /// request that fails them is malformed or not ours: `Err` with its refusal.
     fn parse_request(&self, req: &IncomingRequest, source_ip: Option<IpAddr>) -> Result<Ctx, Reply> {
         request::check_request_uri(&req.message)?;
         let reg = request::parse_registration(&req.message, self.settings.expires_bounds)?;
@@ -306,7 +321,7 @@ impl Registrar {
             .filter(|p| reads_binding(p))
             .map(|p| bindings::user_key(&p.ctx.aor_key))
             .collect();
-        let claim_keys: Vec<String> = prepared.iter().filter_map(pending).filter_map(|p| p.claim_key.clone()).collect();
+        let claim_keys: Vec<&str> = prepared.iter().filter_map(pending).filter_map(Pending::claim_key).collect();
         let nothing = || prepared.iter().map(|_| ReadResult { binding: Prefetch::NotRead, claimed: None }).collect();
         if (user_keys.is_empty() && claim_keys.is_empty()) || !self.redis_health.admit() {
             return nothing();
@@ -340,7 +355,7 @@ impl Registrar {
                     } else {
                         Prefetch::NotRead
                     },
-                    claimed: p.claim_key.as_ref().map(|_| claimed.next().unwrap_or(false)),
+                    claimed: p.claim_key().map(|_| claimed.next().unwrap_or(false)),
                 },
             })
             .collect()
@@ -352,40 +367,36 @@ impl Registrar {
     }
 
     /// Step 3, in spec order: the cache window, then the ban, the account and its device
-    /// limit, the Authorization, and the replay.
-    fn decide(&self, req: &IncomingRequest, pending: Pending, read: ReadResult) -> Result<Decided, Reply> {
-        let Pending { ctx, banned, account, answer, claim_key } = pending;
+    /// limit, the Authorization, and the replay — from what the local checks and the batch
+    /// read found.
+    fn decide(&self, pending: Pending, read: ReadResult) -> Step<Decided> {
+        let Pending { ctx, found } = pending;
         let existing = match ctx.reg.kind {
             Kind::Register => self.check_cache(&ctx, read.binding)?,
             Kind::Unregister => None,
         };
-        if banned {
-            return Err(Reply::with_reason(403, BANNED_REASON));
-        }
-        let claim = claim_key.filter(|_| read.claimed == Some(true));
-        let account = match account {
-            Some(found) => found?,
-            None => self.account_of(ctx.aor.realm())?,
+        let (account, answer) = match found {
+            Found::Banned => return Break(Reply::with_reason(403, BANNED_REASON)),
+            Found::LookupAnswered(reply) => return Break(reply),
+            Found::Unusable(account) => return Break(self.refuse_account(&ctx, account)),
+            Found::Usable { account, answer } => (account, answer),
         };
-        let account = match self.check_account(&ctx, account, existing.is_some()) {
-            Ok(account) => account,
-            Err(reply) => {
-                // Refused for a limit of ours: the answer may be sent again later.
-                if let Some(key) = &claim {
-                    self.release_claim(key);
-                }
-                return Err(reply);
+        let claimed = read.claimed == Some(true);
+        if let Break(reply) = self.check_device_limit(&ctx, &account, existing.is_some()) {
+            // Refused for a limit of ours: the answer may be sent again later.
+            if let (true, Ok(answer)) = (claimed, &answer) {
+                self.release_claim(&answer.one_time_key);
             }
-        };
-        let answer = match answer {
-            Some(answer) => answer,
-            None => self.check_authorization(req, &ctx, &account),
-        };
-        let answer = answer.map_err(|problem| self.refuse_answer(&ctx, problem))?;
-        if read.claimed == Some(false) {
-            return Err(self.replayed(&ctx));
+            return Break(reply);
         }
-        Ok(Decided { ctx, account, answer, claim })
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(problem) => return Break(self.refuse_answer(&ctx, problem)),
+        };
+        if read.claimed == Some(false) {
+            return Break(self.replayed(&ctx));
+        }
+        Continue(Decided { ctx, account, answer, claimed })
     }
 }
 
@@ -394,7 +405,8 @@ struct Decided {
     ctx: Ctx,
     account: Account,
     answer: Answer,
-    claim: Option<String>,
+    /// The batch read claimed the answer's one-time key.
+    claimed: bool,
 }
 
 impl Registrar {
@@ -404,7 +416,7 @@ impl Registrar {
     /// the seconds its binding really has left (spec 14, item 13: the Node sidecar said 30 to
     /// everyone, so connection-oriented clients refreshed every 30 s for nothing). Returns the
     /// stored binding otherwise (the device-limit check uses it).
-    fn check_cache(&self, ctx: &Ctx, prefetched: Prefetch) -> Result<Option<StoredBinding>, Reply> {
+    fn check_cache(&self, ctx: &Ctx, prefetched: Prefetch) -> Step<Option<StoredBinding>> {
         let stored = match prefetched {
             Prefetch::Found(binding) => Some(binding),
             Prefetch::Absent => None,
@@ -421,16 +433,16 @@ impl Registrar {
                     .header("Contact", replace_first_expires(&ctx.reg.raw_contact, told))
                     .header("Expires", told.to_string());
                 reply.cached = true;
-                return Err(reply);
+                return Break(reply);
             }
         }
-        Ok(stored)
+        Continue(stored)
     }
 
     /// The account of a realm, from the cache or MySQL.
-    fn account_of(&self, realm: &str) -> Result<Option<Account>, Reply> {
+    fn account_of(&self, realm: &str) -> Step<Option<Account>> {
         match self.accounts.get(realm) {
-            Cached::Fresh(found) => return Ok(found),
+            Cached::Fresh(found) => return Continue(found),
             Cached::LookUp => {}
             Cached::Throttled => {
                 REFUSALS.note("new realms throttled", || {
@@ -439,64 +451,61 @@ impl Registrar {
                          (a scanner?); realm={realm} answered 503 without a MySQL lookup"
                     )
                 });
-                return Err(Reply::unavailable(self.settings.retry_after_secs));
+                return Break(Reply::unavailable(self.settings.retry_after_secs));
             }
         }
         let found =
             self.mysql("looking up the account of the realm", |conn| accounts::account_by_realm(conn, realm))?;
         self.accounts.put(realm, found.clone());
-        Ok(found)
+        Continue(found)
     }
 
-    /// checkAccountLimits and the realm half of digestChallenge: the account of the realm
-    /// must exist and be active; in hosting mode a new device must fit the account's limit.
-    fn check_account(&self, ctx: &Ctx, found: Option<Account>, already_registered: bool) -> Result<Account, Reply> {
+    /// The realm half of digestChallenge: the refusal of a realm without an account, or of a
+    /// deactivated account.
+    fn refuse_account(&self, ctx: &Ctx, found: Option<Account>) -> Reply {
         match found {
-            Some(a) if !a.is_active => {
+            Some(a) => {
                 REFUSALS.note("deactivated account", || {
                     format!(
                         "registrar: rejecting REGISTER for deactivated account aor={} account_sid={}",
                         ctx.aor_key, a.account_sid
                     )
                 });
-                Err(Reply::with_reason(403, DEACTIVATED_REASON))
+                Reply::with_reason(403, DEACTIVATED_REASON)
             }
             None if self.settings.hosting => {
                 REFUSALS.note_at(Level::Debug, "unknown realm", || {
                     format!("registrar: rejecting REGISTER for unknown realm aor={} source={}", ctx.aor_key, ctx.proxy)
                 });
-                Err(Reply::new(403))
+                Reply::new(403)
             }
             None => {
                 REFUSALS.note_at(Level::Debug, "unknown realm", || {
                     format!("registrar: rejecting REGISTER for unknown realm aor={} source={}", ctx.aor_key, ctx.proxy)
                 });
-                Err(Reply::with_reason(403, UNKNOWN_REALM_REASON))
-            }
-            Some(a) => {
-                if self.settings.hosting && ctx.reg.kind == Kind::Register {
-                    self.check_device_limit(ctx, &a, already_registered)?;
-                }
-                Ok(a)
+                Reply::with_reason(403, UNKNOWN_REALM_REASON)
             }
         }
     }
 
     /// The account's device limit, from the cache or MySQL.
-    fn device_limit(&self, account: &Account) -> Result<u64, Reply> {
-        if let Some(limit) = self.limits.get(&account.account_sid) {
-            return Ok(limit);
+    fn device_limit(&self, account: &Account) -> Step<u64> {
+        if let Some(limit) = self.account_states.device_limit(&account.account_sid, Instant::now()) {
+            return Continue(limit);
         }
         let limit = self.mysql("reading the account's capacities", |conn| accounts::device_limit(conn, account))?;
-        self.limits.put(&account.account_sid, limit);
-        Ok(limit)
+        self.account_states.remember_device_limit(&account.account_sid, limit, Instant::now());
+        Continue(limit)
     }
 
-    /// Hosting mode: at most `limit` distinct devices per account — its realm and the
-    /// sub-domains that fall back to it together. A device already registered may always
-    /// refresh (the Node check let `limit + 2` through and then counted the refreshing device
-    /// against itself).
-    fn check_device_limit(&self, ctx: &Ctx, account: &Account, already_registered: bool) -> Result<(), Reply> {
+    /// checkAccountLimits, in hosting mode and for a registration: at most `limit` distinct
+    /// devices per account — its realm and the sub-domains that fall back to it together. A
+    /// device already registered may always refresh (the Node check let `limit + 2` through and
+    /// then counted the refreshing device against itself).
+    fn check_device_limit(&self, ctx: &Ctx, account: &Account, already_registered: bool) -> Step<()> {
+        if !self.settings.hosting || ctx.reg.kind != Kind::Register {
+            return Continue(());
+        }
         let limit = self.device_limit(account)?;
         let max_devices = || {
             let mut r = Reply::new(503);
@@ -505,10 +514,10 @@ impl Registrar {
         };
         if limit == 0 {
             self.raise_device_limit_alert(account, 0);
-            return Err(max_devices());
+            return Break(max_devices());
         }
         if already_registered {
-            return Ok(());
+            return Continue(());
         }
         let asking = (ctx.aor.realm(), ctx.aor.user_part());
         let counted = self.devices.count_under(&self.redis, &account.sip_realm, asking, unix_millis());
@@ -533,9 +542,9 @@ impl Registrar {
                 )
             });
             self.raise_device_limit_alert(account, limit);
-            return Err(max_devices());
+            return Break(max_devices());
         }
-        Ok(())
+        Continue(())
     }
 
     /// The one place where the registrar's alerts are emitted: a warn line, and a point for
@@ -550,7 +559,7 @@ impl Registrar {
     /// `account-device-limit`, at most once per account per
     /// [`super::alerts::DEVICE_LIMIT_ALERT_INTERVAL`].
     fn raise_device_limit_alert(&self, account: &Account, limit: u64) {
-        if self.device_limit_alerts.admit(&account.account_sid, Instant::now()) {
+        if self.account_states.admit_device_limit_alert(&account.account_sid, Instant::now()) {
             self.raise_alert(Alert::account_device_limit(&account.account_sid, limit));
         }
     }
@@ -579,46 +588,38 @@ impl Registrar {
     }
 
     /// Runs a Redis operation on a pooled connection.
-    pub(super) fn redis<T>(
-        &self,
-        what: &str,
-        op: impl FnMut(&mut RedisConn) -> Result<T, StoreError>,
-    ) -> Result<T, Reply> {
+    pub(super) fn redis<T>(&self, what: &str, op: impl FnMut(&mut RedisConn) -> Result<T, StoreError>) -> Step<T> {
         if !self.redis_health.admit() {
-            return Err(Reply::unavailable(self.settings.retry_after_secs));
+            return Break(Reply::unavailable(self.settings.retry_after_secs));
         }
         let result = redis_store::run(&self.redis, op);
         self.store_outcome(&self.redis_health, what, result)
     }
 
     /// Runs MySQL statements on a pooled connection.
-    pub(super) fn mysql<T>(
-        &self,
-        what: &str,
-        op: impl FnOnce(&mut PooledConn) -> Result<T, StoreError>,
-    ) -> Result<T, Reply> {
+    pub(super) fn mysql<T>(&self, what: &str, op: impl FnOnce(&mut PooledConn) -> Result<T, StoreError>) -> Step<T> {
         if !self.mysql_health.admit() {
-            return Err(Reply::unavailable(self.settings.retry_after_secs));
+            return Break(Reply::unavailable(self.settings.retry_after_secs));
         }
         let result = self.mysql.conn().and_then(|mut conn| op(&mut conn));
         self.store_outcome(&self.mysql_health, what, result)
     }
 
-    /// Unreachable store → `503` with `Retry-After` (come back soon, or use another SBC);
-    /// a failed command or unreadable data → `500`.
-    fn store_outcome<T>(&self, health: &StoreHealth, what: &str, result: Result<T, StoreError>) -> Result<T, Reply> {
+    /// Where a store's failure becomes the answer: unreachable → `503` with `Retry-After`
+    /// (come back soon, or use another SBC); a failed command or unreadable data → `500`.
+    fn store_outcome<T>(&self, health: &StoreHealth, what: &str, result: Result<T, StoreError>) -> Step<T> {
         match result {
             Ok(v) => {
                 health.succeeded();
-                Ok(v)
+                Continue(v)
             }
             Err(e) if e.is_unavailable() => {
                 health.failed(what, &e);
-                Err(Reply::unavailable(self.settings.retry_after_secs))
+                Break(Reply::unavailable(self.settings.retry_after_secs))
             }
             Err(e) => {
                 error!("registrar: {what}: {e}");
-                Err(Reply::internal_error())
+                Break(Reply::internal_error())
             }
         }
     }

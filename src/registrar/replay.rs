@@ -54,7 +54,7 @@ pub fn release(conn: &mut RedisConn, key: &str) -> Result<(), StoreError> {
 pub fn read_and_claim(
     conn: &mut RedisConn,
     values: &[String],
-    claims: &[String],
+    claims: &[&str],
     ttl_secs: u64,
 ) -> Result<(Vec<Option<String>>, Vec<bool>), StoreError> {
     let mut pipe = redis::pipe();

@@ -1,11 +1,18 @@
 //! The final response the pipeline decided on, before it is turned into SIP.
 //!
-//! Every step of the pipeline returns `Result<_, Reply>`: the first step that knows the answer
-//! returns it as the error and `?` stops the chain, exactly like a Node middleware that sends a
-//! final response and does not call `next()`.
+//! Every step of the pipeline returns a [`Step`]: `Continue` with what it found, or `Break` with
+//! the final response, and `?` stops the chain there, exactly like a Node middleware that sends
+//! a final response and does not call `next()`. Not a `Result`: a `200` from the cache window
+//! or a `401` challenge is an answer, not a failure, and `Err` is kept for real failures (a
+//! store that did not answer, a malformed request).
+
+use std::ops::ControlFlow;
 
 use crate::drachtio::IncomingRequest;
 use crate::sip::ResponseBuilder;
+
+/// A step of the pipeline: `Continue(value)` goes on, `Break(reply)` is the final response.
+pub type Step<T> = ControlFlow<Reply, T>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {

@@ -52,7 +52,7 @@ impl Registrar {
         RegistrarReport {
             redis: self.redis_health.report(),
             mysql: self.mysql_health.report(),
-            open_breakers: self.hook_breaker.open(now),
+            open_breakers: self.account_states.open_breakers(now),
             active_bans: self.bans.list(now).len(),
             outcomes: CLASSES.iter().copied().zip(self.outcomes.last_minute()).collect(),
         }
