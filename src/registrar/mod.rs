@@ -27,6 +27,7 @@
 //! pool), `settings`.
 
 mod account_cache;
+pub use account_cache::NEW_REALM_LOOKUPS_PER_SEC;
 mod account_state;
 pub mod accounts;
 pub mod alerts;
