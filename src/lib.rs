@@ -1,6 +1,7 @@
 //! sbc-sidecar: the SIP sidecar of a jambonz SBC node.
 #![forbid(unsafe_code)]
 
+pub mod bans;
 pub mod clock;
 pub mod config;
 pub mod ctl;
@@ -12,6 +13,7 @@ pub mod net;
 pub mod regbot;
 pub mod registrar;
 pub mod secret;
+pub mod shared;
 pub mod signals;
 pub mod sip;
 pub mod store;

@@ -8,8 +8,10 @@ use crossbeam_channel::{unbounded, Receiver};
 
 use sbc_sidecar::drachtio::{IncomingRequest, Outgoing, Responder, SipDelivery};
 use sbc_sidecar::heartbeat::{classify, ClusterSets, HeartbeatRole, HeartbeatSettings, Ping, ServerKind, Tracker};
+use sbc_sidecar::shared::Shared;
 use sbc_sidecar::sip::SipMessage;
 use sbc_sidecar::store::redis::{pool, RedisPool, RedisSettings};
+use sbc_test_tools::ctl_server::cli_shared;
 
 const EXPIRES: Duration = Duration::from_secs(60);
 
@@ -316,7 +318,8 @@ fn role_answers_options_expires_members_and_stops_on_shutdown() {
         allowed_sources: vec!["127.0.0.0/8".parse().unwrap()],
         max_servers: sbc_sidecar::heartbeat::DEFAULT_MAX_SERVERS,
     };
-    let role = HeartbeatRole::new(settings, c.redis.clone(), req_rx, stop_rx);
+    let shared = Shared { shutdown: stop_rx, ..cli_shared(c.redis.clone()) };
+    let role = HeartbeatRole::new(settings, &shared, req_rx);
     let thread = std::thread::spawn(move || role.run());
 
     let (req, rx) = request("127.0.0.20", 5070, &[("X-FS-Status", "open")]);

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use sbc_sidecar::drachtio::IncomingRequest;
 use sbc_sidecar::registrar::{AuthPool, HookRequest, HookTransport, Registrar};
+use sbc_sidecar::shared::Shared;
 use sbc_sidecar::store::mysql::MysqlPool;
 use sbc_sidecar::store::redis::pool as redis_pool;
 
@@ -30,8 +31,10 @@ fn auth_pool_answers_every_request_once_and_stops_on_shutdown() {
     let fx = Fx::new();
     let registrar = Arc::new(Registrar::new(
         base_settings(),
-        MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
-        redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+        &Shared::for_tests(
+            MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
+            redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+        ),
     ));
     let (queue_tx, queue_rx) = bounded::<IncomingRequest>(16);
     let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
@@ -83,8 +86,10 @@ fn a_worker_takes_queued_registers_as_a_batch_and_answers_each_once() {
     }
     let registrar = Arc::new(Registrar::new(
         base_settings(),
-        MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
-        redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+        &Shared::for_tests(
+            MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
+            redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+        ),
     ));
     // Challenged beforehand (by the pool's registrar: nonces are signed per instance here):
     // their authorized REGISTERs need the webhook.
@@ -141,8 +146,10 @@ fn a_replay_in_a_batch_is_challenged_by_the_triage_thread() {
     fx.hook.set_password("kai", PASSWORD);
     let registrar = Arc::new(Registrar::new(
         base_settings(),
-        MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
-        redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+        &Shared::for_tests(
+            MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
+            redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+        ),
     ));
     let nonce = nonce_of(&fx.send_to(&registrar, &fx.reg("kai")));
     let original = fx.reg("kai").authorized(PASSWORD, &nonce);
@@ -185,14 +192,16 @@ fn a_banned_source_creates_no_one_time_keys() {
     fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
     fx.hook.set_password("lou", PASSWORD);
     let bans = Arc::new(Bans::new(BanSettings { max_failures: 1, ..BanSettings::default() }));
-    let registrar = Arc::new(
-        Registrar::new(
-            base_settings(),
-            MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
-            redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
-        )
-        .with_bans(bans.clone()),
-    );
+    let registrar = Arc::new(Registrar::new(
+        base_settings(),
+        &Shared {
+            bans: bans.clone(),
+            ..Shared::for_tests(
+                MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
+                redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+            )
+        },
+    ));
     let nonce = nonce_of(&fx.send_to(&registrar, &fx.reg("lou")));
     assert!(bans.record_failure("127.0.0.1".parse().unwrap(), Instant::now()).is_some());
     let (queue_tx, queue_rx) = bounded::<IncomingRequest>(8);
@@ -389,8 +398,10 @@ fn cache_window_refreshes_are_answered_while_every_auth_worker_waits_on_a_webhoo
     assert_eq!(fx.register_with_password(&fx.reg("steady"), PASSWORD).status, 200);
     let registrar = Arc::new(Registrar::new(
         base_settings(),
-        MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
-        redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+        &Shared::for_tests(
+            MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
+            redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+        ),
     ));
     let nonce = nonce_of(&fx.send_to(&registrar, &fx.reg("slowpoke")));
     fx.aors.lock().unwrap().push(fx.aor("slowpoke"));
@@ -458,8 +469,10 @@ fn a_redis_that_never_answers_costs_one_timeout_not_one_per_register() {
     let fx = Fx::new();
     let registrar = Arc::new(Registrar::new(
         base_settings(),
-        MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
-        redis_pool(&redis_settings(port, Duration::from_millis(300))).unwrap(),
+        &Shared::for_tests(
+            MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
+            redis_pool(&redis_settings(port, Duration::from_millis(300))).unwrap(),
+        ),
     ));
     let (queue_tx, queue_rx) = bounded::<IncomingRequest>(64);
     let mut answers = Vec::new();
@@ -495,8 +508,10 @@ fn a_full_auth_queue_answers_503_at_once_and_every_request_once() {
     fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
     let registrar = Arc::new(Registrar::new(
         base_settings(),
-        MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
-        redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+        &Shared::for_tests(
+            MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
+            redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+        ),
     ));
     let users: Vec<String> = (0..QUEUE + 3).map(|i| format!("crowd{i}")).collect();
     let authorized: Vec<Reg> = users

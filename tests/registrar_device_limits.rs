@@ -7,6 +7,7 @@ use std::time::Duration;
 use mysql::prelude::Queryable;
 
 use sbc_sidecar::registrar::Registrar;
+use sbc_sidecar::shared::Shared;
 use sbc_sidecar::store::mysql::MysqlPool;
 use sbc_sidecar::store::redis::pool as redis_pool;
 
@@ -99,10 +100,14 @@ fn the_device_limit_alert_is_raised_once_per_account_not_per_register() {
     settings.hosting = true;
     let registrar = Registrar::new(
         settings,
-        MysqlPool::new(&mysql_settings(&db_fx.db.name, 3306)).unwrap(),
-        redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
-    )
-    .with_telemetry(alerts, sbc_sidecar::telemetry::Metrics::disabled());
+        &Shared {
+            alerts,
+            ..Shared::for_tests(
+                MysqlPool::new(&mysql_settings(&db_fx.db.name, 3306)).unwrap(),
+                redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+            )
+        },
+    );
     db_fx.add_account(&db_fx.realm, true, Some(("POST", "/auth")));
     for _ in 0..5 {
         let r = db_fx.send_to(&registrar, &db_fx.reg("jo"));

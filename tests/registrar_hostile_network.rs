@@ -12,6 +12,7 @@ use serde_json::Value;
 use sbc_sidecar::drachtio::IncomingRequest;
 use sbc_sidecar::registrar::NEW_REALM_LOOKUPS_PER_SEC;
 use sbc_sidecar::registrar::{AuthPool, Registrar};
+use sbc_sidecar::shared::Shared;
 use sbc_sidecar::store::mysql::MysqlPool;
 use sbc_sidecar::store::redis::pool as redis_pool;
 
@@ -80,8 +81,10 @@ fn a_replay_is_refused_on_another_sbc_sharing_the_secret_too() {
     settings.nonce_secret = Some("cluster".into());
     let other_sbc = Registrar::new(
         settings,
-        MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
-        redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+        &Shared::for_tests(
+            MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
+            redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+        ),
     );
     let mut replay = captured;
     replay.port = 7777;
@@ -389,14 +392,16 @@ fn the_ban_is_checked_again_when_a_worker_takes_the_request() {
     fx.hook.set_password("una", PASSWORD);
     fx.hook.set_password("vik", PASSWORD);
     let bans = Arc::new(Bans::new(BanSettings { max_failures: 3, ..BanSettings::default() }));
-    let registrar = Arc::new(
-        Registrar::new(
-            base_settings(),
-            MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
-            redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
-        )
-        .with_bans(bans.clone()),
-    );
+    let registrar = Arc::new(Registrar::new(
+        base_settings(),
+        &Shared {
+            bans: bans.clone(),
+            ..Shared::for_tests(
+                MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
+                redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+            )
+        },
+    ));
     let mut holder = fx.reg("una");
     holder.address = "127.0.0.84".into();
     let mut waiting = fx.reg("vik");

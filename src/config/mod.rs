@@ -32,11 +32,11 @@ use std::time::Duration;
 
 use log::LevelFilter;
 
+use crate::bans::BanSettings;
 use crate::drachtio::ClientConfig;
 use crate::logging::{LogFacility, LogTarget};
 use crate::net::Cidr;
 use crate::regbot::RegbotSettings;
-use crate::registrar::bans::BanSettings;
 use crate::registrar::fair_pool::PoolLimits;
 use crate::registrar::request::ExpiresBounds;
 use crate::store::mysql::MysqlSettings;

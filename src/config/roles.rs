@@ -3,10 +3,10 @@
 
 use super::env::{invalid, js_parse_int, list_items, parse_port, u32_from, usize_from, Env, Required};
 use super::{ConfigError, RegbotMode, Secret, StatsProtocol, DEFAULT_REGBOT_USER_AGENT};
+use crate::bans::BanSettings;
 use crate::drachtio::ClientConfig;
 use crate::net::Cidr;
 use crate::regbot::{DnsSettings, RegbotSettings};
-use crate::registrar::bans::BanSettings;
 use crate::registrar::fair_pool::PoolLimits;
 use crate::telemetry::MetricsSettings;
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 use log::LevelFilter;
 
 use super::*;
+use crate::bans::BanSettings;
 use crate::logging::{LogFacility, LogTarget};
-use crate::registrar::bans::BanSettings;
 use crate::registrar::fair_pool::PoolLimits;
 use crate::store::redis::RedisTarget;
 

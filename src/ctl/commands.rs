@@ -13,10 +13,10 @@ use serde_json::{json, Map, Value};
 use super::protocol::{action, error, failure, parse_ban_ip, success, validate_server};
 use super::regbot_link::{self, QUERY_TIMEOUT};
 use super::RegbotStatus;
+use crate::bans::Bans;
 use crate::drachtio::{ConnectionEvent, ConnectionInfo};
 use crate::heartbeat::{ClusterSets, DrainedServers};
 use crate::regbot::{cluster, RegbotRole, StatusRequest};
-use crate::registrar::bans::Bans;
 use crate::registrar::bindings;
 use crate::registrar::fair_pool::{LoadProbe, PoolLoad};
 use crate::registrar::Registrar;
@@ -37,7 +37,7 @@ pub(crate) struct Commands {
     regbot_queries: Option<Sender<StatusRequest>>,
     conn_events: Receiver<ConnectionEvent>,
     /// The registrar's brute-force ban table; `None` when this daemon has none.
-    bans: Option<Arc<Bans>>,
+    bans: Arc<Bans>,
     /// How busy the registrar's auth workers are; `None` when this daemon has none.
     auth_load: Option<LoadProbe>,
     /// The registrar, for the `status` sections that explain failing registrations.
@@ -45,7 +45,12 @@ pub(crate) struct Commands {
 }
 
 impl Commands {
-    pub(crate) fn new(cluster_id: &str, redis: RedisPool, conn_events: Receiver<ConnectionEvent>) -> Commands {
+    pub(crate) fn new(
+        cluster_id: &str,
+        redis: RedisPool,
+        bans: Arc<Bans>,
+        conn_events: Receiver<ConnectionEvent>,
+    ) -> Commands {
         Commands {
             conn_events,
             sets: ClusterSets::new(cluster_id),
@@ -55,7 +60,7 @@ impl Commands {
             started: Instant::now(),
             drachtio: None,
             regbot_queries: None,
-            bans: None,
+            bans,
             auth_load: None,
             registrar: None,
         }
@@ -63,10 +68,6 @@ impl Commands {
 
     pub(crate) fn set_auth_load(&mut self, load: LoadProbe) {
         self.auth_load = Some(load);
-    }
-
-    pub(crate) fn set_bans(&mut self, bans: Arc<Bans>) {
-        self.bans = Some(bans);
     }
 
     pub(crate) fn set_registrar(&mut self, registrar: Arc<Registrar>) {
@@ -435,10 +436,8 @@ impl Commands {
 
     /// `bans`: the bans in force, longest remaining first.
     fn bans(&self) -> Value {
-        let Some(bans) = &self.bans else {
-            return failure(error::BANS_NOT_AVAILABLE);
-        };
-        let list: Vec<Value> = bans
+        let list: Vec<Value> = self
+            .bans
             .list(Instant::now())
             .into_iter()
             .map(|ban| {
@@ -466,10 +465,7 @@ impl Commands {
             Ok(ip) => ip,
             Err(message) => return failure(&message),
         };
-        let Some(bans) = &self.bans else {
-            return failure(error::BANS_NOT_AVAILABLE);
-        };
-        if bans.clear(ip) {
+        if self.bans.clear(ip) {
             info!("cli bans-clear: ban lifted ip={ip}");
             success(Map::new())
         } else {

@@ -53,14 +53,12 @@ pub mod action {
     /// Not in the Node sidecar: the sources banned after failed authentications
     /// (`SBC_AUTH_BAN_*`). Reply: `{"success":true,"bans":[{"ip":"<address>","failures":<n>,
     /// "remaining_s":<seconds, rounded up>},…]}`, longest remaining first; empty when nobody is
-    /// banned or the defence is off. Fails with [`super::error::BANS_NOT_AVAILABLE`] when the
-    /// daemon's CLI server has no ban table.
+    /// banned or the defence is off.
     pub const BANS: &str = "bans";
     /// Not in the Node sidecar: `{"action":"bans-clear","ip":"<address>"}` lifts the ban on one
     /// source and forgets its failures (an IPv4-mapped IPv6 address is the IPv4 one). Reply
     /// `{"success":true}`; fails with [`super::error::no_ban`] when no ban was in force on it,
-    /// [`super::error::invalid_ip`] when `ip` is not an IP address (`undefined` when missing),
-    /// [`super::error::BANS_NOT_AVAILABLE`] without a ban table.
+    /// [`super::error::invalid_ip`] when `ip` is not an IP address (`undefined` when missing).
     pub const BANS_CLEAR: &str = "bans-clear";
 }
 
@@ -79,9 +77,6 @@ pub mod error {
 
     /// Not in spec 9.1: `regbot-list` on a daemon whose CLI server has no regbot role linked.
     pub const REGBOT_NOT_RUNNING: &str = "Regbot not running";
-
-    /// Not in spec 9.1: `bans` or `bans-clear` on a daemon whose CLI server has no ban table.
-    pub const BANS_NOT_AVAILABLE: &str = "Ban table not available";
 
     /// Not in spec 9.1: `No ban on <ip>`, `bans-clear` of a source that is not banned.
     pub fn no_ban(ip: &str) -> String {

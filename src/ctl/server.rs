@@ -34,10 +34,9 @@ use super::protocol::{error, failure, MAX_LINE_BYTES};
 use super::CtlError;
 use crate::drachtio::ConnectionEvent;
 use crate::regbot::StatusRequest;
-use crate::registrar::bans::Bans;
 use crate::registrar::fair_pool::LoadProbe;
 use crate::registrar::Registrar;
-use crate::store::redis::RedisPool;
+use crate::shared::Shared;
 use crate::throttle::Refusals;
 
 const LISTENER: Token = Token(0);
@@ -83,7 +82,7 @@ impl CtlServer {
     pub fn bind(
         path: impl AsRef<Path>,
         settings: CtlSettings,
-        redis: RedisPool,
+        shared: &Shared,
         conn_events: Receiver<ConnectionEvent>,
     ) -> Result<CtlServer, CtlError> {
         let path = path.as_ref().to_path_buf();
@@ -121,7 +120,7 @@ impl CtlServer {
         Ok(CtlServer {
             poll,
             listener,
-            commands: Commands::new(&settings.cluster_id, redis, conn_events),
+            commands: Commands::new(&settings.cluster_id, shared.redis.clone(), Arc::clone(&shared.bans), conn_events),
             peers,
             refused: Refusals::new(),
             socket,
@@ -133,14 +132,6 @@ impl CtlServer {
     /// `Regbot not running` and `status` shows `standby` and zeros.
     pub fn with_regbot(mut self, queries: Sender<StatusRequest>) -> CtlServer {
         self.commands.set_regbot_queries(queries);
-        self
-    }
-
-    /// Links `bans` and `bans-clear` to the registrar's ban table (the same `Arc` the
-    /// registrar records failed authentications in). Without it both fail with
-    /// `Ban table not available`.
-    pub fn with_bans(mut self, bans: Arc<Bans>) -> CtlServer {
-        self.commands.set_bans(bans);
         self
     }
 

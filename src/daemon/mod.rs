@@ -16,15 +16,16 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
 use log::{debug, error, info, warn};
 
+use crate::bans::Bans;
 use crate::config::{Config, RunMode, PROGRAM};
 use crate::ctl::{CtlError, CtlServer};
 use crate::drachtio::{ConnectionEvent, DrachtioClient, Route};
 use crate::heartbeat::HeartbeatRole;
 use crate::regbot::{self, RegbotError};
 use crate::registrar::auth_pool::{self, AUTH_GAUGE_INTERVAL};
-use crate::registrar::bans::Bans;
 use crate::registrar::fair_pool::LoadProbe;
 use crate::registrar::{AuthPool, Registrar};
+use crate::shared::Shared;
 use crate::store::mysql::MysqlPool;
 use crate::store::redis::{self as redis_store, RedisPool, RedisTarget};
 use crate::store::tls::{self, TlsFileError};
@@ -226,47 +227,20 @@ fn start_and_wait(config: &Config) -> Result<Stop, StartError> {
     // Before the first role starts: every role thread reports its end here.
     let role_ended = supervise::watch().unwrap_or_else(crossbeam_channel::never);
     log_store_tls(config);
-    let pools = build_pools(config)?;
+    log_ban_settings(config);
     let alert_writer = AlertWriter::start(config.alert_settings()).map_err(StartError::Alerts)?;
-    let metrics = match Metrics::new(&config.metrics) {
-        Ok(m) => m,
-        Err(e) => {
-            warn!("statsd metrics disabled: {e}");
-            Metrics::disabled()
-        }
-    };
-
     // Roles stop when this sender is dropped.
     let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
+    let shared = build_shared(config, &alert_writer, shutdown_rx)?;
     let mut roles: Vec<RoleThread> = Vec::new();
 
     let (options_tx, options_rx) = bounded(OPTIONS_QUEUE);
-    let heartbeat =
-        HeartbeatRole::new(config.heartbeat_settings(), pools.redis.clone(), options_rx, shutdown_rx.clone())
-            .with_metrics(metrics.clone());
+    let heartbeat = HeartbeatRole::new(config.heartbeat_settings(), &shared, options_rx);
     roles.push(spawn_role("heartbeat", move || heartbeat.run())?);
 
-    // The brute-force defence: failed authentications per source IP, and the bans they lead
-    // to; counted by the registrar, listed and lifted over the CLI socket.
-    let bans = Arc::new(Bans::new(config.ban.clone()));
-    if config.ban.max_failures == 0 {
-        info!("brute-force defence off (SBC_AUTH_BAN_FAILURES=0)");
-    } else {
-        info!(
-            "brute-force defence: {} failed authentications within {} s ban a source for {} s (table of {})",
-            config.ban.max_failures,
-            config.ban.window.as_secs(),
-            config.ban.ban.as_secs(),
-            config.ban.capacity
-        );
-    }
-    let registrar = Arc::new(
-        Registrar::new(config.registrar_settings(), pools.mysql.clone(), pools.redis.clone())
-            .with_telemetry(alert_writer.sender(), metrics.clone())
-            .with_bans(Arc::clone(&bans)),
-    );
+    let registrar = Arc::new(Registrar::new(config.registrar_settings(), &shared));
     let (register_tx, register_rx) = bounded(config.auth.queue);
-    let auth_pool = AuthPool::start(config.auth, registrar.clone(), register_rx, shutdown_rx.clone())
+    let auth_pool = AuthPool::start(config.auth, registrar.clone(), register_rx, shared.shutdown.clone())
         .map_err(StartError::AuthWorkers)?;
 
     let (events_tx, events_rx) = unbounded::<ConnectionEvent>();
@@ -275,9 +249,9 @@ fn start_and_wait(config: &Config) -> Result<Stop, StartError> {
     let mut subscribers: Vec<Sender<ConnectionEvent>> = vec![events_tx, ctl_events_tx];
     subscribers.extend(regbot_subscribers);
 
-    let ctl = CtlServer::bind(&config.socket_path, config.ctl_settings(), pools.redis.clone(), ctl_events_rx)
+    // Bound before drachtio connects, so a second daemon on the same socket fails early.
+    let ctl = CtlServer::bind(&config.socket_path, config.ctl_settings(), &shared, ctl_events_rx)
         .map_err(|source| StartError::CliSocket { path: config.socket_path.clone(), source })?
-        .with_bans(Arc::clone(&bans))
         .with_auth_load(auth_pool.load_probe())
         .with_registrar(Arc::clone(&registrar));
     let routes = vec![
@@ -285,36 +259,14 @@ fn start_and_wait(config: &Config) -> Result<Stop, StartError> {
         Route { method: "OPTIONS".into(), queue: options_tx },
     ];
     let client = DrachtioClient::start(config.drachtio.clone(), routes, subscribers).map_err(StartError::Drachtio)?;
-    client.set_metrics(metrics.clone());
-    let regbot_pools = regbot::RegbotPools {
-        redis: pools.redis.clone(),
-        mysql_read: pools.mysql.clone(),
-        mysql_write: pools.mysql_write.clone(),
-    };
-    let regbot = regbot::start(
-        &config.regbot,
-        regbot_pools,
-        client.handle(),
-        regbot_events,
-        shutdown_rx.clone(),
-        alert_writer.sender(),
-    )
-    .map_err(StartError::Regbot)?;
-
-    // The socket was bound before anything else started, so a second daemon on the same
-    // socket fails early; it is served from here on, with the regbot to ask for its status.
-    let ctl = ctl.with_regbot(regbot.status.clone());
-    info!("CLI server started on {}", config.socket_path.display());
-    let ctl_shutdown = shutdown_rx.clone();
-    roles.push(spawn_role("ctl", move || {
-        if let Err(e) = ctl.run(ctl_shutdown) {
-            error!("CLI server stopped: {e}");
-        }
-    })?);
+    client.set_metrics(shared.metrics.clone());
+    let regbot = regbot::start(&config.regbot, &shared, client.handle(), regbot_events).map_err(StartError::Regbot)?;
+    // Served from here on, with the regbot to ask for its status.
+    roles.push(serve_ctl(ctl.with_regbot(regbot.status.clone()), &config.socket_path, &shared)?);
 
     let auth_load = auth_pool.load_probe();
     let (stop, stop_reason) =
-        wait_for_stop(config, &signals, &events_rx, &role_ended, &registrar, &metrics, &auth_load);
+        wait_for_stop(config, &signals, &events_rx, &role_ended, &registrar, &shared.metrics, &auth_load);
     match stop {
         Stop::Requested => info!("{stop_reason}: stopping"),
         Stop::RoleFailed => error!("{stop_reason}: stopping (exit status {EXIT_ROLE_FAILED}, to be restarted)"),
@@ -342,6 +294,50 @@ fn start_and_wait(config: &Config) -> Result<Stop, StartError> {
     }
     info!("sbc-sidecar stopped");
     Ok(stop)
+}
+
+/// The stores, telemetry, ban table and stop signal every role is given.
+fn build_shared(config: &Config, alert_writer: &AlertWriter, shutdown: Receiver<()>) -> Result<Shared, StartError> {
+    let pools = build_pools(config)?;
+    let metrics = Metrics::new(&config.metrics).unwrap_or_else(|e| {
+        warn!("statsd metrics disabled: {e}");
+        Metrics::disabled()
+    });
+    Ok(Shared {
+        redis: pools.redis,
+        mysql: pools.mysql,
+        mysql_write: pools.mysql_write,
+        metrics,
+        alerts: alert_writer.sender(),
+        bans: Arc::new(Bans::new(config.ban.clone())),
+        shutdown,
+    })
+}
+
+/// Says once how the brute-force defence is set.
+fn log_ban_settings(config: &Config) {
+    if config.ban.max_failures == 0 {
+        info!("brute-force defence off (SBC_AUTH_BAN_FAILURES=0)");
+    } else {
+        info!(
+            "brute-force defence: {} failed authentications within {} s ban a source for {} s (table of {})",
+            config.ban.max_failures,
+            config.ban.window.as_secs(),
+            config.ban.ban.as_secs(),
+            config.ban.capacity
+        );
+    }
+}
+
+/// The CLI server's thread.
+fn serve_ctl(ctl: CtlServer, socket_path: &std::path::Path, shared: &Shared) -> Result<RoleThread, StartError> {
+    info!("CLI server started on {}", socket_path.display());
+    let shutdown = shared.shutdown.clone();
+    spawn_role("ctl", move || {
+        if let Err(e) = ctl.run(shutdown) {
+            error!("CLI server stopped: {e}");
+        }
+    })
 }
 
 /// The graceful drain after SIGTERM/SIGINT, bounded by `deadline`:

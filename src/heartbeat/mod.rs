@@ -18,8 +18,7 @@ use log::{debug, info, warn};
 
 use crate::drachtio::IncomingRequest;
 use crate::net::Cidr;
-use crate::store::redis::RedisPool;
-use crate::telemetry::Metrics;
+use crate::shared::Shared;
 pub use drain::{fs_member_key, DrainedServers, FsEndpoint};
 pub use guard::{valid_service_url, HeartbeatGuard, DEFAULT_HEARTBEAT_CIDRS};
 pub use keys::ClusterSets;
@@ -52,22 +51,14 @@ pub struct HeartbeatRole {
 }
 
 impl HeartbeatRole {
-    pub fn new(
-        settings: HeartbeatSettings,
-        redis: RedisPool,
-        requests: Receiver<IncomingRequest>,
-        shutdown: Receiver<()>,
-    ) -> HeartbeatRole {
-        let mut tracker = Tracker::new(&settings.cluster_id, settings.expires_interval, redis);
+    /// Answers the OPTIONS of `requests`, keeps the sets in `shared.redis`, sends the
+    /// `featureservers` / `rtpservers` gauges to `shared.metrics`.
+    pub fn new(settings: HeartbeatSettings, shared: &Shared, requests: Receiver<IncomingRequest>) -> HeartbeatRole {
+        let mut tracker = Tracker::new(&settings.cluster_id, settings.expires_interval, shared.redis.clone());
         tracker.set_allowed_sources(settings.allowed_sources.clone());
         tracker.set_max_members(settings.max_servers);
-        HeartbeatRole { settings, tracker, requests, shutdown }
-    }
-
-    /// Sends the `featureservers` / `rtpservers` gauges to `metrics`.
-    pub fn with_metrics(mut self, metrics: Metrics) -> HeartbeatRole {
-        self.tracker.set_metrics(metrics);
-        self
+        tracker.set_metrics(shared.metrics.clone());
+        HeartbeatRole { settings, tracker, requests, shutdown: shared.shutdown.clone() }
     }
 
     /// Runs until `shutdown` receives a message or is disconnected.

@@ -51,9 +51,9 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use log::{error, warn};
 
 use crate::drachtio::{ConnectionEvent, DrachtioHandle};
+use crate::shared::Shared;
 use crate::store::mysql::MysqlPool;
 use crate::store::redis::RedisPool;
-use crate::telemetry::AlertSender;
 use alerts::AlertSink;
 pub use dns::DnsSettings;
 pub use mode::{RegbotMode, SentBy};
@@ -181,15 +181,13 @@ impl RegbotHandles {
 /// environment only).
 pub fn start(
     settings: &RegbotSettings,
-    pools: RegbotPools,
+    shared: &Shared,
     drachtio: DrachtioHandle,
     events: RegbotEvents,
-    shutdown: Receiver<()>,
-    alerts: AlertSender,
 ) -> Result<RegbotHandles, RegbotError> {
     let settings =
         RegbotSettings { dns: DnsSettings::from_resolv_conf(Path::new("/etc/resolv.conf")), ..settings.clone() };
-    start_roles(settings, AlertSink::new(alerts), pools, drachtio, events, shutdown)
+    start_with(settings, shared, drachtio, events)
 }
 
 /// The drachtio connection events of the roles of this module, one subscription each.
@@ -221,30 +219,17 @@ pub struct RegbotPools {
     pub mysql_write: MysqlPool,
 }
 
-/// [`start`] with explicit settings (tests shorten the intervals and point DNS elsewhere);
-/// alerts are only logged.
+/// [`start`] with the settings as given, DNS servers included (tests shorten the intervals
+/// and point DNS elsewhere).
 pub fn start_with(
     settings: RegbotSettings,
-    redis: RedisPool,
-    mysql_read: MysqlPool,
-    mysql_write: MysqlPool,
+    shared: &Shared,
     drachtio: DrachtioHandle,
     events: RegbotEvents,
-    shutdown: Receiver<()>,
 ) -> Result<RegbotHandles, RegbotError> {
-    let pools = RegbotPools { redis, mysql_read, mysql_write };
-    start_roles(settings, AlertSink::default(), pools, drachtio, events, shutdown)
-}
-
-fn start_roles(
-    settings: RegbotSettings,
-    alerts: AlertSink,
-    pools: RegbotPools,
-    drachtio: DrachtioHandle,
-    events: RegbotEvents,
-    shutdown: Receiver<()>,
-) -> Result<RegbotHandles, RegbotError> {
-    let RegbotPools { redis, mysql_read, mysql_write } = pools;
+    let alerts = AlertSink::new(shared.alerts.clone());
+    let shutdown = shared.shutdown.clone();
+    let (redis, mysql_read, mysql_write) = (shared.redis.clone(), shared.mysql.clone(), shared.mysql_write.clone());
     let (commands_tx, commands) = unbounded();
     let (store_tx, store_rx) = bounded(STORE_QUEUE);
     let (status_tx, status_rx) = bounded(STATUS_QUEUE);

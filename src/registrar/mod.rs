@@ -33,7 +33,7 @@ pub mod accounts;
 pub mod alerts;
 pub mod auth_pool;
 mod authorization;
-pub mod bans;
+
 pub mod bindings;
 pub mod clients;
 mod complete;
@@ -59,8 +59,8 @@ pub mod webhook;
 
 use std::sync::Arc;
 
+pub use crate::bans::{BanSettings, Bans};
 pub use auth_pool::AuthPool;
-pub use bans::{BanSettings, Bans};
 pub use pipeline::Checked;
 pub use settings::RegistrarSettings;
 pub use webhook::{HookError, HookRequest, HookResponse, HookTransport};
@@ -74,6 +74,7 @@ use health::StoreHealth;
 use hook_transport::UreqTransport;
 use nonce::NonceSigner;
 
+use crate::shared::Shared;
 use crate::store::mysql::MysqlPool;
 use crate::store::redis::{run, RedisPool};
 use crate::store::StoreError;
@@ -97,28 +98,27 @@ pub struct Registrar {
     mysql_health: StoreHealth,
     redis_health: StoreHealth,
     outcomes: outcomes::RegisterOutcomes,
-    /// Where alerts go (InfluxDB); `None` until the daemon plugs the writer in.
-    alerts: Option<AlertSender>,
+    /// Where alerts go (InfluxDB).
+    alerts: AlertSender,
     metrics: Metrics,
 }
 
 impl Registrar {
     /// A registrar calling webhooks with the real HTTP client (ureq, `webhook_timeout`,
     /// `http_user_agent`).
-    pub fn new(settings: RegistrarSettings, mysql: MysqlPool, redis: RedisPool) -> Registrar {
+    pub fn new(settings: RegistrarSettings, shared: &Shared) -> Registrar {
         let hook = Box::new(UreqTransport::new(
             settings.webhook_timeout,
             settings.http_user_agent.as_deref(),
             settings.webhook_idle_connections,
         ));
-        Registrar::with_hook_transport(settings, mysql, redis, hook)
+        Registrar::with_hook_transport(settings, shared, hook)
     }
 
     /// A registrar with another webhook transport (tests feed canned answers).
     pub fn with_hook_transport(
         settings: RegistrarSettings,
-        mysql: MysqlPool,
-        redis: RedisPool,
+        shared: &Shared,
         hook: Box<dyn HookTransport>,
     ) -> Registrar {
         let nonces = match &settings.nonce_secret {
@@ -134,32 +134,18 @@ impl Registrar {
                 settings.account_cache_ttl,
                 DEVICE_LIMIT_ALERT_INTERVAL,
             ),
-            bans: Arc::new(Bans::new(BanSettings::default())),
+            bans: Arc::clone(&shared.bans),
             nonces,
             settings,
-            mysql,
-            redis,
+            mysql: shared.mysql.clone(),
+            redis: shared.redis.clone(),
             hook,
             mysql_health: StoreHealth::new("mysql"),
             redis_health: StoreHealth::new("redis"),
             outcomes: outcomes::RegisterOutcomes::new(),
-            alerts: None,
-            metrics: Metrics::disabled(),
+            alerts: shared.alerts.clone(),
+            metrics: shared.metrics.clone(),
         }
-    }
-
-    /// Sends alerts to `alerts` and response-time metrics to `metrics`.
-    pub fn with_telemetry(mut self, alerts: AlertSender, metrics: Metrics) -> Registrar {
-        self.alerts = Some(alerts);
-        self.metrics = metrics;
-        self
-    }
-
-    /// Counts failed authentications in `bans` (the daemon shares it with the CLI server)
-    /// instead of a table of the registrar's own with the default settings.
-    pub fn with_bans(mut self, bans: Arc<Bans>) -> Registrar {
-        self.bans = bans;
-        self
     }
 
     pub fn bans(&self) -> &Arc<Bans> {

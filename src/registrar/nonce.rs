@@ -148,7 +148,7 @@ impl NonceSigner {
         m.update(random_hex.as_bytes());
         m.update(b"\n");
         // A tag byte, then the bytes that identify the source: IPv4 and IPv6 never collide.
-        match source.map(super::bans::source_key) {
+        match source.map(crate::bans::source_key) {
             Some(IpAddr::V4(v4)) => {
                 m.update(b"4");
                 m.update(&v4.octets());

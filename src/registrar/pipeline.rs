@@ -551,9 +551,7 @@ impl Registrar {
     /// InfluxDB.
     pub fn raise_alert(&self, alert: Alert) {
         warn!("alert: {alert}");
-        if let Some(sender) = &self.alerts {
-            sender.send(alert);
-        }
+        self.alerts.send(alert);
     }
 
     /// `account-device-limit`, at most once per account per

@@ -7,11 +7,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Sender};
+use sbc_sidecar::bans::{BanSettings, Bans};
 use sbc_sidecar::ctl::{CtlError, CtlServer, CtlSettings};
 use sbc_sidecar::drachtio::ConnectionEvent;
 use sbc_sidecar::heartbeat::ClusterSets;
 use sbc_sidecar::regbot::{RegbotSnapshot, StatusRequest};
-use sbc_sidecar::registrar::bans::{BanSettings, Bans};
+use sbc_sidecar::shared::Shared;
+use sbc_sidecar::store::mysql::{MysqlPool, MysqlSettings};
 use sbc_sidecar::store::redis::{pool, RedisPool, RedisSettings};
 
 /// A pool to the Redis at 127.0.0.1:`port` (a closed port makes an unreachable Redis).
@@ -52,9 +54,26 @@ pub struct Server {
     pub conn_events: Sender<ConnectionEvent>,
     /// The ban table `bans` and `bans-clear` act on, when the server has one; failures
     /// recorded here are what the registrar would record.
-    pub bans: Option<Arc<Bans>>,
+    pub bans: Arc<Bans>,
     stop: Option<Sender<()>>,
     thread: Option<JoinHandle<Result<(), CtlError>>>,
+}
+
+/// What a CLI server is given: `redis`, and a MySQL pool it never uses (pools connect only
+/// when checked out from).
+pub fn cli_shared(redis: RedisPool) -> Shared {
+    let mysql = MysqlPool::new(&MysqlSettings {
+        host: "127.0.0.1".into(),
+        port: 3306,
+        user: "sbc_test".into(),
+        password: String::new(),
+        database: "unused".into(),
+        connection_limit: 1,
+        timeout: Duration::from_secs(1),
+        tls: None,
+    })
+    .expect("a MySQL pool (it does not connect)");
+    Shared::for_tests(mysql, redis)
 }
 
 impl Server {
@@ -66,27 +85,20 @@ impl Server {
     /// Binds and starts a server with a ban table of [`Server::bans()`]; with `regbot_queries`,
     /// `status` and `regbot-list` ask that channel for regbot snapshots.
     pub fn launch(redis: RedisPool, regbot_queries: Option<Sender<StatusRequest>>) -> Server {
-        Server::launch_with(redis, regbot_queries, Some(Arc::new(Bans::new(Server::bans()))))
+        Server::launch_with(redis, regbot_queries, Arc::new(Bans::new(Server::bans())))
     }
 
-    /// [`Server::launch`] with the given ban table, or none.
-    pub fn launch_with(
-        redis: RedisPool,
-        regbot_queries: Option<Sender<StatusRequest>>,
-        bans: Option<Arc<Bans>>,
-    ) -> Server {
+    /// [`Server::launch`] with the given ban table.
+    pub fn launch_with(redis: RedisPool, regbot_queries: Option<Sender<StatusRequest>>, bans: Arc<Bans>) -> Server {
         let path = temp_socket_path();
         let cluster_id = format!("test-{}", uuid::Uuid::new_v4().simple());
         let (conn_tx, conn_rx) = unbounded();
+        let shared = Shared { bans: Arc::clone(&bans), ..cli_shared(redis.clone()) };
         let server =
-            CtlServer::bind(&path, CtlSettings { cluster_id: cluster_id.clone(), group: None }, redis.clone(), conn_rx)
+            CtlServer::bind(&path, CtlSettings { cluster_id: cluster_id.clone(), group: None }, &shared, conn_rx)
                 .expect("CLI server binds");
         let server = match regbot_queries {
             Some(queries) => server.with_regbot(queries),
-            None => server,
-        };
-        let server = match &bans {
-            Some(bans) => server.with_bans(Arc::clone(bans)),
             None => server,
         };
         let (stop_tx, stop_rx) = unbounded();

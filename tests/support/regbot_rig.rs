@@ -21,6 +21,7 @@ use sbc_sidecar::drachtio::{ClientConfig, DrachtioClient};
 use sbc_sidecar::regbot::{
     self, query_status, DnsSettings, RegbotHandles, RegbotSettings, RegbotSnapshot, StatusRequest,
 };
+use sbc_sidecar::shared::Shared;
 use sbc_sidecar::store::mysql::{MysqlPool, MysqlSettings};
 use sbc_sidecar::store::redis::{pool, RedisPool, RedisSettings};
 use sbc_test_tools::db::{mysql_password, mysql_user, TestDb};
@@ -127,8 +128,8 @@ impl Instance {
         .expect("drachtio client starts");
         let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
         let mysql = mysql_pool(&db.name);
-        let handles = regbot::start_with(settings, redis(), mysql.clone(), mysql, client.handle(), events, shutdown_rx)
-            .expect("regbot roles start");
+        let shared = Shared { shutdown: shutdown_rx, ..Shared::for_tests(mysql, redis()) };
+        let handles = regbot::start_with(settings, &shared, client.handle(), events).expect("regbot roles start");
         let status = handles.status.clone();
         Instance { client: Some(client), handles: Some(handles), shutdown: Some(shutdown_tx), status }
     }

@@ -23,6 +23,7 @@ use sha2::Sha256;
 use sbc_sidecar::drachtio::{IncomingRequest, Outgoing, Responder, SipDelivery};
 use sbc_sidecar::registrar::fair_pool::PoolLimits;
 use sbc_sidecar::registrar::{Registrar, RegistrarSettings};
+use sbc_sidecar::shared::Shared;
 use sbc_sidecar::sip::SipMessage;
 use sbc_sidecar::store::mysql::{MysqlPool, MysqlSettings};
 use sbc_sidecar::store::redis::{pool as redis_pool, RedisPool, RedisSettings};
@@ -122,7 +123,7 @@ impl Fx {
         let realm = format!("r{:08x}.sbc-test.example", rand::thread_rng().gen::<u32>());
         let mut settings = base_settings();
         tweak(&mut settings);
-        let registrar = Registrar::new(settings, mysql(&db.name), redis());
+        let registrar = Registrar::new(settings, &Shared::for_tests(mysql(&db.name), redis()));
         Fx { realm, registrar, hook: WebhookServer::start(), aors: Mutex::new(Vec::new()), db }
     }
 
