@@ -119,7 +119,7 @@ fn losing_and_regaining_the_role_stops_then_restarts_every_regbot() {
 #[test]
 fn a_leader_whose_scheduler_is_gone_gives_up_the_role_at_once() {
     use sbc_sidecar::drachtio::{ConnectionEvent, ConnectionInfo};
-    use sbc_sidecar::regbot::leader::{new_token, LeaderElection, LeaderRole};
+    use sbc_sidecar::regbot::leader::{new_token, Coordinator, CoordinatorLinks, LeaderElection};
 
     let db = TestDb::create();
     let cluster = cluster();
@@ -132,8 +132,15 @@ fn a_leader_whose_scheduler_is_gone_gives_up_the_role_at_once() {
     let (commands_tx, _commands_rx) = unbounded();
     let (_shutdown_tx, shutdown_rx) = bounded::<()>(0);
     let (scheduler_alive, liveness) = bounded::<()>(0);
-    let role = LeaderRole::new(s, election, mysql_pool(&db.name), events_rx, commands_tx, shutdown_rx)
-        .watch_scheduler(liveness);
+    let (_prepare_tx, prepare_stop) = bounded(1);
+    let links = CoordinatorLinks {
+        events: events_rx,
+        scheduler: commands_tx,
+        scheduler_alive: liveness,
+        prepare_stop,
+        shutdown: shutdown_rx,
+    };
+    let role = Coordinator::new(s, election, mysql_pool(&db.name), links);
     let leader = thread::spawn(move || role.run());
     let info = ConnectionInfo {
         hostports: "udp/127.0.0.1:5060".into(),

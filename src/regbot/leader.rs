@@ -141,9 +141,27 @@ pub struct PrepareStop {
     pub done: Sender<()>,
 }
 
-/// The leader-election thread (in `every` mode: the thread that reads the database and keeps
-/// this SBC's presence in the cluster, without any election).
-pub struct LeaderRole {
+/// The channels a [`Coordinator`] works with, all required.
+pub struct CoordinatorLinks {
+    /// Connection events of the drachtio client.
+    pub events: Receiver<ConnectionEvent>,
+    /// Where the inventory of registrations to run goes.
+    pub scheduler: Sender<SchedulerCmd>,
+    /// Disconnected when the scheduler thread is gone (nothing is ever sent on it): the role is
+    /// then given up at once — the key deleted if it still holds our token — and this thread
+    /// ends, instead of renewing a role whose registrations nobody runs.
+    pub scheduler_alive: Receiver<()>,
+    /// The daemon's [`PrepareStop`] requests.
+    pub prepare_stop: Receiver<PrepareStop>,
+    /// Disconnected when the daemon stops.
+    pub shutdown: Receiver<()>,
+}
+
+/// The thread that decides which registrations this SBC runs: in `leader` mode it holds or
+/// waits for the cluster's leader key and, while it leads, reads the carriers for the
+/// scheduler; in `every` mode it reads them always and keeps this SBC's presence in the
+/// cluster, without any election.
+pub struct Coordinator {
     settings: RegbotSettings,
     election: LeaderElection,
     mysql_read: MysqlPool,
@@ -162,44 +180,29 @@ pub struct LeaderRole {
     mysql_outage: OutageLog,
 }
 
-impl LeaderRole {
+impl Coordinator {
     pub fn new(
         settings: RegbotSettings,
         election: LeaderElection,
         mysql_read: MysqlPool,
-        events: Receiver<ConnectionEvent>,
-        scheduler: Sender<SchedulerCmd>,
-        shutdown: Receiver<()>,
-    ) -> LeaderRole {
-        LeaderRole {
+        links: CoordinatorLinks,
+    ) -> Coordinator {
+        let CoordinatorLinks { events, scheduler, scheduler_alive, prepare_stop, shutdown } = links;
+        Coordinator {
             settings,
             election,
             mysql_read,
             events,
             scheduler,
             shutdown,
-            scheduler_alive: never(),
-            prepare: never(),
+            scheduler_alive,
+            prepare: prepare_stop,
             leader: false,
             confirmed_at: Instant::now(),
             last_fingerprint: None,
             redis_outage: OutageLog::new("regbot", "redis"),
             mysql_outage: OutageLog::new("regbot", "database"),
         }
-    }
-
-    /// Watches the scheduler: when `alive` is disconnected (the scheduler thread ended or
-    /// panicked), the role is given up at once — the key deleted if it still holds our token
-    /// — and this thread ends, instead of renewing a role whose regbots nobody runs.
-    pub fn watch_scheduler(mut self, alive: Receiver<()>) -> LeaderRole {
-        self.scheduler_alive = alive;
-        self
-    }
-
-    /// Takes the daemon's [`PrepareStop`] requests.
-    pub fn on_prepare_stop(mut self, prepare: Receiver<PrepareStop>) -> LeaderRole {
-        self.prepare = prepare;
-        self
     }
 
     fn every(&self) -> bool {
@@ -534,7 +537,7 @@ impl LeaderRole {
     }
 }
 
-/// Why [`LeaderRole::serve`] returned.
+/// Why [`Coordinator::serve`] returned.
 #[derive(Debug, PartialEq, Eq)]
 enum Served {
     Shutdown,

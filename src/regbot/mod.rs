@@ -239,16 +239,18 @@ pub fn start_with(
 
     let election =
         leader::LeaderElection::new(redis.clone(), &settings.cluster_id, leader::new_token(), settings.token_ttl);
-    let leader_role = leader::LeaderRole::new(
+    let leader_role = leader::Coordinator::new(
         settings.clone(),
         election,
         mysql_read.clone(),
-        events.leader,
-        commands_tx,
-        shutdown.clone(),
-    )
-    .watch_scheduler(scheduler_liveness)
-    .on_prepare_stop(prepare_rx);
+        leader::CoordinatorLinks {
+            events: events.leader,
+            scheduler: commands_tx,
+            scheduler_alive: scheduler_liveness,
+            prepare_stop: prepare_rx,
+            shutdown: shutdown.clone(),
+        },
+    );
     let scheduler = scheduler::Scheduler::new(
         settings.clone(),
         drachtio.clone(),
