@@ -15,11 +15,12 @@ use super::regbot_link::{self, QUERY_TIMEOUT};
 use super::RegbotStatus;
 use crate::bans::Bans;
 use crate::drachtio::{ConnectionEvent, ConnectionInfo};
-use crate::heartbeat::{ClusterSets, DrainedServers};
+use crate::heartbeat::DrainedServers;
 use crate::regbot::{cluster, RegbotRole, StatusRequest};
 use crate::registrar::bindings;
 use crate::registrar::fair_pool::{LoadProbe, PoolLoad};
 use crate::registrar::Registrar;
+use crate::store::keys::ClusterSets;
 use crate::store::redis::{checkout, RedisConn, RedisPool};
 
 pub(crate) struct Commands {

@@ -6,7 +6,7 @@
 //! [`protocol`] is shared by the server and the `sbcctl` binary; [`CtlServer`] is the role.
 
 mod commands;
-pub mod peer;
+pub(crate) mod peer;
 pub mod protocol;
 mod regbot_link;
 mod server;

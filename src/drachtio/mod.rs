@@ -5,11 +5,11 @@
 //! exactly one final response through its [`Responder`]), connection events, and a
 //! [`DrachtioHandle`] to send requests of their own and receive the responses.
 
-pub mod client;
+pub(crate) mod client;
 mod connect_error;
 pub mod frame;
 pub mod message;
-pub mod writer;
+pub(crate) mod writer;
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -6,10 +6,9 @@
 //! maps need no lock. The per-heartbeat logic lives in [`Tracker`] and is tested against a real
 //! Redis without threads.
 
-pub mod drain;
+pub(crate) mod drain;
 pub mod guard;
-pub mod keys;
-pub mod tracker;
+pub(crate) mod tracker;
 
 use std::time::{Duration, Instant};
 
@@ -19,9 +18,9 @@ use log::{debug, info, warn};
 use crate::drachtio::IncomingRequest;
 use crate::net::Cidr;
 use crate::shared::Shared;
+pub use crate::store::keys::ClusterSets;
 pub use drain::{fs_member_key, DrainedServers, FsEndpoint};
 pub use guard::{valid_service_url, HeartbeatGuard, DEFAULT_HEARTBEAT_CIDRS};
-pub use keys::ClusterSets;
 pub use tracker::{classify, Ping, ServerKind, Tracker, DEFAULT_MAX_SERVERS};
 
 #[derive(Debug, Clone)]

@@ -8,10 +8,10 @@ use log::{info, warn};
 
 use super::drain::{fs_member_key, DrainedServers};
 use super::guard::HeartbeatGuard;
-use super::keys::ClusterSets;
 use crate::drachtio::IncomingRequest;
 use crate::net::Cidr;
 use crate::sip::{ResponseBuilder, SipMessage};
+use crate::store::keys::ClusterSets;
 use crate::store::outage::OutageLog;
 use crate::store::redis::{checkout, retry_on_lost_connection, RedisPool};
 use crate::store::StoreError;

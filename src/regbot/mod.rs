@@ -24,23 +24,23 @@
 //! every carrier with its own Call-ID and Contact, and de-registers them when it stops
 //! ([`RegbotHandles::prepare_stop`]); [`cluster`] describes what the SBCs share in Redis.
 
-pub mod addresses;
+pub(crate) mod addresses;
 pub mod alerts;
-pub mod cluster;
-pub mod dns;
-pub mod ephemeral;
+pub(crate) mod cluster;
+pub(crate) mod dns;
+pub(crate) mod ephemeral;
 pub mod leader;
 mod mode;
-pub mod pinger;
-pub mod reconcile;
-pub mod register_status;
-pub mod registration;
-pub mod request;
-pub mod sbc_addresses;
-pub mod scheduler;
-pub mod status;
-pub mod timing;
-pub mod writer;
+pub(crate) mod pinger;
+pub(crate) mod reconcile;
+pub(crate) mod register_status;
+pub(crate) mod registration;
+pub(crate) mod request;
+pub(crate) mod sbc_addresses;
+pub(crate) mod scheduler;
+pub(crate) mod status;
+pub(crate) mod timing;
+pub(crate) mod writer;
 
 use std::fmt;
 use std::path::Path;

@@ -58,7 +58,7 @@ impl fmt::Debug for RegistrationSpec {
             .field("username", &self.username)
             .field("password", &"<redacted>")
             .field("sip_realm", &self.sip_realm)
-            .field("from", &self.from_uri())
+            .field("from", &self.uri_in_from())
             .field("trunk_type", &self.trunk_type)
             .finish_non_exhaustive()
     }
@@ -116,7 +116,7 @@ impl RegistrationSpec {
             &self.sip_gateway_sid,
             self.account_sip_realm.as_deref().unwrap_or(""),
             &self.from_user,
-            &self.from_uri(),
+            &self.uri_in_from(),
         ]
         .join("|");
         // Every mode: the Call-ID (hence the SBC's address) is part of the registration.
@@ -144,7 +144,7 @@ impl RegistrationSpec {
     }
 
     /// `sip:<fromUser>@<fromDomain>`, used for both From and To.
-    pub fn from_uri(&self) -> String {
+    pub fn uri_in_from(&self) -> String {
         format!("sip:{}@{}", self.from_user, self.from_domain)
     }
 
@@ -257,7 +257,7 @@ pub struct RegisterParams<'a> {
 /// The REGISTER as drachtio gets it. drachtio adds Via, Max-Forwards and Content-Length; the
 /// headers are given in the order drachtio puts them on the wire anyway.
 pub fn build_register(spec: &RegistrationSpec, p: &RegisterParams<'_>) -> Vec<u8> {
-    let aor = spec.from_uri();
+    let aor = spec.uri_in_from();
     let contact =
         format!("<{}:{};transport={}>;expires={}", spec.scheme(), p.contact_user_host, spec.transport(), p.expires);
     let mut builder = RequestBuilder::new("REGISTER", &spec.request_uri())

@@ -80,16 +80,6 @@ pub fn query(conn: &mut RedisConn, aor: &str) -> Result<Option<StoredBinding>, S
     Ok(text.and_then(|t| parse_stored(&key, &t)))
 }
 
-/// `MGET` of several AORs' bindings in one round trip, in the order given.
-pub fn query_many(conn: &mut RedisConn, aors: &[&str]) -> Result<Vec<Option<StoredBinding>>, StoreError> {
-    if aors.is_empty() {
-        return Ok(Vec::new());
-    }
-    let keys: Vec<String> = aors.iter().map(|a| user_key(a)).collect();
-    let texts: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query(&mut **conn)?;
-    Ok(keys.iter().zip(texts).map(|(k, t)| t.and_then(|t| parse_stored(k, &t))).collect())
-}
-
 /// The bindings of `aors` from the texts an `MGET` of their keys returned.
 pub fn parse_many(aors: &[&str], texts: Vec<Option<String>>) -> Vec<Option<StoredBinding>> {
     aors.iter().zip(texts).map(|(aor, t)| t.and_then(|t| parse_stored(&user_key(aor), &t))).collect()

@@ -1,12 +1,12 @@
 //! SIP messages as drachtio delivers them: parsing, header values, digest authentication,
 //! and building responses and requests.
 
-pub mod builder;
-pub mod digest;
+pub(crate) mod builder;
+pub(crate) mod digest;
 mod digest_strict;
-pub mod header;
-pub mod message;
-pub mod uri;
+pub(crate) mod header;
+pub(crate) mod message;
+pub(crate) mod uri;
 
 pub use builder::{reason_phrase, RequestBuilder, ResponseBuilder};
 pub use digest::{

@@ -5,10 +5,10 @@
 //! Checkout and connect timeouts are short because a SIP transaction cannot wait for r2d2's
 //! default of 30 seconds.
 
-pub mod carriers;
-pub mod keys;
+pub(crate) mod carriers;
+pub(crate) mod keys;
 pub mod mysql;
-pub mod outage;
+pub(crate) mod outage;
 pub mod redis;
 pub mod tls;
 

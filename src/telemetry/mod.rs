@@ -99,11 +99,11 @@
 //! Unit tests of a role that raises alerts can use [`AlertSender::in_memory`] and read what
 //! the role sent from the returned receiver, without any writer thread or InfluxDB.
 
-pub mod alert;
-pub mod alerts;
+pub(crate) mod alert;
+pub(crate) mod alerts;
 mod influx;
 mod line_protocol;
-pub mod metrics;
+pub(crate) mod metrics;
 
 pub use alert::{Alert, AlertType, PingFailure};
 pub use alerts::{AlertSender, AlertSettings, AlertStats, AlertWriter};
