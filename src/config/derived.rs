@@ -6,7 +6,7 @@ use super::Config;
 use crate::ctl::CtlSettings;
 use crate::heartbeat::HeartbeatSettings;
 use crate::registrar::RegistrarSettings;
-use crate::telemetry::alerts::{DEFAULT_FLUSH_INTERVAL, TEST_FLUSH_INTERVAL};
+use crate::telemetry::alert_writer::{DEFAULT_FLUSH_INTERVAL, TEST_FLUSH_INTERVAL};
 use crate::telemetry::AlertSettings;
 
 impl Config {

@@ -3,12 +3,13 @@
 //!
 //! Threads (all named, all stopped by the shutdown channel):
 //!
-//! * `regbot-leader` holds or waits for `<cluster>:regbot-token` and reads carriers and
-//!   gateways ([`leader`], [`reconcile`]);
-//! * `regbot` is the scheduler: every regbot's timer and REGISTER in flight ([`scheduler`],
-//!   [`registration`]);
+//! * `regbot-leader` is the [`leader::Coordinator`]: it holds or waits for
+//!   `<cluster>:regbot-token` (in `every` mode it needs no election) and reads carriers and
+//!   gateways ([`leader`], [`reconcile`]) into [`spec::RegistrationSpec`]s;
+//! * `regbot` is the scheduler: the timer and REGISTER in flight of every
+//!   [`registration::Registration`] ([`scheduler`], [`registration`]);
 //! * `regbot-store` writes `register_status`, disables carriers and keeps the ephemeral
-//!   gateways ([`writer`], [`ephemeral`], [`dns`]; the SQL is in [`crate::store::carriers`]);
+//!   gateways ([`store_writer`], [`ephemeral`], [`dns`]; the SQL is in [`crate::store::carriers`]);
 //! * `gw-pinger` pings carrier gateways with OPTIONS ([`pinger`]);
 //! * `sbc-addresses` publishes our public addresses ([`sbc_addresses`]).
 //!
@@ -25,7 +26,7 @@
 //! ([`RegbotHandles::prepare_stop`]); [`cluster`] describes what the SBCs share in Redis.
 
 pub(crate) mod addresses;
-pub mod alerts;
+pub mod alert_sink;
 pub(crate) mod cluster;
 pub(crate) mod dns;
 pub(crate) mod ephemeral;
@@ -35,12 +36,12 @@ pub(crate) mod pinger;
 pub(crate) mod reconcile;
 pub(crate) mod register_status;
 pub(crate) mod registration;
-pub(crate) mod request;
 pub(crate) mod sbc_addresses;
 pub(crate) mod scheduler;
+pub(crate) mod spec;
 pub(crate) mod status;
+pub(crate) mod store_writer;
 pub(crate) mod timing;
-pub(crate) mod writer;
 
 use std::fmt;
 use std::path::Path;
@@ -54,7 +55,7 @@ use crate::drachtio::{ConnectionEvent, DrachtioHandle};
 use crate::shared::Shared;
 use crate::store::mysql::MysqlPool;
 use crate::store::redis::RedisPool;
-use alerts::AlertSink;
+use alert_sink::AlertSink;
 pub use dns::DnsSettings;
 pub use mode::{RegbotMode, SentBy};
 pub use status::{query_status, RegbotInfo, RegbotRole, RegbotSnapshot, RegbotState, StatusRequest};
@@ -262,7 +263,7 @@ pub fn start_with(
     );
     let ephemeral =
         ephemeral::EphemeralGateways::new(redis.clone(), Box::new(dns::Resolver::new(settings.dns.clone())));
-    let writer = writer::StoreWriter::new(
+    let writer = store_writer::StoreWriter::new(
         (redis.clone(), settings.cluster_id.clone()),
         mysql_read.clone(),
         mysql_write.clone(),

@@ -13,7 +13,7 @@ use std::time::Duration;
 use crossbeam_channel::{never, tick, Receiver, Select};
 use log::{debug, info};
 
-use super::alerts::AlertSink;
+use super::alert_sink::AlertSink;
 use super::{RegbotPools, RegbotSettings};
 use crate::drachtio::{ConnectionEvent, DrachtioHandle, UacError, UacEvent};
 use crate::sip::RequestBuilder;

@@ -12,7 +12,7 @@ use mysql::PooledConn;
 use serde::Serialize;
 
 use super::mode::SentBy;
-use super::request::{valid_from_domain, RegistrationSpec};
+use super::spec::{valid_from_domain, RegistrationSpec};
 use crate::store::carriers::{self, CarrierRow, GatewayRow};
 use crate::store::StoreError;
 

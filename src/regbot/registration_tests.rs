@@ -5,7 +5,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::*;
 use crate::drachtio::UacError;
 use crate::regbot::dns::DnsSettings;
-use crate::regbot::request::tests::spec;
+use crate::regbot::spec::tests::spec;
 use crate::regbot::RegbotMode;
 use crate::sip::{compute_response, parse_authorization, DigestInput};
 

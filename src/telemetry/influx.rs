@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ureq::Agent;
 
-use super::alerts::AlertSettings;
+use super::alert_writer::AlertSettings;
 
 /// Error bodies are read for the log line only.
 const MAX_ERROR_BODY: u64 = 4096;

@@ -40,7 +40,7 @@
 //!
 //! Each role holds a [`Metrics`] clone and an [`AlertSender`] (the registrar sends through
 //! [`Registrar::raise_alert`](crate::registrar::Registrar::raise_alert), the regbot and the
-//! pinger through [`AlertSink`](crate::regbot::alerts::AlertSink), both of which also log the
+//! pinger through [`AlertSink`](crate::regbot::alert_sink::AlertSink), both of which also log the
 //! alert).
 //!
 //! Registrar (auth workers / REGISTER pipeline, spec 4.1 and 10.1). The webhook alerts are
@@ -79,10 +79,10 @@
 //! ```
 //!
 //! Regbot (spec 6.4) and gateway pinger (spec 7), through the regbot's
-//! [`AlertSink`](crate::regbot::alerts::AlertSink):
+//! [`AlertSink`](crate::regbot::alert_sink::AlertSink):
 //!
 //! ```
-//! use sbc_sidecar::regbot::alerts::AlertSink;
+//! use sbc_sidecar::regbot::alert_sink::AlertSink;
 //! use sbc_sidecar::telemetry::{Alert, AlertSender, PingFailure};
 //!
 //! let (sender, _received) = AlertSender::in_memory(8);
@@ -100,12 +100,12 @@
 //! the role sent from the returned receiver, without any writer thread or InfluxDB.
 
 pub(crate) mod alert;
-pub(crate) mod alerts;
+pub(crate) mod alert_writer;
 mod influx;
 mod line_protocol;
 pub(crate) mod metrics;
 
 pub use alert::{Alert, AlertType, PingFailure};
-pub use alerts::{AlertSender, AlertSettings, AlertStats, AlertWriter};
+pub use alert_writer::{AlertSender, AlertSettings, AlertStats, AlertWriter};
 pub use influx::AlertError;
 pub use metrics::{Metrics, MetricsError, MetricsSettings, StatsProtocol};

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use crossbeam_channel::{select, Receiver, Sender};
 use log::{debug, info, warn};
 
-use super::alerts::AlertSink;
+use super::alert_sink::AlertSink;
 use super::cluster::{self, SbcEntry};
 use super::ephemeral::{EphGateway, EphemeralGateways};
 use super::register_status::RegisterStatus;
