@@ -29,13 +29,7 @@ use registrar_rig::*;
 #[test]
 fn auth_pool_answers_every_request_once_and_stops_on_shutdown() {
     let fx = Fx::new();
-    let registrar = Arc::new(Registrar::new(
-        base_settings(),
-        &Shared::for_tests(
-            MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
-            redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
-        ),
-    ));
+    let registrar = Arc::new(Registrar::new(base_settings(), &fx.shared()));
     let (queue_tx, queue_rx) = bounded::<IncomingRequest>(16);
     let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
     let pool =
@@ -84,13 +78,7 @@ fn a_worker_takes_queued_registers_as_a_batch_and_answers_each_once() {
     for u in &cached {
         assert_eq!(fx.register_with_password(&fx.reg(u), PASSWORD).status, 200);
     }
-    let registrar = Arc::new(Registrar::new(
-        base_settings(),
-        &Shared::for_tests(
-            MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
-            redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
-        ),
-    ));
+    let registrar = Arc::new(Registrar::new(base_settings(), &fx.shared()));
     // Challenged beforehand (by the pool's registrar: nonces are signed per instance here):
     // their authorized REGISTERs need the webhook.
     let nonces: Vec<String> = authed.iter().map(|u| nonce_of(&fx.send_to(&registrar, &fx.reg(u)))).collect();
@@ -144,13 +132,7 @@ fn a_replay_in_a_batch_is_challenged_by_the_triage_thread() {
     let fx = Fx::new();
     fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
     fx.hook.set_password("kai", PASSWORD);
-    let registrar = Arc::new(Registrar::new(
-        base_settings(),
-        &Shared::for_tests(
-            MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
-            redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
-        ),
-    ));
+    let registrar = Arc::new(Registrar::new(base_settings(), &fx.shared()));
     let nonce = nonce_of(&fx.send_to(&registrar, &fx.reg("kai")));
     let original = fx.reg("kai").authorized(PASSWORD, &nonce);
     let mut replay = original.clone();
@@ -192,16 +174,7 @@ fn a_banned_source_creates_no_one_time_keys() {
     fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
     fx.hook.set_password("lou", PASSWORD);
     let bans = Arc::new(Bans::new(BanSettings { max_failures: 1, ..BanSettings::default() }));
-    let registrar = Arc::new(Registrar::new(
-        base_settings(),
-        &Shared {
-            bans: bans.clone(),
-            ..Shared::for_tests(
-                MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
-                redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
-            )
-        },
-    ));
+    let registrar = Arc::new(Registrar::new(base_settings(), &Shared { bans: bans.clone(), ..fx.shared() }));
     let nonce = nonce_of(&fx.send_to(&registrar, &fx.reg("lou")));
     assert!(bans.record_failure("127.0.0.1".parse().unwrap(), Instant::now()).is_some());
     let (queue_tx, queue_rx) = bounded::<IncomingRequest>(8);
@@ -396,13 +369,7 @@ fn cache_window_refreshes_are_answered_while_every_auth_worker_waits_on_a_webhoo
         fx.hook.set_password(u, PASSWORD);
     }
     assert_eq!(fx.register_with_password(&fx.reg("steady"), PASSWORD).status, 200);
-    let registrar = Arc::new(Registrar::new(
-        base_settings(),
-        &Shared::for_tests(
-            MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
-            redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
-        ),
-    ));
+    let registrar = Arc::new(Registrar::new(base_settings(), &fx.shared()));
     let nonce = nonce_of(&fx.send_to(&registrar, &fx.reg("slowpoke")));
     fx.aors.lock().unwrap().push(fx.aor("slowpoke"));
 
@@ -506,13 +473,7 @@ fn a_full_auth_queue_answers_503_at_once_and_every_request_once() {
     const QUEUE: usize = 4;
     let fx = Fx::new();
     fx.add_account(&fx.realm, true, Some(("POST", "/auth")));
-    let registrar = Arc::new(Registrar::new(
-        base_settings(),
-        &Shared::for_tests(
-            MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
-            redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
-        ),
-    ));
+    let registrar = Arc::new(Registrar::new(base_settings(), &fx.shared()));
     let users: Vec<String> = (0..QUEUE + 3).map(|i| format!("crowd{i}")).collect();
     let authorized: Vec<Reg> = users
         .iter()

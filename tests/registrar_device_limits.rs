@@ -2,14 +2,10 @@
 //! sub-domains counting against their account, and the device-limit alert. The rig is
 //! tests/support/registrar_rig.rs.
 
-use std::time::Duration;
-
 use mysql::prelude::Queryable;
 
 use sbc_sidecar::registrar::Registrar;
 use sbc_sidecar::shared::Shared;
-use sbc_sidecar::store::mysql::MysqlPool;
-use sbc_sidecar::store::redis::pool as redis_pool;
 
 #[path = "support/registrar_rig.rs"]
 mod registrar_rig;
@@ -98,16 +94,7 @@ fn the_device_limit_alert_is_raised_once_per_account_not_per_register() {
     let (alerts, alert_rx) = sbc_sidecar::telemetry::AlertSender::in_memory(16);
     let mut settings = base_settings();
     settings.hosting = true;
-    let registrar = Registrar::new(
-        settings,
-        &Shared {
-            alerts,
-            ..Shared::for_tests(
-                MysqlPool::new(&mysql_settings(&db_fx.db.name, 3306)).unwrap(),
-                redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
-            )
-        },
-    );
+    let registrar = Registrar::new(settings, &Shared { alerts, ..db_fx.shared() });
     db_fx.add_account(&db_fx.realm, true, Some(("POST", "/auth")));
     for _ in 0..5 {
         let r = db_fx.send_to(&registrar, &db_fx.reg("jo"));

@@ -13,8 +13,6 @@ use sbc_sidecar::drachtio::IncomingRequest;
 use sbc_sidecar::registrar::NEW_REALM_LOOKUPS_PER_SEC;
 use sbc_sidecar::registrar::{AuthPool, Registrar};
 use sbc_sidecar::shared::Shared;
-use sbc_sidecar::store::mysql::MysqlPool;
-use sbc_sidecar::store::redis::pool as redis_pool;
 
 use sbc_test_tools::webhook::digest_response;
 
@@ -79,13 +77,7 @@ fn a_replay_is_refused_on_another_sbc_sharing_the_secret_too() {
     assert_eq!(first.status, 200);
     let mut settings = base_settings();
     settings.nonce_secret = Some("cluster".into());
-    let other_sbc = Registrar::new(
-        settings,
-        &Shared::for_tests(
-            MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
-            redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
-        ),
-    );
+    let other_sbc = Registrar::new(settings, &fx.shared());
     let mut replay = captured;
     replay.port = 7777;
     assert_eq!(fx.send_to(&other_sbc, &replay).status, 401);
@@ -392,16 +384,7 @@ fn the_ban_is_checked_again_when_a_worker_takes_the_request() {
     fx.hook.set_password("una", PASSWORD);
     fx.hook.set_password("vik", PASSWORD);
     let bans = Arc::new(Bans::new(BanSettings { max_failures: 3, ..BanSettings::default() }));
-    let registrar = Arc::new(Registrar::new(
-        base_settings(),
-        &Shared {
-            bans: bans.clone(),
-            ..Shared::for_tests(
-                MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
-                redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
-            )
-        },
-    ));
+    let registrar = Arc::new(Registrar::new(base_settings(), &Shared { bans: bans.clone(), ..fx.shared() }));
     let mut holder = fx.reg("una");
     holder.address = "127.0.0.84".into();
     let mut waiting = fx.reg("vik");

@@ -8,9 +8,6 @@ use std::time::{Duration, Instant};
 use mysql::prelude::Queryable;
 
 use sbc_sidecar::registrar::{HookError, HookRequest, HookResponse, HookTransport, Registrar, RegistrarSettings};
-use sbc_sidecar::shared::Shared;
-use sbc_sidecar::store::mysql::MysqlPool;
-use sbc_sidecar::store::redis::pool as redis_pool;
 
 #[path = "support/registrar_rig.rs"]
 mod registrar_rig;
@@ -104,10 +101,7 @@ fn the_webhook_transport_is_replaceable_by_canned_answers() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let registrar = Registrar::with_hook_transport(
             base_settings(),
-            &Shared::for_tests(
-                MysqlPool::new(&mysql_settings(&fx.db.name, 3306)).unwrap(),
-                redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
-            ),
+            &fx.shared(),
             Box::new(Canned { answer, seen: seen.clone() }),
         );
         (registrar, seen)

@@ -127,6 +127,15 @@ impl Fx {
         Fx { realm, registrar, hook: WebhookServer::start(), aors: Mutex::new(Vec::new()), db }
     }
 
+    /// What a second registrar on this fixture's database and the shared Redis is given
+    /// (replace a field to observe it: `Shared { bans, ..fx.shared() }`).
+    pub fn shared(&self) -> Shared {
+        Shared::for_tests(
+            MysqlPool::new(&mysql_settings(&self.db.name, 3306)).unwrap(),
+            redis_pool(&redis_settings(6379, Duration::from_secs(2))).unwrap(),
+        )
+    }
+
     /// An active account for `realm`, with a registration webhook (method, path) or none.
     pub fn add_account(&self, realm: &str, active: bool, hook: Option<(&str, &str)>) -> String {
         let mut c = self.db.conn();
