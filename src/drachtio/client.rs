@@ -292,11 +292,8 @@ impl Reader {
                 continue;
             }
             self.drain_pending();
-            let readable = events.iter().find(|e| e.token() == CONNECTION).map(|e| e.is_read_closed() || e.is_error());
-            let outcome = match readable {
-                Some(closing) => self.read_available(closing),
-                None => Ok(()),
-            };
+            let readable = events.iter().any(|e| e.token() == CONNECTION);
+            let outcome = if readable { self.read_available() } else { Ok(()) };
             let outcome = outcome.and_then(|_| self.check_timers());
             if let Err(d) = outcome {
                 let delay = self.close(d);
@@ -484,9 +481,9 @@ impl Reader {
         }
     }
 
-    /// Reads and handles what the socket holds; `closing`: the readiness event also said the
-    /// peer closed (or an error), so read on to the end of the stream.
-    fn read_available(&mut self, closing: bool) -> Result<(), Disconnect> {
+    /// Reads and handles what the socket holds, until `WouldBlock`: mio's readiness is
+    /// edge-triggered and promises a new event only after a read said `WouldBlock`.
+    fn read_available(&mut self) -> Result<(), Disconnect> {
         let mut buf = [0u8; 16 * 1024];
         loop {
             let Some(conn) = self.conn.as_mut() else { return Ok(()) };
@@ -501,13 +498,6 @@ impl Reader {
                             Ok(None) => break,
                             Err(e) => return Err(Disconnect::Lost(e.to_string())),
                         }
-                    }
-                    // A short read emptied the socket: data or a close that arrives later
-                    // raises a new readiness event (epoll, edge-triggered), so the read that
-                    // would only say `WouldBlock` is saved — two syscalls per request at
-                    // operating rates. A close already signalled has no event to come: read on.
-                    if n < buf.len() && !closing {
-                        return Ok(());
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
