@@ -569,7 +569,7 @@ fn answers_from_many_threads_all_arrive_once_each_in_frames_drachtio_parses() {
     const COUNT: usize = 2000;
     const ROLES: usize = 8;
     // Every seventh request is dropped unanswered: it still gets exactly one answer, a 503.
-    let dropped = |n: usize| n % 7 == 0;
+    let dropped = |n: usize| n.is_multiple_of(7);
     let number = |txn: &str| -> usize { txn[txn.len() - 6..].parse().expect("numbered transaction") };
     let frames = capture::load("drachtio-capture.txt");
     let mut h = start(COUNT + 16, |_| {});
