@@ -623,3 +623,42 @@ fn answers_from_many_threads_all_arrive_once_each_in_frames_drachtio_parses() {
         assert!(!String::from_utf8_lossy(&payload).contains("|sip|"), "an answer after all were answered");
     }
 }
+
+#[test]
+fn a_drachtio_that_stops_reading_for_good_is_reconnected_after_the_write_timeout() {
+    let frames = capture::load("drachtio-capture.txt");
+    // As above: more answer bytes than the kernel buffers hold while the server reads nothing.
+    const ANSWER_PAD: usize = 2900;
+    let buffered = sysctl_max("/proc/sys/net/ipv4/tcp_wmem") + (1 << 20);
+    let count = buffered / ANSWER_PAD + 300;
+    let h = start(count + 16, |_| {});
+    let mut server = ScriptedServer::accept(&h.listener);
+    server.authenticate(&frames);
+    let mut deliveries = Vec::with_capacity(count * 1100);
+    for n in 0..count {
+        deliveries.extend_from_slice(&delivery_number(&frames, n).0);
+    }
+    server.send(&deliveries);
+    let register = h.register.clone();
+    let role = std::thread::spawn(move || {
+        let pad = "x".repeat(ANSWER_PAD);
+        while let Ok(req) = register.recv_timeout(Duration::from_secs(1)) {
+            let resp = req.response(200).header("X-Pad", &pad);
+            req.respond(resp);
+        }
+    });
+    // The server never reads again: after the writer's 5 s without progress the client gives
+    // the connection up and connects anew.
+    let started = Instant::now();
+    let lost = loop {
+        match h.events.recv_timeout(Duration::from_secs(15)).expect("a connection event") {
+            ConnectionEvent::Connected(_) => continue,
+            ConnectionEvent::Disconnected { reason } => break reason,
+        }
+    };
+    assert!(started.elapsed() >= Duration::from_secs(4), "not before the write timeout: {lost}");
+    let mut again = ScriptedServer::accept(&h.listener);
+    again.authenticate(&frames);
+    role.join().expect("the role answered everything");
+    drop(server);
+}
