@@ -563,3 +563,102 @@ fn a_drachtio_that_stops_reading_gets_every_answer_whole_once_it_reads_again() {
     // Same connection throughout: no new authenticate, no event.
     assert!(h.events.try_iter().all(|e| matches!(e, ConnectionEvent::Connected(_))), "no disconnect");
 }
+
+#[test]
+fn answers_from_many_threads_all_arrive_once_each_in_frames_drachtio_parses() {
+    const COUNT: usize = 2000;
+    const ROLES: usize = 8;
+    // Every seventh request is dropped unanswered: it still gets exactly one answer, a 503.
+    let dropped = |n: usize| n.is_multiple_of(7);
+    let number = |txn: &str| -> usize { txn[txn.len() - 6..].parse().expect("numbered transaction") };
+    let frames = capture::load("drachtio-capture.txt");
+    let mut h = start(COUNT + 16, |_| {});
+    let mut server = ScriptedServer::accept(&h.listener);
+    server.authenticate(&frames);
+    let mut deliveries = Vec::with_capacity(COUNT * 1100);
+    let mut expected = std::collections::HashSet::new();
+    for n in 0..COUNT {
+        let (bytes, txn) = delivery_number(&frames, n);
+        deliveries.extend_from_slice(&bytes);
+        expected.insert(txn);
+    }
+    server.send(&deliveries);
+    let roles: Vec<_> = (0..ROLES)
+        .map(|_| {
+            let register = h.register.clone();
+            std::thread::spawn(move || {
+                while let Ok(req) = register.recv_timeout(Duration::from_millis(500)) {
+                    if dropped(number(&req.meta.transaction_id)) {
+                        drop(req);
+                    } else {
+                        let resp = req.response(200);
+                        req.respond(resp);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut answered = std::collections::HashSet::new();
+    while answered.len() < COUNT {
+        let payload = String::from_utf8(server.read_payload()).expect("whole UTF-8 frames");
+        let t: Vec<&str> = payload.splitn(4, '|').collect();
+        assert_eq!(t[1], "sip", "an answer frame, not {:?}", &payload[..payload.len().min(120)]);
+        assert!(expected.contains(t[2]), "an answer to a delivered transaction: {}", t[2]);
+        assert!(answered.insert(t[2].to_string()), "answered twice: {}", t[2]);
+        let status = if dropped(number(t[2])) { "503 Service Unavailable" } else { "200 OK" };
+        assert!(t[3].starts_with(&format!("\r\nSIP/2.0 {status}\r\n")), "{}: {:?}", t[2], &t[3][..t[3].len().min(60)]);
+        assert!(t[3].ends_with("\r\n\r\n"), "a whole response");
+    }
+    for role in roles {
+        role.join().expect("the role answered what it took");
+    }
+    let stats = h.client.take().unwrap().shutdown();
+    assert_eq!(stats.unanswered_dropped as usize, (0..COUNT).filter(|n| dropped(*n)).count());
+    assert_eq!(stats.unanswered_at_close, 0, "every request was answered before the close");
+    // What came after the answers (the route withdrawals) answers nothing a second time.
+    let mut rest = Vec::new();
+    server.stream.read_to_end(&mut rest).expect("the client closes the connection at shutdown");
+    server.decoder.push(&rest);
+    while let Some(payload) = server.decoder.next_frame().expect("whole frames") {
+        assert!(!String::from_utf8_lossy(&payload).contains("|sip|"), "an answer after all were answered");
+    }
+}
+
+#[test]
+fn a_drachtio_that_stops_reading_for_good_is_reconnected_after_the_write_timeout() {
+    let frames = capture::load("drachtio-capture.txt");
+    // As above: more answer bytes than the kernel buffers hold while the server reads nothing.
+    const ANSWER_PAD: usize = 2900;
+    let buffered = sysctl_max("/proc/sys/net/ipv4/tcp_wmem") + (1 << 20);
+    let count = buffered / ANSWER_PAD + 300;
+    let h = start(count + 16, |_| {});
+    let mut server = ScriptedServer::accept(&h.listener);
+    server.authenticate(&frames);
+    let mut deliveries = Vec::with_capacity(count * 1100);
+    for n in 0..count {
+        deliveries.extend_from_slice(&delivery_number(&frames, n).0);
+    }
+    server.send(&deliveries);
+    let register = h.register.clone();
+    let role = std::thread::spawn(move || {
+        let pad = "x".repeat(ANSWER_PAD);
+        while let Ok(req) = register.recv_timeout(Duration::from_secs(1)) {
+            let resp = req.response(200).header("X-Pad", &pad);
+            req.respond(resp);
+        }
+    });
+    // The server never reads again: after the writer's 5 s without progress the client gives
+    // the connection up and connects anew.
+    let started = Instant::now();
+    let lost = loop {
+        match h.events.recv_timeout(Duration::from_secs(15)).expect("a connection event") {
+            ConnectionEvent::Connected(_) => continue,
+            ConnectionEvent::Disconnected { reason } => break reason,
+        }
+    };
+    assert!(started.elapsed() >= Duration::from_secs(4), "not before the write timeout: {lost}");
+    let mut again = ScriptedServer::accept(&h.listener);
+    again.authenticate(&frames);
+    role.join().expect("the role answered everything");
+    drop(server);
+}

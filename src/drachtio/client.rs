@@ -23,7 +23,7 @@ use rand::Rng;
 use super::connect_error::ConnectError;
 use super::frame::FrameDecoder;
 use super::message::{self, Reply, ReplyStatus, ServerMessage, SipDelivery};
-use super::writer::{Outgoing, PendingReply, Wire, Writer, WriterStats};
+use super::writer::{Outgoing, Owed, PendingReply, Writer, WriterStats};
 use super::{ConnectionEvent, ConnectionInfo, IncomingRequest, Responder};
 use crate::net::Cidr;
 use crate::secret::Secret;
@@ -152,11 +152,11 @@ impl DrachtioClient {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let stop = Arc::new(AtomicBool::new(false));
         let draining = Arc::new(AtomicBool::new(false));
-        let wire = Arc::new(Wire::default());
+        let owed = Arc::new(Owed::default());
         let (writer_tx, writer_rx) = crossbeam_channel::unbounded::<Outgoing>();
         let (pending_tx, pending_rx) = crossbeam_channel::unbounded::<PendingReply>();
 
-        let writer = Writer::new(writer_rx, pending_tx, waker.clone(), wire.clone())?;
+        let writer = Writer::new(writer_rx, pending_tx, waker.clone(), owed.clone())?;
         let writer = crate::supervise::spawn("drachtio-writer", move || writer.run())?;
         let reader_state = Reader {
             config,
@@ -167,7 +167,7 @@ impl DrachtioClient {
             pending_rx,
             stop: stop.clone(),
             draining: draining.clone(),
-            wire,
+            owed,
             withdraw: None,
             generation: 0,
             attempt: 0,
@@ -240,8 +240,8 @@ struct Reader {
     stop: Arc<AtomicBool>,
     /// New requests are answered `503` instead of being handed to roles.
     draining: Arc<AtomicBool>,
-    /// The write side, shared with the writer and every responder.
-    wire: Arc<Wire>,
+    /// Requests handed to roles and not answered yet, for the writer (see [`Owed`]).
+    owed: Arc<Owed>,
     /// At shutdown: the last `remove_route` sent, and how long we wait for its reply.
     withdraw: Option<Withdraw>,
     generation: u64,
@@ -292,11 +292,8 @@ impl Reader {
                 continue;
             }
             self.drain_pending();
-            let readable = events.iter().find(|e| e.token() == CONNECTION).map(|e| e.is_read_closed() || e.is_error());
-            let outcome = match readable {
-                Some(closing) => self.read_available(closing),
-                None => Ok(()),
-            };
+            let readable = events.iter().any(|e| e.token() == CONNECTION);
+            let outcome = if readable { self.read_available() } else { Ok(()) };
             let outcome = outcome.and_then(|_| self.check_timers());
             if let Err(d) = outcome {
                 let delay = self.close(d);
@@ -403,7 +400,7 @@ impl Reader {
             .register(&mut mio_stream, CONNECTION, Interest::READABLE)
             .map_err(ConnectError::PollRegister)?;
         self.generation += 1;
-        self.wire.forget_owed();
+        self.owed.clear();
         let _ = self.writer.send(Outgoing::Attach(writer_stream, self.generation));
         let auth_msg_id = message::new_message_id();
         let payload = message::authenticate(&auth_msg_id, self.config.secret.expose());
@@ -431,7 +428,7 @@ impl Reader {
             let _ = self.poll.registry().deregister(&mut conn.stream);
             let _ = conn.stream.shutdown(Shutdown::Both);
         }
-        self.wire.forget_owed();
+        self.owed.clear();
         let _ = self.writer.send(Outgoing::Detach);
         self.fail_all(UacError::Disconnected);
         let delay = self.backoff();
@@ -484,9 +481,9 @@ impl Reader {
         }
     }
 
-    /// Reads and handles what the socket holds; `closing`: the readiness event also said the
-    /// peer closed (or an error), so read on to the end of the stream.
-    fn read_available(&mut self, closing: bool) -> Result<(), Disconnect> {
+    /// Reads and handles what the socket holds, until `WouldBlock`: mio's readiness is
+    /// edge-triggered and promises a new event only after a read said `WouldBlock`.
+    fn read_available(&mut self) -> Result<(), Disconnect> {
         let mut buf = [0u8; 16 * 1024];
         loop {
             let Some(conn) = self.conn.as_mut() else { return Ok(()) };
@@ -501,13 +498,6 @@ impl Reader {
                             Ok(None) => break,
                             Err(e) => return Err(Disconnect::Lost(e.to_string())),
                         }
-                    }
-                    // A short read emptied the socket: data or a close that arrives later
-                    // raises a new readiness event (epoll, edge-triggered), so the read that
-                    // would only say `WouldBlock` is saved — two syscalls per request at
-                    // operating rates. A close already signalled has no event to come: read on.
-                    if n < buf.len() && !closing {
-                        return Ok(());
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -657,8 +647,7 @@ impl Reader {
         }
         let hostport = self.conn.as_ref().map(|c| c.hostport.clone()).unwrap_or_else(|| Arc::from(""));
         let private_sip_address = self.conn.as_ref().and_then(|c| c.private_sip_address.clone());
-        let responder = Responder::new(delivery.transaction_id.clone(), self.writer.clone())
-            .writing_directly(self.wire.clone(), self.generation);
+        let responder = Responder::new(delivery.transaction_id.clone(), self.writer.clone());
         let message = match SipMessage::parse(&delivery.sip) {
             Ok(m) => m,
             Err(e) => {
@@ -685,7 +674,7 @@ impl Reader {
             return;
         }
         // Noted before the role can answer, so the writer knows what is owed at close.
-        self.wire.owe(delivery.transaction_id.clone());
+        self.owed.insert(delivery.transaction_id.clone());
         let request =
             IncomingRequest { meta: delivery, message, server_hostport: hostport, private_sip_address, responder };
         match queue.try_send(request) {

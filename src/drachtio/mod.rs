@@ -98,8 +98,7 @@ pub const OVERSIZED_RESPONSE: &[u8] = b"SIP/2.0 500 Server Internal Error\r\nCon
 /// Oversized answers are logged once per interval.
 static OVERSIZED: Refusals = Refusals::new();
 
-/// Sends the one response to an incoming request: written by the answering thread itself when
-/// the connection is free for it, else through the writer thread (see [`writer`]).
+/// Sends the one response to an incoming request, through the writer thread (see [`writer`]).
 ///
 /// A responder dropped without [`Responder::send`] — a queue dropped at shutdown, a thread
 /// that ended, a code path that forgot — answers [`UNANSWERED_RESPONSE`] itself (the writer
@@ -109,8 +108,6 @@ static OVERSIZED: Refusals = Refusals::new();
 pub struct Responder {
     pub(crate) transaction_id: String,
     pub(crate) writer: Sender<writer::Outgoing>,
-    /// The connection the request came on and its generation, for a direct write.
-    direct: Option<(Arc<writer::Wire>, u64)>,
     /// Set by `send`, so that `Drop` never answers a second time.
     answered: bool,
 }
@@ -118,14 +115,7 @@ pub struct Responder {
 impl Responder {
     /// A responder that writes to `writer`; the client makes these, tests may too.
     pub fn new(transaction_id: String, writer: Sender<writer::Outgoing>) -> Responder {
-        Responder { transaction_id, writer, direct: None, answered: false }
-    }
-
-    /// Lets [`Responder::send`] write the answer itself on `wire` while connection
-    /// `generation` is the one attached.
-    pub(crate) fn writing_directly(mut self, wire: Arc<writer::Wire>, generation: u64) -> Responder {
-        self.direct = Some((wire, generation));
-        self
+        Responder { transaction_id, writer, answered: false }
     }
 
     pub fn transaction_id(&self) -> &str {
@@ -149,16 +139,6 @@ impl Responder {
                 )
             });
             payload = message::sip_response(&msg_id, &self.transaction_id, OVERSIZED_RESPONSE);
-        }
-        if let Some((wire, generation)) = &self.direct {
-            match wire.try_answer(&self.transaction_id, &payload, *generation) {
-                writer::DirectWrite::Written => return,
-                writer::DirectWrite::Started => {
-                    let _ = self.writer.send(writer::Outgoing::Unfinished);
-                    return;
-                }
-                writer::DirectWrite::Declined => {}
-            }
         }
         let answers = Some(std::mem::take(&mut self.transaction_id));
         // The writer only goes away at shutdown, after it answered what was still open.

@@ -1,18 +1,14 @@
-//! The write side of the drachtio connection: the `Wire` every frame goes out through, and
-//! the writer thread.
+//! The write side of the drachtio connection: the writer thread.
 //!
-//! Frames never interleave: every write happens under the wire's lock. The thread that holds
-//! an answer writes it itself when it can (`Wire::try_answer`: the lock is free, nothing is
-//! waiting to go out first and the socket takes the frame at once); everything else — the
-//! reader's frames, requests roles send, answers that could not go out directly — goes
-//! through the writer thread, which batches what arrives together into one write. At
-//! operating rates most requests arrive alone, and handing each answer to the writer cost one
-//! thread wake-up per request (more CPU than building the answer); under load the direct
-//! path finds the lock busy and the writer batches as before.
+//! Every frame goes out through this one thread — answers, requests roles send, the reader's
+//! frames, the `503`s for requests nobody answered — so frames never interleave and the
+//! socket's write side has one owner, with no lock around it. Frames that arrive together go
+//! out in one write. (Answers were once also written by the threads that held them, to save
+//! the writer's wake-up; the gain measured within noise, see the README.)
 //!
-//! The socket is non-blocking (it shares its file description with the reader's mio stream).
-//! The writer waits for room with its own `mio::Poll`, at most `WRITE_TIMEOUT` without
-//! progress; a direct writer never waits.
+//! The socket is non-blocking (it shares its file description with the reader's mio stream):
+//! the writer waits for room with its own `mio::Poll`, at most `WRITE_TIMEOUT` without
+//! progress.
 
 use std::collections::HashSet;
 use std::io::{self, Write};
@@ -54,8 +50,6 @@ pub enum Outgoing {
     /// The [`Responder`](super::Responder) of this transaction was dropped without answering:
     /// answer `503`.
     Unanswered { transaction_id: String },
-    /// A direct write went out in part: write the rest (see `Wire::try_answer`).
-    Unfinished,
     /// Where to count unanswered requests (`sbc.sip.unanswered`).
     Metrics(Metrics),
     /// A new connection (from the reader, non-blocking), with its generation number.
@@ -84,83 +78,35 @@ pub(super) struct PendingReply {
     pub reply: Sender<UacEvent>,
 }
 
-/// How a direct answer went (see [`Wire::try_answer`]).
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum DirectWrite {
-    /// The whole frame is written.
-    Written,
-    /// Part of it is written; the rest waits in the wire for the writer thread (tell it with
-    /// [`Outgoing::Unfinished`]).
-    Started,
-    /// Nothing written: send the answer through the writer thread.
-    Declined,
-}
-
-/// The connection's write side, shared by the writer thread, the reader and every
-/// [`Responder`](super::Responder).
+/// Incoming transactions of the current connection handed to roles and not answered yet: the
+/// writer's to answer `503` at close. The reader notes each one before it hands the request
+/// over (and forgets them all when the connection changes); the writer takes each one out as
+/// it writes its answer. A set behind a lock rather than a message to the writer: a message
+/// per request would wake the writer a second time for every request.
 #[derive(Debug, Default)]
-pub(crate) struct Wire {
-    state: Mutex<WireState>,
-    /// Incoming transactions of the current connection handed to roles and not answered yet.
-    /// The reader adds each one before handing it over (and forgets them all when the
-    /// connection changes); whoever writes the answer removes it; the writer answers the rest
-    /// `503` at close. A shared set rather than a message to the writer: a message per request
-    /// woke the writer once more per request.
-    owed: Mutex<HashSet<String>>,
-}
+pub(super) struct Owed(Mutex<HashSet<String>>);
 
-#[derive(Debug, Default)]
-struct WireState {
-    stream: Option<TcpStream>,
-    /// Generation of the attached connection (the reader counts its connections).
-    generation: u64,
-    /// The rest of a frame a direct write could not finish: it goes out before anything else.
-    unfinished: Vec<u8>,
-    /// The writer is answering what is still owed and closing: no more direct writes.
-    closing: bool,
-}
+impl Owed {
+    fn locked(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Wire {
-    pub(crate) fn owe(&self, transaction_id: String) {
-        locked(&self.owed).insert(transaction_id);
+    pub(super) fn insert(&self, transaction_id: String) {
+        self.locked().insert(transaction_id);
     }
 
     /// Forgets what the last connection was owed: its transactions cannot be answered on
     /// another connection.
-    pub(crate) fn forget_owed(&self) {
-        locked(&self.owed).clear();
+    pub(super) fn clear(&self) {
+        self.locked().clear();
     }
 
-    /// Writes the answer to `transaction_id` (delivered on connection `generation`) from the
-    /// calling thread, without waiting for anything: not when the writer holds the lock, has
-    /// the rest of a frame to finish, is closing, or the connection changed since.
-    pub(crate) fn try_answer(&self, transaction_id: &str, payload: &[u8], generation: u64) -> DirectWrite {
-        let Ok(bytes) = frame::encode(payload) else { return DirectWrite::Declined };
-        if bytes.len() > LARGE_FRAME {
-            return DirectWrite::Declined;
-        }
-        let Ok(mut guard) = self.state.try_lock() else { return DirectWrite::Declined };
-        let state = &mut *guard;
-        if state.closing || state.generation != generation || !state.unfinished.is_empty() {
-            return DirectWrite::Declined;
-        }
-        let Some(stream) = state.stream.as_mut() else { return DirectWrite::Declined };
-        let outcome = match stream.write(&bytes) {
-            Ok(n) if n == bytes.len() => DirectWrite::Written,
-            Ok(n) if n > 0 => {
-                state.unfinished.extend_from_slice(&bytes[n..]);
-                DirectWrite::Started
-            }
-            // Full socket, or an error the writer will meet (and close the connection on).
-            _ => return DirectWrite::Declined,
-        };
-        // Under the state lock, so that the writer's close cannot answer it a second time.
-        locked(&self.owed).remove(transaction_id);
-        outcome
+    fn remove(&self, transaction_id: &str) {
+        self.locked().remove(transaction_id);
+    }
+
+    fn take_all(&self) -> Vec<String> {
+        self.locked().drain().collect()
     }
 }
 
@@ -169,16 +115,14 @@ pub(super) struct Writer {
     input: Receiver<Outgoing>,
     pending: Sender<PendingReply>,
     waker: Arc<Waker>,
-    wire: Arc<Wire>,
+    owed: Arc<Owed>,
     /// Waits for room in the socket when a write would block.
     poll: Poll,
     events: Events,
-    /// Generation of the attached connection, `None` while there is none.
-    attached: Option<u64>,
+    /// The attached connection and its generation.
+    stream: Option<(TcpStream, u64)>,
     /// Encoded frames waiting for the next write.
     out: Vec<u8>,
-    /// A direct write left the rest of a frame in the wire.
-    unfinished: bool,
     /// A reply registration was sent since the last flush (the reader must be woken).
     registered: bool,
     metrics: Metrics,
@@ -190,18 +134,17 @@ impl Writer {
         input: Receiver<Outgoing>,
         pending: Sender<PendingReply>,
         waker: Arc<Waker>,
-        wire: Arc<Wire>,
+        owed: Arc<Owed>,
     ) -> io::Result<Writer> {
         Ok(Writer {
             input,
             pending,
             waker,
-            wire,
+            owed,
             poll: Poll::new()?,
             events: Events::with_capacity(4),
-            attached: None,
+            stream: None,
             out: Vec::new(),
-            unfinished: false,
             registered: false,
             metrics: Metrics::disabled(),
             stats: WriterStats::default(),
@@ -214,11 +157,14 @@ impl Writer {
                 Outgoing::Attach(stream, generation) => self.attach(stream, generation),
                 // What is not written yet was for the connection that is gone (the reader
                 // forgot the transactions drachtio delivered on it).
-                Outgoing::Detach => self.detach(),
+                Outgoing::Detach => {
+                    self.out.clear();
+                    self.detach();
+                }
                 Outgoing::Shutdown => break,
                 Outgoing::Frame { msg_id, payload, reply, answers } => {
                     if let Some(txn) = answers {
-                        locked(&self.wire.owed).remove(&txn);
+                        self.owed.remove(&txn);
                     }
                     self.queue_frame(msg_id, payload, reply);
                 }
@@ -232,7 +178,6 @@ impl Writer {
                     );
                     self.answer_unavailable(&transaction_id);
                 }
-                Outgoing::Unfinished => self.unfinished = true,
                 Outgoing::Metrics(metrics) => self.metrics = metrics,
             }
             // Frames that arrive while one is being handled go out in the same write: under
@@ -241,10 +186,8 @@ impl Writer {
                 self.flush();
             }
         }
-        // No direct write from now on; whatever a role still holds will never be answered by
-        // it: answer for it.
-        locked(&self.wire.state).closing = true;
-        let owed: Vec<String> = locked(&self.wire.owed).drain().collect();
+        // Whatever a role still holds now will never be answered by it: answer for it.
+        let owed = self.owed.take_all();
         if !owed.is_empty() {
             warn!("closing the drachtio connection with {} requests unanswered: answering them 503", owed.len());
             self.stats.unanswered_at_close += owed.len() as u64;
@@ -254,13 +197,14 @@ impl Writer {
             }
         }
         self.flush();
-        if let Some(stream) = locked(&self.wire.state).stream.take() {
+        if let Some((stream, _)) = self.stream.take() {
             let _ = stream.shutdown(Shutdown::Both);
         }
         self.stats
     }
 
     fn attach(&mut self, stream: std::net::TcpStream, generation: u64) {
+        self.out.clear();
         self.detach();
         let mut stream = TcpStream::from_std(stream);
         if let Err(e) = self.poll.registry().register(&mut stream, WRITABLE, Interest::WRITABLE) {
@@ -269,26 +213,19 @@ impl Writer {
             let _ = stream.shutdown(Shutdown::Both);
             return;
         }
-        let mut state = locked(&self.wire.state);
-        state.stream = Some(stream);
-        state.generation = generation;
-        self.attached = Some(generation);
+        self.stream = Some((stream, generation));
     }
 
+    /// Lets go of the connection; frames are dropped until the next `Attach`.
     fn detach(&mut self) {
-        self.out.clear();
-        self.unfinished = false;
-        self.attached = None;
-        let mut state = locked(&self.wire.state);
-        state.unfinished.clear();
-        if let Some(mut stream) = state.stream.take() {
+        if let Some((mut stream, _)) = self.stream.take() {
             let _ = self.poll.registry().deregister(&mut stream);
         }
     }
 
     /// Queues `503` + `Retry-After` for an incoming transaction (see [`UNANSWERED_RESPONSE`]).
     fn answer_unavailable(&mut self, transaction_id: &str) {
-        locked(&self.wire.owed).remove(transaction_id);
+        self.owed.remove(transaction_id);
         let msg_id = message::new_message_id();
         let payload = message::sip_response(&msg_id, transaction_id, UNANSWERED_RESPONSE);
         self.queue_frame(msg_id, payload, None);
@@ -305,7 +242,7 @@ impl Writer {
                 return;
             }
         };
-        let Some(generation) = self.attached else {
+        let Some((_, generation)) = self.stream else {
             match reply {
                 Some(r) => {
                     let _ = r.send(UacEvent::Failed(UacError::NotConnected));
@@ -336,30 +273,21 @@ impl Writer {
             let _ = self.waker.wake();
             self.registered = false;
         }
-        if self.out.is_empty() && !self.unfinished {
+        if self.out.is_empty() {
             return;
         }
-        self.unfinished = false;
-        let mut guard = locked(&self.wire.state);
-        let state = &mut *guard;
-        let Some(stream) = state.stream.as_mut() else {
+        let Some((stream, _)) = self.stream.as_mut() else {
             self.out.clear();
             return;
         };
-        // The rest of a direct write first: it is the tail of a frame already begun.
-        let result = write_waiting(&mut self.poll, &mut self.events, stream, &state.unfinished)
-            .and_then(|()| write_waiting(&mut self.poll, &mut self.events, stream, &self.out));
-        state.unfinished.clear();
+        let result = write_waiting(&mut self.poll, &mut self.events, stream, &self.out);
         self.out.clear();
         if let Err(e) = result {
             warn!("writing to drachtio failed: {e}; closing the connection");
             // Shutting the socket down makes the reader see the loss and reconnect; until it
             // says so (`Detach`) frames are dropped as when there is no connection.
             let _ = stream.shutdown(Shutdown::Both);
-            if let Some(mut stream) = state.stream.take() {
-                let _ = self.poll.registry().deregister(&mut stream);
-            }
-            self.attached = None;
+            self.detach();
         }
     }
 }
@@ -396,74 +324,4 @@ fn write_waiting(poll: &mut Poll, events: &mut Events, stream: &mut TcpStream, b
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use std::io::Read;
-    use std::net::TcpListener;
-
-    use super::*;
-
-    /// A wire attached (generation 1) to one end of a loopback connection; the other end.
-    fn attached_wire() -> (Wire, std::net::TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let ours = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (theirs, _) = listener.accept().unwrap();
-        ours.set_nonblocking(true).unwrap();
-        let wire = Wire::default();
-        {
-            let mut state = locked(&wire.state);
-            state.stream = Some(TcpStream::from_std(ours));
-            state.generation = 1;
-        }
-        theirs.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        (wire, theirs)
-    }
-
-    fn read_exactly(peer: &mut std::net::TcpStream, n: usize) -> Vec<u8> {
-        let mut buf = vec![0u8; n];
-        peer.read_exact(&mut buf).unwrap();
-        buf
-    }
-
-    #[test]
-    fn an_answer_on_a_free_wire_is_written_whole_and_no_longer_owed() {
-        let (wire, mut peer) = attached_wire();
-        wire.owe("txn-1".into());
-        let payload = b"m1|sip|txn-1|\r\nSIP/2.0 200 OK\r\n\r\n";
-        assert_eq!(wire.try_answer("txn-1", payload, 1), DirectWrite::Written);
-        let expected = frame::encode(payload).unwrap();
-        assert_eq!(read_exactly(&mut peer, expected.len()), expected);
-        assert!(locked(&wire.owed).is_empty());
-    }
-
-    #[test]
-    fn answers_go_to_the_writer_when_the_wire_is_not_theirs_to_use() {
-        let payload = b"m1|sip|txn-1|\r\nSIP/2.0 200 OK\r\n\r\n";
-        // delivered on an earlier connection
-        let (wire, _peer) = attached_wire();
-        wire.owe("txn-1".into());
-        assert_eq!(wire.try_answer("txn-1", payload, 0), DirectWrite::Declined);
-        // the writer is writing (holds the lock)
-        {
-            let _held = locked(&wire.state);
-            assert_eq!(wire.try_answer("txn-1", payload, 1), DirectWrite::Declined);
-        }
-        // the rest of an earlier frame must go first
-        locked(&wire.state).unfinished.extend_from_slice(b"tail");
-        assert_eq!(wire.try_answer("txn-1", payload, 1), DirectWrite::Declined);
-        locked(&wire.state).unfinished.clear();
-        // too large to share drachtio's read buffer
-        let large = vec![b'x'; LARGE_FRAME + 1];
-        assert_eq!(wire.try_answer("txn-1", &large, 1), DirectWrite::Declined);
-        // closing: what is owed is the writer's to answer
-        locked(&wire.state).closing = true;
-        assert_eq!(wire.try_answer("txn-1", payload, 1), DirectWrite::Declined);
-        // nothing declined was taken off the owed set
-        assert!(locked(&wire.owed).contains("txn-1"));
-        // no connection at all
-        let idle = Wire::default();
-        assert_eq!(idle.try_answer("txn-1", payload, 0), DirectWrite::Declined);
-    }
 }
