@@ -1,15 +1,13 @@
-//! Role supervision: every role thread is started through [`spawn`], and when one ends — its
-//! function returned or panicked — the daemon hears about it through the receiver that
-//! [`watch`] returned. While the daemon runs that means a role died: it logs which one and
+//! Role supervision: every role thread is started through [`Supervisor::spawn`], and when one
+//! ends — its function returned or panicked — the daemon hears about it through the receiver
+//! that [`Supervisor::new`] returned. While the daemon runs that means a role died: it logs which one and
 //! exits with [`crate::daemon::EXIT_ROLE_FAILED`] so that systemd restarts it, instead of
 //! running on without a drachtio reader, heartbeat role or regbot scheduler. During shutdown
 //! roles end on purpose and nobody listens any more.
 //!
-//! The notification channel is process-wide (one daemon per process), installed once by the
-//! daemon before it starts any role; threads started in a process that never called
-//! [`watch`] (the library's tests) are just named threads. A process-wide sender keeps the
-//! signatures of the roles that spawn their own threads (`AuthPool::start`,
-//! `DrachtioClient::start`, `regbot::start`) unchanged.
+//! The notification channel belongs to a [`Supervisor`], which the daemon makes before it
+//! starts any role and hands to every role that starts threads (in [`crate::shared::Shared`]);
+//! [`Supervisor::unwatched`] starts plain named threads (tests of one role).
 //!
 //! Debug builds only: `SBC_DEBUG_PANIC_ROLE=<thread name>[,<thread name>…]` makes each named
 //! role thread panic shortly after it starts (before doing any work), so that tests can check
@@ -17,7 +15,6 @@
 //! builds do not read it, and it is not in `config::NEW_VARIABLES`.
 
 use std::io;
-use std::sync::OnceLock;
 use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
@@ -31,13 +28,57 @@ pub struct RoleEnded {
     pub panicked: bool,
 }
 
-static ENDED: OnceLock<Sender<RoleEnded>> = OnceLock::new();
+/// Starts role threads and reports their end to the receiver made with it.
+#[derive(Debug, Clone)]
+pub struct Supervisor {
+    ended: Option<Sender<RoleEnded>>,
+}
 
-/// Installs the process-wide notification channel and returns its receiver; `None` when it
-/// was already installed (a second daemon in the same process is not supervised).
-pub fn watch() -> Option<Receiver<RoleEnded>> {
-    let (tx, rx) = unbounded();
-    ENDED.set(tx).ok().map(|()| rx)
+impl Supervisor {
+    /// A supervisor and the receiver of its threads' ends.
+    pub fn new() -> (Supervisor, Receiver<RoleEnded>) {
+        let (tx, rx) = unbounded();
+        (Supervisor { ended: Some(tx) }, rx)
+    }
+
+    /// Starts plain named threads whose end nobody hears of.
+    pub fn unwatched() -> Supervisor {
+        Supervisor { ended: None }
+    }
+
+    /// Starts `f` on a thread named `name` whose end is reported.
+    pub fn spawn<F, T>(&self, name: impl Into<String>, f: F) -> io::Result<JoinHandle<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let name = name.into();
+        let ended = self.ended.clone();
+        thread::Builder::new().name(name.clone()).spawn(move || {
+            let notify = Notify { role: name, report_return: true, ended };
+            debug_panic(&notify.role);
+            let result = f();
+            drop(notify);
+            result
+        })
+    }
+
+    /// Starts `f` on a thread named `name` with a stack of `stack_size` bytes, for a pool that
+    /// grows and shrinks: only a panic is reported, since such a thread returns whenever the
+    /// pool no longer needs it.
+    pub fn spawn_worker<F>(&self, name: impl Into<String>, stack_size: usize, f: F) -> io::Result<JoinHandle<()>>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        let name = name.into();
+        let ended = self.ended.clone();
+        thread::Builder::new().name(name.clone()).stack_size(stack_size).spawn(move || {
+            let notify = Notify { role: name, report_return: false, ended };
+            debug_panic(&notify.role);
+            f();
+            drop(notify);
+        })
+    }
 }
 
 /// Sends the notification when the thread's function is over, whether it returned or
@@ -47,6 +88,7 @@ struct Notify {
     /// Whether a plain return counts as an end too (a role), or only a panic does (an elastic
     /// worker returns when it is no longer needed).
     report_return: bool,
+    ended: Option<Sender<RoleEnded>>,
 }
 
 impl Drop for Notify {
@@ -54,42 +96,10 @@ impl Drop for Notify {
         if !self.report_return && !thread::panicking() {
             return;
         }
-        if let Some(tx) = ENDED.get() {
+        if let Some(tx) = &self.ended {
             let _ = tx.send(RoleEnded { role: std::mem::take(&mut self.role), panicked: thread::panicking() });
         }
     }
-}
-
-/// Starts `f` on a thread named `name` whose end is reported to the [`watch`] receiver.
-pub fn spawn<F, T>(name: impl Into<String>, f: F) -> io::Result<JoinHandle<T>>
-where
-    F: FnOnce() -> T + Send + 'static,
-    T: Send + 'static,
-{
-    let name = name.into();
-    thread::Builder::new().name(name.clone()).spawn(move || {
-        let notify = Notify { role: name, report_return: true };
-        debug_panic(&notify.role);
-        let result = f();
-        drop(notify);
-        result
-    })
-}
-
-/// Starts `f` on a thread named `name` with a stack of `stack_size` bytes, for a pool that
-/// grows and shrinks: only a panic is reported to the [`watch`] receiver, since such a thread
-/// returns whenever the pool no longer needs it.
-pub fn spawn_worker<F>(name: impl Into<String>, stack_size: usize, f: F) -> io::Result<JoinHandle<()>>
-where
-    F: FnOnce() + Send + 'static,
-{
-    let name = name.into();
-    thread::Builder::new().name(name.clone()).stack_size(stack_size).spawn(move || {
-        let notify = Notify { role: name, report_return: false };
-        debug_panic(&notify.role);
-        f();
-        drop(notify);
-    })
 }
 
 /// `SBC_DEBUG_PANIC_ROLE` (debug builds only; see the module documentation).

@@ -10,6 +10,8 @@ use sbc_sidecar::drachtio::frame::FrameDecoder;
 use sbc_sidecar::drachtio::{
     ClientConfig, ConnectionEvent, DrachtioClient, IncomingRequest, Route, UacError, UacEvent,
 };
+use sbc_sidecar::supervise::Supervisor;
+use sbc_sidecar::telemetry::Metrics;
 use sbc_test_tools::capture::{self, CapturedFrame, Dir};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -106,6 +108,11 @@ struct Harness {
 }
 
 fn start(register_queue: usize, cfg: impl FnOnce(&mut ClientConfig)) -> Harness {
+    start_counting(register_queue, cfg, Metrics::disabled())
+}
+
+/// [`start`] with the client counting in `metrics`.
+fn start_counting(register_queue: usize, cfg: impl FnOnce(&mut ClientConfig), metrics: Metrics) -> Harness {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut c = config(listener.local_addr().unwrap().port());
     cfg(&mut c);
@@ -114,7 +121,7 @@ fn start(register_queue: usize, cfg: impl FnOnce(&mut ClientConfig)) -> Harness 
     let (ev_tx, events) = unbounded();
     let routes =
         vec![Route { method: "REGISTER".into(), queue: reg_tx }, Route { method: "OPTIONS".into(), queue: opt_tx }];
-    let client = DrachtioClient::start(c, routes, vec![ev_tx]).unwrap();
+    let client = DrachtioClient::start(c, routes, vec![ev_tx], metrics, &Supervisor::unwatched()).unwrap();
     // keep the OPTIONS receiver alive for the client's lifetime
     std::mem::forget(_opt_rx);
     Harness { listener, client: Some(client), register, events }
@@ -477,7 +484,7 @@ fn draining_answers_new_requests_503_and_shutdown_withdraws_routes_before_closin
 #[test]
 fn unanswered_requests_are_counted_in_statsd() {
     use sbc_sidecar::config::StatsProtocol;
-    use sbc_sidecar::telemetry::{Metrics, MetricsSettings};
+    use sbc_sidecar::telemetry::MetricsSettings;
     let statsd = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     statsd.set_read_timeout(Some(WAIT)).unwrap();
     let settings = MetricsSettings {
@@ -490,8 +497,7 @@ fn unanswered_requests_are_counted_in_statsd() {
         sample_rate: 1.0,
     };
     let frames = capture::load("drachtio-capture.txt");
-    let h = start(16, |_| {});
-    h.client.as_ref().unwrap().set_metrics(Metrics::new(&settings).unwrap());
+    let h = start_counting(16, |_| {}, Metrics::new(&settings).unwrap());
     let mut server = ScriptedServer::accept(&h.listener);
     server.authenticate(&frames);
     let (bytes, txn) = delivery_with_txn(&frames, 'd');

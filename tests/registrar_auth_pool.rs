@@ -16,6 +16,7 @@ use sbc_sidecar::registrar::{AuthPool, HookRequest, HookTransport, Registrar};
 use sbc_sidecar::shared::Shared;
 use sbc_sidecar::store::mysql::MysqlPool;
 use sbc_sidecar::store::redis::pool as redis_pool;
+use sbc_sidecar::supervise::Supervisor;
 
 use sbc_test_tools::webhook::WebhookServer;
 
@@ -32,8 +33,14 @@ fn auth_pool_answers_every_request_once_and_stops_on_shutdown() {
     let registrar = Arc::new(Registrar::new(base_settings(), &fx.shared()));
     let (queue_tx, queue_rx) = bounded::<IncomingRequest>(16);
     let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
-    let pool =
-        AuthPool::start(fixed_workers(2, &queue_rx), registrar.clone(), queue_rx.clone(), shutdown_rx.clone()).unwrap();
+    let pool = AuthPool::start(
+        fixed_workers(2, &queue_rx),
+        registrar.clone(),
+        queue_rx.clone(),
+        shutdown_rx.clone(),
+        &Supervisor::unwatched(),
+    )
+    .unwrap();
 
     // IPv4 Request-URIs are answered without touching any store
     let mut reg = fx.reg("pool");
@@ -54,7 +61,8 @@ fn auth_pool_answers_every_request_once_and_stops_on_shutdown() {
     // a worker took it first, else refused with 503 + Retry-After.
     let (late, late_rx) = incoming(&reg);
     queue_tx.send(late).unwrap();
-    let pool = AuthPool::start(fixed_workers(1, &queue_rx), registrar, queue_rx, shutdown_rx).unwrap();
+    let pool = AuthPool::start(fixed_workers(1, &queue_rx), registrar, queue_rx, shutdown_rx, &Supervisor::unwatched())
+        .unwrap();
     pool.join();
     let r = response_from(&late_rx);
     assert!(r.status == 503 || r.status == 403, "{}", r.raw);
@@ -104,7 +112,8 @@ fn a_worker_takes_queued_registers_as_a_batch_and_answers_each_once() {
     }
     let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
     let hook_calls_before = fx.hook.request_count();
-    let pool = AuthPool::start(fixed_workers(1, &queue_rx), registrar, queue_rx, shutdown_rx).unwrap();
+    let pool = AuthPool::start(fixed_workers(1, &queue_rx), registrar, queue_rx, shutdown_rx, &Supervisor::unwatched())
+        .unwrap();
     for (rx, status, expires, user) in &expected {
         let r = response_from(rx);
         assert_eq!(r.status, *status, "{user}: {}", r.raw);
@@ -146,7 +155,8 @@ fn a_replay_in_a_batch_is_challenged_by_the_triage_thread() {
     let (req, replay_rx) = incoming(&replay);
     queue_tx.send(req).unwrap();
     let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
-    let pool = AuthPool::start(fixed_workers(1, &queue_rx), registrar, queue_rx, shutdown_rx).unwrap();
+    let pool = AuthPool::start(fixed_workers(1, &queue_rx), registrar, queue_rx, shutdown_rx, &Supervisor::unwatched())
+        .unwrap();
     assert_eq!(response_from(&first_rx).status, 200);
     assert_challenge(&response_from(&replay_rx), &fx.realm, false);
     // and again in a batch of its own
@@ -181,7 +191,8 @@ fn a_banned_source_creates_no_one_time_keys() {
     let (req, rx) = incoming(&fx.reg("lou").authorized(PASSWORD, &nonce));
     queue_tx.send(req).unwrap();
     let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
-    let pool = AuthPool::start(fixed_workers(1, &queue_rx), registrar, queue_rx, shutdown_rx).unwrap();
+    let pool = AuthPool::start(fixed_workers(1, &queue_rx), registrar, queue_rx, shutdown_rx, &Supervisor::unwatched())
+        .unwrap();
     let r = response_from(&rx);
     assert_eq!((r.status, r.header("X-Reason")), (403, Some("Too many failed authentications")));
     let key = replay::key(&nonce, &NonceUse { nc: 1, cnonce: "0a4f113b".into() });
@@ -375,7 +386,8 @@ fn cache_window_refreshes_are_answered_while_every_auth_worker_waits_on_a_webhoo
 
     let (queue_tx, queue_rx) = bounded::<IncomingRequest>(16);
     let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
-    let pool = AuthPool::start(fixed_workers(1, &queue_rx), registrar, queue_rx, shutdown_rx).unwrap();
+    let pool = AuthPool::start(fixed_workers(1, &queue_rx), registrar, queue_rx, shutdown_rx, &Supervisor::unwatched())
+        .unwrap();
     fx.hook.delay(Duration::from_secs(2));
     let (slow, slow_rx) = incoming(&fx.reg("slowpoke").authorized(PASSWORD, &nonce));
     queue_tx.send(slow).unwrap();
@@ -449,7 +461,8 @@ fn a_redis_that_never_answers_costs_one_timeout_not_one_per_register() {
         answers.push(rx);
     }
     let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
-    let pool = AuthPool::start(fixed_workers(2, &queue_rx), registrar, queue_rx, shutdown_rx).unwrap();
+    let pool = AuthPool::start(fixed_workers(2, &queue_rx), registrar, queue_rx, shutdown_rx, &Supervisor::unwatched())
+        .unwrap();
     for rx in &answers {
         let r = response_from(rx);
         assert_eq!((r.status, r.header("Retry-After")), (503, Some("5")), "{}", r.raw);
@@ -487,7 +500,8 @@ fn a_full_auth_queue_answers_503_at_once_and_every_request_once() {
 
     let (queue_tx, queue_rx) = bounded::<IncomingRequest>(QUEUE);
     let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
-    let pool = AuthPool::start(fixed_workers(1, &queue_rx), registrar, queue_rx, shutdown_rx).unwrap();
+    let pool = AuthPool::start(fixed_workers(1, &queue_rx), registrar, queue_rx, shutdown_rx, &Supervisor::unwatched())
+        .unwrap();
     fx.hook.delay(Duration::from_millis(1500));
     let mut answers = Vec::new();
     // The first holds the only worker inside the webhook call.

@@ -13,6 +13,7 @@ use sbc_sidecar::drachtio::IncomingRequest;
 use sbc_sidecar::registrar::NEW_REALM_LOOKUPS_PER_SEC;
 use sbc_sidecar::registrar::{AuthPool, Registrar};
 use sbc_sidecar::shared::Shared;
+use sbc_sidecar::supervise::Supervisor;
 
 use sbc_test_tools::webhook::digest_response;
 
@@ -395,7 +396,8 @@ fn the_ban_is_checked_again_when_a_worker_takes_the_request() {
 
     let (queue_tx, queue_rx) = bounded::<IncomingRequest>(8);
     let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
-    let pool = AuthPool::start(fixed_workers(1, &queue_rx), registrar, queue_rx, shutdown_rx).unwrap();
+    let pool = AuthPool::start(fixed_workers(1, &queue_rx), registrar, queue_rx, shutdown_rx, &Supervisor::unwatched())
+        .unwrap();
     fx.hook.delay(Duration::from_millis(800));
     let (req, holder_rx) = incoming(&holder_answer);
     queue_tx.send(req).unwrap();

@@ -30,7 +30,7 @@ use crate::store::mysql::MysqlPool;
 use crate::store::redis::{self as redis_store, RedisPool, RedisTarget};
 use crate::store::tls::{self, TlsFileError};
 use crate::store::StoreError;
-use crate::supervise::{self, RoleEnded};
+use crate::supervise::{RoleEnded, Supervisor};
 use crate::telemetry::{AlertError, AlertWriter, Metrics};
 use crate::{logging, signals};
 
@@ -162,8 +162,12 @@ struct RoleThread {
     handle: JoinHandle<()>,
 }
 
-fn spawn_role(name: &'static str, f: impl FnOnce() + Send + 'static) -> Result<RoleThread, StartError> {
-    let handle = supervise::spawn(name, f).map_err(|source| StartError::Thread { name, source })?;
+fn spawn_role(
+    supervisor: &Supervisor,
+    name: &'static str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<RoleThread, StartError> {
+    let handle = supervisor.spawn(name, f).map_err(|source| StartError::Thread { name, source })?;
     Ok(RoleThread { name, handle })
 }
 
@@ -225,23 +229,24 @@ fn start_and_wait(config: &Config) -> Result<Stop, StartError> {
     info!("sbc-sidecar {} starting", env!("CARGO_PKG_VERSION"));
     let signals = signals::listen().map_err(StartError::Signals)?;
     // Before the first role starts: every role thread reports its end here.
-    let role_ended = supervise::watch().unwrap_or_else(crossbeam_channel::never);
+    let (supervisor, role_ended) = Supervisor::new();
     log_store_tls(config);
     log_ban_settings(config);
     let alert_writer = AlertWriter::start(config.alert_settings()).map_err(StartError::Alerts)?;
     // Roles stop when this sender is dropped.
     let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
-    let shared = build_shared(config, &alert_writer, shutdown_rx)?;
+    let shared = build_shared(config, &alert_writer, shutdown_rx, supervisor)?;
     let mut roles: Vec<RoleThread> = Vec::new();
 
     let (options_tx, options_rx) = bounded(OPTIONS_QUEUE);
     let heartbeat = HeartbeatRole::new(config.heartbeat_settings(), &shared, options_rx);
-    roles.push(spawn_role("heartbeat", move || heartbeat.run())?);
+    roles.push(spawn_role(&shared.supervisor, "heartbeat", move || heartbeat.run())?);
 
     let registrar = Arc::new(Registrar::new(config.registrar_settings(), &shared));
     let (register_tx, register_rx) = bounded(config.auth.queue);
-    let auth_pool = AuthPool::start(config.auth, registrar.clone(), register_rx, shared.shutdown.clone())
-        .map_err(StartError::AuthWorkers)?;
+    let auth_pool =
+        AuthPool::start(config.auth, registrar.clone(), register_rx, shared.shutdown.clone(), &shared.supervisor)
+            .map_err(StartError::AuthWorkers)?;
 
     let (events_tx, events_rx) = unbounded::<ConnectionEvent>();
     let (ctl_events_tx, ctl_events_rx) = unbounded::<ConnectionEvent>();
@@ -258,8 +263,9 @@ fn start_and_wait(config: &Config) -> Result<Stop, StartError> {
         Route { method: "REGISTER".into(), queue: register_tx },
         Route { method: "OPTIONS".into(), queue: options_tx },
     ];
-    let client = DrachtioClient::start(config.drachtio.clone(), routes, subscribers).map_err(StartError::Drachtio)?;
-    client.set_metrics(shared.metrics.clone());
+    let client =
+        DrachtioClient::start(config.drachtio.clone(), routes, subscribers, shared.metrics.clone(), &shared.supervisor)
+            .map_err(StartError::Drachtio)?;
     let regbot = regbot::start(&config.regbot, &shared, client.handle(), regbot_events).map_err(StartError::Regbot)?;
     // Served from here on, with the regbot to ask for its status.
     roles.push(serve_ctl(ctl.with_regbot(regbot.status.clone()), &config.socket_path, &shared)?);
@@ -297,7 +303,12 @@ fn start_and_wait(config: &Config) -> Result<Stop, StartError> {
 }
 
 /// The stores, telemetry, ban table and stop signal every role is given.
-fn build_shared(config: &Config, alert_writer: &AlertWriter, shutdown: Receiver<()>) -> Result<Shared, StartError> {
+fn build_shared(
+    config: &Config,
+    alert_writer: &AlertWriter,
+    shutdown: Receiver<()>,
+    supervisor: Supervisor,
+) -> Result<Shared, StartError> {
     let pools = build_pools(config)?;
     let metrics = Metrics::new(&config.metrics).unwrap_or_else(|e| {
         warn!("statsd metrics disabled: {e}");
@@ -311,6 +322,7 @@ fn build_shared(config: &Config, alert_writer: &AlertWriter, shutdown: Receiver<
         alerts: alert_writer.sender(),
         bans: Arc::new(Bans::new(config.ban.clone())),
         shutdown,
+        supervisor,
     })
 }
 
@@ -333,7 +345,7 @@ fn log_ban_settings(config: &Config) {
 fn serve_ctl(ctl: CtlServer, socket_path: &std::path::Path, shared: &Shared) -> Result<RoleThread, StartError> {
     info!("CLI server started on {}", socket_path.display());
     let shutdown = shared.shutdown.clone();
-    spawn_role("ctl", move || {
+    spawn_role(&shared.supervisor, "ctl", move || {
         if let Err(e) = ctl.run(shutdown) {
             error!("CLI server stopped: {e}");
         }

@@ -28,6 +28,7 @@ use super::{ConnectionEvent, ConnectionInfo, IncomingRequest, Responder};
 use crate::net::Cidr;
 use crate::secret::Secret;
 use crate::sip::{ResponseBuilder, SipError, SipMessage};
+use crate::supervise::Supervisor;
 use crate::telemetry::Metrics;
 use crate::throttle::Refusals;
 
@@ -147,6 +148,8 @@ impl DrachtioClient {
         config: ClientConfig,
         routes: Vec<Route>,
         subscribers: Vec<Sender<ConnectionEvent>>,
+        metrics: Metrics,
+        supervisor: &Supervisor,
     ) -> io::Result<DrachtioClient> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -156,8 +159,8 @@ impl DrachtioClient {
         let (writer_tx, writer_rx) = crossbeam_channel::unbounded::<Outgoing>();
         let (pending_tx, pending_rx) = crossbeam_channel::unbounded::<PendingReply>();
 
-        let writer = Writer::new(writer_rx, pending_tx, waker.clone(), owed.clone())?;
-        let writer = crate::supervise::spawn("drachtio-writer", move || writer.run())?;
+        let writer = Writer::new(writer_rx, pending_tx, waker.clone(), owed.clone(), metrics)?;
+        let writer = supervisor.spawn("drachtio-writer", move || writer.run())?;
         let reader_state = Reader {
             config,
             routes: routes.into_iter().map(|r| (r.method.to_ascii_uppercase(), r.queue)).collect(),
@@ -176,13 +179,8 @@ impl DrachtioClient {
             transactions: HashMap::new(),
             last_failure: None,
         };
-        let reader = crate::supervise::spawn("drachtio-reader", move || reader_state.run())?;
+        let reader = supervisor.spawn("drachtio-reader", move || reader_state.run())?;
         Ok(DrachtioClient { reader, writer, waker, stop, draining, handle: DrachtioHandle { writer: writer_tx } })
-    }
-
-    /// Counts unanswered requests in `metrics` (`sbc.sip.unanswered`).
-    pub fn set_metrics(&self, metrics: Metrics) {
-        let _ = self.handle.writer.send(Outgoing::Metrics(metrics));
     }
 
     pub fn handle(&self) -> DrachtioHandle {

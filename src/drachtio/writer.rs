@@ -50,8 +50,6 @@ pub enum Outgoing {
     /// The [`Responder`](super::Responder) of this transaction was dropped without answering:
     /// answer `503`.
     Unanswered { transaction_id: String },
-    /// Where to count unanswered requests (`sbc.sip.unanswered`).
-    Metrics(Metrics),
     /// A new connection (from the reader, non-blocking), with its generation number.
     Attach(std::net::TcpStream, u64),
     /// The connection is gone.
@@ -135,6 +133,7 @@ impl Writer {
         pending: Sender<PendingReply>,
         waker: Arc<Waker>,
         owed: Arc<Owed>,
+        metrics: Metrics,
     ) -> io::Result<Writer> {
         Ok(Writer {
             input,
@@ -146,7 +145,7 @@ impl Writer {
             stream: None,
             out: Vec::new(),
             registered: false,
-            metrics: Metrics::disabled(),
+            metrics,
             stats: WriterStats::default(),
         })
     }
@@ -178,7 +177,6 @@ impl Writer {
                     );
                     self.answer_unavailable(&transaction_id);
                 }
-                Outgoing::Metrics(metrics) => self.metrics = metrics,
             }
             // Frames that arrive while one is being handled go out in the same write: under
             // load that is one syscall for many responses instead of one each.

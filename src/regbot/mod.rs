@@ -229,6 +229,7 @@ pub fn start_with(
     events: RegbotEvents,
 ) -> Result<RegbotHandles, RegbotError> {
     let alerts = AlertSink::new(shared.alerts.clone());
+    let shared_supervisor = shared.supervisor.clone();
     let shutdown = shared.shutdown.clone();
     let (redis, mysql_read, mysql_write) = (shared.redis.clone(), shared.mysql.clone(), shared.mysql_write.clone());
     let (commands_tx, commands) = unbounded();
@@ -290,7 +291,7 @@ pub fn start_with(
 
     let mut threads = Vec::new();
     let mut spawn = |name: &'static str, f: Box<dyn FnOnce() + Send>| -> Result<(), RegbotError> {
-        let handle = crate::supervise::spawn(name, f).map_err(|error| RegbotError::Spawn { thread: name, error })?;
+        let handle = shared_supervisor.spawn(name, f).map_err(|error| RegbotError::Spawn { thread: name, error })?;
         threads.push((name, handle));
         Ok(())
     };

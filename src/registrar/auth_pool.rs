@@ -27,6 +27,7 @@ use log::{debug, error, warn};
 use super::fair_pool::{FairPool, LoadProbe, PoolLimits, PoolLoad, Refusal};
 use super::{Checked, Registrar};
 use crate::drachtio::IncomingRequest;
+use crate::supervise::Supervisor;
 use crate::telemetry::Metrics;
 
 /// The most REGISTERs the triage thread takes from the queue at once.
@@ -50,9 +51,12 @@ impl AuthPool {
         registrar: Arc<Registrar>,
         queue: Receiver<IncomingRequest>,
         shutdown: Receiver<()>,
+        supervisor: &Supervisor,
     ) -> io::Result<AuthPool> {
         let for_workers = Arc::clone(&registrar);
-        let workers = FairPool::start("auth-worker", limits, move |checked: Checked| for_workers.complete(checked))?;
+        let workers = FairPool::start("auth-worker", limits, supervisor.clone(), move |checked: Checked| {
+            for_workers.complete(checked)
+        })?;
         let load = workers.probe();
         let triage = TriageThread {
             registrar,
@@ -62,7 +66,7 @@ impl AuthPool {
             refused_since_warning: Cell::new(0),
             last_warning: Cell::new(None),
         };
-        let triage = crate::supervise::spawn("auth-triage", move || triage.run())?;
+        let triage = supervisor.spawn("auth-triage", move || triage.run())?;
         Ok(AuthPool { triage, load })
     }
 

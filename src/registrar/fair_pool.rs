@@ -34,6 +34,8 @@ use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::supervise::Supervisor;
+
 use log::error;
 
 /// The bounds of a [`FairPool`].
@@ -145,6 +147,8 @@ struct Shared<T> {
     /// Thread names are `<name>-<n>`.
     name: String,
     limits: PoolLimits,
+    /// Starts the threads; a panic is reported to the daemon.
+    supervisor: Supervisor,
     run: Job<T>,
     state: Mutex<State<T>>,
     /// [`FairPool::close`] waits here for the last thread.
@@ -260,10 +264,16 @@ impl<T: Send + 'static> FairPool<T> {
     /// Starts `limits.min_threads` threads named `<name>-0`, `<name>-1`, … that call `run` for
     /// each job. `run` must not panic (the registrar's catches its own panics); a thread that
     /// panics anyway is reported to the daemon's supervision, which stops the daemon.
-    pub fn start(name: &str, limits: PoolLimits, run: impl Fn(T) + Send + Sync + 'static) -> std::io::Result<Self> {
+    pub fn start(
+        name: &str,
+        limits: PoolLimits,
+        supervisor: Supervisor,
+        run: impl Fn(T) + Send + Sync + 'static,
+    ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             name: name.to_string(),
             limits,
+            supervisor,
             run: Box::new(run),
             state: Mutex::new(State {
                 keys: HashMap::new(),
@@ -545,7 +555,9 @@ impl<T: Send + 'static> Drop for Finished<'_, T> {
 fn spawn_thread<T: Send + 'static>(shared: &Arc<Shared<T>>, number: u64, summoned: bool) -> std::io::Result<()> {
     let name = format!("{}-{number}", shared.name);
     let for_thread = Arc::clone(shared);
-    crate::supervise::spawn_worker(name, shared.limits.stack_size, move || for_thread.work(number, summoned))
+    shared
+        .supervisor
+        .spawn_worker(name, shared.limits.stack_size, move || for_thread.work(number, summoned))
         .map(|_| ())
 }
 

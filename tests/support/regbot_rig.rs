@@ -24,6 +24,8 @@ use sbc_sidecar::regbot::{
 use sbc_sidecar::shared::Shared;
 use sbc_sidecar::store::mysql::{MysqlPool, MysqlSettings};
 use sbc_sidecar::store::redis::{pool, RedisPool, RedisSettings};
+use sbc_sidecar::supervise::Supervisor;
+use sbc_sidecar::telemetry::Metrics;
 use sbc_test_tools::db::{mysql_password, mysql_user, TestDb};
 use sbc_test_tools::double::{Double, DoubleConfig};
 use sbc_test_tools::wait_until;
@@ -124,6 +126,8 @@ impl Instance {
             },
             vec![],
             subscribers,
+            Metrics::disabled(),
+            &Supervisor::unwatched(),
         )
         .expect("drachtio client starts");
         let (shutdown_tx, shutdown_rx) = bounded::<()>(0);

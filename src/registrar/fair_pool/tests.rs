@@ -25,7 +25,7 @@ fn rig(limits: PoolLimits) -> Rig {
     let (started_tx, started) = unbounded();
     let done = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&done);
-    let pool = FairPool::start("test-worker", limits, move |job: Blocking| {
+    let pool = FairPool::start("test-worker", limits, Supervisor::unwatched(), move |job: Blocking| {
         let _ = started_tx.send(job.id);
         let _ = job.gate.recv();
         counted.fetch_add(1, Ordering::SeqCst);
@@ -209,7 +209,8 @@ fn close_refuses_what_waits_and_waits_for_what_runs() {
 
 #[test]
 fn a_job_that_panics_gives_its_slot_back_and_the_pool_carries_on() {
-    let pool = FairPool::start("test-panic", limits(1, 2, 1, 10, 10), |n: usize| {
+    let (supervisor, ended) = Supervisor::new();
+    let pool = FairPool::start("test-panic", limits(1, 2, 1, 10, 10), supervisor, |n: usize| {
         if n == 0 {
             panic!("a bug in a job");
         }
@@ -220,6 +221,9 @@ fn a_job_that_panics_gives_its_slot_back_and_the_pool_carries_on() {
         let load = pool.load();
         load.in_flight == 0 && load.waiting == 0 && load.threads < load.peak_threads
     });
+    // The daemon hears of the panic (and of nothing else: idle threads that end are not news).
+    let report = ended.recv_timeout(std::time::Duration::from_secs(5)).expect("the panic is reported");
+    assert!(report.panicked && report.role.starts_with("test-panic-"), "{report:?}");
     // The account is not left counted as busy: its next jobs run on new threads.
     for n in 1..5 {
         pool.submit("a", n).map_err(|(_, why)| why).expect("accepted");
@@ -236,7 +240,7 @@ fn the_thread_that_went_idle_last_takes_the_next_job_and_the_others_end() {
     let (ran_on_tx, ran_on) = unbounded::<String>();
     let mut l = limits(1, 16, 16, 100, 100);
     l.idle_retire = Duration::from_millis(300);
-    let pool = FairPool::start("test-lifo", l, move |gate: Receiver<()>| {
+    let pool = FairPool::start("test-lifo", l, Supervisor::unwatched(), move |gate: Receiver<()>| {
         let _ = gate.recv();
         let _ = ran_on_tx.send(std::thread::current().name().unwrap_or("").to_string());
     })
