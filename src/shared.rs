@@ -1,7 +1,7 @@
 //! [`Shared`]: what every role is given when it starts — the stores, telemetry, the ban table,
-//! the stop signal and the supervisor of its threads. Built once by the daemon; a role takes what it needs from it, and a
-//! collaborator production needs cannot be forgotten: there is no optional builder that would
-//! fall back to a silent default.
+//! the stop signal and the supervisor of its threads. Built once by the daemon; a role takes
+//! what it needs from it, and a collaborator production needs cannot be forgotten: there is no
+//! optional builder that would fall back to a silent default.
 
 use std::sync::Arc;
 
@@ -36,8 +36,8 @@ pub struct Shared {
 impl Shared {
     /// For tests of one role: the given stores, metrics off, alerts into a queue nobody reads,
     /// a ban table with the default settings, a stop signal that never comes, threads nobody
-    /// watches. Replace a
-    /// field with struct update syntax to observe it (`Shared { bans, ..Shared::for_tests(…) }`).
+    /// watches. Replace a field with struct update syntax to observe it
+    /// (`Shared { bans, ..Shared::for_tests(…) }`).
     pub fn for_tests(mysql: MysqlPool, redis: RedisPool) -> Shared {
         Shared {
             redis,
