@@ -53,7 +53,7 @@ fn alert_log_lines() -> Vec<String> {
         .lock()
         .unwrap()
         .iter()
-        .filter(|(target, _)| target.ends_with("telemetry::alerts"))
+        .filter(|(target, _)| target.ends_with("telemetry::alert_writer"))
         .map(|(_, line)| line.clone())
         .collect()
 }
