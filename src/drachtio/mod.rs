@@ -98,7 +98,7 @@ pub const OVERSIZED_RESPONSE: &[u8] = b"SIP/2.0 500 Server Internal Error\r\nCon
 /// Oversized answers are logged once per interval.
 static OVERSIZED: Refusals = Refusals::new();
 
-/// Sends the one response to an incoming request, through the writer thread (see [`writer`]).
+/// Sends the one response to an incoming request, through the writer thread (see `writer`).
 ///
 /// A responder dropped without [`Responder::send`] — a queue dropped at shutdown, a thread
 /// that ended, a code path that forgot — answers [`UNANSWERED_RESPONSE`] itself (the writer

@@ -15,7 +15,7 @@ fn must_escape(c: char) -> bool {
     matches!(c, '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
-/// `text` with every character of [`must_escape`] written as `\r`, `\n`, `\t`, `\xNN` (C0,
+/// `text` with every character of `must_escape` written as `\r`, `\n`, `\t`, `\xNN` (C0,
 /// DEL) or `\u{NNNN}` (C1, bidi). A backslash is not doubled: a line is read by people, and
 /// `\x1b` written by a device as four characters stays recognisable as text.
 pub fn escape(text: &str) -> Cow<'_, str> {

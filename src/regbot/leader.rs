@@ -134,7 +134,7 @@ pub fn new_token() -> String {
     (0..22).map(|_| BASE58[rng.gen_range(0..BASE58.len())] as char).collect()
 }
 
-/// The daemon is about to stop: de-register what must be (see [`cluster::leader_successor`])
+/// The daemon is about to stop: de-register what must be (see `cluster::leader_successor`)
 /// and answer on `done` when that is written, before the drachtio connection goes.
 #[derive(Debug)]
 pub struct PrepareStop {

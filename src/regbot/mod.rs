@@ -5,13 +5,13 @@
 //!
 //! * `regbot-leader` is the [`leader::Coordinator`]: it holds or waits for
 //!   `<cluster>:regbot-token` (in `every` mode it needs no election) and reads carriers and
-//!   gateways ([`leader`], [`reconcile`]) into [`spec::RegistrationSpec`]s;
+//!   gateways ([`leader`], `reconcile`) into `spec::RegistrationSpec`s;
 //! * `regbot` is the scheduler: the timer and REGISTER in flight of every
-//!   [`registration::Registration`] ([`scheduler`], [`registration`]);
+//!   `registration::Registration` (`scheduler`, `registration`);
 //! * `regbot-store` writes `register_status`, disables carriers and keeps the ephemeral
-//!   gateways ([`store_writer`], [`ephemeral`], [`dns`]; the SQL is in [`crate::store::carriers`]);
-//! * `gw-pinger` pings carrier gateways with OPTIONS ([`pinger`]);
-//! * `sbc-addresses` publishes our public addresses ([`sbc_addresses`]).
+//!   gateways (`store_writer`, `ephemeral`, `dns`; the SQL is in `crate::store::carriers`);
+//! * `gw-pinger` pings carrier gateways with OPTIONS (`pinger`);
+//! * `sbc-addresses` publishes our public addresses (`sbc_addresses`).
 //!
 //! Each thread that follows the drachtio connection is a subscriber of the drachtio client
 //! of its own: the daemon gets their senders from [`subscribe`] before it starts the client,
@@ -23,7 +23,7 @@
 //! role moves to another SBC: the bindings belong to the cluster, and the next leader
 //! refreshes them with the same Call-IDs. With `SBC_REGBOT_MODE=every` each SBC registers
 //! every carrier with its own Call-ID and Contact, and de-registers them when it stops
-//! ([`RegbotHandles::prepare_stop`]); [`cluster`] describes what the SBCs share in Redis.
+//! ([`RegbotHandles::prepare_stop`]); `cluster` describes what the SBCs share in Redis.
 
 pub(crate) mod addresses;
 pub mod alert_sink;

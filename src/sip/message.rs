@@ -73,9 +73,9 @@ pub enum SipError {
     MissingCredential(&'static str),
     /// A challenge asks for a digest algorithm we cannot compute.
     UnsupportedAlgorithm(String),
-    /// Larger than [`MAX_MESSAGE_BYTES`]: refused before anything is parsed.
+    /// Larger than `MAX_MESSAGE_BYTES`: refused before anything is parsed.
     TooLarge(usize),
-    /// More than [`MAX_HEADER_LINES`] header lines: refused before anything is parsed.
+    /// More than `MAX_HEADER_LINES` header lines: refused before anything is parsed.
     TooManyHeaders,
 }
 

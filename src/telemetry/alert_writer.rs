@@ -264,7 +264,7 @@ impl AlertWriter {
         self.sender.stats()
     }
 
-    /// Writes what is queued (spending at most [`SHUTDOWN_BUDGET`] on it, after a write that
+    /// Writes what is queued (spending at most `SHUTDOWN_BUDGET` on it, after a write that
     /// may be in progress — itself bounded by the request timeout), stops the thread and
     /// returns the final counters. Alerts sent afterwards are dropped and counted.
     pub fn shutdown(self) -> AlertStats {
