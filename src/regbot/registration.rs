@@ -25,8 +25,9 @@ use super::RegbotSettings;
 use crate::drachtio::{SipDelivery, UacError, UacEvent};
 use crate::sip::{authorization_header, parse_challenge, parse_contacts, Challenge, Contacts, SipMessage};
 
-/// What the regbot needs to know about the world when it acts.
-pub struct Ctx<'a> {
+/// What a registration needs to know about the world when it acts: settings, this SBC's
+/// public addresses, and the time.
+pub struct World<'a> {
     pub settings: &'a RegbotSettings,
     pub public: Option<&'a PublicAddresses>,
     pub sip_domain: Option<&'a str>,
@@ -196,7 +197,7 @@ impl Registration {
     }
 
     /// The timer of generation `gen` fired. Stale generations are ignored.
-    pub fn on_due(&mut self, gen: u64, ctx: &Ctx<'_>) -> Vec<Action> {
+    pub fn on_due(&mut self, gen: u64, ctx: &World<'_>) -> Vec<Action> {
         if self.in_flight.as_ref().is_some_and(|f| f.purpose == Purpose::DropStale) {
             // A carrier that does not answer the removal of an old Contact must not hold up
             // our own refresh.
@@ -211,7 +212,7 @@ impl Registration {
 
     /// The gateway is no longer wanted (removed, disabled, carrier or account deactivated):
     /// de-register if the registrar holds a binding, then finish.
-    pub fn retire(&mut self, ctx: &Ctx<'_>) -> Vec<Action> {
+    pub fn retire(&mut self, ctx: &World<'_>) -> Vec<Action> {
         self.cancel_timer();
         if self.in_flight.is_some() {
             self.pending = Some(Pending::Remove);
@@ -223,7 +224,7 @@ impl Registration {
     /// The gateway's configuration changed. A live binding is de-registered first (with the
     /// old credentials and contact); the new configuration registers at `start_at`, or as soon
     /// as the de-registration is done.
-    pub fn replace(&mut self, spec: RegistrationSpec, start_at: Instant, ctx: &Ctx<'_>) -> Vec<Action> {
+    pub fn replace(&mut self, spec: RegistrationSpec, start_at: Instant, ctx: &World<'_>) -> Vec<Action> {
         self.cancel_timer();
         if self.in_flight.is_some() {
             self.pending = Some(Pending::Replace(Box::new(spec)));
@@ -238,7 +239,7 @@ impl Registration {
     }
 
     /// drachtio reported on the request in flight.
-    pub fn on_event(&mut self, event: UacEvent, ctx: &Ctx<'_>) -> Vec<Action> {
+    pub fn on_event(&mut self, event: UacEvent, ctx: &World<'_>) -> Vec<Action> {
         let Some(flight) = self.in_flight.as_ref() else {
             return Vec::new();
         };
@@ -307,7 +308,7 @@ impl Registration {
     }
 
     /// Sends a new (unchallenged) REGISTER for the current spec.
-    fn start_request(&mut self, purpose: Purpose, ctx: &Ctx<'_>) -> Action {
+    fn start_request(&mut self, purpose: Purpose, ctx: &World<'_>) -> Action {
         // Increasing, and never behind the clock (see `initial_cseq`).
         self.cseq = self.cseq.wrapping_add(1).max(initial_cseq(ctx.wall));
         let expires = match purpose {
@@ -356,7 +357,7 @@ impl Registration {
         status: u16,
         meta: &SipDelivery,
         message: &SipMessage,
-        ctx: &Ctx<'_>,
+        ctx: &World<'_>,
     ) -> Option<Action> {
         let (challenge_header, auth) = if status == 401 {
             ("WWW-Authenticate", AuthHeader::Authorization)
@@ -410,7 +411,7 @@ impl Registration {
 
     /// The request in flight got its final answer (or could not be sent): what follows
     /// depends on what it was for.
-    fn finish(&mut self, outcome: Outcome, ctx: &Ctx<'_>) -> Vec<Action> {
+    fn finish(&mut self, outcome: Outcome, ctx: &World<'_>) -> Vec<Action> {
         let Some(flight) = self.in_flight.take() else {
             return Vec::new();
         };
@@ -425,7 +426,7 @@ impl Registration {
     }
 
     /// Leader mode: the previous leader's Contact was (or could not be) removed.
-    fn finish_drop_stale(&mut self, outcome: &Outcome, flight: &InFlight, ctx: &Ctx<'_>) -> Vec<Action> {
+    fn finish_drop_stale(&mut self, outcome: &Outcome, flight: &InFlight, ctx: &World<'_>) -> Vec<Action> {
         match outcome {
             Outcome::Final { status, .. } if (200..300).contains(status) => info!(
                 "regbot removed the previous leader's contact {} of gateway {}",
@@ -455,7 +456,7 @@ impl Registration {
     }
 
     /// Our binding was (or could not be) removed; whatever the answer, we do not try again.
-    fn finish_unregister(&mut self, outcome: &Outcome, ctx: &Ctx<'_>) -> Vec<Action> {
+    fn finish_unregister(&mut self, outcome: &Outcome, ctx: &World<'_>) -> Vec<Action> {
         match outcome {
             Outcome::Final { status, .. } if (200..300).contains(status) => {
                 info!("regbot de-registered aor={} gateway={}", self.spec.aor(), self.spec.sip_gateway_sid)
@@ -492,7 +493,7 @@ impl Registration {
         outcome: &Outcome,
         flight: &InFlight,
         pending: Pending,
-        ctx: &Ctx<'_>,
+        ctx: &World<'_>,
     ) -> Vec<Action> {
         if let Outcome::Final { status, message, .. } = outcome {
             if (200..300).contains(status) {
@@ -504,7 +505,7 @@ impl Registration {
     }
 
     /// A REGISTER of the current configuration was answered: registered, refused, or not sent.
-    fn finish_register(&mut self, outcome: Outcome, flight: &InFlight, ctx: &Ctx<'_>) -> Vec<Action> {
+    fn finish_register(&mut self, outcome: Outcome, flight: &InFlight, ctx: &World<'_>) -> Vec<Action> {
         let cseq = format!("{} REGISTER", flight.original_cseq);
         match outcome {
             Outcome::Final { status, reason, message } if (200..300).contains(&status) => {
@@ -598,7 +599,7 @@ impl Registration {
 
     /// Leader mode, after a 200: note our Contact for the next leader, and
     /// remove the one a previous leader left under this Call-ID if it is not ours.
-    fn leader_contact_registered(&mut self, ours: &str, ctx: &Ctx<'_>) -> Vec<Action> {
+    fn leader_contact_registered(&mut self, ours: &str, ctx: &World<'_>) -> Vec<Action> {
         // Written at every 200, which keeps the hash from expiring while we lead.
         self.recorded_contact = Some(ours.to_string());
         let mut actions = vec![Action::Store(StoreJob::LeaderContact {
@@ -616,7 +617,7 @@ impl Registration {
     }
 
     /// After a pending change: de-register first when a binding is live, else carry it out.
-    fn resolve(&mut self, pending: Pending, ctx: &Ctx<'_>) -> Vec<Action> {
+    fn resolve(&mut self, pending: Pending, ctx: &World<'_>) -> Vec<Action> {
         if self.is_bound(ctx.now) {
             self.pending = Some(pending);
             return vec![self.start_request(Purpose::Unregister, ctx)];
@@ -636,13 +637,13 @@ impl Registration {
         }
     }
 
-    fn retry_later(&mut self, ctx: &Ctx<'_>) -> Action {
+    fn retry_later(&mut self, ctx: &World<'_>) -> Action {
         let delay = failure_delay(self.backoff_attempt, ctx.settings.failure_retry_interval, rand::thread_rng().gen());
         self.backoff_attempt = self.backoff_attempt.saturating_add(1);
         self.wake_at(after(ctx.now, delay))
     }
 
-    fn status_job(&self, ok: bool, reason: String, cseq: String, expires: u64, ctx: &Ctx<'_>) -> Action {
+    fn status_job(&self, ok: bool, reason: String, cseq: String, expires: u64, ctx: &World<'_>) -> Action {
         let status = RegisterStatus::Response {
             ok,
             reason,
@@ -656,7 +657,7 @@ impl Registration {
 
     /// The carrier's `register_status` in leader mode; this SBC's part of it (the store writer
     /// writes the cluster's aggregate) when every SBC registers.
-    fn store_status(&self, status: RegisterStatus, expires: u64, ctx: &Ctx<'_>) -> Action {
+    fn store_status(&self, status: RegisterStatus, expires: u64, ctx: &World<'_>) -> Action {
         let voip_carrier_sid = self.spec.voip_carrier_sid.clone();
         match self.spec.sent_by.sbc() {
             None => Action::Store(StoreJob::Status { voip_carrier_sid, status }),
@@ -685,7 +686,7 @@ impl Registration {
         })
     }
 
-    fn granted_expires(&self, message: &SipMessage, flight: &InFlight, ctx: &Ctx<'_>) -> Duration {
+    fn granted_expires(&self, message: &SipMessage, flight: &InFlight, ctx: &World<'_>) -> Duration {
         Duration::from_secs(granted_expires(
             message,
             &flight.contact_user_host,

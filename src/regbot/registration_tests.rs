@@ -49,8 +49,8 @@ impl Harness {
         }
     }
 
-    fn ctx(&self) -> Ctx<'_> {
-        Ctx {
+    fn ctx(&self) -> World<'_> {
+        World {
             settings: &self.settings,
             public: Some(&self.public),
             sip_domain: None,

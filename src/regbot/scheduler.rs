@@ -16,7 +16,7 @@ use log::{debug, info, warn};
 use super::addresses::PublicAddresses;
 use super::reconcile::{plan, Wanted};
 use super::register_status::RegisterStatus;
-use super::registration::{Action, Ctx, Registration};
+use super::registration::{Action, Registration, World};
 use super::status::{RegbotRole, RegbotSnapshot, StatusRequest};
 use super::store_writer::StoreJob;
 use super::timing::after;
@@ -492,13 +492,13 @@ impl Scheduler {
     /// Calls `f` on one regbot and carries out what it asks for.
     fn with_regbot<F>(&mut self, sid: &str, f: F)
     where
-        F: FnOnce(&mut Registration, &Ctx<'_>) -> Vec<Action>,
+        F: FnOnce(&mut Registration, &World<'_>) -> Vec<Action>,
     {
         let Some(mut rb) = self.regbots.remove(sid) else {
             return;
         };
         let actions = {
-            let ctx = Ctx {
+            let ctx = World {
                 settings: &self.settings,
                 public: self.public.as_ref(),
                 sip_domain: self.sip_domain.as_deref(),

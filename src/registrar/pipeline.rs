@@ -33,7 +33,7 @@ use super::bindings::{self, StoredBinding};
 use super::health::StoreHealth;
 use super::replay;
 use super::reply::{Reply, Step};
-use super::request::{self, Aor, Kind, Registration, REFUSALS};
+use super::request::{self, Aor, BindingRequest, Kind, REFUSALS};
 use super::{unix_millis, Registrar};
 use crate::drachtio::IncomingRequest;
 use crate::sip::digest::DigestCredentials;
@@ -93,7 +93,7 @@ impl Checked {
 
 /// The request facts every step needs, computed once.
 pub(super) struct Ctx {
-    pub(super) reg: Registration,
+    pub(super) reg: BindingRequest,
     pub(super) aor: Aor,
     pub(super) aor_key: String,
     /// `sip:<source ip>:<source port>`.

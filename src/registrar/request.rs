@@ -61,9 +61,10 @@ pub enum Kind {
     Unregister,
 }
 
-/// What regParser extracts from Contact / Expires.
+/// What a REGISTER asks of the registrar, as regParser extracts it from Contact / Expires:
+/// register or unregister, for how long, which contact.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Registration {
+pub struct BindingRequest {
     pub kind: Kind,
     /// The requested expires (seconds), capped at [`ExpiresBounds::max`].
     pub expires: u32,
@@ -126,7 +127,7 @@ pub fn check_request_uri(msg: &SipMessage) -> Result<(), Reply> {
 /// one that is not a `sip:`/`sips:` URI, longer than [`MAX_CONTACT_LEN`], or one too many
 /// (more than [`MAX_CONTACTS`]). An expires below `bounds.min` is `423` (except 0, which
 /// removes the binding); one above `bounds.max` is granted the maximum.
-pub fn parse_registration(msg: &SipMessage, bounds: ExpiresBounds) -> Result<Registration, Reply> {
+pub fn parse_registration(msg: &SipMessage, bounds: ExpiresBounds) -> Result<BindingRequest, Reply> {
     let contacts = match parse_contacts(msg) {
         Ok(c) => c,
         Err(SipError::MissingHeader(_)) => return Err(Reply::with_reason(400, NO_CONTACT_REASON)),
@@ -169,7 +170,7 @@ pub fn parse_registration(msg: &SipMessage, bounds: ExpiresBounds) -> Result<Reg
         });
         return Err(Reply::new(423).header("Min-Expires", bounds.min.to_string()));
     }
-    Ok(Registration {
+    Ok(BindingRequest {
         kind: if expires == 0 { Kind::Unregister } else { Kind::Register },
         expires: bounds.cap(expires),
         raw_contact: msg.header_all("Contact").collect::<Vec<_>>().join(","),
@@ -312,7 +313,7 @@ mod tests {
         assert_eq!(parse_registration(&m, ExpiresBounds::default()).unwrap_err(), Reply::new(400));
     }
 
-    fn reg(headers: &str) -> Result<Registration, Reply> {
+    fn reg(headers: &str) -> Result<BindingRequest, Reply> {
         parse_registration(&msg("sip:a.org", headers), ExpiresBounds::default())
     }
 
