@@ -1,6 +1,7 @@
 //! The drachtio client against a scripted server that sends the bytes captured from a live
 //! drachtio-server (docs/spec/drachtio-capture*.txt) and checks what the client sends.
 
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -524,25 +525,34 @@ fn sysctl_max(path: &str) -> usize {
     text.split_whitespace().last().and_then(|v| v.parse().ok()).unwrap_or(4 << 20)
 }
 
-#[test]
-fn a_drachtio_that_stops_reading_gets_every_answer_whole_once_it_reads_again() {
+/// Padding of each answer of the two tests below.
+const ANSWER_PAD: usize = 2900;
+
+/// A client and an authenticated server with enough REGISTER deliveries (returned, not yet
+/// sent, with their transaction ids) that answers of [`ANSWER_PAD`] bytes are more than the
+/// kernel buffers between the two sockets hold while the server reads nothing (the sender's
+/// buffer grows to tcp_wmem's maximum, the receiver's stays near its default until the
+/// application reads), so writes must wait for room.
+fn more_answers_than_the_kernel_buffers() -> (Harness, ScriptedServer, usize, Vec<u8>, HashSet<String>) {
     let frames = capture::load("drachtio-capture.txt");
-    // More answer bytes than the kernel buffers between the two sockets can hold while the
-    // server reads nothing (the sender's buffer grows to tcp_wmem's maximum, the receiver's
-    // stays near its default until the application reads), so writes must wait for room.
-    const ANSWER_PAD: usize = 2900;
     let buffered = sysctl_max("/proc/sys/net/ipv4/tcp_wmem") + (1 << 20);
     let count = buffered / ANSWER_PAD + 300;
     let h = start(count + 16, |_| {});
     let mut server = ScriptedServer::accept(&h.listener);
     server.authenticate(&frames);
     let mut deliveries = Vec::with_capacity(count * 1100);
-    let mut expected = std::collections::HashSet::new();
+    let mut expected = HashSet::new();
     for n in 0..count {
         let (bytes, txn) = delivery_number(&frames, n);
         deliveries.extend_from_slice(&bytes);
         expected.insert(txn);
     }
+    (h, server, count, deliveries, expected)
+}
+
+#[test]
+fn a_drachtio_that_stops_reading_gets_every_answer_whole_once_it_reads_again() {
+    let (h, mut server, count, deliveries, expected) = more_answers_than_the_kernel_buffers();
     server.send(&deliveries);
     let register = h.register.clone();
     let role = std::thread::spawn(move || {
@@ -555,7 +565,7 @@ fn a_drachtio_that_stops_reading_gets_every_answer_whole_once_it_reads_again() {
     });
     // drachtio is busy: nothing read for a while (shorter than the writer's 5 s stall limit).
     std::thread::sleep(Duration::from_millis(1500));
-    let mut answered = std::collections::HashSet::new();
+    let mut answered = HashSet::new();
     while answered.len() < count {
         let payload = String::from_utf8(server.read_payload()).expect("whole UTF-8 frames");
         let t: Vec<&str> = payload.splitn(4, '|').collect();
@@ -604,7 +614,7 @@ fn answers_from_many_threads_all_arrive_once_each_in_frames_drachtio_parses() {
             })
         })
         .collect();
-    let mut answered = std::collections::HashSet::new();
+    let mut answered = HashSet::new();
     while answered.len() < COUNT {
         let payload = String::from_utf8(server.read_payload()).expect("whole UTF-8 frames");
         let t: Vec<&str> = payload.splitn(4, '|').collect();
@@ -632,18 +642,7 @@ fn answers_from_many_threads_all_arrive_once_each_in_frames_drachtio_parses() {
 
 #[test]
 fn a_drachtio_that_stops_reading_for_good_is_reconnected_after_the_write_timeout() {
-    let frames = capture::load("drachtio-capture.txt");
-    // As above: more answer bytes than the kernel buffers hold while the server reads nothing.
-    const ANSWER_PAD: usize = 2900;
-    let buffered = sysctl_max("/proc/sys/net/ipv4/tcp_wmem") + (1 << 20);
-    let count = buffered / ANSWER_PAD + 300;
-    let h = start(count + 16, |_| {});
-    let mut server = ScriptedServer::accept(&h.listener);
-    server.authenticate(&frames);
-    let mut deliveries = Vec::with_capacity(count * 1100);
-    for n in 0..count {
-        deliveries.extend_from_slice(&delivery_number(&frames, n).0);
-    }
+    let (h, mut server, _, deliveries, _) = more_answers_than_the_kernel_buffers();
     server.send(&deliveries);
     let register = h.register.clone();
     let role = std::thread::spawn(move || {
@@ -664,7 +663,7 @@ fn a_drachtio_that_stops_reading_for_good_is_reconnected_after_the_write_timeout
     };
     assert!(started.elapsed() >= Duration::from_secs(4), "not before the write timeout: {lost}");
     let mut again = ScriptedServer::accept(&h.listener);
-    again.authenticate(&frames);
+    again.authenticate(&capture::load("drachtio-capture.txt"));
     role.join().expect("the role answered everything");
     drop(server);
 }

@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use mysql::prelude::Queryable;
 use redis::Commands;
 use sbc_test_tools::daemon::{base_env, Daemon};
 use sbc_test_tools::db::TestDb;
@@ -27,28 +26,12 @@ struct Rig {
     redis_port: u16,
 }
 
-fn uuid() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
 impl Rig {
     fn start(env_extra: &[(&str, String)]) -> Rig {
         let db = TestDb::create();
         let hook = WebhookServer::start();
         let realm = format!("r{:08x}.sip.example.com", rand::random::<u32>());
-        let mut c = db.conn();
-        let hook_sid = uuid();
-        c.exec_drop(
-            "INSERT INTO webhooks (webhook_sid, url, method) VALUES (?, ?, 'POST')",
-            (&hook_sid, hook.url("/auth")),
-        )
-        .unwrap();
-        c.exec_drop(
-            "INSERT INTO accounts (account_sid, name, sip_realm, service_provider_sid, registration_hook_sid, \
-             is_active, webhook_secret) VALUES (?, 'e2e', ?, ?, ?, 1, ?)",
-            (uuid(), &realm, uuid(), &hook_sid, WEBHOOK_SECRET),
-        )
-        .unwrap();
+        db.add_webhook_account("e2e", &realm, &hook.url("/auth"), WEBHOOK_SECRET);
         let double = Double::start(DoubleConfig::default()).unwrap();
         let mut env = base_env(double.admin_addr().port(), &db.name);
         env.insert("JAMBONES_NETWORK_CIDR".into(), "127.0.0.0/8".into());

@@ -279,27 +279,7 @@ fn webhook_account(db: &TestDb, hook: &WebhookServer, realm: &str) -> String {
 
 /// Hosting-mode capacity of exactly `devices` devices.
 fn device_limit(db: &TestDb, account_sid: &str, devices: i64) {
-    let mut c = db.conn();
-    let subscription = uuid();
-    c.exec_drop(
-        "INSERT INTO account_subscriptions (account_subscription_sid, account_sid, pending) VALUES (?, ?, 0)",
-        (&subscription, account_sid),
-    )
-    .unwrap();
-    for (category, quantity) in [("voice_call_session", 0), ("device", devices)] {
-        let product = uuid();
-        c.exec_drop(
-            "INSERT INTO products (product_sid, name, category) VALUES (?, ?, ?)",
-            (&product, category, category),
-        )
-        .unwrap();
-        c.exec_drop(
-            "INSERT INTO account_products (account_product_sid, account_subscription_sid, product_sid, quantity) \
-             VALUES (?, ?, ?, ?)",
-            (uuid(), &subscription, &product, quantity),
-        )
-        .unwrap();
-    }
+    db.add_capacity(account_sid, &[("voice_call_session", 0), ("device", devices)]);
 }
 
 /// Deletes the bindings of `aors` when dropped.

@@ -84,6 +84,32 @@ impl TestDb {
         .expect("account row");
         account_sid
     }
+    /// A current subscription of `account_sid` with these product quantities
+    /// (`("device", n)` is the hosting-mode device limit).
+    pub fn add_capacity(&self, account_sid: &str, products: &[(&str, i64)]) {
+        let uuid = || uuid::Uuid::new_v4().to_string();
+        let mut c = self.conn();
+        let subscription = uuid();
+        c.exec_drop(
+            "INSERT INTO account_subscriptions (account_subscription_sid, account_sid, pending) VALUES (?, ?, 0)",
+            (&subscription, account_sid),
+        )
+        .expect("subscription row");
+        for (category, quantity) in products {
+            let product = uuid();
+            c.exec_drop(
+                "INSERT INTO products (product_sid, name, category) VALUES (?, ?, ?)",
+                (&product, category, category),
+            )
+            .expect("product row");
+            c.exec_drop(
+                "INSERT INTO account_products (account_product_sid, account_subscription_sid, product_sid, quantity) \
+                 VALUES (?, ?, ?, ?)",
+                (uuid(), &subscription, &product, quantity),
+            )
+            .expect("account product row");
+        }
+    }
 }
 
 impl Drop for TestDb {

@@ -172,27 +172,7 @@ impl Fx {
 
     /// A current subscription with these product quantities.
     pub fn add_capacity(&self, account_sid: &str, products: &[(&str, i64)]) {
-        let mut c = self.db.conn();
-        let subscription = uuid();
-        c.exec_drop(
-            "INSERT INTO account_subscriptions (account_subscription_sid, account_sid, pending) VALUES (?, ?, 0)",
-            (&subscription, account_sid),
-        )
-        .unwrap();
-        for (category, quantity) in products {
-            let product = uuid();
-            c.exec_drop(
-                "INSERT INTO products (product_sid, name, category) VALUES (?, ?, ?)",
-                (&product, category, category),
-            )
-            .unwrap();
-            c.exec_drop(
-                "INSERT INTO account_products (account_product_sid, account_subscription_sid, product_sid, quantity) \
-                 VALUES (?, ?, ?, ?)",
-                (uuid(), &subscription, &product, quantity),
-            )
-            .unwrap();
-        }
+        self.db.add_capacity(account_sid, products);
     }
 
     pub fn aor(&self, user: &str) -> String {
